@@ -1,0 +1,440 @@
+"""``hivemesh``: the command line.
+
+Click is used for parsing, help and shell-friendly errors (a dependency worth its weight
+over hand-rolled argparse subcommand plumbing). Errors a user can cause print one line
+and exit 1; usage errors exit 2; no tracebacks.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from node.errors import NodeError
+from node.home import Home, default_home
+from workflows.errors import WorkflowError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def home_option(f: F) -> F:
+    return click.option(
+        "--home",
+        "home",
+        type=click.Path(path_type=Path, file_okay=False),
+        default=None,
+        help="Home folder (default: $HIVEMESH_HOME, else ~/.hivemesh).",
+    )(f)
+
+
+def target_options(f: F) -> F:
+    f = click.option(
+        "--node",
+        "node",
+        default=None,
+        metavar="MULTIADDR",
+        help="Talk to the node at this /ip4/../tcp/../p2p/.. address.",
+    )(f)
+    f = click.option("--json", "as_json", is_flag=True, help="Print JSON.")(f)
+    return home_option(f)
+
+
+def _home(path: Path | None) -> Home:
+    return Home(path.expanduser() if path is not None else default_home())
+
+
+def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
+    if as_json:
+        click.echo(json.dumps(data, indent=2, sort_keys=False))
+    else:
+        human()
+
+
+def _call(home: Path | None, node: str | None, message: Any, timeout_s: float | None = 30.0) -> Any:
+    from node.client import call
+
+    return call(_home(home), node, message, timeout_s=timeout_s)
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (NodeError, WorkflowError) as exc:
+            fail(str(exc))
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+
+
+@click.group(cls=_Group)
+@click.version_option(package_name="hivemesh")
+def main() -> None:
+    """hivemesh: a peer-to-peer swarm that routes workflow steps to nodes that can run them."""
+    # The CLI reports errors itself; libp2p's own warnings would only repeat them.
+    logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
+    for name in ("libp2p", "multiaddr", "async_service"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@main.command()
+@home_option
+def init(home: Path | None) -> None:
+    """Create an identity key, a client key and a default config in the home folder."""
+    h = _home(home)
+    created, peer_id = h.init()
+    click.echo(f"{'initialised' if created else 'already initialised'} {h.path}")
+    click.echo(f"peer id: {peer_id}")
+    click.echo(f"config:  {h.config_file}")
+
+
+@main.group("node")
+def node_group() -> None:
+    """Run and inspect a node."""
+
+
+@node_group.command("start")
+@home_option
+@click.option(
+    "--listen",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Listen address (repeatable). Default /ip4/127.0.0.1/tcp/0.",
+)
+@click.option(
+    "--bootstrap",
+    multiple=True,
+    metavar="MULTIADDR",
+    help="Peer to join through, with /p2p/<peer id> (repeatable).",
+)
+@click.option("--tools", default=None, metavar="GROUP,...|all|none", help="Tool groups to offer.")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path, dir_okay=False),
+    default=None,
+    help="Config file (default: HOME/config.yaml).",
+)
+@click.option("--num-cpus", type=int, default=None, help="CPUs for the node's local Ray.")
+@click.option("--ray-address", default=None, help="Join this Ray cluster instead.")
+@click.option(
+    "--log-level",
+    default=None,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def node_start(
+    home: Path | None,
+    listen: tuple[str, ...],
+    bootstrap: tuple[str, ...],
+    tools: str | None,
+    config_file: Path | None,
+    num_cpus: int | None,
+    ray_address: str | None,
+    log_level: str | None,
+) -> None:
+    """Run a node in the foreground until SIGINT or SIGTERM."""
+    from node.config import load_config
+    from node.daemon import run_daemon
+
+    h = _home(home)
+    if not h.node_key.exists():
+        h.init()
+    flags: dict[str, Any] = {}
+    network: dict[str, Any] = {}
+    if listen:
+        network["listen"] = list(listen)
+    if bootstrap:
+        network["bootstrap"] = list(bootstrap)
+    if network:
+        flags["network"] = network
+    if tools is not None:
+        flags["tools"] = tools
+    ray: dict[str, Any] = {}
+    if num_cpus is not None:
+        ray["num_cpus"] = num_cpus
+    if ray_address is not None:
+        ray["address"] = ray_address
+    if ray:
+        flags["ray"] = ray
+    if log_level is not None:
+        flags["log_level"] = log_level.upper()
+    cfg_path = config_file if config_file is not None else h.config_file
+    if config_file is not None and not config_file.exists():
+        fail(f"config file {config_file} does not exist")
+    config = load_config(config_file=cfg_path, flags=flags)
+    from workflows.tools import ToolRegistry
+
+    try:
+        ToolRegistry.from_entry_points(config.tools)
+    except ValueError as exc:
+        fail(str(exc))
+    run_daemon(config, h)
+
+
+@node_group.command("info")
+@target_options
+def node_info(home: Path | None, node: str | None, as_json: bool) -> None:
+    """Peer id, addresses and tools of a node."""
+    from protocols import control
+
+    info = _call(home, node, control.InfoRequest())
+    data = {"peer_id": info.peer_id, "addrs": info.addrs, "tools": info.tools}
+
+    def human() -> None:
+        click.echo(f"peer id: {info.peer_id}")
+        for a in info.addrs:
+            click.echo(f"addr:    {a}")
+        click.echo(f"tools:   {', '.join(info.tools) or '(none)'}")
+        click.echo(f"version: {info.version}")
+
+    _emit(as_json, data, human)
+
+
+def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--input")
+        try:
+            inputs[name] = json.loads(raw)
+        except ValueError:
+            inputs[name] = raw
+    return inputs
+
+
+@main.command()
+@click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
+@target_options
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Workflow input; VALUE is JSON if it parses, else a string.",
+)
+@click.option("--id", "workflow_id", default=None, help="Workflow id (idempotent submit).")
+@click.option("--wait", is_flag=True, help="Wait for the result.")
+def submit(
+    file: Path,
+    home: Path | None,
+    node: str | None,
+    as_json: bool,
+    inputs: tuple[str, ...],
+    workflow_id: str | None,
+    wait: bool,
+) -> None:
+    """Submit a workflow YAML file to a node."""
+    from protocols import control
+    from workflows.dsl import parse_workflow
+
+    try:
+        text = file.read_text()
+    except FileNotFoundError:
+        fail(f"workflow file {file} does not exist")
+    except OSError as exc:
+        fail(f"cannot read {file}: {exc.strerror}")
+    spec = parse_workflow(text, source=str(file))
+    bound = _parse_inputs(inputs)
+    spec.bind_inputs(bound)  # unknown or missing inputs fail here, before any network
+    submitted = _call(
+        home,
+        node,
+        control.SubmitRequest(
+            workflow=text, source=file.name, inputs=bound, workflow_id=workflow_id
+        ),
+    )
+    wid = submitted.workflow_id
+    if not wait:
+        data = {"workflow_id": wid, "status": submitted.status, "created": submitted.created}
+        _emit(
+            as_json,
+            data,
+            lambda: click.echo(
+                f"{'submitted' if submitted.created else 'already submitted'} {wid} "
+                f"({submitted.status})"
+            ),
+        )
+        return
+    result = _call(home, node, control.ResultRequest(workflow_id=wid, wait=True), timeout_s=None)
+    _print_result(result, as_json, full=True)
+
+
+def _print_result(result: Any, as_json: bool, *, full: bool) -> None:
+    failed = result.status != "SUCCESSFUL"
+    if as_json:
+        if full:
+            data: dict[str, Any] = {
+                "workflow_id": result.workflow_id,
+                "status": result.status,
+                "outputs": result.outputs,
+            }
+            if result.error:
+                data["error"] = result.error
+            click.echo(json.dumps(data, indent=2))
+            if failed:
+                sys.exit(1)
+            return
+        if not failed:
+            click.echo(json.dumps(result.outputs, indent=2))
+            return
+    if result.status == "SUCCESSFUL":
+        click.echo(f"workflow {result.workflow_id} SUCCESSFUL")
+        for key, value in (result.outputs or {}).items():
+            click.echo(f"  {key} = {json.dumps(value)}")
+        return
+    if result.status == "FAILED":
+        fail(f"workflow {result.workflow_id} FAILED: {result.error}")
+    fail(
+        f"workflow {result.workflow_id} is {result.status}; no result yet "
+        "(use --wait to wait for it)"
+    )
+
+
+@main.command()
+@click.argument("workflow_id")
+@target_options
+@click.option("--explain", is_flag=True, help="Say why each step ran where it ran.")
+def status(
+    workflow_id: str, home: Path | None, node: str | None, as_json: bool, explain: bool
+) -> None:
+    """Status of a workflow and of each of its steps."""
+    from node.scheduler import short
+    from protocols import control
+
+    reply = _call(home, node, control.StatusRequest(workflow_id=workflow_id))
+    data: dict[str, Any] = {
+        "workflow_id": reply.workflow_id,
+        "status": reply.status,
+        "steps": [
+            {
+                "name": s.name,
+                "tool": s.tool,
+                "status": s.status,
+                "node": s.node,
+                "reason": s.reason,
+                **({"error": s.error} if s.error else {}),
+            }
+            for s in reply.steps
+        ],
+    }
+    if reply.error:
+        data["error"] = reply.error
+
+    def human() -> None:
+        click.echo(f"workflow {reply.workflow_id} ({reply.name}): {reply.status}")
+        if reply.error:
+            click.echo(f"  error: {reply.error}")
+        width = max((len(s.name) for s in reply.steps), default=4)
+        for s in reply.steps:
+            where = short(s.node) if s.node else "-"
+            click.echo(f"  {s.name:<{width}}  {s.tool:<18} {s.status:<10} on {where}")
+            if explain and s.reason:
+                click.echo(f"  {'':<{width}}  why: {s.reason}")
+            if s.error:
+                click.echo(f"  {'':<{width}}  error: {s.error}")
+
+    _emit(as_json, data, human)
+
+
+@main.command()
+@click.argument("workflow_id")
+@target_options
+@click.option("--wait", is_flag=True, help="Wait until the workflow finishes.")
+def result(
+    workflow_id: str, home: Path | None, node: str | None, as_json: bool, wait: bool
+) -> None:
+    """Outputs of a finished workflow."""
+    from protocols import control
+
+    reply = _call(
+        home,
+        node,
+        control.ResultRequest(workflow_id=workflow_id, wait=wait),
+        timeout_s=None if wait else 30.0,
+    )
+    _print_result(reply, as_json, full=False)
+
+
+@main.command("list")
+@target_options
+def list_(home: Path | None, node: str | None, as_json: bool) -> None:
+    """Workflows this node knows."""
+    from protocols import control
+
+    reply = _call(home, node, control.ListRequest())
+    data = [
+        {
+            "workflow_id": w.workflow_id,
+            "name": w.name,
+            "status": w.status,
+            "created_at": w.created_at,
+        }
+        for w in reply.workflows
+    ]
+
+    def human() -> None:
+        if not reply.workflows:
+            click.echo("no workflows")
+        for w in reply.workflows:
+            click.echo(f"{w.workflow_id}  {w.status:<10}  {w.name}")
+
+    _emit(as_json, data, human)
+
+
+@main.command()
+@target_options
+def peers(home: Path | None, node: str | None, as_json: bool) -> None:
+    """Peers this node knows, their addresses and tools."""
+    from protocols import control
+
+    reply = _call(home, node, control.PeersRequest())
+    data = [p.model_dump() for p in reply.peers]
+
+    def human() -> None:
+        if not reply.peers:
+            click.echo("no known peers")
+        for p in reply.peers:
+            state = "connected" if p.connected else "not connected"
+            click.echo(f"{p.peer_id}  ({state})")
+            for a in p.addrs[:3]:
+                click.echo(f"    addr:  {a}")
+            click.echo(f"    tools: {', '.join(p.tools) or '(none)'}")
+
+    _emit(as_json, data, human)
+
+
+@main.command()
+@target_options
+def tools(home: Path | None, node: str | None, as_json: bool) -> None:
+    """Tools offered in the swarm, and by which peers."""
+    from node.scheduler import short
+    from protocols import control
+
+    reply = _call(home, node, control.ToolsRequest())
+    data = [t.model_dump() for t in reply.tools]
+
+    def human() -> None:
+        if not reply.tools:
+            click.echo("no tools known in the swarm")
+        for t in reply.tools:
+            who = ", ".join(short(p) for p in t.providers)
+            click.echo(f"{t.name:<18} {t.version:<8} {who}")
+            if t.description:
+                click.echo(f"{'':<18} {t.description}")
+
+    _emit(as_json, data, human)
+
+
+if __name__ == "__main__":
+    main()

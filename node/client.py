@@ -1,0 +1,117 @@
+"""A control-protocol client: what the CLI uses to talk to a node."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+import trio
+from libp2p.crypto.keys import KeyPair
+
+from node.errors import (
+    HomeError,
+    NodeError,
+    NodeUnreachableError,
+    NotAuthorisedError,
+    RequestFailedError,
+)
+from node.home import Home
+from node.p2p import P2PHost, split_p2p_addr
+from protocols import control
+from protocols.errors import PeerErrorResponse, ProtocolError, ProtocolTimeoutError
+from protocols.stream import MessageStream
+
+log = logging.getLogger(__name__)
+
+
+def resolve_node_addr(home: Home, node: str | None) -> str:
+    """The node to talk to: ``--node`` if given, else the node running from ``home``."""
+    if node:
+        try:
+            split_p2p_addr(node)
+        except ValueError as exc:
+            raise NodeUnreachableError(f"{exc} (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)") from None
+        return node
+    info = home.read_runtime()
+    if not info or not info.get("addrs"):
+        raise NodeUnreachableError(
+            f"no running node recorded in {home.path} "
+            f"(start one with 'hivemesh node start --home {home.path}' or pass --node)"
+        )
+    pid = info.get("pid")
+    if isinstance(pid, int) and not _alive(pid):
+        raise NodeUnreachableError(
+            f"the node recorded in {home.path} (pid {pid}) is not running "
+            f"(start it with 'hivemesh node start --home {home.path}')"
+        )
+    addrs = [a for a in info["addrs"] if "/ip4/127.0.0.1/" in a] or info["addrs"]
+    return str(addrs[0])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def request(
+    key: KeyPair,
+    node_addr: str,
+    message: Any,
+    *,
+    timeout_s: float | None = 30.0,
+    dial_timeout_s: float = 5.0,
+) -> Any:
+    """Send one control request and return the response model.
+
+    ``timeout_s=None`` waits as long as the node keeps the stream open (``result --wait``).
+    """
+    host = P2PHost(key, dial_timeout_s=dial_timeout_s, shutdown_timeout_s=2.0)
+    reply: Any = None
+    error: NodeError | None = None
+    # Errors are carried out of host.run() by hand: raised inside, libp2p's nurseries
+    # would wrap them in exception groups.
+    async with host.run(["/ip4/127.0.0.1/tcp/0"]):
+        try:
+            reply = await _exchange(host, node_addr, message, timeout_s)
+        except NodeError as exc:
+            error = exc
+    if error is not None:
+        raise error
+    return reply
+
+
+async def _exchange(host: P2PHost, node_addr: str, message: Any, timeout_s: float | None) -> Any:
+    peer_id = await host.connect_addr(node_addr)
+    stream = await host.open_stream(peer_id, control.PROTOCOL_ID)
+    ms = MessageStream(stream, control.RESPONSE_CODEC)
+    try:
+        await ms.send(message)
+        if timeout_s is None:
+            return await ms.receive()
+        return await ms.receive_within(timeout_s)
+    except PeerErrorResponse as exc:
+        if exc.code == "unauthorised":
+            raise NotAuthorisedError(exc.message) from None
+        raise RequestFailedError(exc.code, exc.message) from None
+    except ProtocolTimeoutError:
+        raise NodeUnreachableError(f"node {peer_id} did not answer within {timeout_s:g}s") from None
+    except ProtocolError as exc:
+        raise NodeUnreachableError(f"node {peer_id}: {exc}") from None
+    finally:
+        await ms.close()
+
+
+def call(home: Home, node: str | None, message: Any, *, timeout_s: float | None = 30.0) -> Any:
+    """Synchronous wrapper for the CLI."""
+    addr = resolve_node_addr(home, node)
+    try:
+        key = home.load_client_key(create=node is not None)
+    except HomeError:
+        raise
+    return trio.run(lambda: request(key, addr, message, timeout_s=timeout_s))

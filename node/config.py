@@ -1,0 +1,218 @@
+"""Node configuration: one pydantic model, loaded once.
+
+Precedence: command-line flags > ``HIVEMESH_*`` environment > the YAML config file >
+defaults. Environment names: ``HIVEMESH_<FIELD>`` for top-level fields
+(``HIVEMESH_TOOLS=text,math``) and ``HIVEMESH_<SECTION>__<FIELD>`` for nested ones
+(``HIVEMESH_RAY__NUM_CPUS=2``). List values are comma-separated or JSON.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import pydantic
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from node.errors import ConfigError
+
+ENV_PREFIX = "HIVEMESH_"
+DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
+
+
+def _split_list(value: Any) -> Any:
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            return json.loads(text)
+        return [part.strip() for part in text.split(",") if part.strip()]
+    return value
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkConfig(_Section):
+    listen: list[str] = Field(default_factory=lambda: [DEFAULT_LISTEN])
+    bootstrap: list[str] = Field(default_factory=list)
+    dial_timeout_s: float = Field(default=5.0, gt=0)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    max_frame_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    shutdown_timeout_s: float = Field(default=5.0, gt=0)
+
+    _lists = field_validator("listen", "bootstrap", mode="before")(_split_list)
+
+
+class DiscoveryConfig(_Section):
+    refresh_interval_s: float = Field(default=5.0, gt=0)
+    card_ttl_s: float = Field(default=30.0, gt=0)
+    max_peers: int = Field(default=256, ge=1)
+
+
+class HandoffConfig(_Section):
+    heartbeat_interval_s: float = Field(default=1.0, gt=0)
+    heartbeat_timeout_s: float = Field(default=10.0, gt=0)
+    default_deadline_s: float = Field(default=3600.0, gt=0)
+    max_concurrent: int = Field(default=64, ge=1)
+    max_hops: int = Field(default=4, ge=1)
+    max_attempts: int = Field(default=3, ge=1)
+    allow: Literal["any"] | list[str] = "any"
+
+    @field_validator("allow", mode="before")
+    @classmethod
+    def _allow(cls, value: Any) -> Any:
+        return value if value == "any" else _split_list(value)
+
+
+class ControlConfig(_Section):
+    allowed_clients: list[str] = Field(default_factory=list)
+    allow_any_client: bool = False
+
+    _lists = field_validator("allowed_clients", mode="before")(_split_list)
+
+
+class RayConfig(_Section):
+    address: str | None = None
+    num_cpus: int | None = Field(default=None, ge=1)
+    include_dashboard: bool = False
+    log_to_driver: bool = False
+
+
+class JournalConfig(_Section):
+    synchronous: Literal["FULL", "NORMAL"] = "FULL"
+
+
+class NodeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    tools: str = "all"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    control: ControlConfig = Field(default_factory=ControlConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+    journal: JournalConfig = Field(default_factory=JournalConfig)
+
+    @field_validator("tools", mode="before")
+    @classmethod
+    def _tools(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            return ",".join(str(v) for v in value)
+        return value
+
+
+DEFAULT_CONFIG_YAML = """\
+# hivemesh node configuration. Flags and HIVEMESH_* environment variables override it.
+tools: all                 # tool groups this node offers: all, none, or e.g. "text,math"
+log_level: INFO
+network:
+  listen: ["/ip4/127.0.0.1/tcp/0"]
+  bootstrap: []            # multiaddrs with /p2p/<peer id>
+  dial_timeout_s: 5
+  request_timeout_s: 30
+discovery:
+  refresh_interval_s: 5
+  card_ttl_s: 30
+handoff:
+  allow: any               # or a list of peer ids allowed to delegate steps here
+  heartbeat_interval_s: 1
+  heartbeat_timeout_s: 10
+control:
+  allowed_clients: []      # peer ids of client keys allowed besides this home's client.key
+  allow_any_client: false
+ray:
+  address: null            # null: start a local Ray; "auto" or host:port: join a cluster
+  num_cpus: null
+  include_dashboard: false
+journal:
+  synchronous: FULL        # FULL survives power loss; NORMAL is faster
+"""
+
+
+def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _env_layer(environ: Mapping[str, str]) -> dict[str, Any]:
+    layer: dict[str, Any] = {}
+    sections = {
+        name
+        for name, field in NodeConfig.model_fields.items()
+        if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel)
+    }
+    for key, raw in environ.items():
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "HOME":
+            continue
+        path = key[len(ENV_PREFIX) :].lower().split("__")
+        if len(path) == 1 and path[0] in NodeConfig.model_fields and path[0] not in sections:
+            layer[path[0]] = _env_value(raw)
+        elif len(path) == 2 and path[0] in sections:
+            layer.setdefault(path[0], {})[path[1]] = _env_value(raw)
+    return layer
+
+
+def _env_value(raw: str) -> Any:
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        return raw
+    return value if isinstance(value, (list, dict, int, float, bool)) or value is None else raw
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}{where}: invalid YAML: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the config must be a mapping, not {type(data).__name__}")
+    return data
+
+
+def load_config(
+    *,
+    config_file: Path | None,
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> NodeConfig:
+    """Build the config from its layers. ``flags`` uses the nested shape of the model."""
+    layers: dict[str, Any] = {}
+    source = "defaults"
+    if config_file is not None and config_file.exists():
+        layers = read_config_file(config_file)
+        source = str(config_file)
+    layers = _deep_merge(layers, _env_layer(os.environ if environ is None else environ))
+    layers = _deep_merge(layers, dict(flags or {}))
+    try:
+        return NodeConfig.model_validate(layers)
+    except pydantic.ValidationError as exc:
+        problems = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(p) for p in err["loc"])
+            problems.append(f"{where}: {err['msg']}")
+        raise ConfigError(
+            f"invalid configuration ({source}, environment, flags): " + "; ".join(problems)
+        ) from None

@@ -1,0 +1,209 @@
+"""The node daemon: one trio event loop holding libp2p, the runner and the services.
+
+Ray is started (or joined) in the main thread before the trio loop starts, and stopped
+after it ends; inside the loop every Ray call goes through worker threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+from collections.abc import Callable
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+from typing import Any
+
+import trio
+
+from node.config import NodeConfig, RayConfig
+from node.control import ControlService
+from node.discovery import DiscoveryService
+from node.executor import SwarmExecutor
+from node.handoff import HandoffServer
+from node.home import Home
+from node.p2p import P2PHost
+from node.registry import PeerRegistry
+from protocols import control, discovery, handoff
+from workflows.journal import Journal
+from workflows.runner import AsyncJournal, WorkflowRunner
+from workflows.tools import ToolRegistry
+
+log = logging.getLogger("hivemesh.node")
+
+
+def hivemesh_version() -> str:
+    try:
+        return dist_version("hivemesh")
+    except PackageNotFoundError:
+        return "0.0.0+unknown"
+
+
+def start_ray(config: RayConfig) -> int:
+    """Start a local Ray (bound to 127.0.0.1) or join ``config.address``. Returns CPUs."""
+    if config.address is None:
+        # Ray picks the machine's outward IP for a local cluster unless told otherwise;
+        # a node's private Ray must stay on loopback.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    import ray
+
+    kwargs: dict[str, Any] = {
+        "include_dashboard": config.include_dashboard,
+        "log_to_driver": config.log_to_driver,
+        "logging_level": logging.WARNING,
+        "namespace": "hivemesh",
+    }
+    if config.address is not None:
+        kwargs["address"] = config.address
+    else:
+        kwargs["address"] = "local"
+        kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
+    ray.init(**kwargs)
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
+def stop_ray() -> None:
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+class Node:
+    """All of a node's parts, wired together. ``run`` serves until cancelled."""
+
+    def __init__(self, config: NodeConfig, home: Home, *, cpus: int) -> None:
+        from workflows.ray_tools import RayToolRunner
+
+        self.config = config
+        self.home = home
+        self.version = hivemesh_version()
+        self.tools = ToolRegistry.from_entry_points(config.tools)
+        key = home.load_node_key()
+        owner_client = str(_peer_id(home.load_client_key(create=True)))
+        self.journal = Journal(home.journal, synchronous=config.journal.synchronous)
+        self.async_journal = AsyncJournal(self.journal)
+        net = config.network
+        self.host = P2PHost(
+            key, dial_timeout_s=net.dial_timeout_s, shutdown_timeout_s=net.shutdown_timeout_s
+        )
+        self.peer_id = self.host.peer_id
+        self.registry = PeerRegistry(self.peer_id, max_peers=config.discovery.max_peers)
+        run_local = RayToolRunner(max_concurrent=max(4, cpus * 4))
+        self.local_capacity = max(1, cpus * 2)
+        self.handoff = HandoffServer(self.tools, run_local, self.async_journal, net, config.handoff)
+        self.executor = SwarmExecutor(
+            host=self.host,
+            registry=self.registry,
+            tools=self.tools,
+            run_local=run_local,
+            local_capacity=self.local_capacity,
+            network=net,
+            config=config.handoff,
+        )
+        self.runner = WorkflowRunner(self.async_journal, self.executor)
+        self.discovery = DiscoveryService(
+            self.host, self.registry, self.card, net, config.discovery
+        )
+        self.control = ControlService(
+            host=self.host,
+            runner=self.runner,
+            registry=self.registry,
+            tools=self.tools,
+            version=self.version,
+            owner_client=owner_client,
+            network=net,
+            config=config.control,
+        )
+        # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
+        self.host.set_handler(
+            discovery.PROTOCOL_ID, self.discovery.handle, timeout_s=net.request_timeout_s * 2
+        )
+        self.host.set_handler(handoff.PROTOCOL_ID, self.handoff.handle)
+        self.host.set_handler(control.PROTOCOL_ID, self.control.handle)
+
+    def card(self) -> discovery.NodeCard:
+        return discovery.NodeCard(
+            peer_id=self.peer_id,
+            addrs=self.host.addrs(),
+            version=self.version,
+            tools=[discovery.ToolCard(**t.spec()) for t in self.tools if t.remote_callable],
+            load=discovery.LoadInfo(
+                running=self.handoff.running + self.executor.local_running,
+                capacity=self.local_capacity,
+            ),
+            ttl_s=self.config.discovery.card_ttl_s,
+        )
+
+    async def run(
+        self,
+        *,
+        on_ready: Callable[[dict[str, Any]], None] | None = None,
+        task_status: Any = trio.TASK_STATUS_IGNORED,
+    ) -> None:
+        try:
+            async with self.host.run(self.config.network.listen), trio.open_nursery() as n:
+                await n.start(self.handoff.serve)
+                await n.start(self.runner.serve)
+                await n.start(self.discovery.serve)
+                info = {
+                    "peer_id": self.peer_id,
+                    "addrs": self.host.addrs(),
+                    "tools": self.tools.names(),
+                    "pid": os.getpid(),
+                    "version": self.version,
+                }
+                self.home.write_runtime(info)
+                log.info("node %s ready on %s", self.peer_id, ", ".join(info["addrs"]))
+                if on_ready is not None:
+                    on_ready(info)
+                task_status.started(info)
+        finally:
+            self.home.clear_runtime(os.getpid())
+            self.journal.close()
+
+
+async def _serve_until_signal(node: Node, on_ready: Callable[[dict[str, Any]], None]) -> None:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(lambda: node.run(on_ready=on_ready))
+            async for signum in signals:
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                nursery.cancel_scope.cancel()
+                break
+
+
+def run_daemon(config: NodeConfig, home: Home) -> None:
+    """Foreground daemon for ``hivemesh node start``: stdout gets the ready lines."""
+    logging.basicConfig(
+        level=config.log_level,
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    for noisy in ("libp2p", "multiaddr", "async_service"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    cpus = start_ray(config.ray)
+    try:
+        node = Node(config, home, cpus=cpus)
+
+        def ready(info: dict[str, Any]) -> None:
+            lines = [
+                f"hivemesh node ready (pid {info['pid']}, home {home.path})",
+                f"peer id: {info['peer_id']}",
+            ]
+            lines += [f"addr:    {a}" for a in info["addrs"]]
+            lines.append(f"tools:   {', '.join(info['tools']) or '(none)'}")
+            print("\n".join(lines), flush=True)
+
+        trio.run(_serve_until_signal, node, ready)
+    finally:
+        stop_ray()
+        log.info("node stopped")
+
+
+def _peer_id(key: Any) -> str:
+    from node.home import peer_id_of
+
+    return peer_id_of(key)

@@ -1,0 +1,275 @@
+"""The one adapter between hivemesh and py-libp2p 0.8.1.
+
+Everything libp2p-specific lives here, with the fixes from LIBP2P_NOTES.md:
+
+* Noise only and yamux only (a default host also accepts plaintext and mplex);
+* ``max_connections_per_peer=1`` (otherwise every dial waits an extra 250 ms);
+* every stream handler wrapped: an exception is logged and the stream reset, never
+  allowed to escape into ``host.run()`` (which would tear the host down);
+* handlers are registered before anything dials, services start before dialling;
+* on shutdown all peers are disconnected concurrently, then ``close()``, under a timeout;
+* every dial and stream open has a timeout; EOF is reported distinctly from a final message.
+
+libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import multiaddr
+import trio
+from libp2p import create_yamux_muxer_option, new_host
+from libp2p.abc import INetConn, INetStream, INetwork, INotifee
+from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.network.config import ConnectionConfig
+from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.peer.id import ID
+from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
+from libp2p.security.noise.transport import Transport as NoiseTransport
+
+from node.errors import NodeUnreachableError
+from protocols.errors import StreamClosedError
+
+log = logging.getLogger(__name__)
+
+
+class P2PStream:
+    """A libp2p stream seen as a :class:`protocols.stream.ByteStream`."""
+
+    def __init__(self, stream: INetStream) -> None:
+        self._stream = stream
+        self.remote_peer = str(stream.muxed_conn.peer_id)
+
+    async def read(self, n: int) -> bytes:
+        try:
+            return await self._stream.read(n)
+        except StreamEOF:
+            return b""
+        except Exception as exc:
+            raise StreamClosedError(f"stream from {self.remote_peer} broke: {exc!r}") from None
+
+    async def write(self, data: bytes) -> None:
+        try:
+            await self._stream.write(data)
+        except Exception as exc:
+            raise StreamClosedError(f"stream to {self.remote_peer} broke: {exc!r}") from None
+
+    async def close(self) -> None:
+        try:
+            await self._stream.close()
+        except Exception:
+            log.debug("close of stream to %s failed", self.remote_peer, exc_info=True)
+
+    async def reset(self) -> None:
+        try:
+            await self._stream.reset()
+        except Exception:
+            log.debug("reset of stream to %s failed", self.remote_peer, exc_info=True)
+
+
+StreamHandler = Callable[[P2PStream], Awaitable[None]]
+ConnectionListener = Callable[[str, bool], None]
+
+
+class _Notifee(INotifee):
+    def __init__(self, listener: ConnectionListener) -> None:
+        self._listener = listener
+
+    async def opened_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def closed_stream(self, network: INetwork, stream: INetStream) -> None:
+        pass
+
+    async def connected(self, network: INetwork, conn: INetConn) -> None:
+        self._notify(conn, True)
+
+    async def disconnected(self, network: INetwork, conn: INetConn) -> None:
+        self._notify(conn, False)
+
+    async def listen(self, network: INetwork, multiaddr: Any) -> None:
+        pass
+
+    async def listen_close(self, network: INetwork, multiaddr: Any) -> None:
+        pass
+
+    def _notify(self, conn: INetConn, up: bool) -> None:
+        try:
+            self._listener(str(conn.muxed_conn.peer_id), up)
+        except Exception:
+            log.exception("connection listener failed")
+
+
+def split_p2p_addr(addr: str) -> tuple[str, str]:
+    """``/ip4/../tcp/../p2p/<id>`` → (peer id, full address). Raises ValueError."""
+    try:
+        info = info_from_p2p_addr(multiaddr.Multiaddr(addr))
+    except Exception as exc:
+        raise ValueError(f"invalid peer address {addr!r}: {exc}") from None
+    return str(info.peer_id), addr
+
+
+class P2PHost:
+    """A libp2p host configured the hivemesh way."""
+
+    def __init__(
+        self,
+        key_pair: KeyPair,
+        *,
+        dial_timeout_s: float = 5.0,
+        shutdown_timeout_s: float = 5.0,
+    ) -> None:
+        noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        self._host = new_host(
+            key_pair=key_pair,
+            sec_opt={NOISE_PROTOCOL_ID: noise},
+            muxer_opt=create_yamux_muxer_option(),
+            connection_config=ConnectionConfig(
+                max_connections_per_peer=1, dial_timeout=dial_timeout_s
+            ),
+        )
+        self.peer_id = str(self._host.get_id())
+        self.dial_timeout_s = dial_timeout_s
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self._running = False
+
+    # -- setup ---------------------------------------------------------------------------
+
+    def set_handler(
+        self, protocol: str, handler: StreamHandler, *, timeout_s: float | None = None
+    ) -> None:
+        """Register ``handler``; it may not raise into libp2p and is bounded by ``timeout_s``."""
+        if self._running:
+            raise RuntimeError("register handlers before the host runs")
+
+        async def wrapped(stream: INetStream) -> None:
+            s = P2PStream(stream)
+            try:
+                with trio.fail_after(timeout_s) if timeout_s else _nullcontext():
+                    await handler(s)
+            except trio.TooSlowError:
+                log.warning("%s handler for %s timed out", protocol, s.remote_peer)
+                await s.reset()
+            except Exception:
+                log.exception("%s handler for %s failed", protocol, s.remote_peer)
+                await s.reset()
+
+        self._host.set_stream_handler(protocol, wrapped)  # type: ignore[arg-type]
+
+    def on_connection_change(self, listener: ConnectionListener) -> None:
+        self._host.get_network().register_notifee(_Notifee(listener))
+
+    @asynccontextmanager
+    async def run(self, listen: list[str]) -> AsyncIterator[None]:
+        addrs = [multiaddr.Multiaddr(a) for a in listen]
+        self._running = True
+        async with self._host.run(addrs):
+            try:
+                yield
+            finally:
+                with trio.CancelScope(shield=True):
+                    await self._shutdown()
+
+    async def _shutdown(self) -> None:
+        with trio.move_on_after(self.shutdown_timeout_s) as scope:
+            async with trio.open_nursery() as nursery:
+                for peer in list(self._host.get_connected_peers()):
+                    nursery.start_soon(self._disconnect_quietly, peer)
+            await self._host.close()
+        if scope.cancelled_caught:
+            log.warning("libp2p shutdown took over %ss; abandoned", self.shutdown_timeout_s)
+
+    async def _disconnect_quietly(self, peer: ID) -> None:
+        try:
+            await self._host.disconnect(peer)
+        except Exception:
+            log.debug("disconnect from %s failed", peer, exc_info=True)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def addrs(self) -> list[str]:
+        """Our listen addresses, each ending in ``/p2p/<peer id>``."""
+        return [str(a) for a in self._host.get_addrs()]
+
+    def transport_addrs(self) -> list[str]:
+        suffix = f"/p2p/{self.peer_id}"
+        return [a[: -len(suffix)] if a.endswith(suffix) else a for a in self.addrs()]
+
+    def connected_peers(self) -> set[str]:
+        return {str(p) for p in self._host.get_connected_peers()}
+
+    def is_connected(self, peer_id: str) -> bool:
+        return peer_id in self.connected_peers()
+
+    # -- actions -------------------------------------------------------------------------
+
+    async def connect(self, peer_id: str, addrs: list[str]) -> None:
+        """Dial ``peer_id`` at any of ``addrs`` (tried one by one)."""
+        if peer_id == self.peer_id:
+            raise NodeUnreachableError("refusing to dial ourselves")
+        if self.is_connected(peer_id):
+            return
+        pid = ID.from_base58(peer_id)
+        errors = []
+        for addr in addrs:
+            base = addr.split("/p2p/")[0]
+            try:
+                info = PeerInfo(pid, [multiaddr.Multiaddr(base)])
+                with trio.fail_after(self.dial_timeout_s):
+                    await self._host.connect(info)
+            except trio.TooSlowError:
+                errors.append(f"{base}: no answer within {self.dial_timeout_s:g}s")
+                continue
+            except Exception as exc:
+                errors.append(f"{base}: {_first_line(exc)}")
+                continue
+            if self.is_connected(peer_id):
+                return
+            errors.append(f"{base}: connection dropped by the remote")
+        detail = "; ".join(errors) or "no addresses known"
+        raise NodeUnreachableError(f"cannot reach peer {peer_id}: {detail}")
+
+    async def connect_addr(self, addr: str) -> str:
+        """Dial a full ``/.../p2p/<id>`` address; returns the peer id."""
+        try:
+            peer_id, _ = split_p2p_addr(addr)
+        except ValueError as exc:
+            raise NodeUnreachableError(str(exc)) from None
+        await self.connect(peer_id, [addr])
+        return peer_id
+
+    async def open_stream(self, peer_id: str, protocol: str) -> P2PStream:
+        try:
+            with trio.fail_after(self.dial_timeout_s):
+                stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+        except trio.TooSlowError:
+            raise NodeUnreachableError(
+                f"peer {peer_id} did not open a {protocol} stream within {self.dial_timeout_s:g}s"
+            ) from None
+        except Exception as exc:
+            raise NodeUnreachableError(
+                f"cannot open {protocol} stream to {peer_id}: {_first_line(exc)}"
+            ) from None
+        return P2PStream(stream)
+
+    async def disconnect(self, peer_id: str) -> None:
+        await self._disconnect_quietly(ID.from_base58(peer_id))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _nullcontext:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None

@@ -1,0 +1,8 @@
+"""``/hivemesh/control/0.1.0``: what a client (the CLI) speaks to a node.
+
+One request per stream, answered by exactly one response (or an ``error``).
+See docs/protocols.md for the wire specification.
+"""
+
+from protocols.control.messages import *  # noqa: F403
+from protocols.control.messages import __all__  # noqa: F401

@@ -1,0 +1,193 @@
+"""Control requests and their responses."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field
+
+from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
+
+PROTOCOL_ID = "/hivemesh/control/0.1.0"
+MAX_WORKFLOW_TEXT = 1024 * 1024
+
+__all__ = [
+    "CODEC",
+    "PROTOCOL_ID",
+    "REQUEST_CODEC",
+    "RESPONSE_CODEC",
+    "Info",
+    "InfoRequest",
+    "ListRequest",
+    "PeerEntry",
+    "Peers",
+    "PeersRequest",
+    "ResultRequest",
+    "StatusRequest",
+    "StepStatus",
+    "SubmitRequest",
+    "Submitted",
+    "ToolEntry",
+    "Tools",
+    "ToolsRequest",
+    "WorkflowList",
+    "WorkflowResult",
+    "WorkflowStatusReply",
+    "WorkflowSummary",
+]
+
+# --- requests -------------------------------------------------------------------------------
+
+
+class InfoRequest(WireModel):
+    type: Literal["info"] = "info"
+
+
+class SubmitRequest(WireModel):
+    type: Literal["submit"] = "submit"
+    workflow: str = Field(max_length=MAX_WORKFLOW_TEXT, description="the workflow YAML text")
+    source: str | None = Field(default=None, max_length=1024)
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    workflow_id: str | None = Field(default=None, min_length=1, max_length=MAX_ID_LEN)
+
+
+class StatusRequest(WireModel):
+    type: Literal["status"] = "status"
+    workflow_id: str = Field(max_length=MAX_ID_LEN)
+
+
+class ResultRequest(WireModel):
+    type: Literal["result"] = "result"
+    workflow_id: str = Field(max_length=MAX_ID_LEN)
+    wait: bool = False
+
+
+class ListRequest(WireModel):
+    type: Literal["list"] = "list"
+
+
+class PeersRequest(WireModel):
+    type: Literal["peers"] = "peers"
+
+
+class ToolsRequest(WireModel):
+    type: Literal["tools"] = "tools"
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+class Info(WireModel):
+    type: Literal["info"] = "info"
+    peer_id: str
+    addrs: list[str]
+    tools: list[str]
+    version: str
+
+
+class Submitted(WireModel):
+    type: Literal["submitted"] = "submitted"
+    workflow_id: str
+    status: str
+    created: bool = Field(description="false when the id already existed (idempotent submit)")
+
+
+class StepStatus(WireModel):
+    name: str
+    tool: str
+    status: str
+    node: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    attempts: int = 0
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+class WorkflowStatusReply(WireModel):
+    type: Literal["status"] = "status"
+    workflow_id: str
+    name: str
+    status: str
+    error: str | None = None
+    created_at: float
+    ended_at: float | None = None
+    steps: list[StepStatus]
+
+
+class WorkflowResult(WireModel):
+    type: Literal["result"] = "result"
+    workflow_id: str
+    status: str
+    outputs: dict[str, Any] | None = None
+    error: str | None = None
+
+
+class WorkflowSummary(WireModel):
+    workflow_id: str
+    name: str
+    status: str
+    created_at: float
+
+
+class WorkflowList(WireModel):
+    type: Literal["list"] = "list"
+    workflows: list[WorkflowSummary]
+
+
+class PeerEntry(WireModel):
+    peer_id: str
+    addrs: list[str]
+    tools: list[str]
+    connected: bool
+    version: str | None = None
+    last_seen: float | None = None
+
+
+class Peers(WireModel):
+    type: Literal["peers"] = "peers"
+    peers: list[PeerEntry]
+
+
+class ToolEntry(WireModel):
+    name: str
+    version: str
+    description: str
+    providers: list[str] = Field(description="peer ids offering it; this node's id if local")
+
+
+class Tools(WireModel):
+    type: Literal["tools"] = "tools"
+    tools: list[ToolEntry]
+
+
+ControlRequest = (
+    InfoRequest
+    | SubmitRequest
+    | StatusRequest
+    | ResultRequest
+    | ListRequest
+    | PeersRequest
+    | ToolsRequest
+)
+ControlResponse = (
+    Info | Submitted | WorkflowStatusReply | WorkflowResult | WorkflowList | Peers | Tools
+)
+
+REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(  # type: ignore[type-var]
+    "control",
+    [
+        InfoRequest,
+        SubmitRequest,
+        StatusRequest,
+        ResultRequest,
+        ListRequest,
+        PeersRequest,
+        ToolsRequest,
+    ],
+)
+RESPONSE_CODEC: MessageCodec[ControlResponse] = MessageCodec(  # type: ignore[type-var]
+    "control",
+    [Info, Submitted, WorkflowStatusReply, WorkflowResult, WorkflowList, Peers, Tools],
+)
+CODEC = REQUEST_CODEC

@@ -1,0 +1,126 @@
+"""Sans-I/O frame codec shared by every hivemesh protocol.
+
+A frame is an unsigned LEB128 varint length followed by that many bytes of UTF-8 JSON.
+The JSON must be an object with a string ``type`` field. Length 0 is invalid.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from protocols.errors import FrameDecodeError, FrameTooLargeError, LocalProtocolError
+
+DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
+MAX_VARINT_BYTES = 9  # enough for 2**63 - 1; longer is garbage
+
+
+def encode_uvarint(value: int) -> bytes:
+    if value < 0:
+        raise LocalProtocolError("varint must be non-negative")
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if value:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def decode_uvarint(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int] | None:
+    """Decode a varint at ``pos``; return ``(value, next_pos)`` or None if incomplete."""
+    value = 0
+    shift = 0
+    for i in range(MAX_VARINT_BYTES):
+        if pos + i >= len(buf):
+            return None
+        byte = buf[pos + i]
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            if i > 0 and byte == 0:
+                raise FrameDecodeError("non-minimal varint length prefix")
+            return value, pos + i + 1
+        shift += 7
+    raise FrameDecodeError(f"varint length prefix longer than {MAX_VARINT_BYTES} bytes")
+
+
+def encode_payload(message: dict[str, Any]) -> bytes:
+    if not isinstance(message.get("type"), str):
+        raise LocalProtocolError("every message needs a string 'type' field")
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def encode_frame(message: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
+    payload = encode_payload(message)
+    if len(payload) > max_frame_size:
+        raise LocalProtocolError(
+            f"message of type {message['type']!r} is {len(payload)} bytes, "
+            f"over the frame limit of {max_frame_size}"
+        )
+    return encode_uvarint(len(payload)) + payload
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise FrameDecodeError(f"frame is not UTF-8: {exc.reason} at byte {exc.start}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise FrameDecodeError(f"frame is not JSON: {exc.msg} at offset {exc.pos}") from None
+    if not isinstance(obj, dict):
+        raise FrameDecodeError(f"frame is JSON {type(obj).__name__}, expected an object")
+    if not isinstance(obj.get("type"), str):
+        raise FrameDecodeError("frame has no string 'type' field")
+    return obj
+
+
+class FrameDecoder:
+    """Incremental decoder: ``feed`` bytes, get complete message objects.
+
+    After an error the decoder is unusable (the stream must be reset).
+    """
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+        self._broken = False
+
+    @property
+    def buffered(self) -> int:
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        if self._broken:
+            raise FrameDecodeError("decoder already failed")
+        self._buf += data
+        out: list[dict[str, Any]] = []
+        try:
+            while True:
+                header = decode_uvarint(self._buf)
+                if header is None:
+                    break
+                length, start = header
+                if length == 0:
+                    raise FrameDecodeError("zero-length frame")
+                if length > self.max_frame_size:
+                    raise FrameTooLargeError(
+                        f"frame of {length} bytes exceeds the limit of {self.max_frame_size}"
+                    )
+                if len(self._buf) < start + length:
+                    break
+                payload = bytes(self._buf[start : start + length])
+                del self._buf[: start + length]
+                out.append(decode_payload(payload))
+        except Exception:
+            self._broken = True
+            raise
+        return out
+
+    def check_eof(self) -> None:
+        """Call at end of stream: a partial frame left over is an error."""
+        if self._buf:
+            raise FrameDecodeError(f"stream ended inside a frame ({len(self._buf)} bytes pending)")

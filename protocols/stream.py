@@ -1,0 +1,109 @@
+"""Reading and writing framed messages over a byte stream (any transport).
+
+The node's libp2p adapter provides a :class:`ByteStream`; tests can use an in-memory one.
+"""
+
+from __future__ import annotations
+
+from typing import Generic, Protocol
+
+import trio
+
+from protocols.errors import PeerErrorResponse, ProtocolTimeoutError, StreamClosedError
+from protocols.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from protocols.wire import ErrorMessage, M, MessageCodec
+
+READ_CHUNK = 64 * 1024
+
+
+class ByteStream(Protocol):
+    """What the protocols need from a transport stream."""
+
+    async def read(self, n: int) -> bytes:
+        """Up to ``n`` bytes; ``b""`` at a clean end; StreamClosedError if reset."""
+        ...
+
+    async def write(self, data: bytes) -> None: ...
+
+    async def close(self) -> None: ...
+
+    async def reset(self) -> None: ...
+
+
+class MessageStream(Generic[M]):
+    """A stream of typed messages of one protocol.
+
+    ``receive`` raises :class:`StreamClosedError` when the stream ends before a frame,
+    :class:`RemoteProtocolError` subclasses for garbage, and :class:`PeerErrorResponse`
+    when ``raise_errors`` is set and the peer sent an ``error`` message.
+    """
+
+    def __init__(
+        self,
+        stream: ByteStream,
+        codec: MessageCodec[M],
+        *,
+        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+    ) -> None:
+        self.stream = stream
+        self.codec = codec
+        self.max_frame_size = max_frame_size
+        self._decoder = FrameDecoder(max_frame_size)
+        self._pending: list[dict[str, object]] = []
+        self._eof = False
+
+    async def send(self, message: M | ErrorMessage) -> None:
+        obj = message.model_dump(mode="json")
+        await self.stream.write(encode_frame(obj, self.max_frame_size))
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send(ErrorMessage(code=code, message=message))
+
+    async def receive_or_eof(self) -> M | ErrorMessage | None:
+        while not self._pending:
+            if self._eof:
+                return None
+            data = await self.stream.read(READ_CHUNK)
+            if not data:
+                self._eof = True
+                self._decoder.check_eof()
+                return None
+            self._pending.extend(self._decoder.feed(data))
+        obj = self._pending.pop(0)
+        if obj.get("type") == "error":
+            return ErrorMessage.model_validate(obj) if _valid_error(obj) else _bad_error(obj)
+        return self.codec.decode(obj)
+
+    async def receive(self, *, raise_errors: bool = True) -> M | ErrorMessage:
+        msg = await self.receive_or_eof()
+        if msg is None:
+            raise StreamClosedError(f"{self.codec.protocol} stream closed before the peer's answer")
+        if raise_errors and isinstance(msg, ErrorMessage):
+            raise PeerErrorResponse(msg.code, msg.message)
+        return msg
+
+    async def receive_within(
+        self, seconds: float, *, raise_errors: bool = True
+    ) -> M | ErrorMessage:
+        with trio.move_on_after(seconds) as scope:
+            return await self.receive(raise_errors=raise_errors)
+        assert scope.cancelled_caught
+        raise ProtocolTimeoutError(
+            f"no {self.codec.protocol} message within {seconds:g}s: outcome unknown"
+        )
+
+    async def close(self) -> None:
+        await self.stream.close()
+
+    async def reset(self) -> None:
+        await self.stream.reset()
+
+
+def _valid_error(obj: dict[str, object]) -> bool:
+    return (
+        isinstance(obj.get("code"), str) and isinstance(obj.get("message"), str) and len(obj) == 3
+    )
+
+
+def _bad_error(obj: dict[str, object]) -> ErrorMessage:
+    return ErrorMessage(code="invalid_message", message=f"malformed error message: {obj!r:.200}")

@@ -1,0 +1,125 @@
+"""Errors of the ``workflows`` package.
+
+::
+
+    WorkflowError                       root of everything in ``workflows``
+    ├── WorkflowDefinitionError         the workflow YAML (or its inputs) is invalid: fix the file
+    ├── ReferenceResolutionError        a ``{{...}}`` reference has no value at run time
+    └── ToolError                       anything about tools
+        ├── UnknownToolError            no such tool (or no matching version) on this node
+        ├── ToolInputError              the arguments do not match the tool's input schema
+        ├── ToolOutputError             the tool returned something its output schema rejects
+        ├── ToolExecutionError          the tool's function raised
+        └── ToolConfigError             a malformed tool, tool reference or group selection
+                                        (also a ``ValueError``)
+
+Every error is picklable (Ray ships them between processes): each class whose constructor
+differs from ``Exception(message)`` defines ``__reduce__``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WorkflowError(Exception):
+    """Root of all workflow errors."""
+
+
+class WorkflowDefinitionError(WorkflowError):
+    """A workflow definition is invalid.
+
+    ``str(error)`` reads ``"source:line: message"`` when the source and line are known, e.g.
+    ``"flow.yaml:12: step 'count' references unknown step 'shout2'"``.
+    """
+
+    def __init__(self, message: str, source: str | None = None, line: int | None = None) -> None:
+        self.message = message
+        self.source = source
+        self.line = line
+        super().__init__(_locate(message, source, line))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.source, self.line), self.__dict__)
+
+    def located(self, source: str | None, line: int | None = None) -> WorkflowDefinitionError:
+        """The same error with ``source``/``line`` filled in where they were unknown."""
+        return type(self)(self.message, self.source or source, self.line or line)
+
+
+class ReferenceResolutionError(WorkflowError):
+    """A reference such as ``{{steps.count.outputs.result}}`` has no value to resolve to."""
+
+    def __init__(self, message: str, ref: str | None = None) -> None:
+        self.message = message
+        self.ref = ref
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.ref), self.__dict__)
+
+
+class ToolError(WorkflowError):
+    """Root of tool errors; ``tool`` names the tool concerned when there is one."""
+
+    def __init__(self, message: str, tool: str | None = None) -> None:
+        self.message = message
+        self.tool = tool
+        super().__init__(message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.tool), self.__dict__)
+
+
+class UnknownToolError(ToolError):
+    """The tool is not installed or enabled here, or no installed version matches.
+
+    ``str(error)`` is ``"unknown tool 'nope.tool'"``, followed by ``detail`` when given.
+    """
+
+    tool: str
+
+    def __init__(self, tool: str, detail: str | None = None) -> None:
+        self.detail = detail
+        message = f"unknown tool {tool!r}" + (f": {detail}" if detail else "")
+        super().__init__(message, tool)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.tool, self.detail), self.__dict__)
+
+
+class ToolInputError(ToolError):
+    """The arguments given to a tool do not match its input schema (a caller's mistake)."""
+
+
+class ToolOutputError(ToolError):
+    """A tool returned a value its output schema rejects (a bug in the tool)."""
+
+
+class ToolExecutionError(ToolError):
+    """The tool's function raised. ``exc_type`` is the name of the original exception type."""
+
+    def __init__(self, message: str, tool: str | None = None, exc_type: str | None = None) -> None:
+        self.exc_type = exc_type
+        super().__init__(message, tool)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.message, self.tool, self.exc_type), self.__dict__)
+
+
+class ToolConfigError(ToolError, ValueError):
+    """A malformed tool definition, tool reference or tool-group selection.
+
+    Also a ``ValueError`` so that it reads naturally where a bad value was passed in (and so
+    that pydantic validators can raise it).
+    """
+
+
+def _locate(message: str, source: str | None, line: int | None) -> str:
+    if source and line:
+        return f"{source}:{line}: {message}"
+    if source:
+        return f"{source}: {message}"
+    if line:
+        return f"line {line}: {message}"
+    return message

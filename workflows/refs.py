@@ -1,0 +1,164 @@
+"""References inside workflow values: ``{{inputs.<name>}}`` and
+``{{steps.<step>.outputs.<name>}}``.
+
+References may appear in any string, at any depth of nested lists and mappings. A string
+that is exactly one reference (surrounding whitespace allowed) resolves to the referenced
+value itself, keeping its type; references inside longer strings are interpolated as text.
+Every ``{{ ... }}`` is a reference: anything else between double braces is malformed.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from workflows.errors import ReferenceResolutionError, WorkflowDefinitionError
+
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
+"""Names of workflow inputs, steps and outputs that references can point to."""
+
+_BRACES_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
+_EXACT_RE = re.compile(r"^\s*\{\{((?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
+_INPUT_RE = re.compile(rf"^\s*inputs\.({NAME_PATTERN})\s*$")
+_STEP_RE = re.compile(rf"^\s*steps\.({NAME_PATTERN})\.outputs\.({NAME_PATTERN})\s*$")
+
+RefKind = Literal["input", "step"]
+
+
+@dataclass(frozen=True)
+class Ref:
+    """One reference: a workflow input (``kind="input"``, ``name``) or an output of a step
+    (``kind="step"``, ``step``, and ``name`` = the output's name)."""
+
+    kind: RefKind
+    name: str
+    step: str | None = None
+
+    @property
+    def output(self) -> str | None:
+        """The referenced step output's name (``None`` for input references)."""
+        return self.name if self.kind == "step" else None
+
+    def __str__(self) -> str:
+        if self.kind == "input":
+            return f"{{{{inputs.{self.name}}}}}"
+        return f"{{{{steps.{self.step}.outputs.{self.name}}}}}"
+
+
+def parse_ref(inner: str) -> Ref | None:
+    """Parse what is between the braces (``"steps.a.outputs.b"``); ``None`` if malformed."""
+    if m := _INPUT_RE.match(inner):
+        return Ref("input", m.group(1))
+    if m := _STEP_RE.match(inner):
+        return Ref("step", m.group(2), m.group(1))
+    return None
+
+
+def find_refs(value: Any) -> list[Ref]:
+    """All references in ``value`` (strings inside nested lists/mappings), in order.
+
+    Raises :class:`WorkflowDefinitionError` for a ``{{ ... }}`` that is not a valid
+    reference, such as ``{{steps.x}}``.
+    """
+    refs: list[Ref] = []
+    for text in _strings(value):
+        for match in _BRACES_RE.finditer(text):
+            ref = parse_ref(match.group(1))
+            if ref is None:
+                raise WorkflowDefinitionError(_malformed_message(match.group(0)))
+            refs.append(ref)
+    return refs
+
+
+def resolve(
+    value: Any,
+    inputs: Mapping[str, Any],
+    step_outputs: Mapping[str, Mapping[str, Any]],
+) -> Any:
+    """Replace every reference in ``value`` by its value.
+
+    Lists, tuples and mappings are rebuilt with resolved items (mapping keys are left as
+    they are). Raises :class:`ReferenceResolutionError` naming the reference when it is
+    malformed or has no value.
+    """
+    if isinstance(value, str):
+        return _resolve_string(value, inputs, step_outputs)
+    if isinstance(value, Mapping):
+        return {key: resolve(item, inputs, step_outputs) for key, item in value.items()}
+    if isinstance(value, list):
+        return [resolve(item, inputs, step_outputs) for item in value]
+    if isinstance(value, tuple):
+        return tuple(resolve(item, inputs, step_outputs) for item in value)
+    return value
+
+
+def _resolve_string(
+    text: str, inputs: Mapping[str, Any], step_outputs: Mapping[str, Mapping[str, Any]]
+) -> Any:
+    if "{{" not in text:
+        return text
+    if exact := _EXACT_RE.match(text):
+        return _lookup(exact.group(1), inputs, step_outputs)
+
+    def interpolate(match: re.Match[str]) -> str:
+        found = _lookup(match.group(1), inputs, step_outputs)
+        return found if isinstance(found, str) else json.dumps(found, default=str)
+
+    return _BRACES_RE.sub(interpolate, text)
+
+
+def _lookup(
+    inner: str, inputs: Mapping[str, Any], step_outputs: Mapping[str, Mapping[str, Any]]
+) -> Any:
+    ref = parse_ref(inner)
+    if ref is None:
+        text = f"{{{{{inner}}}}}"
+        raise ReferenceResolutionError(_malformed_message(text), text)
+    if ref.kind == "input":
+        if ref.name not in inputs:
+            raise ReferenceResolutionError(
+                f"cannot resolve {ref}: workflow input {ref.name!r} has no value "
+                f"(inputs given: {_names(inputs)})",
+                str(ref),
+            )
+        return inputs[ref.name]
+    assert ref.step is not None  # parse_ref sets it for step references
+    outputs = step_outputs.get(ref.step)
+    if outputs is None:
+        raise ReferenceResolutionError(
+            f"cannot resolve {ref}: step {ref.step!r} has no outputs yet "
+            f"(finished steps: {_names(step_outputs)})",
+            str(ref),
+        )
+    if ref.name not in outputs:
+        raise ReferenceResolutionError(
+            f"cannot resolve {ref}: step {ref.step!r} produced no output {ref.name!r} "
+            f"(its outputs: {_names(outputs)})",
+            str(ref),
+        )
+    return outputs[ref.name]
+
+
+def _strings(value: Any) -> Iterator[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, Mapping):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, list | tuple):
+        for item in value:
+            yield from _strings(item)
+
+
+def _names(mapping: Mapping[str, Any]) -> str:
+    return ", ".join(sorted(mapping)) or "none"
+
+
+def _malformed_message(text: str) -> str:
+    return (
+        f"malformed reference {text!r}: use '{{{{inputs.<name>}}}}' or "
+        "'{{steps.<step>.outputs.<name>}}'"
+    )

@@ -1,0 +1,34 @@
+"""Tools that workflow steps call: the :class:`Tool` type, the :func:`tool` decorator and
+the :class:`ToolRegistry` that loads them from the ``hivemesh.tools`` entry points.
+
+The built-in tools live in :mod:`workflows.tools.text`, :mod:`workflows.tools.math` and
+:mod:`workflows.tools.util`; they are loaded through their entry points, not imported here.
+"""
+
+from workflows.tools._registry import (
+    ENTRY_POINT_GROUP,
+    ToolRegistry,
+    parse_selection,
+    split_tool_ref,
+    version_matches,
+)
+from workflows.tools._tool import (
+    RESULT_FIELD,
+    TOOL_NAME_PATTERN,
+    Tool,
+    check_tool_name,
+    tool,
+)
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "RESULT_FIELD",
+    "TOOL_NAME_PATTERN",
+    "Tool",
+    "ToolRegistry",
+    "check_tool_name",
+    "parse_selection",
+    "split_tool_ref",
+    "tool",
+    "version_matches",
+]

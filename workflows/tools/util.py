@@ -1,0 +1,25 @@
+"""Built-in ``util`` tools: plumbing for testing and demos."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from pydantic import Field
+
+from workflows.tools._tool import tool
+
+MAX_SLEEP_SECONDS = 3600.0
+
+
+@tool("util.echo", output=Any)
+def echo(value: Any) -> Any:
+    """Return the value it is given."""
+    return value
+
+
+@tool("util.sleep", output=float)
+def sleep(seconds: Annotated[float, Field(ge=0, le=MAX_SLEEP_SECONDS)]) -> float:
+    """Sleep for a number of seconds (0 to 3600) and return how long it slept."""
+    time.sleep(seconds)
+    return float(seconds)
