@@ -148,7 +148,7 @@ class Node:
                 await n.start(self.handoff.serve)
                 await n.start(self.runner.serve)
                 await n.start(self.discovery.serve)
-                info = {
+                info: dict[str, Any] = {
                     "peer_id": self.peer_id,
                     "addrs": self.host.addrs(),
                     "tools": self.tools.names(),
@@ -181,9 +181,13 @@ def run_daemon(config: NodeConfig, home: Home) -> None:
         level=config.log_level,
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
     )
+    # py-libp2p logs expected events (a CLI client without our protocols, a peer going
+    # away) as multi-line errors; hivemesh logs what matters itself.
+    quiet = logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL
     for noisy in ("libp2p", "multiaddr", "async_service"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+        logging.getLogger(noisy).setLevel(quiet)
     cpus = start_ray(config.ray)
     try:
         node = Node(config, home, cpus=cpus)

@@ -132,7 +132,8 @@ class DiscoveryService:
 
     def _on_connection(self, peer_id: str, up: bool) -> None:
         self.registry.set_connected(peer_id, up)
-        if up and not self.registry.has_fresh_card(peer_id):
+        known = self.registry.get(peer_id) is not None
+        if up and known and not self.registry.has_fresh_card(peer_id):
             self._want(peer_id)
 
     def _want(self, peer_id: str) -> None:

@@ -26,6 +26,7 @@ from libp2p import create_yamux_muxer_option, new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
+from libp2p.custom_types import TProtocol
 from libp2p.network.config import ConnectionConfig
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
@@ -160,7 +161,7 @@ class P2PHost:
                 log.exception("%s handler for %s failed", protocol, s.remote_peer)
                 await s.reset()
 
-        self._host.set_stream_handler(protocol, wrapped)  # type: ignore[arg-type]
+        self._host.set_stream_handler(TProtocol(protocol), wrapped)
 
     def on_connection_change(self, listener: ConnectionListener) -> None:
         self._host.get_network().register_notifee(_Notifee(listener))
@@ -247,7 +248,9 @@ class P2PHost:
     async def open_stream(self, peer_id: str, protocol: str) -> P2PStream:
         try:
             with trio.fail_after(self.dial_timeout_s):
-                stream = await self._host.new_stream(ID.from_base58(peer_id), [protocol])
+                stream = await self._host.new_stream(
+                    ID.from_base58(peer_id), [TProtocol(protocol)]
+                )
         except trio.TooSlowError:
             raise NodeUnreachableError(
                 f"peer {peer_id} did not open a {protocol} stream within {self.dial_timeout_s:g}s"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, cast
 
 import ray
 import trio
@@ -40,10 +40,13 @@ class RayToolRunner:
             functools.partial(_invoke_remote.remote, name, version, args)
         )
         try:
-            result: dict[str, Any] = await trio.to_thread.run_sync(
-                ray.get, ref, limiter=self._limiter, abandon_on_cancel=True
+            # trio-typing's stubs (pulled in by libp2p) predate ``abandon_on_cancel``.
+            result = await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                functools.partial(ray.get, ref),
+                limiter=self._limiter,
+                abandon_on_cancel=True,
             )
-            return result
+            return cast(dict[str, Any], result)
         except trio.Cancelled:
             ray.cancel(ref, force=False)
             raise

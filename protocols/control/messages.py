@@ -174,7 +174,7 @@ ControlResponse = (
     Info | Submitted | WorkflowStatusReply | WorkflowResult | WorkflowList | Peers | Tools
 )
 
-REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(  # type: ignore[type-var]
+REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
     "control",
     [
         InfoRequest,
@@ -186,7 +186,7 @@ REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(  # type: ignore[type
         ToolsRequest,
     ],
 )
-RESPONSE_CODEC: MessageCodec[ControlResponse] = MessageCodec(  # type: ignore[type-var]
+RESPONSE_CODEC: MessageCodec[ControlResponse] = MessageCodec(
     "control",
     [Info, Submitted, WorkflowStatusReply, WorkflowResult, WorkflowList, Peers, Tools],
 )

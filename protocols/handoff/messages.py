@@ -61,6 +61,6 @@ class StepFailed(WireModel):
 
 HandoffMessage = Offer | Accept | Reject | Heartbeat | StepResult | StepFailed
 
-CODEC: MessageCodec[HandoffMessage] = MessageCodec(  # type: ignore[type-var]
+CODEC: MessageCodec[HandoffMessage] = MessageCodec(
     "handoff", [Offer, Accept, Reject, Heartbeat, StepResult, StepFailed]
 )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import pickle
+import re
 from importlib.metadata import EntryPoint
 from typing import Any
 
@@ -196,9 +197,11 @@ def test_invalid_return_value_is_tool_output_error():
     def wrong_shape() -> Any:
         return {"other": 1}
 
-    with pytest.raises(ToolOutputError, match="tool 'demo.liar' returned invalid output"):
+    with pytest.raises(
+        ToolOutputError, match=re.escape("tool 'demo.liar' returned invalid output")
+    ):
         liar.invoke({})
-    with pytest.raises(ToolOutputError, match="demo.wrong_shape"):
+    with pytest.raises(ToolOutputError, match=re.escape("demo.wrong_shape")):
         wrong_shape.invoke({})
 
 
@@ -286,7 +289,7 @@ def test_broken_entry_points_are_logged_and_skipped(caplog: pytest.LogCaptureFix
 
 def test_duplicate_tool_names_are_rejected(registry: ToolRegistry):
     upper = registry.get("text.upper")
-    with pytest.raises(ValueError, match="duplicate tool name 'text.upper'"):
+    with pytest.raises(ValueError, match=re.escape("duplicate tool name 'text.upper'")):
         ToolRegistry([upper, upper])
 
 

@@ -1,0 +1,145 @@
+"""End to end: three real ``hivemesh node start`` processes (each with its own Ray),
+driven through the CLI exactly as a user would."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from node.localswarm import LocalSwarm, NodeProcess
+
+pytestmark = pytest.mark.e2e
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "workflows" / "examples" / "text_math.yaml"
+
+
+class Swarm:
+    def __init__(
+        self, local: LocalSwarm, text: NodeProcess, math: NodeProcess, none: NodeProcess
+    ) -> None:
+        self.local, self.text, self.math, self.none = local, text, math, none
+
+
+@pytest.fixture(scope="module")
+def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
+    root = tmp_path_factory.mktemp("swarm")
+    with LocalSwarm(root, num_cpus=1) as local:  # stops every process, pass or fail
+        text = local.wait_ready(local.start("text", "text"))
+        math = local.start("math", "math", bootstrap=[text.addr])
+        none = local.start("none", "none", bootstrap=[text.addr])
+        local.wait_ready(math)
+        local.wait_ready(none)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            out = local.cli("tools", "--home", str(none.home), "--json")
+            if out.returncode == 0 and {"text.upper", "math.multiply"} <= {
+                t["name"] for t in json.loads(out.stdout)
+            }:
+                break
+            time.sleep(0.3)
+        else:
+            pytest.fail("node 'none' never learned the swarm's tools")
+        yield Swarm(local, text, math, none)
+    for node in local.nodes:
+        assert not node.alive(), f"{node.name} still running"
+
+
+def test_workflow_submitted_to_toolless_node_runs_where_the_tools_are(swarm: Swarm) -> None:
+    home = str(swarm.none.home)
+    out = swarm.local.cli(
+        "submit",
+        str(EXAMPLE),
+        "--home",
+        home,
+        "--wait",
+        "--json",
+        "--input",
+        "text=hello peer to peer swarm",
+        "--input",
+        "factor=10",
+    )
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout)
+    assert result["status"] == "SUCCESSFUL"
+    assert result["outputs"] == {
+        "shouted": "HELLO PEER TO PEER SWARM",
+        "words": 5,
+        "scaled": 50,
+        "reversed": "MRAWS REEP OT REEP OLLEH",
+    }
+    status = swarm.local.cli("status", result["workflow_id"], "--home", home, "--json")
+    assert status.returncode == 0, status.stderr
+    steps = {s["name"]: s for s in json.loads(status.stdout)["steps"]}
+    assert {n: s["node"] for n, s in steps.items()} == {
+        "shout": swarm.text.peer_id,
+        "count": swarm.text.peer_id,
+        "scaled": swarm.math.peer_id,
+        "reversed": swarm.text.peer_id,
+    }
+    assert all(s["status"] == "SUCCESSFUL" and s["reason"] for s in steps.values())
+
+    res = swarm.local.cli("result", result["workflow_id"], "--home", home, "--json")
+    assert json.loads(res.stdout) == result["outputs"]
+    listed = json.loads(swarm.local.cli("list", "--home", home, "--json").stdout)
+    assert result["workflow_id"] in {w["workflow_id"] for w in listed}
+
+    # the same request through --node instead of --home
+    info = json.loads(swarm.local.cli("node", "info", "--home", home, "--json").stdout)
+    assert info["peer_id"] == swarm.none.peer_id and info["tools"] == []
+    peers = json.loads(swarm.local.cli("peers", "--home", home, "--json").stdout)
+    assert {p["peer_id"] for p in peers} == {swarm.text.peer_id, swarm.math.peer_id}
+
+
+def test_unknown_tool_fails_naming_it(swarm: Swarm, tmp_path: Path) -> None:
+    wf = tmp_path / "unknown.yaml"
+    wf.write_text(
+        "id: unknown-tool\nsteps:\n  - name: x\n    tool: image.resize\n"
+        "    inputs: [{name: path, value: a.png}]\n"
+    )
+    out = swarm.local.cli("submit", str(wf), "--home", str(swarm.none.home), "--wait")
+    assert out.returncode != 0
+    assert "image.resize" in out.stderr and "Traceback" not in out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_user_errors_are_one_line(swarm: Swarm, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("id: broken\nsteps:\n  - name: a\n    tool: text.upper\n    inputs: [\n")
+    home = str(swarm.none.home)
+    for args in (
+        ["submit", str(bad), "--home", home],
+        ["status", "no-such-workflow", "--home", home],
+        ["node", "info", "--node", f"/ip4/127.0.0.1/tcp/9/p2p/{swarm.text.peer_id}"],
+    ):
+        out = swarm.local.cli(*args)
+        assert out.returncode == 1, args
+        assert out.stderr.startswith("error: ") and "Traceback" not in out.stderr, out.stderr
+    assert "bad.yaml:" in swarm.local.cli("submit", str(bad), "--home", home).stderr
+
+
+def test_sigterm_stops_cleanly_and_a_restarted_node_still_answers(swarm: Swarm) -> None:
+    home = str(swarm.none.home)
+    out = swarm.local.cli("submit", str(EXAMPLE), "--home", home, "--wait", "--json")
+    wid = json.loads(out.stdout)["workflow_id"]
+
+    started = time.monotonic()
+    code = swarm.none.stop(signal.SIGTERM, timeout_s=30)
+    assert code == 0, swarm.none.log_tail()
+    assert time.monotonic() - started < 15
+    assert not (swarm.none.home / "node.json").exists()
+    assert "node stopped" in swarm.none.log_tail()
+
+    again = swarm.local.wait_ready(swarm.local.start("none-again", "none", home=swarm.none.home))
+    assert again.peer_id == swarm.none.peer_id  # persisted identity
+    res = swarm.local.cli("result", wid, "--home", home, "--json")
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout)["words"] == 9
+    st = json.loads(swarm.local.cli("status", wid, "--home", home, "--json").stdout)
+    assert st["status"] == "SUCCESSFUL"
+    assert {s["node"] for s in st["steps"]} == {swarm.text.peer_id, swarm.math.peer_id}
