@@ -149,6 +149,12 @@ def node_start(
     h = _home(home)
     if not h.node_key.exists():
         h.init()
+    running = h.read_runtime()
+    if running and isinstance(running.get("pid"), int):
+        from node.client import pid_alive
+
+        if pid_alive(running["pid"]):
+            fail(f"a node is already running from {h.path} (pid {running['pid']})")
     flags: dict[str, Any] = {}
     network: dict[str, Any] = {}
     if listen:

@@ -40,7 +40,7 @@ def resolve_node_addr(home: Home, node: str | None) -> str:
             f"(start one with 'hivemesh node start --home {home.path}' or pass --node)"
         )
     pid = info.get("pid")
-    if isinstance(pid, int) and not _alive(pid):
+    if isinstance(pid, int) and not pid_alive(pid):
         raise NodeUnreachableError(
             f"the node recorded in {home.path} (pid {pid}) is not running "
             f"(start it with 'hivemesh node start --home {home.path}')"
@@ -49,7 +49,7 @@ def resolve_node_addr(home: Home, node: str | None) -> str:
     return str(addrs[0])
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -61,6 +61,7 @@ class HandoffConfig(_Section):
     max_concurrent: int = Field(default=64, ge=1)
     max_hops: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=3, ge=1)
+    placement_wait_s: float = Field(default=3.0, ge=0)
     allow: Literal["any"] | list[str] = "any"
 
     @field_validator("allow", mode="before")
@@ -123,6 +124,7 @@ handoff:
   allow: any               # or a list of peer ids allowed to delegate steps here
   heartbeat_interval_s: 1
   heartbeat_timeout_s: 10
+  placement_wait_s: 3      # how long a step waits for a peer offering its tool to appear
 control:
   allowed_clients: []      # peer ids of client keys allowed besides this home's client.key
   allow_any_client: false

@@ -13,6 +13,7 @@ from protocols.errors import ProtocolError
 from protocols.stream import MessageStream
 from workflows.dsl import parse_workflow
 from workflows.errors import WorkflowError
+from workflows.journal import JournalError
 from workflows.runner import WorkflowNotFoundError, WorkflowRunner
 from workflows.tools import ToolRegistry
 
@@ -70,6 +71,9 @@ class ControlService:
             reply = await self.dispatch(request)
         except WorkflowNotFoundError as exc:
             await ms.send_error("not_found", str(exc))
+        except JournalError as exc:
+            log.error("control request failed: %s", exc)
+            await ms.send_error("internal", f"the node could not read its journal: {exc}")
         except WorkflowError as exc:
             await ms.send_error("invalid_workflow", str(exc))
         else:

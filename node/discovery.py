@@ -14,15 +14,21 @@ import trio
 
 from node.config import DiscoveryConfig, NetworkConfig
 from node.errors import NodeError
-from node.p2p import P2PHost, P2PStream, split_p2p_addr
+from node.p2p import P2PHost, P2PStream, split_p2p_addr, valid_peer_id
 from node.registry import CardMismatchError, PeerRegistry
 from protocols import discovery
-from protocols.errors import ProtocolError
+from protocols.errors import ProtocolError, RemoteProtocolError
 from protocols.stream import MessageStream
 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_EXCHANGES = 16
+
+
+class InvalidCardError(RemoteProtocolError):
+    """The peer's card describes another node."""
+
+    code = "invalid_card"
 
 
 class DiscoveryService:
@@ -74,7 +80,10 @@ class DiscoveryService:
             await ms.send(self._hello(exclude=peer_id))
             reply = await ms.receive_within(self.network.request_timeout_s)
             assert isinstance(reply, discovery.Hello)
-            self._absorb(reply, peer_id)
+            try:
+                self._absorb(reply, peer_id)
+            except CardMismatchError as exc:
+                raise InvalidCardError(str(exc)) from None
         except BaseException:
             await ms.reset()
             raise
@@ -98,6 +107,8 @@ class DiscoveryService:
                 reached.append(peer_id)
             except (NodeError, ProtocolError) as exc:
                 log.warning("bootstrap peer %s unreachable: %s", addr, exc)
+            except Exception:
+                log.exception("bootstrap through %s failed unexpectedly", addr)
 
         async with trio.open_nursery() as nursery:
             for addr in addrs:
@@ -124,7 +135,7 @@ class DiscoveryService:
         self.registry.accept_card(hello.card, from_peer)
         self.registry.set_connected(from_peer, self.host.is_connected(from_peer))
         for ref in hello.peers:
-            if ref.peer_id == self.host.peer_id:
+            if ref.peer_id == self.host.peer_id or not valid_peer_id(ref.peer_id):
                 continue
             if self.registry.learn(ref.peer_id, list(ref.addrs)):
                 log.info("learned of peer %s from %s", ref.peer_id, from_peer)
@@ -167,7 +178,12 @@ class DiscoveryService:
                 if state is None or not state.addrs:
                     return
                 self.registry.mark_dialed(peer_id)
-                await self.host.connect(peer_id, state.addrs)
+                try:
+                    await self.host.connect(peer_id, state.addrs)
+                except NodeError:
+                    if self.registry.dial_failed(peer_id):
+                        log.info("forgot peer %s: unreachable and its card expired", peer_id)
+                    raise
             elif self.registry.has_fresh_card(peer_id) and (
                 self.registry.card_age_fraction(peer_id) < 0.5
             ):
@@ -175,6 +191,9 @@ class DiscoveryService:
             await self.exchange(peer_id)
         except (NodeError, ProtocolError) as exc:
             log.info("card exchange with %s failed: %s", peer_id, exc)
+        except Exception:
+            # a peer must never be able to take the node down through discovery
+            log.exception("card exchange with %s failed unexpectedly", peer_id)
         finally:
             self._inflight.discard(peer_id)
             self._limiter.release_on_behalf_of(peer_id)

@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+import trio
+
 from node.config import HandoffConfig, NetworkConfig
 from node.errors import NodeError, PlacementError
 from node.handoff import (
@@ -81,12 +83,7 @@ class SwarmExecutor:
         decision: Decision | None = None
         for _attempt in range(self.config.max_attempts):
             try:
-                decision = place(
-                    request.tool,
-                    request.version,
-                    self.candidates(request.tool, request.version),
-                    exclude=tried,
-                )
+                decision = await self._place(request, tried)
             except PlacementError as exc:
                 message = str(exc) if last_error is None else f"{exc}; last error: {last_error}"
                 raise StepExecutionError(
@@ -117,6 +114,19 @@ class SwarmExecutor:
             node=decision.node if decision else None,
             reason=decision.reason if decision else None,
         )
+
+    async def _place(self, request: StepRequest, tried: list[str]) -> Decision:
+        """Place the step; if no node offers the tool yet (a peer may still be joining),
+        wait up to ``placement_wait_s`` for one to appear."""
+        deadline = trio.current_time() + self.config.placement_wait_s
+        while True:
+            candidates = self.candidates(request.tool, request.version)
+            try:
+                return place(request.tool, request.version, candidates, exclude=tried)
+            except PlacementError:
+                if tried or trio.current_time() >= deadline:
+                    raise
+            await trio.sleep(0.1)
 
     async def _run_here(self, request: StepRequest, decision: Decision) -> StepOutcome:
         self.local_running += 1

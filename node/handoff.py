@@ -88,14 +88,25 @@ async def delegate(
             await ms.send(offer)
             first = await ms.receive_within(config.heartbeat_timeout_s)
             rtt_ms = (time.monotonic() - started) * 1000
-            if isinstance(first, handoff.Reject):
+            if isinstance(first, handoff.Reject) and first.handoff_id == offer.handoff_id:
                 raise HandoffRejectedError(peer_id, first.code, first.message)
             if not isinstance(first, handoff.Accept) or first.handoff_id != offer.handoff_id:
                 raise HandoffLostError(
                     peer_id, f"peer {peer_id} answered the offer with {first.type!r}"
                 )
             while True:
-                msg = await ms.receive_within(config.heartbeat_timeout_s)
+                try:
+                    msg = await ms.receive_within(config.heartbeat_timeout_s)
+                except PeerErrorResponse as exc:
+                    raise HandoffLostError(
+                        peer_id,
+                        f"peer {peer_id} aborted the accepted step ({exc.code}: {exc.message}): "
+                        "outcome unknown",
+                    ) from None
+                if getattr(msg, "handoff_id", None) != offer.handoff_id:
+                    raise HandoffLostError(
+                        peer_id, f"peer {peer_id} answered about another handoff: outcome unknown"
+                    )
                 if isinstance(msg, handoff.Heartbeat):
                     continue
                 if isinstance(msg, handoff.StepResult):
@@ -196,17 +207,21 @@ class HandoffServer:
             return
         job = self._jobs.get(offer.handoff_id)
         if job is None:
-            stored = await self.journal.call(self.journal.sync.get_handoff, offer.handoff_id)
+            # reserve the id before the first await: a concurrent duplicate offer joins it
+            job = self._jobs[offer.handoff_id] = _Job(trio.Event())
+            try:
+                stored = await self.journal.call(self.journal.sync.get_handoff, offer.handoff_id)
+            except BaseException:
+                del self._jobs[offer.handoff_id]
+                raise
             if stored is not None and stored.direction == "in" and stored.status == "SUCCESSFUL":
-                job = _Job(
-                    trio.Event(),
-                    handoff.StepResult(
-                        handoff_id=offer.handoff_id, outputs=stored.outputs or {}, duration_ms=0
-                    ),
+                job.outcome = handoff.StepResult(
+                    handoff_id=offer.handoff_id, outputs=stored.outputs or {}, duration_ms=0
                 )
                 job.done.set()
+                del self._jobs[offer.handoff_id]
             else:
-                job = await self._start(offer, peer)
+                await self._start(offer, peer, job)
         await ms.send(handoff.Accept(handoff_id=offer.handoff_id))
         started = time.monotonic()
         while not job.done.is_set():
@@ -231,29 +246,33 @@ class HandoffServer:
             tool = self.tools.get(offer.tool, offer.version)
         except UnknownToolError as exc:
             return rej("no_such_tool", str(exc))
+        except ToolError as exc:  # a malformed tool name or version requirement
+            return rej("invalid", str(exc))
         if not tool.remote_callable:
             return rej("no_such_tool", f"tool {offer.tool!r} is not offered to peers")
         if offer.handoff_id not in self._jobs and self.running >= self.config.max_concurrent:
             return rej("overloaded", f"{self.running} steps running; try another peer")
         return None
 
-    async def _start(self, offer: handoff.Offer, peer: str) -> _Job:
+    async def _start(self, offer: handoff.Offer, peer: str, job: _Job) -> None:
         assert self._nursery is not None, "HandoffServer.serve() is not running"
-        job = _Job(trio.Event())
-        self._jobs[offer.handoff_id] = job
         self.running += 1
-        await self.journal.call(
-            self.journal.sync.record_handoff,
-            offer.handoff_id,
-            direction="in",
-            peer=peer,
-            tool=offer.tool,
-            workflow_id=offer.workflow_id,
-            step=offer.step,
-            status="ACCEPTED",
-        )
+        try:
+            await self.journal.call(
+                self.journal.sync.record_handoff,
+                offer.handoff_id,
+                direction="in",
+                peer=peer,
+                tool=offer.tool,
+                workflow_id=offer.workflow_id,
+                step=offer.step,
+                status="ACCEPTED",
+            )
+        except BaseException:
+            self.running -= 1
+            self._jobs.pop(offer.handoff_id, None)
+            raise
         self._nursery.start_soon(self._run_job, offer, job)
-        return job
 
     async def _run_job(self, offer: handoff.Offer, job: _Job) -> None:
         hid = offer.handoff_id

@@ -57,7 +57,12 @@ class NodeProcess:
         return "\n".join(text.splitlines()[-lines:])
 
     def stop(self, sig: int = signal.SIGTERM, timeout_s: float = 20.0) -> int:
-        """Signal the node and wait for it; SIGKILL if it outlives ``timeout_s``."""
+        """Signal the node and wait for it; SIGKILL if it outlives ``timeout_s``.
+
+        SIGKILL goes to the node's whole process group, so its Ray processes die with it
+        (as they would with the machine)."""
+        if sig == signal.SIGKILL:
+            self.kill_group()
         if self.alive():
             self.proc.send_signal(sig)
             try:
@@ -66,6 +71,10 @@ class NodeProcess:
                 self.proc.kill()
                 self.proc.wait(10)
         return int(self.proc.returncode)
+
+    def kill_group(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
 
 class LocalSwarm:
@@ -154,9 +163,10 @@ class LocalSwarm:
             try:
                 node.proc.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(node.proc.pid, signal.SIGKILL)
+                node.kill_group()
                 node.proc.wait(10)
+            # whatever the node left behind in its process group (Ray helpers) goes too
+            node.kill_group()
         for log in self._logs:
             log.close()
         self._logs.clear()

@@ -22,7 +22,7 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p import create_yamux_muxer_option, new_host
+from libp2p import new_host
 from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
@@ -33,6 +33,8 @@ from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
+from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
+from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.errors import NodeUnreachableError
 from protocols.errors import StreamClosedError
@@ -107,6 +109,14 @@ class _Notifee(INotifee):
             log.exception("connection listener failed")
 
 
+def valid_peer_id(peer_id: str) -> bool:
+    try:
+        ID.from_base58(peer_id)
+    except Exception:
+        return False
+    return True
+
+
 def split_p2p_addr(addr: str) -> tuple[str, str]:
     """``/ip4/../tcp/../p2p/<id>`` → (peer id, full address). Raises ValueError."""
     try:
@@ -130,7 +140,8 @@ class P2PHost:
         self._host = new_host(
             key_pair=key_pair,
             sec_opt={NOISE_PROTOCOL_ID: noise},
-            muxer_opt=create_yamux_muxer_option(),
+            # yamux only: libp2p's yamux option also offers mplex (no flow control)
+            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1, dial_timeout=dial_timeout_s
             ),
@@ -216,7 +227,10 @@ class P2PHost:
             raise NodeUnreachableError("refusing to dial ourselves")
         if self.is_connected(peer_id):
             return
-        pid = ID.from_base58(peer_id)
+        try:
+            pid = ID.from_base58(peer_id)
+        except Exception:
+            raise NodeUnreachableError(f"invalid peer id {peer_id!r}") from None
         errors = []
         for addr in addrs:
             base = addr.split("/p2p/")[0]
@@ -246,11 +260,11 @@ class P2PHost:
         return peer_id
 
     async def open_stream(self, peer_id: str, protocol: str) -> P2PStream:
+        if not valid_peer_id(peer_id):
+            raise NodeUnreachableError(f"invalid peer id {peer_id!r}")
         try:
             with trio.fail_after(self.dial_timeout_s):
-                stream = await self._host.new_stream(
-                    ID.from_base58(peer_id), [TProtocol(protocol)]
-                )
+                stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
         except trio.TooSlowError:
             raise NodeUnreachableError(
                 f"peer {peer_id} did not open a {protocol} stream within {self.dial_timeout_s:g}s"
@@ -262,7 +276,8 @@ class P2PHost:
         return P2PStream(stream)
 
     async def disconnect(self, peer_id: str) -> None:
-        await self._disconnect_quietly(ID.from_base58(peer_id))
+        if valid_peer_id(peer_id):
+            await self._disconnect_quietly(ID.from_base58(peer_id))
 
 
 def _first_line(exc: BaseException) -> str:

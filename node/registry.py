@@ -32,6 +32,7 @@ class PeerState:
     rtt_ms: float | None = None
     inflight: int = 0
     last_dial_at: float | None = None
+    failed_dials: int = 0
 
     def tool(self, name: str, version: str | None, now: float) -> ToolCard | None:
         if self.card is None or now >= self.card_expires_at:
@@ -97,6 +98,7 @@ class PeerRegistry:
         state.card = card
         state.card_expires_at = now + card.ttl_s
         state.last_seen = now
+        state.failed_dials = 0
         for addr in card.addrs:
             if addr not in state.addrs:
                 state.addrs.insert(0, addr)
@@ -153,6 +155,24 @@ class PeerRegistry:
             and s.addrs
             and (s.last_dial_at is None or now - s.last_dial_at >= retry_after_s)
         ]
+
+    FORGET_AFTER_FAILED_DIALS = 5
+
+    def dial_failed(self, peer_id: str) -> bool:
+        """Count a failed dial. A peer that keeps failing and whose card has expired is
+        forgotten (returns True); peer exchange can teach it to us again."""
+        state = self._peers.get(peer_id)
+        if state is None:
+            return False
+        state.failed_dials += 1
+        if (
+            state.failed_dials >= self.FORGET_AFTER_FAILED_DIALS
+            and not state.connected
+            and self._clock() >= state.card_expires_at
+        ):
+            del self._peers[peer_id]
+            return True
+        return False
 
     def mark_dialed(self, peer_id: str) -> None:
         state = self._peers.get(peer_id)

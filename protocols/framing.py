@@ -62,13 +62,17 @@ def encode_frame(message: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAM
     return encode_uvarint(len(payload)) + payload
 
 
+def _reject_constant(name: str) -> Any:
+    raise FrameDecodeError(f"frame contains {name}, which is not valid JSON")
+
+
 def decode_payload(payload: bytes) -> dict[str, Any]:
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FrameDecodeError(f"frame is not UTF-8: {exc.reason} at byte {exc.start}") from None
     try:
-        obj = json.loads(text)
+        obj = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
         raise FrameDecodeError(f"frame is not JSON: {exc.msg} at offset {exc.pos}") from None
     if not isinstance(obj, dict):

@@ -3,6 +3,11 @@
 ::
 
     WorkflowError                       root of everything in ``workflows``
+    ├── WorkflowExecutionError          a workflow failed; ``cause`` is the step's exception
+    ├── WorkflowCancellationError       the workflow was canceled
+    ├── WorkflowNotResumableError       resume of a workflow that cannot be resumed
+    ├── WorkflowNotFoundError           no workflow with that id in the storage
+    ├── WorkflowStillActiveError        the workflow is running or pending
     ├── WorkflowDefinitionError         the workflow YAML (or its inputs) is invalid: fix the file
     ├── ReferenceResolutionError        a ``{{...}}`` reference has no value at run time
     └── ToolError                       anything about tools
@@ -123,3 +128,59 @@ def _locate(message: str, source: str | None, line: int | None) -> str:
     if line:
         return f"line {line}: {message}"
     return message
+
+
+class WorkflowExecutionError(WorkflowError):
+    """A workflow failed. ``cause`` is the exception that made it fail (when known)."""
+
+    def __init__(self, workflow_id: str, message: str | None = None,
+                 cause: BaseException | None = None) -> None:
+        self.workflow_id = workflow_id
+        self.cause = cause
+        detail = message or (f"{type(cause).__name__}: {cause}" if cause is not None else "")
+        self.message = f"workflow {workflow_id!r} failed: {detail}" if detail else (
+            f"workflow {workflow_id!r} failed")
+        super().__init__(self.message)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id, None, self.cause), {"message": self.message})
+
+
+class WorkflowCancellationError(WorkflowError):
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"workflow {workflow_id!r} was canceled")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id,))
+
+
+class WorkflowNotResumableError(WorkflowError):
+    def __init__(self, workflow_id: str, why: str = "it does not exist") -> None:
+        self.workflow_id = workflow_id
+        self.why = why
+        super().__init__(f"workflow {workflow_id!r} cannot be resumed: {why}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id, self.why))
+
+
+class WorkflowNotFoundError(WorkflowError):
+    def __init__(self, workflow_id: str) -> None:
+        self.workflow_id = workflow_id
+        super().__init__(f"no workflow with id {workflow_id!r}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id,))
+
+
+class WorkflowStillActiveError(WorkflowError):
+    def __init__(self, operation: str, workflow_id: str) -> None:
+        self.operation = operation
+        self.workflow_id = workflow_id
+        super().__init__(
+            f"cannot {operation} workflow {workflow_id!r}: it is still running or pending"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.operation, self.workflow_id))

@@ -48,7 +48,8 @@ class RayToolRunner:
             )
             return cast(dict[str, Any], result)
         except trio.Cancelled:
-            ray.cancel(ref, force=False)
+            with trio.CancelScope(shield=True):
+                await trio.to_thread.run_sync(functools.partial(ray.cancel, ref, force=False))
             raise
         except RayTaskError as exc:
             cause = exc.cause

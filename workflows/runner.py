@@ -19,19 +19,13 @@ from typing import Any, Protocol, TypeVar
 import trio
 
 from workflows.dsl import StepSpec, WorkflowSpec
-from workflows.errors import WorkflowError
+from workflows.errors import WorkflowError, WorkflowNotFoundError
 from workflows.journal import Journal, StepRecord, WorkflowRecord
 from workflows.refs import resolve
 from workflows.status import StepStatus, WorkflowStatus
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-
-class WorkflowNotFoundError(WorkflowError):
-    def __init__(self, workflow_id: str) -> None:
-        super().__init__(f"no workflow with id {workflow_id!r}")
-        self.workflow_id = workflow_id
 
 
 class StepExecutionError(WorkflowError):

@@ -143,3 +143,50 @@ def test_sigterm_stops_cleanly_and_a_restarted_node_still_answers(swarm: Swarm) 
     st = json.loads(swarm.local.cli("status", wid, "--home", home, "--json").stdout)
     assert st["status"] == "SUCCESSFUL"
     assert {s["node"] for s in st["steps"]} == {swarm.text.peer_id, swarm.math.peer_id}
+
+
+def test_node_killed_mid_workflow_resumes_without_rerunning_finished_steps(
+    tmp_path: Path,
+) -> None:
+    wf = tmp_path / "slow.yaml"
+    wf.write_text(
+        "id: slow\n"
+        "steps:\n"
+        "  - name: first\n    tool: text.upper\n"
+        "    inputs: [{name: text, value: durable}]\n"
+        "  - name: nap\n    tool: util.sleep\n"
+        "    inputs: [{name: seconds, value: 4}]\n"
+        "  - name: last\n    tool: text.lower\n"
+        "    inputs: [{name: text, value: '{{steps.first.outputs.result}} after "
+        "{{steps.nap.outputs.result}}'}]\n"
+        "outputs: [{name: out, value: '{{steps.last.outputs.result}}'}]\n"
+    )
+    with LocalSwarm(tmp_path / "solo", num_cpus=1) as local:
+        node = local.wait_ready(local.start("solo", "all"))
+        home = str(node.home)
+        out = local.cli("submit", str(wf), "--home", home, "--id", "slow-1", "--json")
+        assert out.returncode == 0, out.stderr
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            st = json.loads(local.cli("status", "slow-1", "--home", home, "--json").stdout)
+            states = {s["name"]: s["status"] for s in st["steps"]}
+            if states["first"] == "SUCCESSFUL" and states["nap"] == "RUNNING":
+                break
+            time.sleep(0.2)
+        else:
+            pytest.fail(f"workflow never reached the sleeping step: {st}")
+        node.stop(signal.SIGKILL)
+
+        again = local.wait_ready(local.start("solo-again", "all", home=node.home))
+        res = local.cli("result", "slow-1", "--home", str(again.home), "--wait", "--json")
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == {"out": "durable after 4.0"}
+        st = json.loads(local.cli("status", "slow-1", "--home", home, "--json").stdout)
+        attempts = {s["name"]: s for s in st["steps"]}
+    # the journal shows the finished step ran once and the interrupted one twice
+    from workflows.journal import Journal
+
+    journal = Journal(node.home / "journal.db")
+    steps = {s.name: s.attempts for s in journal.list_steps("slow-1")}
+    journal.close()
+    assert steps == {"first": 1, "nap": 2, "last": 1}, (steps, attempts)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 
@@ -266,4 +267,72 @@ async def test_control_requires_an_authorised_client_key(tmp_path: Path) -> None
         stranger.init()
         with pytest.raises(NotAuthorisedError, match="not authorised"):
             await request(stranger.load_client_key(), addr, control.InfoRequest())
+        nursery.cancel_scope.cancel()
+
+
+async def test_rogue_peer_cards_and_peer_ids_do_not_take_the_node_down(tmp_path: Path) -> None:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from node.discovery import InvalidCardError
+
+    a = make_node(tmp_path, "a", "math")
+    rogue = P2PHost(create_new_key_pair())
+
+    async def lying_hello(stream: object) -> None:
+        ms = MessageStream(stream, discovery.CODEC)  # type: ignore[arg-type]
+        await ms.receive()
+        card = discovery.NodeCard(peer_id=a.peer_id, addrs=[], version="9.9.9")  # not its own
+        await ms.send(
+            discovery.Hello(
+                card=card,
+                peers=[discovery.PeerRef(peer_id="not-a-peer!", addrs=["/ip4/127.0.0.1/tcp/1"])],
+            )
+        )
+        await ms.close()
+
+    rogue.set_handler(discovery.PROTOCOL_ID, lying_hello)
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        async with rogue.run(["/ip4/127.0.0.1/tcp/0"]):
+            await a.host.connect(rogue.peer_id, rogue.addrs())
+            a.registry.learn(rogue.peer_id, rogue.addrs())
+            with pytest.raises(InvalidCardError):
+                await a.discovery.exchange(rogue.peer_id)
+            # a peer exchange entry with a garbage peer id is ignored, not dialled
+            hello = discovery.Hello(
+                card=discovery.NodeCard(peer_id=rogue.peer_id, addrs=rogue.addrs(), version="0"),
+                peers=[discovery.PeerRef(peer_id="not-a-peer!", addrs=[])],
+            )
+            a.discovery._absorb(hello, rogue.peer_id)
+            assert a.registry.get("not-a-peer!") is None
+            await trio.sleep(0.5)  # let the refresh loop run over the rogue entries
+        # the node still serves: its own client can talk to it
+        own = Home(tmp_path / "a").load_client_key()
+        info = await request(own, a.host.addrs()[0], control.InfoRequest())
+        assert info.peer_id == a.peer_id
+        nursery.cancel_scope.cancel()
+
+
+async def test_only_noise_and_yamux_are_accepted(tmp_path: Path) -> None:
+    import multiaddr
+    from libp2p import new_host
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.peerinfo import info_from_p2p_addr
+    from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
+
+    a = make_node(tmp_path, "a", "none")
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        # (libp2p's create_mplex_muxer_option() also offers yamux; this host does not)
+        mplex_only = new_host(
+            key_pair=create_new_key_pair(), muxer_opt={TProtocol(MPLEX_PROTOCOL_ID): Mplex}
+        )
+        async with mplex_only.run([multiaddr.Multiaddr("/ip4/127.0.0.1/tcp/0")]):
+            with trio.move_on_after(10):
+                with contextlib.suppress(Exception):
+                    await mplex_only.connect(
+                        info_from_p2p_addr(multiaddr.Multiaddr(a.host.addrs()[0]))
+                    )
+            assert a.host.peer_id not in {str(p) for p in mplex_only.get_connected_peers()}
         nursery.cancel_scope.cancel()

@@ -1,0 +1,553 @@
+"""Message codecs of the three protocols, and MessageStream over an in-memory byte stream."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pydantic
+import pytest
+import trio
+from pydantic import BaseModel
+
+from protocols import control, discovery, handoff
+from protocols.control.messages import MAX_WORKFLOW_TEXT
+from protocols.discovery.messages import MAX_ADDRS, MAX_PEERS, MAX_TOOLS
+from protocols.errors import (
+    FrameDecodeError,
+    FrameTooLargeError,
+    LocalProtocolError,
+    MessageValidationError,
+    PeerErrorResponse,
+    ProtocolTimeoutError,
+    StreamClosedError,
+    UnknownMessageTypeError,
+)
+from protocols.framing import FrameDecoder, encode_frame, encode_uvarint
+from protocols.stream import MessageStream
+from protocols.wire import MAX_ID_LEN, ErrorMessage, MessageCodec, WireModel
+
+PEER_A = "12D3KooWA1111111111111111111111111111111111111111111"
+PEER_B = "12D3KooWB2222222222222222222222222222222222222222222"
+
+CARD = discovery.NodeCard(
+    peer_id=PEER_A,
+    addrs=[f"/ip4/127.0.0.1/tcp/4001/p2p/{PEER_A}"],
+    version="0.1.0",
+    tools=[
+        discovery.ToolCard(
+            name="text.upper",
+            version="1.0.0",
+            description="Upper-case a string",
+            input_schema={"type": "object", "properties": {"text": {"type": "string"}}},
+            output_schema={"type": "object"},
+        )
+    ],
+    load=discovery.LoadInfo(running=1, capacity=4),
+    ttl_s=30.0,
+)
+HELLO = discovery.Hello(
+    card=CARD,
+    peers=[discovery.PeerRef(peer_id=PEER_B, addrs=[f"/ip4/10.0.0.2/tcp/4001/p2p/{PEER_B}"])],
+)
+
+OFFER = handoff.Offer(
+    handoff_id="wf-1/shout#1a2b3c4d",
+    workflow_id="wf-1",
+    step="shout",
+    tool="text.upper",
+    version="1",
+    args={"text": "hello 🐝", "n": [1, 2.5, None, True]},
+    deadline_ms=3_600_000,
+    hops=1,
+    epoch=2,
+)
+HANDOFF_MESSAGES: list[BaseModel] = [
+    OFFER,
+    handoff.Accept(handoff_id="h1"),
+    handoff.Reject(handoff_id="h1", code="overloaded", message="64 steps running"),
+    handoff.Heartbeat(handoff_id="h1", elapsed_ms=1000),
+    handoff.StepResult(handoff_id="h1", outputs={"result": "HELLO"}, duration_ms=12),
+    handoff.StepFailed(handoff_id="h1", code="tool_failed", message="boom"),
+]
+
+STEP = control.StepStatus(
+    name="shout",
+    tool="text.upper",
+    status="SUCCESSFUL",
+    node=PEER_B,
+    reason="remote: this node does not offer it",
+    attempts=1,
+    started_at=1.5,
+    ended_at=2.5,
+)
+CONTROL_REQUESTS: list[BaseModel] = [
+    control.InfoRequest(),
+    control.SubmitRequest(
+        workflow="id: demo\nsteps: []\n", source="demo.yaml", inputs={"x": 1}, workflow_id="w1"
+    ),
+    control.StatusRequest(workflow_id="w1"),
+    control.ResultRequest(workflow_id="w1", wait=True),
+    control.ListRequest(),
+    control.PeersRequest(),
+    control.ToolsRequest(),
+]
+CONTROL_RESPONSES: list[BaseModel] = [
+    control.Info(peer_id=PEER_A, addrs=["/ip4/127.0.0.1/tcp/1"], tools=["text.upper"], version="1"),
+    control.Submitted(workflow_id="w1", status="RUNNING", created=True),
+    control.WorkflowStatusReply(
+        workflow_id="w1", name="demo", status="RUNNING", created_at=1.0, steps=[STEP]
+    ),
+    control.WorkflowResult(workflow_id="w1", status="SUCCESSFUL", outputs={"shout": {"r": "A"}}),
+    control.WorkflowList(
+        workflows=[
+            control.WorkflowSummary(workflow_id="w1", name="demo", status="FAILED", created_at=1.0)
+        ]
+    ),
+    control.Peers(
+        peers=[
+            control.PeerEntry(
+                peer_id=PEER_B, addrs=[], tools=["math.add"], connected=True, last_seen=3.0
+            )
+        ]
+    ),
+    control.Tools(
+        tools=[
+            control.ToolEntry(
+                name="text.upper", version="1.0.0", description="", providers=[PEER_A]
+            )
+        ]
+    ),
+]
+
+CASES: list[tuple[MessageCodec[Any], BaseModel]] = (
+    [(discovery.CODEC, HELLO), (discovery.CODEC, discovery.Hello(card=CARD))]
+    + [(handoff.CODEC, m) for m in HANDOFF_MESSAGES]
+    + [(control.REQUEST_CODEC, m) for m in CONTROL_REQUESTS]
+    + [(control.RESPONSE_CODEC, m) for m in CONTROL_RESPONSES]
+)
+
+
+def ids(case: tuple[MessageCodec[Any], BaseModel]) -> str:
+    codec, message = case
+    return f"{codec.protocol}-{type(message).__name__}"
+
+
+# -- codecs ----------------------------------------------------------------------------------
+
+
+def test_codecs_know_exactly_their_message_types() -> None:
+    assert discovery.CODEC.types == ["hello"]
+    assert handoff.CODEC.types == ["accept", "failed", "heartbeat", "offer", "reject", "result"]
+    expected = ["info", "list", "peers", "result", "status", "submit", "tools"]
+    assert control.REQUEST_CODEC.types == expected
+    assert control.RESPONSE_CODEC.types == sorted({*expected, "submitted"} - {"submit"})
+    assert control.CODEC is control.REQUEST_CODEC
+
+
+@pytest.mark.parametrize("case", CASES, ids=[ids(c) for c in CASES])
+def test_round_trip(case: tuple[MessageCodec[Any], BaseModel]) -> None:
+    codec, message = case
+    obj = codec.encode(message)
+    assert isinstance(obj["type"], str)
+    assert codec.decode(obj) == message
+    # and through the frame codec: the JSON form is what travels
+    (decoded,) = FrameDecoder().feed(encode_frame(obj))
+    assert codec.decode(decoded) == message
+
+
+def test_defaults_fill_in_optional_fields() -> None:
+    offer = handoff.CODEC.decode(
+        {
+            "type": "offer",
+            "handoff_id": "h",
+            "workflow_id": "w",
+            "step": "s",
+            "tool": "t",
+            "deadline_ms": 1,
+        }
+    )
+    assert isinstance(offer, handoff.Offer)
+    assert (offer.version, offer.args, offer.hops, offer.epoch) == (None, {}, 0, 0)
+    hello = discovery.CODEC.decode({"type": "hello", "card": {"peer_id": "p", "version": "1"}})
+    assert hello.peers == []
+    assert hello.card.addrs == [] and hello.card.tools == []
+    assert hello.card.load == discovery.LoadInfo(running=0, capacity=1)
+    assert hello.card.ttl_s == 60.0
+    result = control.REQUEST_CODEC.decode({"type": "result", "workflow_id": "w"})
+    assert result == control.ResultRequest(workflow_id="w", wait=False)
+
+
+def test_messages_are_frozen() -> None:
+    with pytest.raises(pydantic.ValidationError, match="frozen"):
+        handoff.Accept(handoff_id="h").handoff_id = "other"
+
+
+@pytest.mark.parametrize(
+    ("codec", "type_name"),
+    [
+        (discovery.CODEC, "goodbye"),
+        (discovery.CODEC, "offer"),  # a handoff type is unknown to discovery
+        (handoff.CODEC, "hello"),
+        (control.REQUEST_CODEC, "submitted"),  # a response is not a request
+        (control.RESPONSE_CODEC, "submit"),
+        (handoff.CODEC, "error"),  # `error` is handled by MessageStream, not the codecs
+    ],
+)
+def test_unknown_type_names_the_type(codec: MessageCodec[Any], type_name: str) -> None:
+    with pytest.raises(UnknownMessageTypeError) as info:
+        codec.decode({"type": type_name})
+    assert repr(type_name) in str(info.value)
+    assert codec.protocol in str(info.value)
+    assert info.value.code == "unknown_type"
+
+
+@pytest.mark.parametrize("bad", [{}, {"type": 3}, {"type": None}])
+def test_missing_or_non_string_type_is_unknown(bad: dict[str, Any]) -> None:
+    with pytest.raises(UnknownMessageTypeError):
+        handoff.CODEC.decode(bad)
+
+
+DROP = object()  # marks a field to remove
+
+
+def good_offer(**changes: Any) -> dict[str, Any]:
+    obj = handoff.CODEC.encode(OFFER)
+    obj.update(changes)
+    return {k: v for k, v in obj.items() if v is not DROP}
+
+
+@pytest.mark.parametrize(
+    ("obj", "where"),
+    [
+        (good_offer(extra="field"), "extra"),
+        (good_offer(handoff_id=""), "handoff_id"),
+        (good_offer(handoff_id="h" * (MAX_ID_LEN + 1)), "handoff_id"),
+        (good_offer(tool=""), "tool"),
+        (good_offer(deadline_ms=0), "deadline_ms"),
+        (good_offer(deadline_ms=7 * 24 * 3600 * 1000 + 1), "deadline_ms"),
+        (good_offer(deadline_ms=DROP), "deadline_ms"),
+        (good_offer(hops=-1), "hops"),
+        (good_offer(epoch=-1), "epoch"),
+        (good_offer(args=[1, 2]), "args"),
+        (good_offer(version="v" * 65), "version"),
+        (good_offer(workflow_id=DROP), "workflow_id"),
+    ],
+)
+def test_invalid_offer_fields(obj: dict[str, Any], where: str) -> None:
+    with pytest.raises(MessageValidationError) as info:
+        handoff.CODEC.decode(obj)
+    text = str(info.value)
+    assert text.startswith("invalid handoff 'offer' message: ")
+    assert where in text
+    assert "\n" not in text
+    assert info.value.code == "invalid_message"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"type": "reject", "handoff_id": "h", "code": "busy", "message": "m"},
+        {"type": "reject", "handoff_id": "h", "code": "overloaded", "message": "m" * 4097},
+        {"type": "failed", "handoff_id": "h", "code": "no_such_tool", "message": "m"},
+        {"type": "failed", "handoff_id": "h", "code": "internal", "message": "m" * 16385},
+        {"type": "heartbeat", "handoff_id": "h", "elapsed_ms": -1},
+        {"type": "result", "handoff_id": "h", "outputs": {}, "duration_ms": -5},
+        {"type": "result", "handoff_id": "h", "duration_ms": 5},
+        {"type": "accept", "handoff_id": "h", "note": "extra"},
+    ],
+)
+def test_invalid_handoff_messages(obj: dict[str, Any]) -> None:
+    with pytest.raises(MessageValidationError):
+        handoff.CODEC.decode(obj)
+
+
+@pytest.mark.parametrize(
+    "code", ["no_such_tool", "overloaded", "not_authorised", "invalid", "hop_limit"]
+)
+def test_every_reject_code_is_accepted(code: str) -> None:
+    obj = {"type": "reject", "handoff_id": "h", "code": code, "message": ""}
+    assert handoff.CODEC.decode(obj) == handoff.Reject.model_validate(obj)
+
+
+@pytest.mark.parametrize("code", ["invalid_input", "tool_failed", "deadline_exceeded", "internal"])
+def test_every_failure_code_is_accepted(code: str) -> None:
+    obj = {"type": "failed", "handoff_id": "h", "code": code, "message": ""}
+    assert handoff.CODEC.decode(obj) == handoff.StepFailed.model_validate(obj)
+
+
+def hello_obj(**card_changes: Any) -> dict[str, Any]:
+    obj = discovery.CODEC.encode(HELLO)
+    obj["card"].update(card_changes)
+    return obj
+
+
+def test_too_many_addrs() -> None:
+    addrs = [f"/ip4/127.0.0.1/tcp/{i}" for i in range(MAX_ADDRS + 1)]
+    with pytest.raises(MessageValidationError, match=r"card\.addrs"):
+        discovery.CODEC.decode(hello_obj(addrs=addrs))
+    discovery.CODEC.decode(hello_obj(addrs=addrs[:MAX_ADDRS]))  # exactly the limit is fine
+
+
+def test_too_many_peers() -> None:
+    obj = discovery.CODEC.encode(HELLO)
+    obj["peers"] = [{"peer_id": f"p{i}"} for i in range(MAX_PEERS + 1)]
+    with pytest.raises(MessageValidationError, match="peers"):
+        discovery.CODEC.decode(obj)
+
+
+def test_too_many_addrs_in_a_peer_ref() -> None:
+    obj = discovery.CODEC.encode(HELLO)
+    obj["peers"] = [{"peer_id": "p", "addrs": ["/a"] * (MAX_ADDRS + 1)}]
+    with pytest.raises(MessageValidationError, match=r"peers\.0\.addrs"):
+        discovery.CODEC.decode(obj)
+
+
+def test_too_many_tools() -> None:
+    tools = [{"name": f"t{i}", "version": "1"} for i in range(MAX_TOOLS + 1)]
+    with pytest.raises(MessageValidationError, match=r"card\.tools"):
+        discovery.CODEC.decode(hello_obj(tools=tools))
+
+
+@pytest.mark.parametrize(
+    ("changes", "where"),
+    [
+        ({"ttl_s": 0}, "card.ttl_s"),
+        ({"ttl_s": 86401}, "card.ttl_s"),
+        ({"load": {"running": -1, "capacity": 1}}, "card.load.running"),
+        ({"load": {"running": 0, "capacity": 1, "queued": 3}}, "card.load.queued"),
+        ({"peer_id": "p" * (MAX_ID_LEN + 1)}, "card.peer_id"),
+        ({"version": None}, "card.version"),
+        ({"tools": [{"name": "t", "version": "1", "description": "d" * 4097}]}, "description"),
+        ({"signature": "abc"}, "card.signature"),
+    ],
+)
+def test_invalid_card_fields(changes: dict[str, Any], where: str) -> None:
+    with pytest.raises(MessageValidationError) as info:
+        discovery.CODEC.decode(hello_obj(**changes))
+    assert where in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_validation_message_lists_at_most_three_problems() -> None:
+    obj = {"type": "offer", "a": 1, "b": 2, "c": 3, "d": 4}
+    with pytest.raises(MessageValidationError) as info:
+        handoff.CODEC.decode(obj)
+    text = str(info.value)
+    assert text.count(";") == 3  # three problems, then "and N more"
+    assert "more" in text.rsplit(";", 1)[1]
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"type": "submit", "workflow": "x" * (MAX_WORKFLOW_TEXT + 1)},
+        {"type": "submit", "workflow": "id: x", "workflow_id": ""},
+        {"type": "submit", "workflow": "id: x", "source": "s" * 1025},
+        {"type": "submit"},
+        {"type": "status"},
+        {"type": "result", "workflow_id": "w", "wait": "soon"},
+        {"type": "info", "verbose": True},
+    ],
+)
+def test_invalid_control_requests(obj: dict[str, Any]) -> None:
+    with pytest.raises(MessageValidationError):
+        control.REQUEST_CODEC.decode(obj)
+
+
+def test_encode_refuses_a_model_that_is_not_a_wire_message() -> None:
+    with pytest.raises(LocalProtocolError):
+        handoff.CODEC.encode(discovery.LoadInfo())  # type: ignore[arg-type]
+
+
+def test_codec_needs_models_with_a_default_type() -> None:
+    class Untyped(WireModel):
+        type: str
+
+    with pytest.raises(TypeError, match="Untyped needs a default string 'type'"):
+        MessageCodec("x", [Untyped])
+
+
+# -- MessageStream over an in-memory stream --------------------------------------------------
+
+
+class MemoryStream:
+    """A ByteStream over a fixed inbound buffer, delivered ``chunk`` bytes per read."""
+
+    def __init__(self, inbound: bytes = b"", *, chunk: int = 1 << 20) -> None:
+        self.inbound = bytearray(inbound)
+        self.chunk = chunk
+        self.written = bytearray()
+        self.closed = False
+        self.was_reset = False
+
+    async def read(self, n: int) -> bytes:
+        if self.was_reset:
+            raise StreamClosedError("stream was reset")
+        size = min(n, self.chunk)
+        data = bytes(self.inbound[:size])
+        del self.inbound[:size]
+        return data
+
+    async def write(self, data: bytes) -> None:
+        if self.closed or self.was_reset:
+            raise StreamClosedError("stream is closed")
+        self.written += data
+
+    async def close(self) -> None:
+        self.closed = True
+
+    async def reset(self) -> None:
+        self.was_reset = True
+
+
+class SilentStream(MemoryStream):
+    """A peer that never sends anything (and never closes)."""
+
+    async def read(self, n: int) -> bytes:
+        await trio.sleep_forever()
+        raise AssertionError("unreachable")
+
+
+def frames(*messages: BaseModel | dict[str, Any]) -> bytes:
+    return b"".join(
+        encode_frame(m if isinstance(m, dict) else m.model_dump(mode="json")) for m in messages
+    )
+
+
+async def test_receive_decodes_messages_in_order() -> None:
+    data = frames(*HANDOFF_MESSAGES[1:])
+    ms = MessageStream(MemoryStream(data), handoff.CODEC)
+    for expected in HANDOFF_MESSAGES[1:]:
+        assert await ms.receive() == expected
+
+
+async def test_receive_reassembles_frames_split_across_reads() -> None:
+    ms = MessageStream(MemoryStream(frames(HELLO, HELLO), chunk=3), discovery.CODEC)
+    assert await ms.receive() == HELLO
+    assert await ms.receive() == HELLO
+    assert await ms.receive_or_eof() is None
+
+
+async def test_receive_after_eof_raises_stream_closed() -> None:
+    ms = MessageStream(MemoryStream(frames(handoff.Accept(handoff_id="h"))), handoff.CODEC)
+    await ms.receive()
+    with pytest.raises(StreamClosedError, match="handoff stream closed"):
+        await ms.receive()
+    with pytest.raises(StreamClosedError):  # and again: EOF is sticky
+        await ms.receive()
+
+
+async def test_receive_on_an_empty_stream_raises_stream_closed() -> None:
+    ms = MessageStream(MemoryStream(), control.RESPONSE_CODEC)
+    with pytest.raises(StreamClosedError):
+        await ms.receive()
+
+
+async def test_receive_or_eof_returns_none_at_clean_eof() -> None:
+    ms = MessageStream(MemoryStream(frames(control.InfoRequest())), control.REQUEST_CODEC)
+    assert await ms.receive_or_eof() == control.InfoRequest()
+    assert await ms.receive_or_eof() is None
+    assert await ms.receive_or_eof() is None
+
+
+async def test_error_frame_raises_peer_error_response_with_its_code() -> None:
+    error = {"type": "error", "code": "unauthorised", "message": "client key not allowed"}
+    ms = MessageStream(MemoryStream(frames(error)), control.RESPONSE_CODEC)
+    with pytest.raises(PeerErrorResponse) as info:
+        await ms.receive()
+    assert info.value.code == "unauthorised"
+    assert info.value.message == "client key not allowed"
+
+
+async def test_error_frame_is_returned_when_not_raising() -> None:
+    error = ErrorMessage(code="not_found", message="no workflow with id 'x'")
+    ms = MessageStream(MemoryStream(frames(error)), control.RESPONSE_CODEC)
+    assert await ms.receive(raise_errors=False) == error
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"type": "error", "code": "x"},
+        {"type": "error", "code": 1, "message": "m"},
+        {"type": "error", "code": "x", "message": "m", "detail": "extra"},
+    ],
+)
+async def test_malformed_error_frame_becomes_invalid_message(bad: dict[str, Any]) -> None:
+    ms = MessageStream(MemoryStream(frames(bad)), handoff.CODEC)
+    with pytest.raises(PeerErrorResponse) as info:
+        await ms.receive()
+    assert info.value.code == "invalid_message"
+
+
+async def test_partial_frame_at_eof_is_a_decode_error() -> None:
+    data = frames(handoff.Accept(handoff_id="h"))
+    ms = MessageStream(MemoryStream(data[:-2]), handoff.CODEC)
+    with pytest.raises(FrameDecodeError, match="stream ended inside a frame"):
+        await ms.receive()
+
+
+async def test_garbage_and_unknown_types_raise_typed_errors() -> None:
+    garbage = encode_uvarint(4) + b"nope"
+    with pytest.raises(FrameDecodeError):
+        await MessageStream(MemoryStream(garbage), handoff.CODEC).receive()
+    unknown = frames({"type": "hello", "card": {}})
+    with pytest.raises(UnknownMessageTypeError):
+        await MessageStream(MemoryStream(unknown), handoff.CODEC).receive()
+
+
+async def test_oversized_frame_is_refused_before_its_body() -> None:
+    ms = MessageStream(MemoryStream(encode_uvarint(2048)), handoff.CODEC, max_frame_size=1024)
+    with pytest.raises(FrameTooLargeError):
+        await ms.receive()
+
+
+async def test_send_writes_frames() -> None:
+    stream = MemoryStream()
+    ms = MessageStream(stream, handoff.CODEC)
+    await ms.send(handoff.Accept(handoff_id="h"))
+    await ms.send_error("invalid_message", "bad offer")
+    assert bytes(stream.written) == frames(
+        handoff.Accept(handoff_id="h"),
+        {"type": "error", "code": "invalid_message", "message": "bad offer"},
+    )
+
+
+async def test_send_refuses_a_message_over_the_limit() -> None:
+    stream = MemoryStream()
+    ms = MessageStream(stream, handoff.CODEC, max_frame_size=1024)
+    big = handoff.StepResult(handoff_id="h", outputs={"x": "y" * 2000}, duration_ms=1)
+    with pytest.raises(LocalProtocolError):
+        await ms.send(big)
+    assert stream.written == b""
+
+
+async def test_close_and_reset_reach_the_stream() -> None:
+    stream = MemoryStream()
+    ms = MessageStream(stream, handoff.CODEC)
+    await ms.close()
+    await ms.reset()
+    assert stream.closed and stream.was_reset
+
+
+async def test_receive_within_times_out_when_the_peer_is_silent(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    ms = MessageStream(SilentStream(), handoff.CODEC)
+    start = trio.current_time()
+    with pytest.raises(ProtocolTimeoutError, match=r"no handoff message within 0\.05s") as info:
+        await ms.receive_within(0.05)
+    assert trio.current_time() - start == pytest.approx(0.05)
+    assert "outcome unknown" in str(info.value)
+    assert info.value.code == "timeout"
+
+
+async def test_receive_within_returns_a_message_that_is_there() -> None:
+    ms = MessageStream(MemoryStream(frames(handoff.Accept(handoff_id="h"))), handoff.CODEC)
+    assert await ms.receive_within(0.05) == handoff.Accept(handoff_id="h")
+
+
+async def test_receive_within_reports_eof_not_timeout() -> None:
+    ms = MessageStream(MemoryStream(), handoff.CODEC)
+    with pytest.raises(StreamClosedError):
+        await ms.receive_within(0.05)
