@@ -133,13 +133,17 @@ def _locate(message: str, source: str | None, line: int | None) -> str:
 class WorkflowExecutionError(WorkflowError):
     """A workflow failed. ``cause`` is the exception that made it fail (when known)."""
 
-    def __init__(self, workflow_id: str, message: str | None = None,
-                 cause: BaseException | None = None) -> None:
+    def __init__(
+        self, workflow_id: str, message: str | None = None, cause: BaseException | None = None
+    ) -> None:
         self.workflow_id = workflow_id
         self.cause = cause
         detail = message or (f"{type(cause).__name__}: {cause}" if cause is not None else "")
-        self.message = f"workflow {workflow_id!r} failed: {detail}" if detail else (
-            f"workflow {workflow_id!r} failed")
+        self.message = (
+            f"workflow {workflow_id!r} failed: {detail}"
+            if detail
+            else (f"workflow {workflow_id!r} failed")
+        )
         super().__init__(self.message)
 
     def __reduce__(self) -> tuple[Any, ...]:

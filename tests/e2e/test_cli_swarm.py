@@ -155,7 +155,7 @@ def test_node_killed_mid_workflow_resumes_without_rerunning_finished_steps(
         "  - name: first\n    tool: text.upper\n"
         "    inputs: [{name: text, value: durable}]\n"
         "  - name: nap\n    tool: util.sleep\n"
-        "    inputs: [{name: seconds, value: 4}]\n"
+        "    inputs: [{name: seconds, value: 10}]\n"
         "  - name: last\n    tool: text.lower\n"
         "    inputs: [{name: text, value: '{{steps.first.outputs.result}} after "
         "{{steps.nap.outputs.result}}'}]\n"
@@ -180,7 +180,7 @@ def test_node_killed_mid_workflow_resumes_without_rerunning_finished_steps(
         again = local.wait_ready(local.start("solo-again", "all", home=node.home))
         res = local.cli("result", "slow-1", "--home", str(again.home), "--wait", "--json")
         assert res.returncode == 0, res.stderr
-        assert json.loads(res.stdout) == {"out": "durable after 4.0"}
+        assert json.loads(res.stdout) == {"out": "durable after 10.0"}
         st = json.loads(local.cli("status", "slow-1", "--home", home, "--json").stdout)
         attempts = {s["name"]: s for s in st["steps"]}
     # the journal shows the finished step ran once and the interrupted one twice

@@ -1,0 +1,989 @@
+"""The durable workflow engine: one engine thread per process drives every workflow.
+
+The engine thread owns all workflow state; everything else talks to it through one queue:
+API calls (``call``), Ray completions (``ObjectRef.future()`` callbacks), journal commits
+(storage writer callbacks), timers (``sleep``) and events (an asyncio thread). A step's
+output is committed before any step that depends on it is submitted; dependents get the
+parent's ObjectRef, so values are not copied through the driver again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import heapq
+import itertools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayTaskError, TaskCancelledError
+
+from workflows import _serde
+from workflows._graph import (
+    Graph,
+    InputRef,
+    StepDef,
+    StepRef,
+    TaskIdAllocator,
+    graph_from_dag,
+    rename_graph,
+    resolve_input,
+)
+from workflows._step import ContinuationGraph, StepContext, remote_execute_step
+from workflows._storage import Storage, TaskRow, WorkflowRow, owner_alive, this_process_owner
+from workflows.errors import (
+    WorkflowCancellationError,
+    WorkflowError,
+    WorkflowExecutionError,
+    WorkflowNotFoundError,
+    WorkflowNotResumableError,
+)
+from workflows.status import WorkflowStatus
+
+log = logging.getLogger(__name__)
+
+HEARTBEAT_S = 2.0
+_ACTIVE = (WorkflowStatus.RUNNING, WorkflowStatus.PENDING)
+
+
+def execution_error(
+    workflow_id: str, cause: BaseException | None, message: str | None = None
+) -> WorkflowExecutionError:
+    """A WorkflowExecutionError that is also an instance of the cause's type, so both
+    ``except WorkflowExecutionError`` and ``except ValueError`` (say) catch it."""
+    if cause is None or isinstance(cause, WorkflowExecutionError):
+        return (
+            cause
+            if isinstance(cause, WorkflowExecutionError)
+            else WorkflowExecutionError(workflow_id, message)
+        )
+    cls = type(cause)
+    try:
+        dual = type(
+            f"WorkflowExecutionError({cls.__name__})",
+            (WorkflowExecutionError, cls),
+            {
+                "__reduce__": lambda self: (execution_error, (workflow_id, cause, message)),
+                "__str__": lambda self: WorkflowExecutionError.__str__(self),
+            },
+        )
+        err: WorkflowExecutionError = Exception.__new__(dual)
+        WorkflowExecutionError.__init__(err, workflow_id, message, cause)
+        return err
+    except TypeError:  # a final class or a layout conflict: plain error with the cause
+        return WorkflowExecutionError(workflow_id, message, cause)
+
+
+@dataclass(eq=False)
+class _Task:
+    step: StepDef
+    state: str = "WAITING"  # WAITING, RUNNING, CONTINUED, DONE
+    ref: ray.ObjectRef | None = None
+    value: Any = None
+    has_value: bool = False
+    pending: int = 0
+    dependents: list[str] = field(default_factory=list)
+    consumers_left: int = 0
+    alias_parents: list[str] = field(default_factory=list)
+    alias: str | None = None
+    started_at: float | None = None
+    stored: bool = False  # output is in the journal (loaded lazily)
+    timer_end: float | None = None
+
+
+@dataclass(eq=False)
+class _Run:
+    workflow_id: str
+    tasks: dict[str, _Task]
+    output: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    allocator: TaskIdAllocator
+    future: Future[Any] = field(default_factory=Future)
+    status: WorkflowStatus = WorkflowStatus.RUNNING
+    running: dict[str, ray.ObjectRef] = field(default_factory=dict)
+    finished: bool = False
+    start_time: float = 0.0
+    waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
+
+
+class Engine:
+    def __init__(
+        self,
+        storage: Storage,
+        *,
+        max_running_workflows: int | None = None,
+        max_pending_workflows: int | None = None,
+    ) -> None:
+        self.storage = storage
+        self.max_running = max_running_workflows
+        self.max_pending = max_pending_workflows
+        self.owner = this_process_owner()
+        self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._runs: dict[str, _Run] = {}
+        self._pending: deque[_Run] = deque()
+        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        self._timer_seq = itertools.count()
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
+        self._loop = asyncio.new_event_loop()
+        self._loop_thread = threading.Thread(
+            target=self._loop.run_forever, name="workflows-events", daemon=True
+        )
+        self._loop_thread.start()
+        self._results: Any = None
+        self._stopped = False
+        self._thread = threading.Thread(target=self._main, name="workflows-engine", daemon=True)
+        self._thread.start()
+        self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn`` on the engine thread and return its result (or raise its error)."""
+        if threading.current_thread() is self._thread:
+            return fn()
+        fut: Future[Any] = Future()
+        self._q.put(("call", fn, fut))
+        return fut.result()
+
+    def _schedule(self, when: float, fn: Callable[[], None]) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_seq), fn))
+
+    def _main(self) -> None:
+        while not self._stopped:
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            try:
+                event = self._q.get(timeout=timeout)
+            except queue.Empty:
+                event = None
+            try:
+                if event is not None:
+                    self._dispatch(event)
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    _, _, fn = heapq.heappop(self._timers)
+                    fn()
+            except Exception:
+                log.exception("workflow engine error")
+
+    def _dispatch(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "call":
+            _, fn, fut = event
+            try:
+                fut.set_result(fn())
+            except BaseException as exc:
+                fut.set_exception(exc)
+        elif kind == "done":
+            self._on_task_done(event[1], event[2], event[3])
+        elif kind == "committed":
+            self._on_committed(event[1], event[2])
+        elif kind == "event_done":
+            self._on_event_done(event[1], event[2], event[3])
+        elif kind == "fn":
+            event[1]()
+        elif kind == "stop":
+            self._stopped = True
+
+    def _post(self, fn: Callable[[], None]) -> None:
+        self._q.put(("fn", fn))
+
+    def shutdown(self) -> None:
+        if self._stopped:
+            return
+        self._q.put(("stop",))
+        self._thread.join(10)
+        self.storage.flush()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._pool.shutdown(wait=False)
+
+    # -- starting ------------------------------------------------------------------------
+
+    def start(
+        self,
+        dag: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workflow_id: str,
+        metadata: dict[str, Any],
+    ) -> Future[Any]:
+        """Start a new workflow, or resume it if the id exists (Ray Workflows semantics)."""
+        return self.call(lambda: self._start(dag, args, kwargs, workflow_id, metadata))
+
+    def _start(
+        self,
+        dag: Any,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workflow_id: str,
+        metadata: dict[str, Any],
+    ) -> Future[Any]:
+        if workflow_id in self._runs:
+            raise RuntimeError(f"workflow {workflow_id!r} is already running")
+        row = self.storage.get_workflow(workflow_id)
+        if row is not None:
+            return self._resume(row, include_failed=True, strict=False)
+        allocator = TaskIdAllocator()
+        graph = graph_from_dag(dag, allocator)
+        run = self._new_run(workflow_id, graph, args, kwargs, metadata, allocator)
+        graph_blob = _serde.dumps(graph)
+        inputs_blob = _serde.dumps((args, kwargs))
+        now = time.time()
+        run.start_time = now
+        status = self._admit(run)
+
+        def insert(db: Any) -> None:
+            db.execute(
+                "INSERT OR REPLACE INTO wf(workflow_id, status, graph, inputs, user_metadata,"
+                " output_task, owner, heartbeat, created_at, start_time)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    workflow_id,
+                    status.value,
+                    graph_blob,
+                    inputs_blob,
+                    json.dumps(metadata),
+                    graph.output,
+                    self.owner,
+                    now,
+                    now,
+                    now,
+                ),
+            )
+
+        self.storage.submit(insert)
+        if status is WorkflowStatus.RUNNING:
+            self._kick(run)
+        return run.future
+
+    def _admit(self, run: _Run) -> WorkflowStatus:
+        active = sum(1 for r in self._runs.values() if r.status is WorkflowStatus.RUNNING)
+        self._runs[run.workflow_id] = run
+        if self.max_running is not None and active >= self.max_running:
+            if self.max_pending is not None and len(self._pending) >= self.max_pending:
+                del self._runs[run.workflow_id]
+                raise queue.Full(f"workflow queue is full ({self.max_pending} pending workflows)")
+            run.status = WorkflowStatus.PENDING
+            self._pending.append(run)
+            return WorkflowStatus.PENDING
+        run.status = WorkflowStatus.RUNNING
+        return WorkflowStatus.RUNNING
+
+    def _new_run(
+        self,
+        workflow_id: str,
+        graph: Graph,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        metadata: dict[str, Any],
+        allocator: TaskIdAllocator,
+    ) -> _Run:
+        run = _Run(workflow_id, {}, graph.output, args, kwargs, metadata, allocator)
+        self._add_steps(run, graph.steps)
+        return run
+
+    def _add_steps(self, run: _Run, steps: list[StepDef]) -> None:
+        for step in steps:
+            run.tasks[step.task_id] = _Task(step)
+        for step in steps:
+            task = run.tasks[step.task_id]
+            for dep in step.deps:
+                run.tasks[dep].dependents.append(step.task_id)
+                run.tasks[dep].consumers_left += 1
+            task.pending = len(step.deps)
+
+    def _kick(self, run: _Run) -> None:
+        """Start what is ready: tasks with no pending dependencies."""
+        run.status = WorkflowStatus.RUNNING
+        ready = [t for t in run.tasks.values() if t.state == "WAITING" and t.pending == 0]
+        for task in ready:
+            self._start_task(run, task)
+        self._maybe_finish(run)
+
+    # -- resuming ------------------------------------------------------------------------
+
+    def resume(self, workflow_id: str) -> Future[Any]:
+        def go() -> Future[Any]:
+            if workflow_id in self._runs:
+                raise RuntimeError(f"workflow {workflow_id!r} is already running")
+            row = self.storage.get_workflow(workflow_id)
+            if row is None:
+                raise WorkflowNotResumableError(workflow_id)
+            return self._resume(row, include_failed=True, strict=True)
+
+        return self.call(go)
+
+    def _resume(self, row: WorkflowRow, *, include_failed: bool, strict: bool) -> Future[Any]:
+        wid = row.workflow_id
+        status = WorkflowStatus(row.status)
+        if status in _ACTIVE and row.owner != self.owner and owner_alive(row.owner, row.heartbeat):
+            raise RuntimeError(f"workflow {wid!r} is running in another process ({row.owner})")
+        if status is WorkflowStatus.SUCCESSFUL:
+            fut: Future[Any] = Future()
+            try:
+                fut.set_result(self._load_output(wid, row.output_task or ""))
+            except BaseException as exc:
+                fut.set_exception(exc)
+            return fut
+        if status is WorkflowStatus.CANCELED and strict:
+            raise WorkflowNotResumableError(wid, "it was canceled")
+        graph: Graph = _serde.loads(row.graph)
+        args, kwargs = _serde.loads(row.inputs)
+        allocator = TaskIdAllocator({s.task_id for s in graph.steps})
+        run = self._new_run(wid, graph, args, kwargs, row.user_metadata, allocator)
+        run.start_time = row.start_time or time.time()
+        rows = {r.task_id: r for r in self.storage.list_tasks(wid)}
+        # expand stored continuations (iteratively: they can nest)
+        todo = [t for t in list(run.tasks) if t in rows]
+        while todo:
+            tid = todo.pop()
+            r = rows[tid]
+            task = run.tasks[tid]
+            if r.status == "SUCCESSFUL" and r.has_output:
+                task.state = "DONE"
+                task.stored = True
+            elif r.status == "CONTINUED" and r.continuation is not None:
+                sub: Graph = _serde.loads(r.continuation)
+                for s in sub.steps:
+                    allocator.allocate(s.task_id)
+                self._add_steps(run, sub.steps)
+                task.state = "CONTINUED"
+                task.alias = sub.output
+                run.tasks[sub.output].alias_parents.append(tid)
+                todo.extend(s.task_id for s in sub.steps if s.task_id in rows)
+            elif r.timer_end is not None:
+                task.timer_end = r.timer_end
+        # settle dependency counts for what is already done (each task exactly once)
+        settled: set[str] = set()
+        for task in [t for t in run.tasks.values() if t.state == "DONE"]:
+            self._settle_done(run, task, settled)
+        self._admit(run)
+
+        def mark(db: Any) -> None:
+            db.execute(
+                "UPDATE wf SET status = ?, owner = ?, heartbeat = ?, error = NULL,"
+                " error_text = NULL, end_time = NULL WHERE workflow_id = ?",
+                (run.status.value, self.owner, time.time(), wid),
+            )
+
+        self.storage.submit(mark)
+        if run.status is WorkflowStatus.RUNNING:
+            self._kick(run)
+        return run.future
+
+    def _settle_done(self, run: _Run, task: _Task, settled: set[str]) -> None:
+        """A task already done at resume: count it off its dependents and alias parents."""
+        stack = [task]
+        while stack:
+            t = stack.pop()
+            if t.step.task_id in settled:
+                continue
+            settled.add(t.step.task_id)
+            t.state = "DONE"
+            for dep in t.dependents:
+                run.tasks[dep].pending -= 1
+            stack.extend(run.tasks[p] for p in t.alias_parents)
+
+    # -- running tasks -------------------------------------------------------------------
+
+    def _value_ref(self, run: _Run, tid: str) -> ray.ObjectRef:
+        task = self._resolve_alias(run, tid)
+        if task.ref is None:
+            if not task.has_value:
+                task.value = self._load_output(run.workflow_id, task.step.task_id)
+                task.has_value = True
+            task.ref = ray.put(task.value)
+        return task.ref
+
+    def _value(self, run: _Run, tid: str) -> Any:
+        task = self._resolve_alias(run, tid)
+        if not task.has_value:
+            if task.ref is not None:
+                task.value = ray.get(task.ref)
+            else:
+                task.value = self._load_output(run.workflow_id, task.step.task_id)
+            task.has_value = True
+        return task.value
+
+    def _resolve_alias(self, run: _Run, tid: str) -> _Task:
+        task = run.tasks[tid]
+        while task.alias is not None:
+            task = run.tasks[task.alias]
+        return task
+
+    def _materialize(self, run: _Run, value: Any, *, as_refs: bool) -> Any:
+        if isinstance(value, StepRef):
+            return (
+                self._value_ref(run, value.task_id) if as_refs else self._value(run, value.task_id)
+            )
+        if isinstance(value, InputRef):
+            return resolve_input(value, run.args, run.kwargs)
+        if isinstance(value, list):
+            return [self._materialize(run, v, as_refs=as_refs) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._materialize(run, v, as_refs=as_refs) for v in value)
+        if isinstance(value, dict):
+            return {k: self._materialize(run, v, as_refs=as_refs) for k, v in value.items()}
+        return value
+
+    def _consumed(self, run: _Run, step: StepDef) -> None:
+        for dep in step.deps:
+            task = self._resolve_alias(run, dep)
+            parent = run.tasks[dep]
+            parent.consumers_left -= 1
+            # nothing else will read it through us; let Ray free it when its readers end
+            if (
+                parent.consumers_left <= 0
+                and dep != run.output
+                and not parent.alias_parents
+                and task is parent
+                and task.step.kind == "task"
+            ):
+                task.ref = None
+                if task.has_value and dep not in run.waiters:
+                    task.value = None
+                    task.has_value = False
+
+    def _start_task(self, run: _Run, task: _Task) -> None:
+        if run.finished:
+            return
+        step = task.step
+        task.state = "RUNNING"
+        task.started_at = time.time()
+        try:
+            if step.kind == "task":
+                args = tuple(self._materialize(run, a, as_refs=True) for a in step.args)
+                kwargs = {
+                    k: self._materialize(run, v, as_refs=True) for k, v in step.kwargs.items()
+                }
+            else:
+                args = tuple(self._materialize(run, a, as_refs=False) for a in step.args)
+                kwargs = {
+                    k: self._materialize(run, v, as_refs=False) for k, v in step.kwargs.items()
+                }
+        except Exception as exc:
+            self._fail(run, exc, step.task_id)
+            return
+        self._consumed(run, step)
+        if step.kind == "task":
+            opts = dict(step.ray_options)
+            opts["max_retries"] = step.max_retries
+            opts["retry_exceptions"] = step.retry_exceptions
+            ctx = StepContext(run.workflow_id, step.task_id)
+            ref = remote_execute_step.options(**opts).remote(step.func, ctx, *args, **kwargs)
+            task.ref = ref
+            run.running[step.task_id] = ref
+            ref.future().add_done_callback(
+                lambda f, run=run, tid=step.task_id: self._q.put(("done", run, tid, f))
+            )
+        elif step.kind == "sleep":
+            self._start_sleep(run, task, float(args[0]))
+        else:
+            self._start_event(run, task, args)
+
+    def _start_sleep(self, run: _Run, task: _Task, duration: float) -> None:
+        tid = task.step.task_id
+        if task.timer_end is None:
+            end = time.time() + duration
+            task.timer_end = end
+            wid = run.workflow_id
+
+            def persist(db: Any) -> None:
+                db.execute(
+                    "INSERT INTO task(workflow_id, task_id, status, timer_end, start_time)"
+                    " VALUES (?, ?, 'RUNNING', ?, ?) ON CONFLICT(workflow_id, task_id)"
+                    " DO UPDATE SET timer_end = excluded.timer_end",
+                    (wid, tid, end, task.started_at),
+                )
+
+            self.storage.submit(persist, lambda: self._post(lambda: self._arm(run, task)))
+        else:
+            self._arm(run, task)
+
+    def _arm(self, run: _Run, task: _Task) -> None:
+        assert task.timer_end is not None
+        delay = max(0.0, task.timer_end - time.time())
+
+        def fire() -> None:
+            if not run.finished:
+                self._succeed(run, task, task.timer_end)
+
+        self._schedule(time.monotonic() + delay, fire)
+
+    def _start_event(self, run: _Run, task: _Task, args: tuple[Any, ...]) -> None:
+        listener_cls, l_args, l_kwargs = args
+        listener = listener_cls()
+        task.value = listener
+        fut = asyncio.run_coroutine_threadsafe(
+            listener.poll_for_event(*l_args, **l_kwargs), self._loop
+        )
+        tid = task.step.task_id
+
+        def done(f: concurrent.futures.Future[Any]) -> None:
+            self._q.put(("event_done", run, tid, f))
+
+        fut.add_done_callback(done)
+
+    def _on_event_done(self, run: _Run, tid: str, fut: concurrent.futures.Future[Any]) -> None:
+        task = run.tasks[tid]
+        if run.finished:
+            return
+        listener = task.value
+        task.value = None
+        exc = fut.exception()
+        if exc is not None:
+            self._fail(run, exc, tid)
+            return
+
+        event = fut.result()
+
+        def after_commit() -> None:
+            done = asyncio.run_coroutine_threadsafe(
+                _maybe_await(listener.event_checkpointed(event))
+                if hasattr(listener, "event_checkpointed")
+                else _noop(),
+                self._loop,
+            )
+            done.add_done_callback(lambda _f: self._q.put(("committed", run, tid)))
+
+        self._succeed(run, task, event, on_commit=after_commit)
+
+    def _on_task_done(self, run: _Run, tid: str, fut: concurrent.futures.Future[Any]) -> None:
+        run.running.pop(tid, None)
+        if run.finished:
+            return
+        task = run.tasks[tid]
+        step = task.step
+        exc = fut.exception()
+        if exc is None:
+            value = fut.result()
+            if isinstance(value, ContinuationGraph):
+                self._continue(run, task, value.graph)
+                return
+            if step.catch_exceptions:
+                task.ref = None
+                value = (value, None)
+            self._succeed(run, task, value)
+            return
+        if isinstance(exc, TaskCancelledError):
+            self._fail(run, exc, tid)
+            return
+        cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+        if step.catch_exceptions and isinstance(exc, RayTaskError):
+            task.ref = None
+            self._succeed(run, task, (None, cause))
+            return
+        self._fail(run, cause, tid)
+
+    def _succeed(
+        self, run: _Run, task: _Task, value: Any, on_commit: Callable[[], None] | None = None
+    ) -> None:
+        step = task.step
+        keep = (
+            step.task_id == run.output
+            or bool(task.alias_parents)
+            or step.task_id in run.waiters
+            or task.ref is None
+        )
+        if keep:
+            task.value = value
+            task.has_value = True
+        tid = step.task_id
+        commit = on_commit or (lambda: self._q.put(("committed", run, tid)))
+        if not step.checkpoint:
+            task.value = value
+            task.has_value = True
+            commit()
+            return
+        try:
+            data = _serde.dumps(value)
+        except _serde.HasObjectRefs:
+            # ObjectRefs inside: resolve them off the engine thread, then commit
+            def slow() -> None:
+                try:
+                    blob = _serde.dumps(value, resolve_refs=True)
+                except Exception as exc:
+                    error = exc
+                    self._post(lambda: self._fail(run, error, tid))
+                    return
+                self._write_output(run, task, blob, commit)
+
+            self._pool.submit(slow)
+            return
+        except Exception as exc:
+            self._fail(
+                run, WorkflowError(f"the output of task {tid!r} cannot be checkpointed: {exc}"), tid
+            )
+            return
+        self._write_output(run, task, data, commit)
+
+    def _write_output(
+        self, run: _Run, task: _Task, data: bytes, on_commit: Callable[[], None]
+    ) -> None:
+        step = task.step
+        inline, digest, blob = Storage.split_value(data)
+        row = (
+            run.workflow_id,
+            step.task_id,
+            inline,
+            digest,
+            json.dumps(step.options_record()),
+            json.dumps(step.metadata),
+            task.started_at,
+            time.time(),
+        )
+
+        def write(db: Any) -> None:
+            db.execute(
+                "INSERT INTO task(workflow_id, task_id, status, attempts, output, output_hash,"
+                " options, user_metadata, start_time, end_time)"
+                " VALUES (?, ?, 'SUCCESSFUL', 1, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'SUCCESSFUL',"
+                " attempts = task.attempts + 1, output = excluded.output,"
+                " output_hash = excluded.output_hash, options = excluded.options,"
+                " user_metadata = excluded.user_metadata, end_time = excluded.end_time,"
+                " start_time = COALESCE(task.start_time, excluded.start_time)",
+                row,
+            )
+
+        self.storage.submit(write, on_commit, blob)
+
+    def _continue(self, run: _Run, task: _Task, local: Graph) -> None:
+        graph = rename_graph(local, run.allocator)
+        tid = task.step.task_id
+        blob = _serde.dumps(graph)
+        step = task.step
+
+        def write(db: Any) -> None:
+            db.execute(
+                "INSERT INTO task(workflow_id, task_id, status, continuation, options,"
+                " user_metadata, start_time) VALUES (?, ?, 'CONTINUED', ?, ?, ?, ?)"
+                " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'CONTINUED',"
+                " continuation = excluded.continuation",
+                (
+                    run.workflow_id,
+                    tid,
+                    blob,
+                    json.dumps(step.options_record()),
+                    json.dumps(step.metadata),
+                    task.started_at,
+                ),
+            )
+
+        def committed() -> None:
+            self._post(lambda: self._expand(run, task, graph))
+
+        task.ref = None
+        self.storage.submit(write, committed)
+
+    def _expand(self, run: _Run, task: _Task, graph: Graph) -> None:
+        if run.finished:
+            return
+        self._add_steps(run, graph.steps)
+        task.state = "CONTINUED"
+        task.alias = graph.output
+        run.tasks[graph.output].alias_parents.append(task.step.task_id)
+        for step in graph.steps:
+            sub = run.tasks[step.task_id]
+            if sub.pending == 0 and sub.state == "WAITING":
+                self._start_task(run, sub)
+
+    def _on_committed(self, run: _Run, tid: str) -> None:
+        if run.finished:
+            return
+        self._mark_done(run, run.tasks[tid])
+        self._maybe_finish(run)
+
+    def _mark_done(self, run: _Run, task: _Task) -> None:
+        stack = [task]
+        while stack:
+            t = stack.pop()
+            t.state = "DONE"
+            tid = t.step.task_id
+            for fut in run.waiters.pop(tid, []):
+                try:
+                    fut.set_result(self._value(run, tid))
+                except BaseException as exc:
+                    fut.set_exception(exc)
+            for dep in t.dependents:
+                d = run.tasks[dep]
+                d.pending -= 1
+                if d.pending == 0 and d.state == "WAITING":
+                    self._start_task(run, d)
+            for pid in t.alias_parents:
+                stack.append(run.tasks[pid])
+
+    def _maybe_finish(self, run: _Run) -> None:
+        if run.finished or run.tasks[run.output].state != "DONE":
+            return
+        run.finished = True
+        try:
+            value = self._value(run, run.output)
+        except BaseException as exc:
+            run.finished = False
+            self._fail(run, exc, run.output)
+            return
+        wid = run.workflow_id
+
+        def write(db: Any) -> None:
+            db.execute(
+                "UPDATE wf SET status = 'SUCCESSFUL', output_task = ?, end_time = ?"
+                " WHERE workflow_id = ?",
+                (run.output, time.time(), wid),
+            )
+
+        self.storage.submit(write, lambda: self._post(lambda: self._close(run, value, None)))
+
+    def _fail(
+        self,
+        run: _Run,
+        cause: BaseException,
+        tid: str | None,
+        status: WorkflowStatus = WorkflowStatus.FAILED,
+    ) -> None:
+        if run.finished:
+            return
+        run.finished = True
+        for ref in list(run.running.values()):
+            try:
+                ray.cancel(ref, force=False)
+            except Exception:
+                log.debug("cancel of a task failed", exc_info=True)
+        run.running.clear()
+        wid = run.workflow_id
+        if status is WorkflowStatus.CANCELED:
+            error: BaseException = WorkflowCancellationError(wid)
+            text = "canceled"
+        else:
+            where = f"task {tid!r}: " if tid else ""
+            error = execution_error(wid, cause, f"{where}{type(cause).__name__}: {cause}")
+            text = f"{where}{type(cause).__name__}: {cause}"
+        try:
+            blob: bytes | None = _serde.dumps(cause)
+        except Exception:
+            blob = None
+
+        def write(db: Any) -> None:
+            db.execute(
+                "UPDATE wf SET status = ?, error = ?, error_text = ?, end_time = ?"
+                " WHERE workflow_id = ?",
+                (status.value, blob, text, time.time(), wid),
+            )
+            if tid is not None and status is WorkflowStatus.FAILED:
+                db.execute(
+                    "INSERT INTO task(workflow_id, task_id, status, error_text) VALUES"
+                    " (?, ?, 'FAILED', ?) ON CONFLICT(workflow_id, task_id) DO UPDATE SET"
+                    " status = 'FAILED', error_text = excluded.error_text",
+                    (wid, tid, text),
+                )
+
+        self.storage.submit(write, lambda: self._post(lambda: self._close(run, None, error)))
+
+    def _close(self, run: _Run, value: Any, error: BaseException | None) -> None:
+        self._runs.pop(run.workflow_id, None)
+        for tid, futs in run.waiters.items():
+            for fut in futs:
+                fut.set_exception(
+                    error
+                    or ValueError(f"workflow {run.workflow_id!r} finished without a task {tid!r}")
+                )
+        run.waiters.clear()
+        if error is None:
+            run.future.set_result(value)
+        else:
+            run.future.set_exception(error)
+        if self._results is not None:
+            self._results.set.remote(
+                run.workflow_id, error is None, value if error is None else error
+            )
+        while self._pending and (
+            self.max_running is None
+            or sum(1 for r in self._runs.values() if r.status is WorkflowStatus.RUNNING)
+            < self.max_running
+        ):
+            nxt = self._pending.popleft()
+            wid = nxt.workflow_id
+
+            def mark(db: Any, wid: str = wid) -> None:
+                db.execute("UPDATE wf SET status = 'RUNNING' WHERE workflow_id = ?", (wid,))
+
+            self.storage.submit(mark)
+            self._kick(nxt)
+
+    # -- control -------------------------------------------------------------------------
+
+    def cancel(self, workflow_id: str) -> bool:
+        def go() -> bool:
+            run = self._runs.get(workflow_id)
+            if run is None:
+                return False
+            if run in self._pending:
+                self._pending.remove(run)
+            self._fail(run, WorkflowCancellationError(workflow_id), None, WorkflowStatus.CANCELED)
+            return True
+
+        return bool(self.call(go))
+
+    def live_status(self, workflow_id: str) -> WorkflowStatus | None:
+        def go() -> WorkflowStatus | None:
+            run = self._runs.get(workflow_id)
+            return None if run is None else run.status
+
+        return self.call(go)
+
+    def live_future(self, workflow_id: str) -> Future[Any] | None:
+        return self.call(lambda: getattr(self._runs.get(workflow_id), "future", None))
+
+    def task_future(self, workflow_id: str, task_id: str) -> Future[Any] | None:
+        """A future for a task of a live workflow (it may not exist yet)."""
+
+        def go() -> Future[Any] | None:
+            run = self._runs.get(workflow_id)
+            if run is None:
+                return None
+            fut: Future[Any] = Future()
+            task = run.tasks.get(task_id)
+            if task is not None and task.state == "DONE":
+                fut.set_result(self._value(run, task_id))
+            else:
+                run.waiters.setdefault(task_id, []).append(fut)
+            return fut
+
+        return self.call(go)
+
+    def result_ref(self, workflow_id: str, fut: Future[Any]) -> ray.ObjectRef:
+        """An ObjectRef that resolves like ``fut`` (for the ``*_async`` API)."""
+        if fut.done():
+            exc = fut.exception()
+            if exc is None:
+                return ray.put(fut.result())
+        actor = self.call(self._results_actor)
+        ref = actor.wait.remote(workflow_id)
+        if fut.done():
+            exc = fut.exception()
+            actor.set.remote(workflow_id, exc is None, fut.result() if exc is None else exc)
+        return ref
+
+    def _results_actor(self) -> Any:
+        if self._results is None:
+            self._results = _Results.options(  # type: ignore[attr-defined]
+                name=f"hivemesh-workflow-results-{uuid.uuid4().hex[:12]}",
+                num_cpus=0,
+                max_concurrency=10_000,
+            ).remote()
+        return self._results
+
+    def _heartbeat(self) -> None:
+        owned = [wid for wid in self._runs]
+        if owned:
+            now = time.time()
+
+            def beat(db: Any) -> None:
+                db.executemany(
+                    "UPDATE wf SET heartbeat = ? WHERE workflow_id = ?",
+                    [(now, wid) for wid in owned],
+                )
+
+            self.storage.submit(beat)
+            # another process may have canceled one of ours through the storage
+            for wid in owned:
+                row = self.storage.get_workflow(wid)
+                run = self._runs.get(wid)
+                if row is not None and run is not None and row.status == "CANCELED":
+                    self._fail(run, WorkflowCancellationError(wid), None, WorkflowStatus.CANCELED)
+        self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
+
+    # -- stored outputs ------------------------------------------------------------------
+
+    def _load_output(self, workflow_id: str, task_id: str) -> Any:
+        return load_task_output(self.storage, workflow_id, task_id)
+
+
+def load_task_output(storage: Storage, workflow_id: str, task_id: str) -> Any:
+    """A task's committed output, following continuations to their final task."""
+    seen = 0
+    tid = task_id
+    while True:
+        row: TaskRow | None = storage.get_task(workflow_id, tid)
+        if row is None:
+            raise ValueError(f"workflow {workflow_id!r} has no output for task {task_id!r}")
+        if row.status == "CONTINUED" and row.continuation is not None:
+            tid = _serde.loads(row.continuation).output
+            seen += 1
+            continue
+        if row.status != "SUCCESSFUL" or not row.has_output:
+            raise ValueError(
+                f"task {task_id!r} of workflow {workflow_id!r} has no output ({row.status})"
+            )
+        return _serde.loads(storage.load_value_bytes(row))
+
+
+def workflow_status(storage: Storage, engine: Engine | None, workflow_id: str) -> WorkflowStatus:
+    if engine is not None:
+        live = engine.live_status(workflow_id)
+        if live is not None:
+            return live
+    row = storage.get_workflow(workflow_id)
+    if row is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return stored_status(row, engine.owner if engine else None)
+
+
+def stored_status(row: WorkflowRow, me: str | None) -> WorkflowStatus:
+    status = WorkflowStatus(row.status)
+    if status in _ACTIVE and (row.owner == me or not owner_alive(row.owner, row.heartbeat)):
+        return WorkflowStatus.RESUMABLE
+    return status
+
+
+@ray.remote
+class _Results:
+    """Holds workflow results so ``run_async`` can hand out ObjectRefs."""
+
+    def __init__(self) -> None:
+        self._results: dict[str, tuple[bool, Any]] = {}
+        self._events: dict[str, asyncio.Event] = {}
+
+    async def wait(self, workflow_id: str) -> Any:
+        if workflow_id not in self._results:
+            await self._events.setdefault(workflow_id, asyncio.Event()).wait()
+        ok, payload = self._results[workflow_id]
+        if ok:
+            return payload
+        raise payload
+
+    async def set(self, workflow_id: str, ok: bool, payload: Any) -> None:
+        self._results[workflow_id] = (ok, payload)
+        self._events.setdefault(workflow_id, asyncio.Event()).set()
+
+
+async def _maybe_await(value: Any) -> Any:
+    if asyncio.iscoroutine(value):
+        return await value
+    return value
+
+
+async def _noop() -> None:
+    return None
+
+
+def default_workflow_id() -> str:
+    return f"{uuid.uuid4().hex}.{time.time():.6f}"
+
+
+def pid() -> int:
+    return os.getpid()

@@ -1,0 +1,298 @@
+"""The engine's own workflow graph: a flat, picklable list of steps.
+
+Ray DAGs (``f.bind(...)`` nodes, ``InputNode``) are converted here without recursion, so
+a statically bound chain of any length works without touching the recursion limit, and
+the stored graph pickles flat (steps point to each other by task id, not by object).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ray.dag import DAGNode, FunctionNode, InputAttributeNode, InputNode
+
+OPTIONS_LABEL = "hivemesh.workflow.options"
+WORKFLOW_OPTION_KEYS = ("task_id", "metadata", "catch_exceptions", "checkpoint")
+RAY_DEFAULT_MAX_RETRIES = 3
+
+StepKind = Literal["task", "sleep", "event"]
+
+
+@dataclass(frozen=True)
+class StepRef:
+    """Placeholder for another step's output inside a step's arguments."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
+class InputRef:
+    """Placeholder for the workflow's input (``InputNode``, ``InputNode()[k]``, ``.k``)."""
+
+    key: int | str | None = None
+    accessor: str | None = None
+
+
+@dataclass
+class StepDef:
+    task_id: str
+    kind: StepKind
+    func: Callable[..., Any] | None
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    deps: tuple[str, ...]
+    catch_exceptions: bool = False
+    checkpoint: bool = True
+    metadata: dict[str, Any] = field(default_factory=dict)
+    ray_options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def max_retries(self) -> int:
+        return int(self.ray_options.get("max_retries", RAY_DEFAULT_MAX_RETRIES))
+
+    @property
+    def retry_exceptions(self) -> bool:
+        return bool(self.ray_options.get("retry_exceptions", False))
+
+    def options_record(self) -> dict[str, Any]:
+        """What ``get_metadata(..., task_id)`` reports as ``task_options``."""
+        record: dict[str, Any] = {
+            "task_id": self.task_id,
+            "catch_exceptions": self.catch_exceptions,
+            "checkpoint": self.checkpoint,
+            "max_retries": self.max_retries,
+            "retry_exceptions": self.retry_exceptions,
+        }
+        for key, value in self.ray_options.items():
+            if key not in record and _jsonable(value):
+                record[key] = value
+        return record
+
+
+@dataclass
+class Graph:
+    steps: list[StepDef]
+    output: str
+
+
+# -- markers for engine-implemented steps -------------------------------------------------
+
+
+def _sleep_step(duration: float) -> float:  # pragma: no cover - never executed by Ray
+    raise RuntimeError("workflow.sleep() only works inside a workflow")
+
+
+def _event_step(listener_cls: Any, args: Any, kwargs: Any) -> Any:  # pragma: no cover
+    raise RuntimeError("workflow.wait_for_event() only works inside a workflow")
+
+
+def marker_kind(func: Callable[..., Any]) -> StepKind:
+    if func is _sleep_step:
+        return "sleep"
+    if func is _event_step:
+        return "event"
+    return "task"
+
+
+# -- conversion -----------------------------------------------------------------------------
+
+
+def split_options(bound: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(workflow options, Ray options) from a FunctionNode's bound options."""
+    ray_options = dict(bound)
+    labels = ray_options.pop("_labels", None)
+    wf: dict[str, Any] = {}
+    if isinstance(labels, dict):
+        labels = dict(labels)
+        raw = labels.pop(OPTIONS_LABEL, None)
+        if raw is not None:
+            wf = json.loads(raw)
+        if labels:
+            ray_options["_labels"] = labels
+    return wf, ray_options
+
+
+def default_task_name(func: Callable[..., Any]) -> str:
+    kind = marker_kind(func)
+    if kind == "sleep":
+        return "workflow.sleep"
+    if kind == "event":
+        return "workflow.wait_for_event"
+    module = getattr(func, "__module__", None) or "unknown"
+    qualname = getattr(func, "__qualname__", None) or getattr(func, "__name__", "task")
+    return f"{module}.{qualname}"
+
+
+class TaskIdAllocator:
+    """Ray Workflows' naming: ``module.qualname``, then ``_1``, ``_2`` … for repeats."""
+
+    def __init__(self, taken: set[str] | None = None) -> None:
+        self._taken: set[str] = set(taken or ())
+        self._next: dict[str, int] = {}
+
+    def allocate(self, base: str) -> str:
+        if base not in self._taken:
+            self._taken.add(base)
+            return base
+        n = self._next.get(base, 1)
+        while f"{base}_{n}" in self._taken:
+            n += 1
+        self._next[base] = n + 1
+        task_id = f"{base}_{n}"
+        self._taken.add(task_id)
+        return task_id
+
+
+def _walk(value: Any) -> Iterator[DAGNode]:
+    """DAG nodes inside a bound argument (lists, tuples, dicts, sets are searched)."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, DAGNode):
+            yield item
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+
+
+def _substitute(value: Any, ids: dict[int, str]) -> Any:
+    if isinstance(value, InputAttributeNode):
+        return InputRef(value._key, value._accessor_method)
+    if isinstance(value, InputNode):
+        return InputRef()
+    if isinstance(value, DAGNode):
+        return StepRef(ids[id(value)])
+    if isinstance(value, list):
+        return [_substitute(v, ids) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_substitute(v, ids) for v in value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, ids) for k, v in value.items()}
+    return value
+
+
+def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
+    """Flatten a Ray DAG into steps in dependency order (iteratively)."""
+    if not isinstance(root, FunctionNode):
+        raise TypeError(
+            f"a workflow must be built from @ray.remote functions with .bind(); got "
+            f"{type(root).__name__}"
+        )
+    ids: dict[int, str] = {}
+    steps: list[StepDef] = []
+    stack: list[tuple[DAGNode, bool]] = [(root, False)]
+    while stack:
+        node, expanded = stack.pop()
+        if id(node) in ids or isinstance(node, (InputNode, InputAttributeNode)):
+            continue
+        if not isinstance(node, FunctionNode):
+            raise TypeError(
+                f"workflows support function tasks only, not {type(node).__name__} "
+                "(actors and class methods cannot be workflow steps)"
+            )
+        if not expanded:
+            stack.append((node, True))
+            children = [
+                c
+                for c in _walk((node._bound_args, node._bound_kwargs))
+                if isinstance(c, FunctionNode) and id(c) not in ids
+            ]
+            stack.extend((c, False) for c in children)
+            continue
+        wf_opts, ray_opts = split_options(node._bound_options)
+        func = node._body
+        task_id = wf_opts.get("task_id")
+        task_id = allocator.allocate(task_id or default_task_name(func))
+        ids[id(node)] = task_id
+        args = tuple(_substitute(a, ids) for a in node._bound_args)
+        kwargs = {k: _substitute(v, ids) for k, v in node._bound_kwargs.items()}
+        deps = tuple(
+            dict.fromkeys(
+                ids[id(c)]
+                for c in _walk((node._bound_args, node._bound_kwargs))
+                if isinstance(c, FunctionNode)
+            )
+        )
+        steps.append(
+            StepDef(
+                task_id=task_id,
+                kind=marker_kind(func),
+                func=func,
+                args=args,
+                kwargs=kwargs,
+                deps=deps,
+                catch_exceptions=bool(wf_opts.get("catch_exceptions", False)),
+                checkpoint=bool(wf_opts.get("checkpoint", True)),
+                metadata=dict(wf_opts.get("metadata") or {}),
+                ray_options=ray_opts,
+            )
+        )
+    return Graph(steps, ids[id(root)])
+
+
+def rename_graph(graph: Graph, allocator: TaskIdAllocator) -> Graph:
+    """Give a continuation's locally named steps ids unique in the whole workflow."""
+    mapping: dict[str, str] = {}
+    for step in graph.steps:
+        mapping[step.task_id] = allocator.allocate(step.task_id)
+
+    def sub(value: Any) -> Any:
+        if isinstance(value, StepRef):
+            return StepRef(mapping[value.task_id])
+        if isinstance(value, list):
+            return [sub(v) for v in value]
+        if isinstance(value, tuple):
+            return tuple(sub(v) for v in value)
+        if isinstance(value, dict):
+            return {k: sub(v) for k, v in value.items()}
+        return value
+
+    renamed = []
+    for step in graph.steps:
+        renamed.append(
+            StepDef(
+                task_id=mapping[step.task_id],
+                kind=step.kind,
+                func=step.func,
+                args=sub(step.args),
+                kwargs=sub(step.kwargs),
+                deps=tuple(mapping[d] for d in step.deps),
+                catch_exceptions=step.catch_exceptions,
+                checkpoint=step.checkpoint,
+                metadata=step.metadata,
+                ray_options=step.ray_options,
+            )
+        )
+    return Graph(renamed, mapping[graph.output])
+
+
+def resolve_input(ref: InputRef, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    if ref.key is None:
+        if len(args) == 1 and not kwargs:
+            return args[0]
+        if not args and not kwargs:
+            raise ValueError("the workflow uses InputNode but was run without arguments")
+        raise ValueError(
+            "InputNode used directly needs exactly one argument; use InputNode()[i] or "
+            "InputNode().name for several"
+        )
+    if isinstance(ref.key, int):
+        return args[ref.key]
+    if ref.key in kwargs:
+        return kwargs[ref.key]
+    if len(args) == 1:
+        value = args[0]
+        return value[ref.key] if ref.accessor == "__getitem__" else getattr(value, ref.key)
+    raise KeyError(f"workflow input {ref.key!r} was not given")
+
+
+def _jsonable(value: Any) -> bool:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return False
+    return True

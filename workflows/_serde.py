@@ -1,0 +1,46 @@
+"""Serialization of step outputs for the journal (the user's own values: cloudpickle).
+
+ObjectRefs inside a value are checkpointed by value and come back as new ObjectRefs
+(``ray.put``) when the value is loaded. Nothing from the network is ever unpickled here:
+the node's cross-node data is JSON.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+from typing import Any
+
+import ray
+from ray import cloudpickle
+
+
+class HasObjectRefs(Exception):
+    """The value holds ObjectRefs; serialize it with ``resolve_refs=True`` (blocking)."""
+
+
+def _restore_ref(value: Any) -> ray.ObjectRef:
+    return ray.put(value)
+
+
+class _Pickler(cloudpickle.Pickler):
+    def __init__(self, file: io.BytesIO, resolve_refs: bool) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._resolve_refs = resolve_refs
+
+    def reducer_override(self, obj: Any) -> Any:
+        if isinstance(obj, ray.ObjectRef):
+            if not self._resolve_refs:
+                raise HasObjectRefs
+            return _restore_ref, (ray.get(obj),)
+        return super().reducer_override(obj)
+
+
+def dumps(value: Any, *, resolve_refs: bool = False) -> bytes:
+    buf = io.BytesIO()
+    _Pickler(buf, resolve_refs).dump(value)
+    return buf.getvalue()
+
+
+def loads(data: bytes) -> Any:
+    return pickle.loads(data)

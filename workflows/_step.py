@@ -1,0 +1,65 @@
+"""What runs inside a Ray worker for each workflow step."""
+
+from __future__ import annotations
+
+import contextvars
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray.dag import DAGNode
+
+from workflows._graph import Graph, TaskIdAllocator, graph_from_dag
+
+
+@dataclass(frozen=True)
+class StepContext:
+    workflow_id: str
+    task_id: str
+
+
+_CONTEXT: contextvars.ContextVar[StepContext | None] = contextvars.ContextVar(
+    "hivemesh_workflow_step", default=None
+)
+
+
+def current_step() -> StepContext | None:
+    return _CONTEXT.get()
+
+
+@dataclass(frozen=True)
+class Continuation:
+    dag: DAGNode
+
+
+@dataclass
+class ContinuationGraph:
+    """A step's output that says: my output is this sub-workflow's output."""
+
+    graph: Graph
+
+
+def execute_step(func: Any, ctx: StepContext, *args: Any, **kwargs: Any) -> Any:
+    token = _CONTEXT.set(ctx)
+    try:
+        result = func(*args, **kwargs)
+    finally:
+        _CONTEXT.reset(token)
+    if isinstance(result, Continuation):
+        result = result.dag
+    if isinstance(result, DAGNode):
+        # flattened here, in the worker: the driver gets a flat, picklable graph
+        return ContinuationGraph(graph_from_dag(result, TaskIdAllocator()))
+    return result
+
+
+remote_execute_step = ray.remote(execute_step)
+
+
+def continuation(dag: Any) -> Any:
+    """Inside a step: make ``dag``'s output this step's output. Outside: run it."""
+    if not isinstance(dag, DAGNode):
+        raise TypeError(f"continuation() takes a DAG built with .bind(), not {type(dag).__name__}")
+    if current_step() is not None:
+        return Continuation(dag)
+    return ray.get(dag.execute())  # type: ignore[arg-type]

@@ -1,0 +1,433 @@
+"""Durable storage of the workflow engine: SQLite (WAL) plus content-addressed blob files.
+
+* One writer thread owns the write connection and batches whatever is queued into one
+  transaction (group commit): a chain pays one fsync per step, a fan-out shares them.
+  A write's ``on_commit`` callback runs only after its transaction committed.
+* Values at or above ``INLINE_LIMIT`` bytes are written to ``objects/<aa>/<sha256>``
+  (temporary file, fsync, rename, fsync of the folder) before the row that points to
+  them commits, so a committed row never points to a partial file.
+* Every write is idempotent (keyed upserts), so retrying a commit whose outcome is unknown
+  — it raised although it reached the disk — has no duplicate effect.
+* Reads use their own connection (WAL readers never block the writer).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import queue
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from workflows.errors import WorkflowError
+
+log = logging.getLogger(__name__)
+
+INLINE_LIMIT = 64 * 1024
+MAX_BATCH = 2048
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS wf (
+    workflow_id   TEXT PRIMARY KEY,
+    status        TEXT NOT NULL,
+    graph         BLOB NOT NULL,
+    inputs        BLOB NOT NULL,
+    user_metadata TEXT NOT NULL,
+    output_task   TEXT,
+    error         BLOB,
+    error_text    TEXT,
+    owner         TEXT,
+    heartbeat     REAL,
+    created_at    REAL NOT NULL,
+    start_time    REAL,
+    end_time      REAL
+);
+CREATE TABLE IF NOT EXISTS task (
+    workflow_id   TEXT NOT NULL,
+    task_id       TEXT NOT NULL,
+    status        TEXT NOT NULL,
+    attempts      INTEGER NOT NULL DEFAULT 0,
+    output        BLOB,
+    output_hash   TEXT,
+    continuation  BLOB,
+    timer_end     REAL,
+    error_text    TEXT,
+    options       TEXT,
+    user_metadata TEXT,
+    start_time    REAL,
+    end_time      REAL,
+    PRIMARY KEY (workflow_id, task_id)
+);
+"""
+
+TaskStatusName = Literal["RUNNING", "SUCCESSFUL", "FAILED", "CONTINUED", "CANCELED"]
+
+
+class StorageError(WorkflowError):
+    """The workflow storage could not be opened or written."""
+
+
+@dataclass(frozen=True)
+class WorkflowRow:
+    workflow_id: str
+    status: str
+    graph: bytes
+    inputs: bytes
+    user_metadata: dict[str, Any]
+    output_task: str | None
+    error: bytes | None
+    error_text: str | None
+    owner: str | None
+    heartbeat: float | None
+    created_at: float
+    start_time: float | None
+    end_time: float | None
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    workflow_id: str
+    task_id: str
+    status: str
+    attempts: int
+    output: bytes | None
+    output_hash: str | None
+    continuation: bytes | None
+    timer_end: float | None
+    error_text: str | None
+    options: dict[str, Any]
+    user_metadata: dict[str, Any]
+    start_time: float | None
+    end_time: float | None
+
+    @property
+    def has_output(self) -> bool:
+        return self.output is not None or self.output_hash is not None
+
+
+def resolve_storage_path(storage: str | os.PathLike[str] | None) -> Path:
+    if storage is None:
+        env = os.environ.get("HIVEMESH_WORKFLOW_STORAGE")
+        storage = env or str(Path.home() / ".hivemesh" / "workflows")
+    text = os.fspath(storage)
+    if text.startswith("file://"):
+        text = text[len("file://") :]
+    elif "://" in text:
+        raise StorageError(f"unsupported storage URL {text!r}: use a path or file:// URL")
+    return Path(text).expanduser().resolve()
+
+
+def this_process_owner() -> str:
+    """Identifies this process: host, pid and start time (so pid reuse is detected)."""
+    return f"{socket.gethostname()}/{os.getpid()}/{_process_start(os.getpid())}"
+
+
+def _process_start(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+        return fields[19].decode()
+    except (OSError, IndexError):
+        return "?"
+
+
+def owner_alive(
+    owner: str | None,
+    heartbeat: float | None,
+    *,
+    stale_after_s: float = 15.0,
+    now: float | None = None,
+) -> bool:
+    if not owner:
+        return False
+    host, _, rest = owner.partition("/")
+    pid_text, _, started = rest.partition("/")
+    if host == socket.gethostname():
+        try:
+            pid = int(pid_text)
+        except ValueError:
+            return False
+        if not os.path.exists(f"/proc/{pid}"):
+            return False
+        return _process_start(pid) == started
+    now = time.time() if now is None else now
+    return heartbeat is not None and now - heartbeat < stale_after_s
+
+
+@dataclass
+class _Op:
+    apply: Callable[[sqlite3.Connection], None]
+    on_commit: Callable[[], None] | None
+    blob: tuple[str, bytes] | None = None
+
+
+CommitHook = Callable[[sqlite3.Connection], None]
+
+
+class Storage:
+    """The engine's journal. Thread-safe; writes are asynchronous with commit callbacks."""
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        synchronous: Literal["FULL", "NORMAL"] = "FULL",
+        after_commit_hook: CommitHook | None = None,
+    ) -> None:
+        self.root = root
+        self.objects = root / "objects"
+        self.synchronous = synchronous
+        self._after_commit_hook = after_commit_hook
+        try:
+            self.objects.mkdir(parents=True, exist_ok=True)
+            self._db_path = root / "workflows.db"
+            self._write = self._connect()
+            self._write.executescript(_SCHEMA)
+            self._read = self._connect()
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open workflow storage at {root}: {exc}") from exc
+        self._read_lock = threading.Lock()
+        self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
+        self._idle = threading.Condition()
+        self._pending = 0
+        self._closed = False
+        self._failure: BaseException | None = None
+        self._writer = threading.Thread(
+            target=self._write_loop, name="workflows-writer", daemon=True
+        )
+        self._writer.start()
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(
+            str(self._db_path), check_same_thread=False, isolation_level=None, timeout=60
+        )
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute(f"PRAGMA synchronous={self.synchronous}")
+        return db
+
+    # -- writing -------------------------------------------------------------------------
+
+    def submit(
+        self,
+        apply: Callable[[sqlite3.Connection], None],
+        on_commit: Callable[[], None] | None = None,
+        blob: tuple[str, bytes] | None = None,
+    ) -> None:
+        """Queue a write. ``on_commit`` runs in the writer thread once it is durable."""
+        if self._closed:
+            raise StorageError("workflow storage is closed")
+        if self._failure is not None:
+            raise StorageError(f"workflow storage failed: {self._failure}")
+        with self._idle:
+            self._pending += 1
+        self._queue.put(_Op(apply, on_commit, blob))
+
+    def write_sync(self, apply: Callable[[sqlite3.Connection], None]) -> None:
+        """Queue a write and wait until it is durable."""
+        done = threading.Event()
+        self.submit(apply, done.set)
+        while not done.wait(0.5):
+            if self._failure is not None:
+                raise StorageError(f"workflow storage failed: {self._failure}")
+
+    def flush(self) -> None:
+        """Wait until every queued write has committed."""
+        with self._idle:
+            while self._pending and self._failure is None:
+                self._idle.wait(0.5)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._queue.put(None)
+        self._writer.join(30)
+        self._write.close()
+        self._read.close()
+
+    def _write_loop(self) -> None:
+        while True:
+            op = self._queue.get()
+            if op is None:
+                return
+            batch = [op]
+            while len(batch) < MAX_BATCH:
+                try:
+                    nxt = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._queue.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                self._commit(batch)
+            except BaseException as exc:  # the engine must hear about it, not hang
+                log.exception("workflow storage write failed")
+                self._failure = exc
+            finally:
+                with self._idle:
+                    self._pending -= len(batch)
+                    self._idle.notify_all()
+            if self._failure is None:
+                for item in batch:
+                    if item.on_commit is not None:
+                        try:
+                            item.on_commit()
+                        except Exception:
+                            log.exception("commit callback failed")
+
+    def _commit(self, batch: list[_Op]) -> None:
+        for item in batch:
+            if item.blob is not None:
+                self._write_blob(*item.blob)
+        attempts = 0
+        while True:
+            attempts += 1
+            try:
+                self._write.execute("BEGIN IMMEDIATE")
+                try:
+                    for item in batch:
+                        item.apply(self._write)
+                except BaseException:
+                    self._write.execute("ROLLBACK")
+                    raise
+                self._write.execute("COMMIT")
+                if self._after_commit_hook is not None:
+                    self._after_commit_hook(self._write)
+                return
+            except sqlite3.OperationalError as exc:
+                # The outcome of a failed COMMIT is unknown; every write is an idempotent
+                # upsert, so applying the batch again cannot duplicate anything.
+                if self._write.in_transaction:
+                    self._write.execute("ROLLBACK")
+                if attempts >= 5:
+                    raise
+                log.warning("journal commit failed (%s); retrying", exc)
+                time.sleep(0.05 * attempts)
+            except _CommitOutcomeUnknown:
+                if attempts >= 5:
+                    raise
+                log.warning("journal commit reported failure after writing; re-applying")
+
+    def _write_blob(self, digest: str, data: bytes) -> None:
+        path = self.blob_path(digest)
+        if path.exists():
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{digest}.{os.getpid()}.{threading.get_ident()}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            if self.synchronous == "FULL":
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+        if self.synchronous == "FULL":
+            fd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+
+    def blob_path(self, digest: str) -> Path:
+        return self.objects / digest[:2] / digest
+
+    @staticmethod
+    def split_value(data: bytes) -> tuple[bytes | None, str | None, tuple[str, bytes] | None]:
+        """(inline bytes, blob digest, blob to write) for a serialized value."""
+        if len(data) < INLINE_LIMIT:
+            return data, None, None
+        digest = hashlib.sha256(data).hexdigest()
+        return None, digest, (digest, data)
+
+    def load_value_bytes(self, row: TaskRow) -> bytes:
+        if row.output is not None:
+            return bytes(row.output)
+        if row.output_hash is None:
+            raise StorageError(f"task {row.task_id!r} has no stored output")
+        try:
+            return self.blob_path(row.output_hash).read_bytes()
+        except OSError as exc:
+            raise StorageError(f"output of task {row.task_id!r} is missing: {exc}") from exc
+
+    # -- reading -------------------------------------------------------------------------
+
+    def _rows(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._read_lock:
+            cur = self._read.execute(sql, tuple(args))
+            cur.row_factory = sqlite3.Row
+            return list(cur.fetchall())
+
+    def get_workflow(self, workflow_id: str) -> WorkflowRow | None:
+        rows = self._rows("SELECT * FROM wf WHERE workflow_id = ?", (workflow_id,))
+        return _wf_row(rows[0]) if rows else None
+
+    def list_workflows(self) -> list[WorkflowRow]:
+        return [_wf_row(r) for r in self._rows("SELECT * FROM wf ORDER BY created_at")]
+
+    def get_task(self, workflow_id: str, task_id: str) -> TaskRow | None:
+        rows = self._rows(
+            "SELECT * FROM task WHERE workflow_id = ? AND task_id = ?", (workflow_id, task_id)
+        )
+        return _task_row(rows[0]) if rows else None
+
+    def list_tasks(self, workflow_id: str) -> list[TaskRow]:
+        rows = self._rows("SELECT * FROM task WHERE workflow_id = ? ORDER BY rowid", (workflow_id,))
+        return [_task_row(r) for r in rows]
+
+    def referenced_blobs(self) -> set[str]:
+        rows = self._rows("SELECT DISTINCT output_hash FROM task WHERE output_hash IS NOT NULL")
+        return {r[0] for r in rows}
+
+
+class _CommitOutcomeUnknown(Exception):
+    """Raised by a commit hook to simulate a commit that succeeded but reported failure."""
+
+
+CommitOutcomeUnknown = _CommitOutcomeUnknown
+
+
+def _wf_row(r: sqlite3.Row) -> WorkflowRow:
+    return WorkflowRow(
+        workflow_id=r["workflow_id"],
+        status=r["status"],
+        graph=r["graph"],
+        inputs=r["inputs"],
+        user_metadata=json.loads(r["user_metadata"]),
+        output_task=r["output_task"],
+        error=r["error"],
+        error_text=r["error_text"],
+        owner=r["owner"],
+        heartbeat=r["heartbeat"],
+        created_at=r["created_at"],
+        start_time=r["start_time"],
+        end_time=r["end_time"],
+    )
+
+
+def _task_row(r: sqlite3.Row) -> TaskRow:
+    return TaskRow(
+        workflow_id=r["workflow_id"],
+        task_id=r["task_id"],
+        status=r["status"],
+        attempts=r["attempts"],
+        output=r["output"],
+        output_hash=r["output_hash"],
+        continuation=r["continuation"],
+        timer_end=r["timer_end"],
+        error_text=r["error_text"],
+        options=json.loads(r["options"]) if r["options"] else {},
+        user_metadata=json.loads(r["user_metadata"]) if r["user_metadata"] else {},
+        start_time=r["start_time"],
+        end_time=r["end_time"],
+    )

@@ -1,0 +1,455 @@
+"""The Ray-Workflows-compatible API (Ray 2.x DAG API): ``import workflows as workflow``.
+
+One engine per process, created by :func:`init` (or on first use). Everything runs on
+current Ray core; the journal lives in the storage folder given to :func:`init`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
+from typing import Any
+
+import ray
+from ray.dag import DAGNode
+
+from workflows import _serde
+from workflows._engine import (
+    Engine,
+    default_workflow_id,
+    execution_error,
+    load_task_output,
+    stored_status,
+    workflow_status,
+)
+from workflows._graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
+from workflows._step import continuation
+from workflows._storage import Storage, resolve_storage_path
+from workflows.errors import (
+    WorkflowCancellationError,
+    WorkflowError,
+    WorkflowNotFoundError,
+    WorkflowStillActiveError,
+)
+from workflows.events import EventListener
+from workflows.status import WorkflowStatus
+
+__all__ = [
+    "cancel",
+    "continuation",
+    "delete",
+    "get_metadata",
+    "get_output",
+    "get_output_async",
+    "get_status",
+    "init",
+    "is_initialized",
+    "list_all",
+    "options",
+    "resume",
+    "resume_all",
+    "resume_async",
+    "run",
+    "run_async",
+    "shutdown",
+    "sleep",
+    "wait_for_event",
+]
+
+
+class _Runtime:
+    """The process's engine and storage (the API is module-level, like Ray Workflows')."""
+
+    lock = threading.RLock()
+    engine: Engine | None = None
+    storage: Storage | None = None
+
+
+def init(
+    storage: str | os.PathLike[str] | None = None,
+    max_running_workflows: int | None = None,
+    max_pending_workflows: int | None = None,
+    *,
+    synchronous: str = "FULL",
+) -> None:
+    """Start the workflow engine (and Ray, if it is not running).
+
+    ``storage`` is a folder or ``file://`` URL for the journal (default:
+    ``$HIVEMESH_WORKFLOW_STORAGE``, else ``~/.hivemesh/workflows``). Calling ``init`` again
+    with other settings replaces the engine if no workflow is running.
+    """
+    if max_running_workflows is not None and max_running_workflows < 1:
+        raise ValueError("max_running_workflows must be at least 1")
+    if max_pending_workflows is not None and max_pending_workflows < 0:
+        raise ValueError("max_pending_workflows must be non-negative")
+    if synchronous not in ("FULL", "NORMAL"):
+        raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+    path = resolve_storage_path(storage)
+    with _Runtime.lock:
+        if not ray.is_initialized():
+            ray.init()
+        if _Runtime.engine is not None:
+            if (
+                _Runtime.storage is not None
+                and _Runtime.storage.root == path
+                and (
+                    _Runtime.engine.max_running == max_running_workflows
+                    and _Runtime.engine.max_pending == max_pending_workflows
+                )
+            ):
+                return
+            shutdown()
+        _Runtime.storage = Storage(path, synchronous=synchronous)  # type: ignore[arg-type]
+        _Runtime.engine = Engine(
+            _Runtime.storage,
+            max_running_workflows=max_running_workflows,
+            max_pending_workflows=max_pending_workflows,
+        )
+
+
+def is_initialized() -> bool:
+    return _Runtime.engine is not None
+
+
+def shutdown() -> None:
+    """Stop the engine (running workflows become resumable) and close the storage."""
+    with _Runtime.lock:
+        if _Runtime.engine is not None:
+            _Runtime.engine.shutdown()
+        if _Runtime.storage is not None:
+            _Runtime.storage.close()
+        _Runtime.engine = None
+        _Runtime.storage = None
+
+
+def _engine() -> Engine:
+    if _Runtime.engine is None:
+        init()
+    assert _Runtime.engine is not None
+    return _Runtime.engine
+
+
+def _storage() -> Storage:
+    _engine()
+    assert _Runtime.storage is not None
+    return _Runtime.storage
+
+
+def _check_id(workflow_id: Any) -> str:
+    if not isinstance(workflow_id, str):
+        raise TypeError(f"workflow_id must be a str, not {type(workflow_id).__name__}")
+    return workflow_id
+
+
+def _check_metadata(metadata: Any) -> dict[str, Any]:
+    if metadata is None:
+        return {}
+    if not isinstance(metadata, dict):
+        raise ValueError("metadata must be a dict")
+    try:
+        json.dumps(metadata)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"metadata must be JSON serializable: {exc}") from None
+    return dict(metadata)
+
+
+# -- running ---------------------------------------------------------------------------------
+
+
+def _start(
+    dag: Any,
+    args: tuple[Any, ...],
+    workflow_id: str | None,
+    metadata: dict[str, Any] | None,
+    kwargs: dict[str, Any],
+) -> tuple[str, Future[Any]]:
+    if not isinstance(dag, DAGNode):
+        raise TypeError(f"run() takes a DAG built with .bind(), not {type(dag).__name__}")
+    wid = _check_id(workflow_id) if workflow_id is not None else default_workflow_id()
+    meta = _check_metadata(metadata)
+    return wid, _engine().start(dag, args, kwargs, wid, meta)
+
+
+def run(
+    dag: Any,
+    *args: Any,
+    workflow_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> Any:
+    """Run a workflow to completion and return its output.
+
+    An id that already exists is resumed, not restarted: a finished workflow returns its
+    stored output without running anything.
+    """
+    _, fut = _start(dag, args, workflow_id, metadata, kwargs)
+    return fut.result()
+
+
+def run_async(
+    dag: Any,
+    *args: Any,
+    workflow_id: str | None = None,
+    metadata: dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> ray.ObjectRef:
+    """Like :func:`run`, but return an ObjectRef of the output at once."""
+    wid, fut = _start(dag, args, workflow_id, metadata, kwargs)
+    return _engine().result_ref(wid, fut)
+
+
+def resume(workflow_id: str) -> Any:
+    """Run the steps of a workflow that have no committed output; return its output."""
+    return _engine().resume(_check_id(workflow_id)).result()
+
+
+def resume_async(workflow_id: str) -> ray.ObjectRef:
+    wid = _check_id(workflow_id)
+    engine = _engine()
+    return engine.result_ref(wid, engine.resume(wid))
+
+
+def resume_all(include_failed: bool = False) -> list[tuple[str, ray.ObjectRef]]:
+    """Resume every RESUMABLE workflow (and FAILED ones with ``include_failed``)."""
+    wanted = {WorkflowStatus.RESUMABLE}
+    if include_failed:
+        wanted.add(WorkflowStatus.FAILED)
+    out = []
+    for wid, status in list_all(wanted):
+        try:
+            out.append((wid, resume_async(wid)))
+        except RuntimeError:
+            continue  # someone else resumed it meanwhile
+        del status
+    return out
+
+
+# -- inspecting ------------------------------------------------------------------------------
+
+
+def get_status(workflow_id: str) -> WorkflowStatus:
+    wid = _check_id(workflow_id)
+    return workflow_status(_storage(), _engine(), wid)
+
+
+def get_output(workflow_id: str, *, task_id: str | None = None) -> Any:
+    """The output of a workflow (waits if it is running), or of one of its tasks."""
+    wid = _check_id(workflow_id)
+    return _output_future(wid, task_id).result()
+
+
+def get_output_async(workflow_id: str, *, task_id: str | None = None) -> ray.ObjectRef:
+    wid = _check_id(workflow_id)
+    fut = _output_future(wid, task_id)
+    return _engine().result_ref(f"{wid}\x00{task_id or ''}", fut)
+
+
+def _output_future(wid: str, task_id: str | None) -> Future[Any]:
+    engine = _engine()
+    storage = _storage()
+    if task_id is None:
+        live = engine.live_future(wid)
+        if live is not None:
+            return live
+    else:
+        live_task = engine.task_future(wid, task_id)
+        if live_task is not None:
+            return live_task
+    fut: Future[Any] = Future()
+    row = storage.get_workflow(wid)
+    if row is None:
+        fut.set_exception(WorkflowNotFoundError(wid))
+        return fut
+    try:
+        if task_id is not None:
+            fut.set_result(load_task_output(storage, wid, task_id))
+            return fut
+        status = stored_status(row, engine.owner)
+        if status is WorkflowStatus.SUCCESSFUL:
+            fut.set_result(load_task_output(storage, wid, row.output_task or ""))
+        elif status is WorkflowStatus.CANCELED:
+            fut.set_exception(WorkflowCancellationError(wid))
+        elif status is WorkflowStatus.FAILED:
+            cause = _serde.loads(row.error) if row.error else None
+            fut.set_exception(execution_error(wid, cause, row.error_text))
+        elif status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+            _poll_until_done(wid, fut)
+        else:
+            fut.set_exception(
+                WorkflowError(f"workflow {wid!r} is {status.value}: resume it to get its output")
+            )
+    except BaseException as exc:
+        if not fut.done():
+            fut.set_exception(exc)
+    return fut
+
+
+def _poll_until_done(wid: str, fut: Future[Any]) -> None:
+    """Another process runs it: wait for the stored result."""
+
+    def poll() -> None:
+        import time
+
+        while True:
+            row = _storage().get_workflow(wid)
+            if row is None:
+                fut.set_exception(WorkflowNotFoundError(wid))
+                return
+            status = stored_status(row, None)
+            if status not in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+                inner = _output_future(wid, None)
+                try:
+                    fut.set_result(inner.result())
+                except BaseException as exc:
+                    fut.set_exception(exc)
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=poll, daemon=True).start()
+
+
+def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]:
+    wid = _check_id(workflow_id)
+    storage = _storage()
+    row = storage.get_workflow(wid)
+    if row is None:
+        raise WorkflowNotFoundError(wid)
+    if task_id is None:
+        return {
+            "status": get_status(wid).value,
+            "user_metadata": row.user_metadata,
+            "stats": {"start_time": row.start_time, "end_time": row.end_time},
+        }
+    task = storage.get_task(wid, task_id)
+    if task is None:
+        graph = _serde.loads(row.graph)
+        step = next((s for s in graph.steps if s.task_id == task_id), None)
+        if step is None:
+            raise ValueError(f"workflow {wid!r} has no task {task_id!r} (yet)")
+        return {
+            "task_id": task_id,
+            "task_options": step.options_record(),
+            "user_metadata": step.metadata,
+            "stats": {},
+        }
+    return {
+        "task_id": task_id,
+        "task_options": task.options,
+        "user_metadata": task.user_metadata,
+        "stats": {"start_time": task.start_time, "end_time": task.end_time},
+    }
+
+
+def list_all(
+    status_filter: WorkflowStatus | str | Iterable[WorkflowStatus | str] | None = None,
+) -> list[tuple[str, WorkflowStatus]]:
+    """``[(workflow_id, status)]``, optionally only those with the given status(es)."""
+    wanted: set[WorkflowStatus] | None = None
+    if status_filter is not None:
+        items = (
+            [status_filter]
+            if isinstance(status_filter, (str, WorkflowStatus))
+            else list(status_filter)
+        )
+        wanted = set()
+        for item in items:
+            try:
+                wanted.add(
+                    WorkflowStatus(
+                        item.value if isinstance(item, WorkflowStatus) else str(item).upper()
+                    )
+                )
+            except ValueError:
+                raise ValueError(f"unknown workflow status {item!r}") from None
+    engine = _engine()
+    out = []
+    for row in _storage().list_workflows():
+        live = engine.live_status(row.workflow_id)
+        status = live if live is not None else stored_status(row, engine.owner)
+        if wanted is None or status in wanted:
+            out.append((row.workflow_id, status))
+    return out
+
+
+# -- controlling -----------------------------------------------------------------------------
+
+
+def cancel(workflow_id: str) -> None:
+    """Stop a workflow's running steps and mark it CANCELED."""
+    wid = _check_id(workflow_id)
+    engine = _engine()
+    if engine.cancel(wid):
+        _storage().flush()
+        return
+    storage = _storage()
+    row = storage.get_workflow(wid)
+    if row is None:
+        raise WorkflowNotFoundError(wid)
+    if WorkflowStatus(row.status).is_terminal():
+        return
+
+    def mark(db: Any) -> None:
+        db.execute("UPDATE wf SET status = 'CANCELED' WHERE workflow_id = ?", (wid,))
+
+    storage.write_sync(mark)  # a live owner elsewhere sees it at its next heartbeat
+
+
+def delete(workflow_id: str) -> None:
+    """Remove a finished (or resumable) workflow and its stored outputs."""
+    wid = _check_id(workflow_id)
+    status = get_status(wid)
+    if status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+        raise WorkflowStillActiveError("delete", wid)
+    storage = _storage()
+    hashes = {t.output_hash for t in storage.list_tasks(wid) if t.output_hash}
+
+    def remove(db: Any) -> None:
+        db.execute("DELETE FROM task WHERE workflow_id = ?", (wid,))
+        db.execute("DELETE FROM wf WHERE workflow_id = ?", (wid,))
+
+    storage.write_sync(remove)
+    still = storage.referenced_blobs()
+    for digest in hashes - still:
+        storage.blob_path(digest).unlink(missing_ok=True)
+
+
+# -- building steps --------------------------------------------------------------------------
+
+
+def options(**kwargs: Any) -> dict[str, Any]:
+    """Workflow options for a step: ``f.options(**workflow.options(task_id=..., ...))``.
+
+    Accepts ``task_id``, ``metadata``, ``catch_exceptions`` and ``checkpoint``.
+    """
+    unknown = set(kwargs) - set(WORKFLOW_OPTION_KEYS)
+    if unknown:
+        raise ValueError(
+            f"invalid workflow option(s) {sorted(unknown)}; valid: {list(WORKFLOW_OPTION_KEYS)}"
+        )
+    if "task_id" in kwargs and not isinstance(kwargs["task_id"], str):
+        raise ValueError("task_id must be a str")
+    if "metadata" in kwargs:
+        kwargs["metadata"] = _check_metadata(kwargs["metadata"])
+    return {"_labels": {OPTIONS_LABEL: json.dumps(kwargs)}}
+
+
+def sleep(duration: float) -> DAGNode:
+    """A step that ends ``duration`` seconds after it starts; its end time is durable."""
+    return ray.remote(_sleep_step).bind(float(duration))
+
+
+def wait_for_event(event_listener_type: type, *args: Any, **kwargs: Any) -> DAGNode:
+    """A step whose output is the event ``event_listener_type().poll_for_event(*args)``
+    returns; the event is checkpointed before ``event_checkpointed(event)`` is called.
+    The wait runs in the driver's event loop, not in a Ray worker."""
+    if not (
+        isinstance(event_listener_type, type) and issubclass(event_listener_type, EventListener)
+    ):
+        raise TypeError(f"{event_listener_type!r} is not a subclass of EventListener")
+    return ray.remote(_event_step).bind(event_listener_type, args, kwargs)
+
+
+__all__ += ["continuation"]
