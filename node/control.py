@@ -8,13 +8,14 @@ from typing import Any
 from node.config import ControlConfig, NetworkConfig
 from node.p2p import P2PHost, P2PStream
 from node.registry import PeerRegistry
+from node.workflow_service import WorkflowService
 from protocols import control
 from protocols.errors import ProtocolError
 from protocols.stream import MessageStream
+from workflows._storage import StorageError
 from workflows.dsl import parse_workflow
-from workflows.errors import WorkflowError
+from workflows.errors import WorkflowError, WorkflowNotFoundError
 from workflows.journal import JournalError
-from workflows.runner import WorkflowNotFoundError, WorkflowRunner
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -25,7 +26,7 @@ class ControlService:
         self,
         *,
         host: P2PHost,
-        runner: WorkflowRunner,
+        workflows: WorkflowService,
         registry: PeerRegistry,
         tools: ToolRegistry,
         version: str,
@@ -34,7 +35,7 @@ class ControlService:
         config: ControlConfig,
     ) -> None:
         self.host = host
-        self.runner = runner
+        self.workflows = workflows
         self.registry = registry
         self.tools = tools
         self.version = version
@@ -71,7 +72,7 @@ class ControlService:
             reply = await self.dispatch(request)
         except WorkflowNotFoundError as exc:
             await ms.send_error("not_found", str(exc))
-        except JournalError as exc:
+        except (JournalError, StorageError) as exc:
             log.error("control request failed: %s", exc)
             await ms.send_error("internal", f"the node could not read its journal: {exc}")
         except WorkflowError as exc:
@@ -90,23 +91,23 @@ class ControlService:
             )
         if isinstance(request, control.SubmitRequest):
             spec = parse_workflow(request.workflow, source=request.source or "<submitted>")
-            wid, created = await self.runner.submit(spec, request.inputs, request.workflow_id)
-            record, _ = await self.runner.get(wid)
-            return control.Submitted(workflow_id=wid, status=record.status.value, created=created)
+            wid, created = await self.workflows.submit(spec, request.inputs, request.workflow_id)
+            view = await self.workflows.view(wid)
+            return control.Submitted(workflow_id=wid, status=view.status.value, created=created)
         if isinstance(request, control.StatusRequest):
-            record, steps = await self.runner.get(request.workflow_id)
+            view = await self.workflows.view(request.workflow_id)
             return control.WorkflowStatusReply(
-                workflow_id=record.workflow_id,
-                name=record.name,
-                status=record.status.value,
-                error=record.error,
-                created_at=record.created_at,
-                ended_at=record.ended_at,
+                workflow_id=view.workflow_id,
+                name=view.name,
+                status=view.status.value,
+                error=view.error,
+                created_at=view.created_at,
+                ended_at=view.ended_at,
                 steps=[
                     control.StepStatus(
                         name=s.name,
                         tool=s.tool,
-                        status=s.status.value,
+                        status=s.status,
                         node=s.node,
                         reason=s.reason,
                         error=s.error,
@@ -114,31 +115,31 @@ class ControlService:
                         started_at=s.started_at,
                         ended_at=s.ended_at,
                     )
-                    for s in steps
+                    for s in view.steps
                 ],
             )
         if isinstance(request, control.ResultRequest):
             if request.wait:
-                record = await self.runner.wait(request.workflow_id)
+                view = await self.workflows.wait(request.workflow_id)
             else:
-                record, _ = await self.runner.get(request.workflow_id)
+                view = await self.workflows.view(request.workflow_id)
             return control.WorkflowResult(
-                workflow_id=record.workflow_id,
-                status=record.status.value,
-                outputs=record.outputs,
-                error=record.error,
+                workflow_id=view.workflow_id,
+                status=view.status.value,
+                outputs=view.outputs,
+                error=view.error,
             )
         if isinstance(request, control.ListRequest):
-            records = await self.runner.journal.call(self.runner.journal.sync.list_workflows)
+            views = await self.workflows.list_all()
             return control.WorkflowList(
                 workflows=[
                     control.WorkflowSummary(
-                        workflow_id=r.workflow_id,
-                        name=r.name,
-                        status=r.status.value,
-                        created_at=r.created_at,
+                        workflow_id=v.workflow_id,
+                        name=v.name,
+                        status=v.status.value,
+                        created_at=v.created_at,
                     )
-                    for r in records
+                    for v in views
                 ]
             )
         if isinstance(request, control.PeersRequest):

@@ -25,9 +25,11 @@ from node.handoff import HandoffServer
 from node.home import Home
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
+from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
+from workflows._storage import Storage
 from workflows.journal import Journal
-from workflows.runner import AsyncJournal, WorkflowRunner
+from workflows.runner import AsyncJournal
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger("hivemesh.node")
@@ -103,13 +105,14 @@ class Node:
             network=net,
             config=config.handoff,
         )
-        self.runner = WorkflowRunner(self.async_journal, self.executor)
+        self.storage = Storage(home.path, synchronous=config.journal.synchronous)
+        self.workflows = WorkflowService(self.storage, self.executor)
         self.discovery = DiscoveryService(
             self.host, self.registry, self.card, net, config.discovery
         )
         self.control = ControlService(
             host=self.host,
-            runner=self.runner,
+            workflows=self.workflows,
             registry=self.registry,
             tools=self.tools,
             version=self.version,
@@ -146,7 +149,7 @@ class Node:
         try:
             async with self.host.run(self.config.network.listen), trio.open_nursery() as n:
                 await n.start(self.handoff.serve)
-                await n.start(self.runner.serve)
+                await n.start(self.workflows.serve)
                 await n.start(self.discovery.serve)
                 info: dict[str, Any] = {
                     "peer_id": self.peer_id,
@@ -163,6 +166,7 @@ class Node:
         finally:
             self.home.clear_runtime(os.getpid())
             self.journal.close()
+            self.storage.close()
 
 
 async def _serve_until_signal(node: Node, on_ready: Callable[[dict[str, Any]], None]) -> None:

@@ -100,6 +100,34 @@ class _Task:
     started_at: float | None = None
     stored: bool = False  # output is in the journal (loaded lazily)
     timer_end: float | None = None
+    node: str | None = None
+    reason: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A YAML step for the external tool runner: run ``tool`` with ``args``."""
+
+    workflow_id: str
+    step: str
+    tool: str
+    version: str | None
+    args: dict[str, Any]
+    declared_outputs: tuple[str, ...] = ()
+
+    @property
+    def idempotency_key(self) -> str:
+        return f"{self.workflow_id}/{self.step}"
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    outputs: dict[str, Any]
+    node: str
+    reason: str
+
+
+ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
 
 
 @dataclass(eq=False)
@@ -114,6 +142,7 @@ class _Run:
     future: Future[Any] = field(default_factory=Future)
     status: WorkflowStatus = WorkflowStatus.RUNNING
     running: dict[str, ray.ObjectRef] = field(default_factory=dict)
+    recorded: threading.Event = field(default_factory=threading.Event)
     finished: bool = False
     start_time: float = 0.0
     waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
@@ -126,8 +155,10 @@ class Engine:
         *,
         max_running_workflows: int | None = None,
         max_pending_workflows: int | None = None,
+        tool_runner: ToolRunner | None = None,
     ) -> None:
         self.storage = storage
+        self.tool_runner = tool_runner
         self.max_running = max_running_workflows
         self.max_pending = max_pending_workflows
         self.owner = this_process_owner()
@@ -221,8 +252,17 @@ class Engine:
         workflow_id: str,
         metadata: dict[str, Any],
     ) -> Future[Any]:
-        """Start a new workflow, or resume it if the id exists (Ray Workflows semantics)."""
-        return self.call(lambda: self._start(dag, args, kwargs, workflow_id, metadata))
+        """Start a new workflow, or resume it if the id exists (Ray Workflows semantics).
+        Returns once the workflow is recorded in the journal."""
+        fut = self.call(lambda: self._start(dag, args, kwargs, workflow_id, metadata))
+        self._wait_recorded(workflow_id)
+        return fut
+
+    def _wait_recorded(self, workflow_id: str) -> None:
+        run = self.call(lambda: self._runs.get(workflow_id))
+        if run is not None:
+            while not run.recorded.wait(0.5) and not run.finished:
+                pass
 
     def _start(
         self,
@@ -239,6 +279,68 @@ class Engine:
             return self._resume(row, include_failed=True, strict=False)
         allocator = TaskIdAllocator()
         graph = graph_from_dag(dag, allocator)
+        return self._create(graph, allocator, args, kwargs, workflow_id, metadata)
+
+    def submit_graph(
+        self,
+        build: Callable[[], Graph],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workflow_id: str,
+        metadata: dict[str, Any],
+    ) -> tuple[Future[Any], bool]:
+        """Idempotent submit (the node's): an existing id is joined or resumed, never
+        restarted. Returns (future of the output, whether it was created now)."""
+
+        def go() -> tuple[Future[Any], bool]:
+            run = self._runs.get(workflow_id)
+            if run is not None:
+                return run.future, False
+            row = self.storage.get_workflow(workflow_id)
+            if row is not None:
+                status = stored_status(row, self.owner)
+                if status in (WorkflowStatus.FAILED, WorkflowStatus.CANCELED):
+                    fut: Future[Any] = Future()
+                    fut.set_exception(WorkflowExecutionError(workflow_id, row.error_text))
+                    return fut, False
+                return self._resume(row, include_failed=False, strict=False), False
+            graph = build()
+            allocator = TaskIdAllocator({s.task_id for s in graph.steps})
+            return self._create(graph, allocator, args, kwargs, workflow_id, metadata), True
+
+        result = self.call(go)
+        self._wait_recorded(workflow_id)
+        return result
+
+    def resume_interrupted(self) -> list[str]:
+        """Resume every workflow in the storage that no live process runs (node start)."""
+
+        def go() -> list[str]:
+            resumed = []
+            for row in self.storage.list_workflows():
+                if row.workflow_id in self._runs:
+                    continue
+                if stored_status(row, self.owner) is not WorkflowStatus.RESUMABLE:
+                    continue
+                try:
+                    self._resume(row, include_failed=False, strict=False)
+                except Exception:
+                    log.exception("cannot resume workflow %s", row.workflow_id)
+                    continue
+                resumed.append(row.workflow_id)
+            return resumed
+
+        return self.call(go)
+
+    def _create(
+        self,
+        graph: Graph,
+        allocator: TaskIdAllocator,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        workflow_id: str,
+        metadata: dict[str, Any],
+    ) -> Future[Any]:
         run = self._new_run(workflow_id, graph, args, kwargs, metadata, allocator)
         graph_blob = _serde.dumps(graph)
         inputs_blob = _serde.dumps((args, kwargs))
@@ -265,7 +367,7 @@ class Engine:
                 ),
             )
 
-        self.storage.submit(insert)
+        self.storage.submit(insert, run.recorded.set)
         if status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
@@ -380,7 +482,7 @@ class Engine:
                 (run.status.value, self.owner, time.time(), wid),
             )
 
-        self.storage.submit(mark)
+        self.storage.submit(mark, run.recorded.set)
         if run.status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
@@ -464,6 +566,9 @@ class Engine:
         step = task.step
         task.state = "RUNNING"
         task.started_at = time.time()
+        if step.kind in ("tool", "template"):
+            self._start_tool(run, task)
+            return
         try:
             if step.kind == "task":
                 args = tuple(self._materialize(run, a, as_refs=True) for a in step.args)
@@ -494,6 +599,76 @@ class Engine:
             self._start_sleep(run, task, float(args[0]))
         else:
             self._start_event(run, task, args)
+
+    def _start_tool(self, run: _Run, task: _Task) -> None:
+        """A YAML step: resolve its ``{{...}}`` references, then hand it to the external
+        tool runner (the node's scheduler), or compute the workflow outputs."""
+        from workflows.refs import resolve
+
+        step = task.step
+        try:
+            values = {d: self._value(run, d) for d in step.deps}
+            if step.kind == "template":
+                template = step.args[0]
+                value = dict(values) if template is None else resolve(template, run.kwargs, values)
+            else:
+                tool, version, template, declared = step.args
+                call_args = resolve(template, run.kwargs, values)
+        except Exception as exc:
+            self._fail(run, exc, step.task_id)
+            return
+        self._consumed(run, step)
+        if step.kind == "template":
+            self._succeed(run, task, value)
+            return
+        if self.tool_runner is None:
+            self._fail(
+                run,
+                WorkflowError(
+                    f"step {step.task_id!r} needs tool {tool!r}, but this engine has no tool "
+                    "runner (YAML workflows run on a hivemesh node)"
+                ),
+                step.task_id,
+            )
+            return
+        wid, tid = run.workflow_id, step.task_id
+
+        def placed(node: str, reason: str) -> None:
+            task.node, task.reason = node, reason
+
+            def write(db: Any) -> None:
+                db.execute(
+                    "INSERT INTO task(workflow_id, task_id, status, attempts, tool, node, reason,"
+                    " start_time) VALUES (?, ?, 'RUNNING', 1, ?, ?, ?, ?)"
+                    " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'RUNNING',"
+                    " attempts = task.attempts + 1, node = excluded.node,"
+                    " reason = excluded.reason, start_time = excluded.start_time",
+                    (wid, tid, tool, node, reason, time.time()),
+                )
+
+            self.storage.submit(write)
+
+        fut = self.tool_runner(
+            ToolCall(wid, tid, tool, version, call_args, tuple(declared)), placed
+        )
+
+        def done(f: Future[Any]) -> None:
+            self._q.put(("fn", lambda: self._on_tool_done(run, task, f)))
+
+        fut.add_done_callback(done)
+
+    def _on_tool_done(self, run: _Run, task: _Task, fut: Future[Any]) -> None:
+        if run.finished:
+            return
+        exc = fut.exception()
+        if exc is not None:
+            task.node = getattr(exc, "node", None) or task.node
+            task.reason = getattr(exc, "reason", None) or task.reason
+            self._fail(run, exc, task.step.task_id)
+            return
+        outcome = fut.result()
+        task.node, task.reason = outcome.node, outcome.reason
+        self._succeed(run, task, outcome.outputs)
 
     def _start_sleep(self, run: _Run, task: _Task, duration: float) -> None:
         tid = task.step.task_id
@@ -645,15 +820,19 @@ class Engine:
             json.dumps(step.metadata),
             task.started_at,
             time.time(),
+            step.metadata.get("tool"),
+            task.node,
+            task.reason,
         )
 
         def write(db: Any) -> None:
             db.execute(
                 "INSERT INTO task(workflow_id, task_id, status, attempts, output, output_hash,"
-                " options, user_metadata, start_time, end_time)"
-                " VALUES (?, ?, 'SUCCESSFUL', 1, ?, ?, ?, ?, ?, ?)"
+                " options, user_metadata, start_time, end_time, tool, node, reason)"
+                " VALUES (?, ?, 'SUCCESSFUL', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
                 " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'SUCCESSFUL',"
-                " attempts = task.attempts + 1, output = excluded.output,"
+                " attempts = MAX(task.attempts, 1), output = excluded.output,"
+                " tool = excluded.tool, node = excluded.node, reason = excluded.reason,"
                 " output_hash = excluded.output_hash, options = excluded.options,"
                 " user_metadata = excluded.user_metadata, end_time = excluded.end_time,"
                 " start_time = COALESCE(task.start_time, excluded.start_time)",
@@ -768,10 +947,22 @@ class Engine:
         if status is WorkflowStatus.CANCELED:
             error: BaseException = WorkflowCancellationError(wid)
             text = "canceled"
+        elif (
+            tid is not None
+            and run.tasks.get(tid) is not None
+            and run.tasks[tid].step.kind in ("tool", "template")
+        ):
+            # YAML steps: the message is for the person who wrote the YAML
+            text = f"step {tid!r} failed: {getattr(cause, 'message', None) or cause}"
+            error = WorkflowExecutionError(wid, text, cause)
         else:
             where = f"task {tid!r}: " if tid else ""
             error = execution_error(wid, cause, f"{where}{type(cause).__name__}: {cause}")
             text = f"{where}{type(cause).__name__}: {cause}"
+        task = run.tasks.get(tid) if tid is not None else None
+        node = task.node if task is not None else None
+        reason = task.reason if task is not None else None
+        step_error = getattr(cause, "message", None) or str(cause)
         try:
             blob: bytes | None = _serde.dumps(cause)
         except Exception:
@@ -785,10 +976,12 @@ class Engine:
             )
             if tid is not None and status is WorkflowStatus.FAILED:
                 db.execute(
-                    "INSERT INTO task(workflow_id, task_id, status, error_text) VALUES"
-                    " (?, ?, 'FAILED', ?) ON CONFLICT(workflow_id, task_id) DO UPDATE SET"
-                    " status = 'FAILED', error_text = excluded.error_text",
-                    (wid, tid, text),
+                    "INSERT INTO task(workflow_id, task_id, status, error_text, node, reason)"
+                    " VALUES (?, ?, 'FAILED', ?, ?, ?) ON CONFLICT(workflow_id, task_id) DO"
+                    " UPDATE SET status = 'FAILED', error_text = excluded.error_text,"
+                    " node = COALESCE(excluded.node, task.node),"
+                    " reason = COALESCE(excluded.reason, task.reason)",
+                    (wid, tid, step_error, node, reason),
                 )
 
         self.storage.submit(write, lambda: self._post(lambda: self._close(run, None, error)))

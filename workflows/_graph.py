@@ -18,7 +18,8 @@ OPTIONS_LABEL = "hivemesh.workflow.options"
 WORKFLOW_OPTION_KEYS = ("task_id", "metadata", "catch_exceptions", "checkpoint")
 RAY_DEFAULT_MAX_RETRIES = 3
 
-StepKind = Literal["task", "sleep", "event"]
+StepKind = Literal["task", "sleep", "event", "tool", "template"]
+OUTPUTS_STEP = "__outputs__"
 
 
 @dataclass(frozen=True)
@@ -296,3 +297,42 @@ def _jsonable(value: Any) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def graph_from_spec(spec: Any) -> Graph:
+    """A YAML workflow (:class:`workflows.dsl.WorkflowSpec`) as engine steps.
+
+    Each YAML step becomes a ``tool`` step (run by the engine's external tool runner, e.g.
+    the node's scheduler); a final ``template`` step computes the workflow's outputs.
+    """
+    steps = [
+        StepDef(
+            task_id=s.name,
+            kind="tool",
+            func=None,
+            args=(s.tool, s.version, s.args_template(), [o.name for o in s.outputs]),
+            kwargs={},
+            deps=tuple(sorted(s.dependencies())),
+            metadata={"tool": s.tool},
+        )
+        for s in spec.steps
+    ]
+    if spec.outputs:
+        template: Any = {o.name: o.value for o in spec.outputs}
+        from workflows.refs import find_refs
+
+        deps = sorted({r.step for r in find_refs(template) if r.step is not None})
+    else:
+        template = None
+        deps = [s.name for s in spec.steps]
+    steps.append(
+        StepDef(
+            task_id=OUTPUTS_STEP,
+            kind="template",
+            func=None,
+            args=(template,),
+            kwargs={},
+            deps=tuple(deps),
+        )
+    )
+    return Graph(steps, OUTPUTS_STEP)

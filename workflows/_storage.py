@@ -61,6 +61,9 @@ CREATE TABLE IF NOT EXISTS task (
     continuation  BLOB,
     timer_end     REAL,
     error_text    TEXT,
+    tool          TEXT,
+    node          TEXT,
+    reason        TEXT,
     options       TEXT,
     user_metadata TEXT,
     start_time    REAL,
@@ -108,6 +111,9 @@ class TaskRow:
     user_metadata: dict[str, Any]
     start_time: float | None
     end_time: float | None
+    tool: str | None = None
+    node: str | None = None
+    reason: str | None = None
 
     @property
     def has_output(self) -> bool:
@@ -430,4 +436,7 @@ def _task_row(r: sqlite3.Row) -> TaskRow:
         user_metadata=json.loads(r["user_metadata"]) if r["user_metadata"] else {},
         start_time=r["start_time"],
         end_time=r["end_time"],
+        tool=r["tool"],
+        node=r["node"],
+        reason=r["reason"],
     )

@@ -84,20 +84,20 @@ async def test_workflow_routed_to_nodes_that_have_the_tools(tmp_path: Path) -> N
         await launch(nursery, c)
         await wait_until(lambda: c.registry.has_fresh_card(b.peer_id), what="c learning b")
 
-        wid, created = await c.runner.submit(parse_workflow(TEXT_MATH), {"text": "a b c d"})
+        wid, created = await c.workflows.submit(parse_workflow(TEXT_MATH), {"text": "a b c d"})
         assert created
         with trio.fail_after(30):
-            record = await c.runner.wait(wid)
-        assert record.status is WorkflowStatus.SUCCESSFUL, record.error
-        assert record.outputs == {"shouted": "A B C D", "doubled": 8, "summary": "4 words"}
-        _, steps = await c.runner.get(wid)
-        where = {s.name: s.node for s in steps}
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert view.outputs == {"shouted": "A B C D", "doubled": 8, "summary": "4 words"}
+        where = {s.name: s.node for s in view.steps}
         assert where == {"shout": a.peer_id, "count": a.peer_id, "double": b.peer_id}
-        assert all(s.reason and "remote" in s.reason for s in steps)
+        assert all(s.reason and "remote" in s.reason for s in view.steps)
 
         # idempotent submit: same id, nothing runs again
-        again, created = await c.runner.submit(parse_workflow(TEXT_MATH), {}, wid)
+        again, created = await c.workflows.submit(parse_workflow(TEXT_MATH), {}, wid)
         assert (again, created) == (wid, False)
+        assert [s.attempts for s in (await c.workflows.view(wid)).steps] == [1, 1, 1]
         nursery.cancel_scope.cancel()
 
 

@@ -1,0 +1,244 @@
+"""The node's workflows: YAML workflows run by the durable engine (``workflows._engine``),
+with each step placed by the node's scheduler (locally on Ray or on a peer).
+
+The engine runs in its own thread; this service is its bridge to trio: the engine hands
+tool steps to :meth:`_tool_runner`, which starts them in the node's nursery and completes
+a ``concurrent.futures.Future`` the engine waits on. Reads of the journal go through worker
+threads, never blocking the trio loop.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import uuid
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import trio
+
+from workflows._engine import Engine, ToolCall, ToolOutcome, load_task_output, stored_status
+from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
+from workflows._serde import loads
+from workflows._storage import Storage, TaskRow, WorkflowRow
+from workflows.dsl import WorkflowSpec
+from workflows.errors import WorkflowError, WorkflowNotFoundError
+from workflows.runner import StepExecutionError, StepExecutor, StepRequest
+from workflows.status import WorkflowStatus
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class StepView:
+    name: str
+    tool: str
+    status: str
+    node: str | None
+    reason: str | None
+    error: str | None
+    attempts: int
+    started_at: float | None
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class WorkflowView:
+    workflow_id: str
+    name: str
+    status: WorkflowStatus
+    error: str | None
+    created_at: float
+    ended_at: float | None
+    outputs: dict[str, Any] | None
+    steps: list[StepView]
+
+
+class WorkflowService:
+    def __init__(self, storage: Storage, executor: StepExecutor) -> None:
+        self.storage = storage
+        self.executor = executor
+        self.engine: Engine | None = None
+        self._token: trio.lowlevel.TrioToken | None = None
+        self._nursery: trio.Nursery | None = None
+
+    async def _io(self, fn: Callable[..., T], *args: Any) -> T:
+        return await trio.to_thread.run_sync(functools.partial(fn, *args))
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Start the engine, resume interrupted workflows, run until cancelled."""
+        self._token = trio.lowlevel.current_trio_token()
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self.engine = await self._io(
+                    lambda: Engine(self.storage, tool_runner=self._tool_runner)
+                )
+                resumed = await self._io(self.engine.resume_interrupted)
+                for wid in resumed:
+                    log.info("resumed interrupted workflow %s", wid)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                if self.engine is not None:
+                    await self._io(self.engine.shutdown)
+
+    # -- engine → trio -------------------------------------------------------------------
+
+    def _tool_runner(self, call: ToolCall, placed: Callable[[str, str], None]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        assert self._token is not None and self._nursery is not None
+        nursery = self._nursery
+        try:
+            self._token.run_sync_soon(lambda: nursery.start_soon(self._run_tool, call, placed, fut))
+        except trio.RunFinishedError:
+            fut.set_exception(WorkflowError("the node is shutting down"))
+        return fut
+
+    async def _run_tool(
+        self, call: ToolCall, placed: Callable[[str, str], None], fut: Future[Any]
+    ) -> None:
+        async def on_placed(node: str, reason: str) -> None:
+            placed(node, reason)  # a queued journal write: does not block
+
+        request = StepRequest(call.workflow_id, call.step, call.tool, call.version, call.args)
+        try:
+            outcome = await self.executor.execute(request, on_placed)
+            missing = [o for o in call.declared_outputs if o not in outcome.outputs]
+            if missing:
+                raise StepExecutionError(
+                    f"tool {call.tool!r} returned no output {missing[0]!r} "
+                    f"(it returned {sorted(outcome.outputs)})",
+                    node=outcome.node,
+                    reason=outcome.reason,
+                )
+        except BaseException as exc:
+            if not fut.done():
+                fut.set_exception(
+                    exc if isinstance(exc, Exception) else WorkflowError("step interrupted")
+                )
+            if not isinstance(exc, Exception):
+                raise
+            return
+        fut.set_result(ToolOutcome(outcome.outputs, outcome.node, outcome.reason))
+
+    # -- control API ---------------------------------------------------------------------
+
+    async def submit(
+        self, spec: WorkflowSpec, inputs: Mapping[str, Any], workflow_id: str | None = None
+    ) -> tuple[str, bool]:
+        """Journal a YAML workflow and start it. Idempotent by id: (id, created)."""
+        assert self.engine is not None, "WorkflowService.serve() is not running"
+        bound = spec.bind_inputs(inputs)
+        wid = workflow_id or f"{spec.id}-{uuid.uuid4().hex[:12]}"
+
+        def build() -> Graph:
+            return graph_from_spec(spec)
+
+        engine = self.engine
+        _, created = await self._io(
+            engine.submit_graph, build, (), bound, wid, {"name": spec.name, "kind": "yaml"}
+        )
+        return wid, created
+
+    async def view(self, workflow_id: str) -> WorkflowView:
+        return await self._io(self._view, workflow_id)
+
+    def _view(self, workflow_id: str) -> WorkflowView:
+        row = self.storage.get_workflow(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        status = self._status(row)
+        outputs = None
+        if status is WorkflowStatus.SUCCESSFUL:
+            outputs = load_task_output(self.storage, workflow_id, row.output_task or OUTPUTS_STEP)
+        return WorkflowView(
+            workflow_id=workflow_id,
+            name=str(row.user_metadata.get("name", workflow_id)),
+            status=status,
+            error=row.error_text,
+            created_at=row.created_at,
+            ended_at=row.end_time,
+            outputs=outputs if isinstance(outputs, dict) else None,
+            steps=self._steps(row, status),
+        )
+
+    def _status(self, row: WorkflowRow) -> WorkflowStatus:
+        if self.engine is not None:
+            live = self.engine.live_status(row.workflow_id)
+            if live is not None:
+                return live
+        return stored_status(row, self.engine.owner if self.engine else None)
+
+    def _steps(self, row: WorkflowRow, status: WorkflowStatus) -> list[StepView]:
+        graph: Graph = loads(row.graph)
+        rows: dict[str, TaskRow] = {t.task_id: t for t in self.storage.list_tasks(row.workflow_id)}
+        views = []
+        for step in graph.steps:
+            if step.kind != "tool":
+                continue
+            r = rows.get(step.task_id)
+            if r is None:
+                state = "SKIPPED" if status.is_terminal() else "PENDING"
+            elif r.status == "RUNNING" and status.is_terminal():
+                state = "CANCELED"
+            elif r.status == "RUNNING" and status is WorkflowStatus.RESUMABLE:
+                state = "PENDING"
+            else:
+                state = r.status
+            views.append(
+                StepView(
+                    name=step.task_id,
+                    tool=str(step.args[0]),
+                    status=state,
+                    node=r.node if r else None,
+                    reason=r.reason if r else None,
+                    error=r.error_text if r else None,
+                    attempts=r.attempts if r else 0,
+                    started_at=r.start_time if r else None,
+                    ended_at=r.end_time if r else None,
+                )
+            )
+        return views
+
+    async def wait(self, workflow_id: str) -> WorkflowView:
+        """Wait until the workflow ends here (or is not live here); return its view."""
+        engine = self.engine
+        assert engine is not None
+        fut = await self._io(engine.live_future, workflow_id)
+        if fut is not None:
+            # trio-typing's stubs (pulled in by libp2p) predate ``abandon_on_cancel``
+            await trio.to_thread.run_sync(  # type: ignore[call-arg]
+                _wait_quietly, fut, abandon_on_cancel=True
+            )
+            await self._io(self.storage.flush)
+        return await self.view(workflow_id)
+
+    async def list_all(self) -> list[WorkflowView]:
+        return await self._io(self._list)
+
+    def _list(self) -> list[WorkflowView]:
+        rows = self.storage.list_workflows()
+        return [
+            WorkflowView(
+                workflow_id=r.workflow_id,
+                name=str(r.user_metadata.get("name", r.workflow_id)),
+                status=self._status(r),
+                error=r.error_text,
+                created_at=r.created_at,
+                ended_at=r.end_time,
+                outputs=None,
+                steps=[],
+            )
+            for r in rows
+        ]
+
+
+def _wait_quietly(fut: Future[Any]) -> None:
+    with contextlib.suppress(BaseException):  # the outcome is read back from the journal
+        fut.result()
