@@ -44,9 +44,9 @@ def hivemesh_version() -> str:
 
 def start_ray(config: RayConfig) -> int:
     """Start a local Ray (bound to 127.0.0.1) or join ``config.address``. Returns CPUs."""
-    if config.address is None:
+    if config.address is None or config.address.split(":")[0] in ("127.0.0.1", "localhost"):
         # Ray picks the machine's outward IP for a local cluster unless told otherwise;
-        # a node's private Ray must stay on loopback.
+        # a node's private Ray (or a cluster on loopback) must stay on loopback.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray

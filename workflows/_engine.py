@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError, TaskCancelledError
+from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
 from workflows import _serde
 from workflows._graph import (
@@ -40,7 +40,7 @@ from workflows._graph import (
     rename_graph,
     resolve_input,
 )
-from workflows._step import ContinuationGraph, StepContext, remote_execute_step
+from workflows._step import ContinuationGraph, function_key, make_runner, remote_execute_step
 from workflows._storage import Storage, TaskRow, WorkflowRow, owner_alive, this_process_owner
 from workflows.errors import (
     WorkflowCancellationError,
@@ -85,7 +85,7 @@ def execution_error(
         return WorkflowExecutionError(workflow_id, message, cause)
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Task:
     step: StepDef
     state: str = "WAITING"  # WAITING, RUNNING, CONTINUED, DONE
@@ -174,6 +174,8 @@ class Engine:
         )
         self._loop_thread.start()
         self._results: Any = None
+        self._remotes: dict[Any, tuple[Any, bool]] = {}
+        self._pin: list[Any] = []
         self._stopped = False
         self._thread = threading.Thread(target=self._main, name="workflows-engine", daemon=True)
         self._thread.start()
@@ -585,16 +587,18 @@ class Engine:
             return
         self._consumed(run, step)
         if step.kind == "task":
-            opts = dict(step.ray_options)
-            opts["max_retries"] = step.max_retries
-            opts["retry_exceptions"] = step.retry_exceptions
-            ctx = StepContext(run.workflow_id, step.task_id)
-            ref = remote_execute_step.options(**opts).remote(step.func, ctx, *args, **kwargs)
+            remote, pass_func = self._remote_for(step)
+            ctx = (run.workflow_id, step.task_id)
+            if pass_func:
+                ref = remote.remote(step.func, ctx, *args, **kwargs)
+            else:
+                ref = remote.remote(ctx, *args, **kwargs)
             task.ref = ref
             run.running[step.task_id] = ref
-            ref.future().add_done_callback(
-                lambda f, run=run, tid=step.task_id: self._q.put(("done", run, tid, f))
-            )
+            q = self._q
+            tid = step.task_id
+            # _on_completed: what ObjectRef.future() uses, without a Future per task
+            ref._on_completed(lambda result: q.put(("done", run, tid, result)))
         elif step.kind == "sleep":
             self._start_sleep(run, task, float(args[0]))
         else:
@@ -670,6 +674,34 @@ class Engine:
         task.node, task.reason = outcome.node, outcome.reason
         self._succeed(run, task, outcome.outputs)
 
+    def _remote_for(self, step: StepDef) -> tuple[Any, bool]:
+        """(Ray remote function, whether to pass the step function as first argument).
+
+        A function gets its own exported task body, so workers cache it like any Ray
+        task; closures fall back to the generic body that takes the function as argument.
+        Both are cached per options (``.options()`` is costly)."""
+        fkey = function_key(step.func)
+        try:
+            opts_key: Any = tuple(sorted(step.ray_options.items()))
+            hash(opts_key)
+        except TypeError:
+            opts_key = id(step.ray_options)
+        key = (fkey, opts_key, step.max_retries, step.retry_exceptions)
+        cached = self._remotes.get(key)
+        if cached is not None:
+            return cached
+        opts = dict(step.ray_options)
+        opts["max_retries"] = step.max_retries
+        opts["retry_exceptions"] = step.retry_exceptions
+        if fkey is None:
+            entry = (remote_execute_step.options(**opts), True)
+        else:
+            entry = (ray.remote(make_runner(step.func)).options(**opts), False)
+        if isinstance(opts_key, int):  # unhashable options: keep the dict alive with the key
+            self._pin.append(step.ray_options)
+        self._remotes[key] = entry
+        return entry
+
     def _start_sleep(self, run: _Run, task: _Task, duration: float) -> None:
         tid = task.step.task_id
         if task.timer_end is None:
@@ -737,15 +769,15 @@ class Engine:
 
         self._succeed(run, task, event, on_commit=after_commit)
 
-    def _on_task_done(self, run: _Run, tid: str, fut: concurrent.futures.Future[Any]) -> None:
+    def _on_task_done(self, run: _Run, tid: str, result: Any) -> None:
         run.running.pop(tid, None)
         if run.finished:
             return
         task = run.tasks[tid]
         step = task.step
-        exc = fut.exception()
+        exc = result if isinstance(result, RayError) else None
         if exc is None:
-            value = fut.result()
+            value = result
             if isinstance(value, ContinuationGraph):
                 self._continue(run, task, value.graph)
                 return
@@ -816,8 +848,9 @@ class Engine:
             step.task_id,
             inline,
             digest,
-            json.dumps(step.options_record()),
-            json.dumps(step.metadata),
+            # options and metadata live in the stored graph; not repeated per row
+            None,
+            None,
             task.started_at,
             time.time(),
             step.metadata.get("tool"),

@@ -37,7 +37,7 @@ class InputRef:
     accessor: str | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class StepDef:
     task_id: str
     kind: StepKind
@@ -186,6 +186,8 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
     ids: dict[int, str] = {}
     steps: list[StepDef] = []
     stack: list[tuple[DAGNode, bool]] = [(root, False)]
+    # nodes of one function share their options dict: split it once (memory for big fan-outs)
+    split_cache: dict[int, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
     while stack:
         node, expanded = stack.pop()
         if id(node) in ids or isinstance(node, (InputNode, InputAttributeNode)):
@@ -204,7 +206,11 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
             ]
             stack.extend((c, False) for c in children)
             continue
-        wf_opts, ray_opts = split_options(node._bound_options)
+        key = id(node._bound_options)
+        if key not in split_cache:
+            wf_split, ray_split = split_options(node._bound_options)
+            split_cache[key] = (wf_split, ray_split, dict(wf_split.get("metadata") or {}))
+        wf_opts, ray_opts, meta = split_cache[key]
         func = node._body
         task_id = wf_opts.get("task_id")
         task_id = allocator.allocate(task_id or default_task_name(func))
@@ -228,7 +234,7 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
                 deps=deps,
                 catch_exceptions=bool(wf_opts.get("catch_exceptions", False)),
                 checkpoint=bool(wf_opts.get("checkpoint", True)),
-                metadata=dict(wf_opts.get("metadata") or {}),
+                metadata=meta,
                 ray_options=ray_opts,
             )
         )

@@ -36,7 +36,12 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
 
+_SIMPLE = (int, float, str, bytes, bool, type(None))
+
+
 def dumps(value: Any, *, resolve_refs: bool = False) -> bytes:
+    if type(value) in _SIMPLE:  # the common case: no Pickler set-up
+        return pickle.dumps(value, protocol=pickle.HIGHEST_PROTOCOL)
     buf = io.BytesIO()
     _Pickler(buf, resolve_refs).dump(value)
     return buf.getvalue()

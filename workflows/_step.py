@@ -39,8 +39,8 @@ class ContinuationGraph:
     graph: Graph
 
 
-def execute_step(func: Any, ctx: StepContext, *args: Any, **kwargs: Any) -> Any:
-    token = _CONTEXT.set(ctx)
+def execute_step(func: Any, ctx: tuple[str, str], *args: Any, **kwargs: Any) -> Any:
+    token = _CONTEXT.set(StepContext(*ctx))
     try:
         result = func(*args, **kwargs)
     finally:
@@ -54,6 +54,40 @@ def execute_step(func: Any, ctx: StepContext, *args: Any, **kwargs: Any) -> Any:
 
 
 remote_execute_step = ray.remote(execute_step)
+
+
+def function_key(func: Any) -> Any:
+    """A key under which a function's Ray export can be shared, or None.
+
+    Code objects hash by content, so a function that came back by value inside a
+    continuation maps to the export of its first copy. Closures and unhashable defaults
+    get no key (they are passed to the generic wrapper instead)."""
+    code = getattr(func, "__code__", None)
+    if code is None or getattr(func, "__closure__", None):
+        return None
+    key = (
+        getattr(func, "__module__", None),
+        getattr(func, "__qualname__", None),
+        code,
+        getattr(func, "__defaults__", None),
+    )
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def make_runner(func: Any) -> Any:
+    """A Ray task body for one workflow function (exported to workers once)."""
+
+    def run_step(ctx: tuple[str, str], *args: Any, **kwargs: Any) -> Any:
+        return execute_step(func, ctx, *args, **kwargs)
+
+    run_step.__name__ = getattr(func, "__name__", "step")
+    run_step.__qualname__ = getattr(func, "__qualname__", "step")
+    run_step.__module__ = getattr(func, "__module__", __name__)
+    return run_step
 
 
 def continuation(dag: Any) -> Any:

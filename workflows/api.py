@@ -324,23 +324,30 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
             "stats": {"start_time": row.start_time, "end_time": row.end_time},
         }
     task = storage.get_task(wid, task_id)
-    if task is None:
-        graph = _serde.loads(row.graph)
-        step = next((s for s in graph.steps if s.task_id == task_id), None)
-        if step is None:
-            raise ValueError(f"workflow {wid!r} has no task {task_id!r} (yet)")
-        return {
-            "task_id": task_id,
-            "task_options": step.options_record(),
-            "user_metadata": step.metadata,
-            "stats": {},
-        }
+    step = _find_step(storage, row, task_id)
+    if step is None:
+        raise ValueError(f"workflow {wid!r} has no task {task_id!r} (yet)")
+    stats = {} if task is None else {"start_time": task.start_time, "end_time": task.end_time}
     return {
         "task_id": task_id,
-        "task_options": task.options,
-        "user_metadata": task.user_metadata,
-        "stats": {"start_time": task.start_time, "end_time": task.end_time},
+        "task_options": step.options_record(),
+        "user_metadata": step.metadata,
+        "stats": stats,
     }
+
+
+def _find_step(storage: Storage, row: Any, task_id: str) -> Any:
+    """A task's definition: in the workflow's graph or in a stored continuation."""
+    graph = _serde.loads(row.graph)
+    for step in graph.steps:
+        if step.task_id == task_id:
+            return step
+    for task in storage.list_tasks(row.workflow_id):
+        if task.continuation is not None:
+            for step in _serde.loads(task.continuation).steps:
+                if step.task_id == task_id:
+                    return step
+    return None
 
 
 def list_all(
