@@ -143,6 +143,7 @@ class _Run:
     status: WorkflowStatus = WorkflowStatus.RUNNING
     running: dict[str, ray.ObjectRef] = field(default_factory=dict)
     recorded: threading.Event = field(default_factory=threading.Event)
+    polls: list[concurrent.futures.Future[Any]] = field(default_factory=list)
     finished: bool = False
     start_time: float = 0.0
     waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
@@ -343,9 +344,10 @@ class Engine:
         workflow_id: str,
         metadata: dict[str, Any],
     ) -> Future[Any]:
+        # ObjectRefs bound into the DAG or given as inputs are checkpointed by value
+        graph_blob = _serde.dumps(graph, resolve_refs=True)
+        inputs_blob = _serde.dumps((args, kwargs), resolve_refs=True)
         run = self._new_run(workflow_id, graph, args, kwargs, metadata, allocator)
-        graph_blob = _serde.dumps(graph)
-        inputs_blob = _serde.dumps((args, kwargs))
         now = time.time()
         run.start_time = now
         status = self._admit(run)
@@ -443,8 +445,6 @@ class Engine:
             except BaseException as exc:
                 fut.set_exception(exc)
             return fut
-        if status is WorkflowStatus.CANCELED and strict:
-            raise WorkflowNotResumableError(wid, "it was canceled")
         graph: Graph = _serde.loads(row.graph)
         args, kwargs = _serde.loads(row.inputs)
         allocator = TaskIdAllocator({s.task_id for s in graph.steps})
@@ -686,7 +686,8 @@ class Engine:
             hash(opts_key)
         except TypeError:
             opts_key = id(step.ray_options)
-        key = (fkey, opts_key, step.max_retries, step.retry_exceptions)
+        retry = step.retry_exceptions
+        key = (fkey, opts_key, step.max_retries, tuple(retry) if isinstance(retry, list) else retry)
         cached = self._remotes.get(key)
         if cached is not None:
             return cached
@@ -738,6 +739,7 @@ class Engine:
         fut = asyncio.run_coroutine_threadsafe(
             listener.poll_for_event(*l_args, **l_kwargs), self._loop
         )
+        run.polls.append(fut)
         tid = task.step.task_id
 
         def done(f: concurrent.futures.Future[Any]) -> None:
@@ -976,6 +978,8 @@ class Engine:
             except Exception:
                 log.debug("cancel of a task failed", exc_info=True)
         run.running.clear()
+        for poll in run.polls:  # event listeners still waiting
+            poll.cancel()
         wid = run.workflow_id
         if status is WorkflowStatus.CANCELED:
             error: BaseException = WorkflowCancellationError(wid)
@@ -1032,10 +1036,6 @@ class Engine:
             run.future.set_result(value)
         else:
             run.future.set_exception(error)
-        if self._results is not None:
-            self._results.set.remote(
-                run.workflow_id, error is None, value if error is None else error
-            )
         while self._pending and (
             self.max_running is None
             or sum(1 for r in self._runs.values() if r.status is WorkflowStatus.RUNNING)
@@ -1063,6 +1063,9 @@ class Engine:
             return True
 
         return bool(self.call(go))
+
+    def active_count(self) -> int:
+        return int(self.call(lambda: len(self._runs)))
 
     def live_status(self, workflow_id: str) -> WorkflowStatus | None:
         def go() -> WorkflowStatus | None:
@@ -1093,15 +1096,19 @@ class Engine:
 
     def result_ref(self, workflow_id: str, fut: Future[Any]) -> ray.ObjectRef:
         """An ObjectRef that resolves like ``fut`` (for the ``*_async`` API)."""
-        if fut.done():
-            exc = fut.exception()
-            if exc is None:
-                return ray.put(fut.result())
+        if fut.done() and fut.exception() is None:
+            return ray.put(fut.result())
         actor = self.call(self._results_actor)
-        ref = actor.wait.remote(workflow_id)
-        if fut.done():
-            exc = fut.exception()
-            actor.set.remote(workflow_id, exc is None, fut.result() if exc is None else exc)
+        token = (
+            f"{workflow_id}/{uuid.uuid4().hex}"  # one slot per ref: never stale, freed once read
+        )
+        ref = actor.wait.remote(token)
+
+        def publish(f: Future[Any]) -> None:
+            exc = f.exception()
+            actor.set.remote(token, exc is None, f.result() if exc is None else exc)
+
+        fut.add_done_callback(publish)
         return ref
 
     def _results_actor(self) -> Any:
@@ -1187,7 +1194,8 @@ class _Results:
     async def wait(self, workflow_id: str) -> Any:
         if workflow_id not in self._results:
             await self._events.setdefault(workflow_id, asyncio.Event()).wait()
-        ok, payload = self._results[workflow_id]
+        ok, payload = self._results.pop(workflow_id)
+        self._events.pop(workflow_id, None)
         if ok:
             return payload
         raise payload

@@ -55,8 +55,10 @@ class StepDef:
         return int(self.ray_options.get("max_retries", RAY_DEFAULT_MAX_RETRIES))
 
     @property
-    def retry_exceptions(self) -> bool:
-        return bool(self.ray_options.get("retry_exceptions", False))
+    def retry_exceptions(self) -> Any:
+        """False, True, or a list of exception types to retry (Ray's option)."""
+        value = self.ray_options.get("retry_exceptions", False)
+        return list(value) if isinstance(value, (list, tuple)) else bool(value)
 
     def options_record(self) -> dict[str, Any]:
         """What ``get_metadata(..., task_id)`` reports as ``task_options``."""
@@ -65,7 +67,11 @@ class StepDef:
             "catch_exceptions": self.catch_exceptions,
             "checkpoint": self.checkpoint,
             "max_retries": self.max_retries,
-            "retry_exceptions": self.retry_exceptions,
+            "retry_exceptions": (
+                [getattr(e, "__name__", str(e)) for e in self.retry_exceptions]
+                if isinstance(self.retry_exceptions, list)
+                else self.retry_exceptions
+            ),
         }
         for key, value in self.ray_options.items():
             if key not in record and _jsonable(value):
@@ -211,6 +217,11 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
             wf_split, ray_split = split_options(node._bound_options)
             split_cache[key] = (wf_split, ray_split, dict(wf_split.get("metadata") or {}))
         wf_opts, ray_opts, meta = split_cache[key]
+        if ray_opts.get("num_returns", 1) != 1:
+            raise ValueError(
+                "workflow steps return one value: num_returns other than 1 is not supported "
+                "(return a tuple instead)"
+            )
         func = node._body
         task_id = wf_opts.get("task_id")
         task_id = allocator.allocate(task_id or default_task_name(func))

@@ -32,6 +32,7 @@ from workflows.errors import WorkflowError
 log = logging.getLogger(__name__)
 
 INLINE_LIMIT = 64 * 1024
+FORMAT = 1  # bump when the stored graph or rows change incompatibly
 MAX_BATCH = 2048
 
 _SCHEMA = """
@@ -198,6 +199,14 @@ class Storage:
             self._db_path = root / "workflows.db"
             self._write = self._connect()
             self._write.executescript(_SCHEMA)
+            self._write.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (str(FORMAT),)
+            )
+            found = self._write.execute("SELECT value FROM meta WHERE key = 'format'").fetchone()
+            if found is not None and int(found[0]) != FORMAT:
+                raise StorageError(
+                    f"{root} holds a journal of format {found[0]}; this version reads {FORMAT}"
+                )
             self._read = self._connect()
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open workflow storage at {root}: {exc}") from exc

@@ -95,12 +95,16 @@ def init(
             if (
                 _Runtime.storage is not None
                 and _Runtime.storage.root == path
-                and (
-                    _Runtime.engine.max_running == max_running_workflows
-                    and _Runtime.engine.max_pending == max_pending_workflows
-                )
+                and _Runtime.storage.synchronous == synchronous
+                and _Runtime.engine.max_running == max_running_workflows
+                and _Runtime.engine.max_pending == max_pending_workflows
             ):
                 return
+            if _Runtime.engine.active_count():
+                raise RuntimeError(
+                    "workflows are running: call workflows.init() with other settings only "
+                    "when none is running (or call workflows.shutdown() first)"
+                )
             shutdown()
         _Runtime.storage = Storage(path, synchronous=synchronous)  # type: ignore[arg-type]
         _Runtime.engine = Engine(
