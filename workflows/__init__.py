@@ -25,6 +25,15 @@ from workflows.errors import (
 )
 from workflows.status import WorkflowStatus
 
+# Ray Workflows put the statuses in the module namespace too (workflow.RUNNING, ...)
+NONE = WorkflowStatus.NONE
+RUNNING = WorkflowStatus.RUNNING
+CANCELED = WorkflowStatus.CANCELED
+SUCCESSFUL = WorkflowStatus.SUCCESSFUL
+FAILED = WorkflowStatus.FAILED
+RESUMABLE = WorkflowStatus.RESUMABLE
+PENDING = WorkflowStatus.PENDING
+
 _LAZY = {
     "init": "workflows.api",
     "is_initialized": "workflows.api",

@@ -728,7 +728,7 @@ class Engine:
 
         def fire() -> None:
             if not run.finished:
-                self._succeed(run, task, task.timer_end)
+                self._succeed(run, task, None)  # like Ray Workflows: a sleep outputs None
 
         self._schedule(time.monotonic() + delay, fire)
 

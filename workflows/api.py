@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -81,10 +82,15 @@ def init(
     ``$HIVEMESH_WORKFLOW_STORAGE``, else ``~/.hivemesh/workflows``). Calling ``init`` again
     with other settings replaces the engine if no workflow is running.
     """
+    # -1 means "no limit", as in Ray Workflows
+    if max_running_workflows == -1:
+        max_running_workflows = None
+    if max_pending_workflows == -1:
+        max_pending_workflows = None
     if max_running_workflows is not None and max_running_workflows < 1:
-        raise ValueError("max_running_workflows must be at least 1")
+        raise ValueError("max_running_workflows must be at least 1 (or -1 for no limit)")
     if max_pending_workflows is not None and max_pending_workflows < 0:
-        raise ValueError("max_pending_workflows must be non-negative")
+        raise ValueError("max_pending_workflows must be non-negative (or -1 for no limit)")
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
     path = resolve_storage_path(storage)
@@ -227,6 +233,8 @@ def resume_all(include_failed: bool = False) -> list[tuple[str, ray.ObjectRef]]:
             out.append((wid, resume_async(wid)))
         except RuntimeError:
             continue  # someone else resumed it meanwhile
+        except queue.Full:
+            continue  # over max_pending_workflows: still RESUMABLE, resume it later
         del status
     return out
 
