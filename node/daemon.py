@@ -44,10 +44,11 @@ def hivemesh_version() -> str:
 
 def start_ray(config: RayConfig) -> int:
     """Start a local Ray (bound to 127.0.0.1) or join ``config.address``. Returns CPUs."""
-    if config.address is None or config.address.split(":")[0] in ("127.0.0.1", "localhost"):
-        # Ray picks the machine's outward IP for a local cluster unless told otherwise;
-        # a node's private Ray (or a cluster on loopback) must stay on loopback.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    from workflows._loopback import is_loopback_address, keep_ray_on_loopback
+
+    if is_loopback_address(config.address):
+        # a node's private Ray (or a cluster on loopback) stays on 127.0.0.1
+        keep_ray_on_loopback()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     import ray
 
@@ -63,6 +64,10 @@ def start_ray(config: RayConfig) -> int:
         kwargs["address"] = "local"
         kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
     ray.init(**kwargs)
+    if config.address is None:
+        address = ray.get_runtime_context().gcs_address
+        if not address.startswith("127."):
+            log.warning("the node's Ray listens on %s, not on loopback", address)
     return int(ray.cluster_resources().get("CPU", 1))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import heapq
 import itertools
 import json
@@ -41,7 +42,14 @@ from workflows._graph import (
     resolve_input,
 )
 from workflows._step import ContinuationGraph, function_key, make_runner, remote_execute_step
-from workflows._storage import Storage, TaskRow, WorkflowRow, owner_alive, this_process_owner
+from workflows._storage import (
+    Storage,
+    StorageError,
+    TaskRow,
+    WorkflowRow,
+    owner_alive,
+    this_process_owner,
+)
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
@@ -181,6 +189,7 @@ class Engine:
         self._thread = threading.Thread(target=self._main, name="workflows-engine", daemon=True)
         self._thread.start()
         self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
+        storage.on_failure(lambda exc: self._post(lambda: self._storage_failed(exc)))
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -236,14 +245,39 @@ class Engine:
     def _post(self, fn: Callable[[], None]) -> None:
         self._q.put(("fn", fn))
 
+    def _storage_failed(self, exc: BaseException) -> None:
+        """The journal stopped working: nothing can be committed, so every live workflow
+        fails now (without touching the journal) instead of hanging."""
+        error = StorageError(f"the workflow journal failed: {exc}")
+        for run in list(self._runs.values()):
+            run.finished = True
+            run.recorded.set()
+            for ref in run.running.values():
+                with contextlib.suppress(Exception):
+                    ray.cancel(ref, force=False)
+            run.running.clear()
+            if not run.future.done():
+                run.future.set_exception(error)
+            for futs in run.waiters.values():
+                for fut in futs:
+                    if not fut.done():
+                        fut.set_exception(error)
+        self._runs.clear()
+        self._pending.clear()
+
     def shutdown(self) -> None:
         if self._stopped:
             return
         self._q.put(("stop",))
         self._thread.join(10)
-        self.storage.flush()
+        if self.storage.failure is None:
+            self.storage.flush()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._pool.shutdown(wait=False)
+        if self._results is not None:
+            with contextlib.suppress(Exception):
+                ray.kill(self._results)
+            self._results = None
 
     # -- starting ------------------------------------------------------------------------
 
@@ -265,7 +299,8 @@ class Engine:
         run = self.call(lambda: self._runs.get(workflow_id))
         if run is not None:
             while not run.recorded.wait(0.5) and not run.finished:
-                pass
+                if self.storage.failure is not None:
+                    return
 
     def _start(
         self,
@@ -878,6 +913,11 @@ class Engine:
 
     def _continue(self, run: _Run, task: _Task, local: Graph) -> None:
         graph = rename_graph(local, run.allocator)
+        if task.step.catch_exceptions:
+            # as in Ray Workflows: the continuation's output step inherits catch_exceptions
+            for step in graph.steps:
+                if step.task_id == graph.output:
+                    step.catch_exceptions = True
         tid = task.step.task_id
         blob = _serde.dumps(graph)
         step = task.step

@@ -216,6 +216,7 @@ class Storage:
         self._pending = 0
         self._closed = False
         self._failure: BaseException | None = None
+        self._failure_listeners: list[Callable[[BaseException], None]] = []
         self._writer = threading.Thread(
             target=self._write_loop, name="workflows-writer", daemon=True
         )
@@ -245,6 +246,15 @@ class Storage:
         with self._idle:
             self._pending += 1
         self._queue.put(_Op(apply, on_commit, blob))
+
+    @property
+    def failure(self) -> BaseException | None:
+        """The error that stopped the writer, if any (then nothing more is written)."""
+        return self._failure
+
+    def on_failure(self, listener: Callable[[BaseException], None]) -> None:
+        """Call ``listener(exc)`` (in the writer thread) if the journal stops working."""
+        self._failure_listeners.append(listener)
 
     def write_sync(self, apply: Callable[[sqlite3.Connection], None]) -> None:
         """Queue a write and wait until it is durable."""
@@ -290,6 +300,11 @@ class Storage:
             except BaseException as exc:  # the engine must hear about it, not hang
                 log.exception("workflow storage write failed")
                 self._failure = exc
+                for listener in self._failure_listeners:
+                    try:
+                        listener(exc)
+                    except Exception:
+                        log.exception("storage failure listener failed")
             finally:
                 with self._idle:
                     self._pending -= len(batch)

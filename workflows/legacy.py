@@ -64,7 +64,14 @@ class StepFunction:
     def step(self, *args: Any, **kwargs: Any) -> StepNode:
         bound: dict[str, Any] = {}
         wf: dict[str, Any] = {}
+        # Ray 1.x's step API: max_retries counts attempts and covers application errors
+        # (default 3), unlike Ray's task option of the same name.
+        attempts = int(self._options.get("max_retries", 3))
+        bound["max_retries"] = max(attempts - 1, 0)
+        bound["retry_exceptions"] = self._options.get("retry_exceptions", True)
         for key, value in self._options.items():
+            if key in ("max_retries", "retry_exceptions"):
+                continue
             if key in _WF_KEYS:
                 wf[_WF_KEYS[key]] = value
             elif key == "ray_options":

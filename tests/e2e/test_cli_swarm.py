@@ -166,15 +166,22 @@ def test_node_killed_mid_workflow_resumes_without_rerunning_finished_steps(
         home = str(node.home)
         out = local.cli("submit", str(wf), "--home", home, "--id", "slow-1", "--json")
         assert out.returncode == 0, out.stderr
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            st = json.loads(local.cli("status", "slow-1", "--home", home, "--json").stdout)
-            states = {s["name"]: s["status"] for s in st["steps"]}
+        from node.client import call
+        from node.home import Home
+        from protocols import control
+
+        seen = []
+        started = time.monotonic()
+        while time.monotonic() - started < 60:
+            # the control client in-process: a poll costs milliseconds, not a CLI start-up
+            st = call(Home(node.home), None, control.StatusRequest(workflow_id="slow-1"))
+            states = {s.name: s.status for s in st.steps}
+            seen.append((round(time.monotonic() - started, 2), st.status, states))
             if states["first"] == "SUCCESSFUL" and states["nap"] == "RUNNING":
                 break
-            time.sleep(0.2)
+            time.sleep(0.1)
         else:
-            pytest.fail(f"workflow never reached the sleeping step: {st}")
+            pytest.fail(f"workflow never reached the sleeping step: {seen}")
         node.stop(signal.SIGKILL)
 
         again = local.wait_ready(local.start("solo-again", "all", home=node.home))

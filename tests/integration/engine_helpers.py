@@ -1,0 +1,286 @@
+"""Shared pieces of the workflow-engine tests: steps, bounded waits, subprocess drivers.
+
+The steps live here (an importable module) so that Ray workers and the subprocess drivers
+started by the tests load them by reference. Steps count their executions by appending a
+line to a file (``O_APPEND``: one ``write`` per line, so concurrent writers never tear it).
+
+A driver is this module run as a script::
+
+    python -m tests.integration.engine_helpers MODE STORAGE RAY_ADDRESS ARG...
+
+It connects to ``RAY_ADDRESS`` (the test session's Ray, or ``local`` for a private one),
+opens ``STORAGE`` and runs one workflow; it prints JSON lines (``{"event": ...}``) flushed
+at once, because the tests kill drivers with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import ray
+
+import workflows as workflow
+from workflows.events import EventListener
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHAIN_ID = "chain"
+SLEEPER_ID = "sleeper"
+VICTIM_ID = "victim"
+SLEEP_S = 3.0
+
+
+# -- bounded waiting ----------------------------------------------------------------------
+
+
+def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str = "it") -> Any:
+    """Poll ``predicate`` until it returns something truthy; fail after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.005
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(delay)
+        delay = min(delay * 2, 0.05)
+
+
+def stays_false(predicate: Callable[[], Any], window_s: float) -> bool:
+    """True if ``predicate`` stays falsy for the whole (short) observation window."""
+    deadline = time.monotonic() + window_s
+    while time.monotonic() < deadline:
+        if predicate():
+            return False
+        time.sleep(0.02)
+    return not predicate()
+
+
+# -- files as side-effect counters --------------------------------------------------------
+
+
+def append_line(path: str | os.PathLike[str], text: str) -> None:
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        os.write(fd, f"{text}\n".encode())
+    finally:
+        os.close(fd)
+
+
+def read_lines(path: str | os.PathLike[str]) -> list[str]:
+    try:
+        return Path(path).read_text().splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def count_lines(path: str | os.PathLike[str]) -> int:
+    return len(read_lines(path))
+
+
+def touch(path: str | os.PathLike[str]) -> None:
+    Path(path).touch()
+
+
+def write_atomically(path: str | os.PathLike[str], text: str) -> None:
+    tmp = Path(f"{os.fspath(path)}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def index_counts(log: str | os.PathLike[str]) -> Counter[int]:
+    return Counter(int(line) for line in read_lines(log))
+
+
+# -- steps --------------------------------------------------------------------------------
+
+
+@ray.remote
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+@ray.remote
+def logged_step(prev: int, index: int, log: str) -> int:
+    """One link of the durability chain: log the index (the side effect), return prev + 1."""
+    append_line(log, str(index))
+    return prev + 1
+
+
+@ray.remote
+def wait_for_file(
+    path: str,
+    value: Any,
+    runs: str | None = None,
+    timeout_s: float = 60.0,
+) -> Any:
+    """Return ``value`` once ``path`` exists; counts its runs in ``runs`` (if given)."""
+    if runs is not None:
+        append_line(runs, "run")
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s} s")
+        time.sleep(0.01)
+    return value
+
+
+@ray.remote
+def identity(value: Any) -> Any:
+    return value
+
+
+@ray.remote
+def fail_unless_flag(flag: str, runs: str, value: Any) -> Any:
+    append_line(runs, "run")
+    if not os.path.exists(flag):
+        raise ValueError(f"flag {flag} is missing")
+    return value
+
+
+class FileEventListener(EventListener):
+    """An event is a file appearing; the event is its content. Acknowledges to a file."""
+
+    async def poll_for_event(self, path: str, ack: str) -> str:
+        self._ack = ack
+        deadline = time.monotonic() + 60.0
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no event file {path}")
+            await asyncio.sleep(0.01)
+        return Path(path).read_text()
+
+    async def event_checkpointed(self, event: str) -> None:
+        write_atomically(self._ack, event)
+
+
+def logged_chain(steps: int, log: str) -> Any:
+    """``steps`` chained steps with task ids ``s000``, ``s001``, …; the output is ``steps``."""
+    node: Any = 0
+    for i in range(steps):
+        node = logged_step.options(**workflow.options(task_id=f"s{i:03d}")).bind(node, i, log)
+    return node
+
+
+# -- subprocess drivers -------------------------------------------------------------------
+
+
+def driver_env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+class Driver:
+    """A driver subprocess; its stdout+stderr go to a file (no pipe to fill up)."""
+
+    def __init__(self, mode: str, storage: Path, address: str, *args: str, out: Path) -> None:
+        self.out = out
+        self._file = open(out, "wb")  # noqa: SIM115 - closed in kill() or wait()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "tests.integration.engine_helpers",
+                mode,
+                str(storage),
+                address,
+                *args,
+            ],
+            cwd=REPO_ROOT,
+            env=driver_env(),
+            stdout=self._file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.out.read_text(errors="replace").splitlines():
+            if line.startswith("{"):
+                try:
+                    found.append(json.loads(line))
+                except json.JSONDecodeError:
+                    continue
+        return found
+
+    def event(self, name: str) -> dict[str, Any] | None:
+        return next((e for e in self.events() if e.get("event") == name), None)
+
+    def wait_event(self, name: str, timeout_s: float = 60.0) -> dict[str, Any]:
+        def seen() -> dict[str, Any] | None:
+            found = self.event(name)
+            if found is None and self.proc.poll() is not None:
+                raise AssertionError(
+                    f"driver exited ({self.proc.returncode}) before {name!r}:\n{self.tail()}"
+                )
+            return found
+
+        return wait_until(seen, timeout_s, f"driver event {name!r}")
+
+    def tail(self, chars: int = 4000) -> str:
+        return self.out.read_text(errors="replace")[-chars:]
+
+    def kill(self) -> None:
+        """SIGKILL the driver and reap it (an unreaped zombie would still look alive)."""
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(timeout=30)
+        self._file.close()
+
+    def wait(self, timeout_s: float = 60.0) -> int:
+        try:
+            return self.proc.wait(timeout=timeout_s)
+        finally:
+            self._file.close()
+
+
+def _emit(event: str, **fields: Any) -> None:
+    print(json.dumps({"event": event, "t": time.time(), **fields}), flush=True)
+
+
+def _drive(mode: str, storage: str, address: str, args: list[str]) -> None:
+    if address == "local":
+        ray.init(address="local", num_cpus=1, include_dashboard=False, log_to_driver=False)
+    else:
+        ray.init(address=address, log_to_driver=False)
+    workflow.init(storage=storage)
+    _emit("ready", pid=os.getpid(), gcs=ray.get_runtime_context().gcs_address)
+    if mode == "chain":
+        (log,) = args
+        result = workflow.run(logged_chain(200, log), workflow_id=CHAIN_ID)
+    elif mode == "sleep":
+        dag = identity.bind(workflow.sleep(SLEEP_S))
+        result = workflow.run(dag, workflow_id=SLEEPER_ID)
+    elif mode == "blocked":
+        release, runs = args
+        dag = add.bind(wait_for_file.bind(release, 1, runs), 1)
+        result = workflow.run(dag, workflow_id=VICTIM_ID)
+    elif mode == "small":
+        (wid,) = args
+        result = workflow.run(add.bind(add.bind(1, 2), 39), workflow_id=wid)
+        _emit("status", status=workflow.get_status(wid).value)
+    else:
+        raise SystemExit(f"unknown mode {mode!r}")
+    _emit("done", result=result)
+    workflow.shutdown()
+    ray.shutdown()
+
+
+if __name__ == "__main__":
+    # import the module under its real name, so Ray pickles its steps by reference
+    from tests.integration.engine_helpers import _drive as drive
+
+    drive(sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:])

@@ -1,0 +1,174 @@
+"""Durability of the workflow engine: SIGKILL of a real driver, commits whose outcome is
+unknown, torn temporary files. The journal (``workflows._storage.Storage``) is read directly
+to know what was committed before a crash."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import ray
+
+import workflows as workflow
+from tests.integration import engine_helpers as h
+from workflows import WorkflowError, WorkflowStatus
+from workflows import api as wf_api
+from workflows._engine import Engine
+from workflows._storage import CommitOutcomeUnknown, Storage, TaskRow
+
+CHAIN_STEPS = 200
+
+
+@ray.remote
+def blob_of(n: int) -> bytes:
+    return bytes(range(251)) * (n // 251)
+
+
+def _tasks(root: Path, wid: str) -> list[TaskRow]:
+    journal = Storage(root)
+    try:
+        return journal.list_tasks(wid)
+    finally:
+        journal.close()
+
+
+def _run_with_hook(
+    root: Path, hook: Callable[[Any], None], dag: Any, wid: str, timeout_s: float
+) -> Any:
+    """Run ``dag`` on an engine whose journal calls ``hook`` after every commit."""
+    storage = Storage(root, after_commit_hook=hook)
+    engine = Engine(storage)
+    try:
+        return engine.start(dag, (), {}, wid, {}).result(timeout=timeout_s)
+    finally:
+        engine.shutdown()
+        storage.close()
+
+
+def test_sigkill_mid_chain_reruns_no_committed_step(
+    wf_storage: Path, tmp_path: Path, ray_address: str
+) -> None:
+    seed = int(os.environ.get("ENGINE_KILL_SEED", time.time_ns() % 2**32))
+    kill_at = random.Random(seed).randint(5, CHAIN_STEPS - 10)
+    why = f"(ENGINE_KILL_SEED={seed}, killed after {kill_at} logged steps)"
+    log = tmp_path / "chain.log"
+
+    driver = h.Driver("chain", wf_storage, ray_address, str(log), out=tmp_path / "drv.out")
+    try:
+        driver.wait_event("ready")
+        h.wait_until(lambda: h.count_lines(log) >= kill_at, what=f"{kill_at} steps {why}")
+    finally:
+        driver.kill()
+    assert driver.event("done") is None, f"the chain finished before the kill {why}"
+
+    committed = {
+        int(t.task_id[1:]) for t in _tasks(wf_storage, h.CHAIN_ID) if t.status == "SUCCESSFUL"
+    }
+    before = h.index_counts(log)
+    m = len(committed)
+    assert committed == set(range(m)), why  # a chain commits in order
+    assert m >= kill_at - 1, why  # each step is committed as soon as it returns
+    assert not [i for i in range(m + 1, CHAIN_STEPS) if before[i]], why
+
+    assert workflow.get_status(h.CHAIN_ID) is WorkflowStatus.RESUMABLE
+    assert workflow.resume(h.CHAIN_ID) == CHAIN_STEPS
+    after = h.index_counts(log)
+    assert set(after) == set(range(CHAIN_STEPS)), why
+    assert {i: after[i] for i in committed if after[i] != 1} == {}, why
+    assert {i for i, n in after.items() if n > 1} <= {m}, why  # only the in-flight step
+    assert max(after.values()) <= 2, why
+
+
+def test_commit_outcome_unknown_duplicates_no_effect_or_row(
+    ray_cluster: None, tmp_path: Path
+) -> None:
+    fired: list[int] = []
+
+    def hook(db: Any) -> None:
+        if fired:
+            return
+        done = db.execute("SELECT COUNT(*) FROM task WHERE status = 'SUCCESSFUL'").fetchone()[0]
+        if done >= 2:
+            fired.append(done)
+            raise CommitOutcomeUnknown("the commit reached the disk but reported failure")
+
+    log = tmp_path / "log"
+    root = tmp_path / "journal"
+    assert _run_with_hook(root, hook, h.logged_chain(5, str(log)), "unknown", 60) == 5
+    assert fired == [2]
+    assert h.read_lines(log) == ["0", "1", "2", "3", "4"]
+    rows = _tasks(root, "unknown")
+    assert [r.task_id for r in rows] == [f"s{i:03d}" for i in range(5)]
+    assert [r.status for r in rows] == ["SUCCESSFUL"] * 5
+    journal = Storage(root)
+    try:
+        assert [w.workflow_id for w in journal.list_workflows()] == ["unknown"]
+        assert journal.get_workflow("unknown").status == "SUCCESSFUL"  # type: ignore[union-attr]
+    finally:
+        journal.close()
+
+
+def test_commit_outcome_unknown_reapplies_idempotently(ray_cluster: None, tmp_path: Path) -> None:
+    fired: list[int] = []
+
+    def hook(db: Any) -> None:
+        if (
+            not fired
+            and db.execute("SELECT COUNT(*) FROM task WHERE status = 'SUCCESSFUL'").fetchone()[0]
+        ):
+            fired.append(1)
+            raise CommitOutcomeUnknown("the commit reached the disk but reported failure")
+
+    root = tmp_path / "journal"
+    assert _run_with_hook(root, hook, h.logged_chain(2, str(tmp_path / "log")), "idem", 60) == 2
+    assert fired == [1]
+    assert [r.attempts for r in _tasks(root, "idem")] == [1, 1]
+
+
+def test_a_journal_that_keeps_failing_fails_the_workflow(ray_cluster: None, tmp_path: Path) -> None:
+    def hook(db: Any) -> None:
+        raise CommitOutcomeUnknown("the disk keeps failing")
+
+    outcome: list[BaseException | None] = []
+
+    def run() -> None:  # in a daemon thread: on this bug it never returns
+        try:
+            _run_with_hook(tmp_path / "journal", hook, h.add.bind(1, 2), "doomed", 5)
+        except BaseException as exc:
+            outcome.append(exc)
+        else:
+            outcome.append(None)
+
+    threading.Thread(target=run, daemon=True).start()
+    h.wait_until(lambda: outcome, timeout_s=5, what="run() to return or raise")
+    assert isinstance(outcome[0], WorkflowError)
+
+
+def test_torn_temp_files_in_objects_do_not_break_recovery(wf_storage: Path, tmp_path: Path) -> None:
+    flag, runs = tmp_path / "flag", tmp_path / "runs"
+    size = 200_000  # above the inline limit: stored as a blob file
+    data = bytes(range(251)) * (size // 251)
+    big = blob_of.options(**workflow.options(task_id="big")).bind(size)
+    dag = h.fail_unless_flag.bind(str(flag), str(runs), big)
+    with pytest.raises(ValueError):
+        workflow.run(dag, workflow_id="torn")
+    wf_api.shutdown()
+
+    objects = wf_storage / "objects"
+    [blob] = [p for p in objects.rglob("*") if p.is_file() and not p.name.startswith(".")]
+    # what a crash in the middle of writing blobs leaves behind
+    (objects / "xx").mkdir()
+    (objects / "xx" / ".tmpfile").write_bytes(b"\x80\x05partial pickle")
+    (blob.parent / f".{blob.name}.4242.1.tmp").write_bytes(blob.read_bytes()[:1000])
+
+    workflow.init(storage=wf_storage)
+    h.touch(flag)
+    assert workflow.resume("torn") == data
+    assert workflow.get_output("torn", task_id="big") == data
+    assert h.count_lines(runs) == 2
