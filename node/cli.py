@@ -372,6 +372,18 @@ def result(
     _print_result(reply, as_json, full=False)
 
 
+@main.command()
+@click.argument("workflow_id")
+@target_options
+def cancel(workflow_id: str, home: Path | None, node: str | None, as_json: bool) -> None:
+    """Cancel a workflow: its running steps are abandoned and it ends CANCELED."""
+    from protocols import control
+
+    reply = _call(home, node, control.CancelRequest(workflow_id=workflow_id))
+    data = {"workflow_id": reply.workflow_id, "status": reply.status}
+    _emit(as_json, data, lambda: click.echo(f"workflow {reply.workflow_id} {reply.status}"))
+
+
 @main.command("list")
 @target_options
 def list_(home: Path | None, node: str | None, as_json: bool) -> None:

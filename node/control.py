@@ -95,29 +95,7 @@ class ControlService:
             view = await self.workflows.view(wid)
             return control.Submitted(workflow_id=wid, status=view.status.value, created=created)
         if isinstance(request, control.StatusRequest):
-            view = await self.workflows.view(request.workflow_id)
-            return control.WorkflowStatusReply(
-                workflow_id=view.workflow_id,
-                name=view.name,
-                status=view.status.value,
-                error=view.error,
-                created_at=view.created_at,
-                ended_at=view.ended_at,
-                steps=[
-                    control.StepStatus(
-                        name=s.name,
-                        tool=s.tool,
-                        status=s.status,
-                        node=s.node,
-                        reason=s.reason,
-                        error=s.error,
-                        attempts=s.attempts,
-                        started_at=s.started_at,
-                        ended_at=s.ended_at,
-                    )
-                    for s in view.steps
-                ],
-            )
+            return self._status_reply(await self.workflows.view(request.workflow_id))
         if isinstance(request, control.ResultRequest):
             if request.wait:
                 view = await self.workflows.wait(request.workflow_id)
@@ -129,6 +107,9 @@ class ControlService:
                 outputs=view.outputs,
                 error=view.error,
             )
+        if isinstance(request, control.CancelRequest):
+            view = await self.workflows.cancel(request.workflow_id)
+            return self._status_reply(view)
         if isinstance(request, control.ListRequest):
             views = await self.workflows.list_all()
             return control.WorkflowList(
@@ -160,6 +141,31 @@ class ControlService:
         if isinstance(request, control.ToolsRequest):
             return control.Tools(tools=self._tools())
         raise AssertionError(f"unhandled control request {request!r}")
+
+    @staticmethod
+    def _status_reply(view: Any) -> control.WorkflowStatusReply:
+        return control.WorkflowStatusReply(
+            workflow_id=view.workflow_id,
+            name=view.name,
+            status=view.status.value,
+            error=view.error,
+            created_at=view.created_at,
+            ended_at=view.ended_at,
+            steps=[
+                control.StepStatus(
+                    name=s.name,
+                    tool=s.tool,
+                    status=s.status,
+                    node=s.node,
+                    reason=s.reason,
+                    error=s.error,
+                    attempts=s.attempts,
+                    started_at=s.started_at,
+                    ended_at=s.ended_at,
+                )
+                for s in view.steps
+            ],
+        )
 
     def _tools(self) -> list[control.ToolEntry]:
         entries: dict[tuple[str, str], dict[str, Any]] = {}

@@ -206,6 +206,33 @@ class WorkflowService:
             )
         return views
 
+    async def cancel(self, workflow_id: str) -> WorkflowView:
+        """Stop a workflow: running steps are abandoned, it ends CANCELED."""
+        engine = self.engine
+        assert engine is not None
+
+        def go() -> None:
+            if engine.cancel(workflow_id):
+                self.storage.flush()
+                return
+            row = self.storage.get_workflow(workflow_id)
+            if row is None:
+                raise WorkflowNotFoundError(workflow_id)
+            if WorkflowStatus(row.status).is_terminal():
+                return
+
+            def mark(db: Any) -> None:
+                db.execute(
+                    "UPDATE wf SET status = 'CANCELED', error_text = 'canceled' "
+                    "WHERE workflow_id = ?",
+                    (workflow_id,),
+                )
+
+            self.storage.write_sync(mark)
+
+        await self._io(go)
+        return await self.view(workflow_id)
+
     async def wait(self, workflow_id: str) -> WorkflowView:
         """Wait until the workflow ends here (or is not live here); return its view."""
         engine = self.engine

@@ -16,6 +16,7 @@ __all__ = [
     "PROTOCOL_ID",
     "REQUEST_CODEC",
     "RESPONSE_CODEC",
+    "CancelRequest",
     "Info",
     "InfoRequest",
     "ListRequest",
@@ -60,6 +61,11 @@ class ResultRequest(WireModel):
     type: Literal["result"] = "result"
     workflow_id: str = Field(max_length=MAX_ID_LEN)
     wait: bool = False
+
+
+class CancelRequest(WireModel):
+    type: Literal["cancel"] = "cancel"
+    workflow_id: str = Field(max_length=MAX_ID_LEN)
 
 
 class ListRequest(WireModel):
@@ -166,6 +172,7 @@ ControlRequest = (
     | SubmitRequest
     | StatusRequest
     | ResultRequest
+    | CancelRequest
     | ListRequest
     | PeersRequest
     | ToolsRequest
@@ -181,6 +188,7 @@ REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
         SubmitRequest,
         StatusRequest,
         ResultRequest,
+        CancelRequest,
         ListRequest,
         PeersRequest,
         ToolsRequest,

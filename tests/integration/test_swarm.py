@@ -10,7 +10,7 @@ import pytest
 import trio
 
 from node.client import request
-from node.errors import NodeUnreachableError, NotAuthorisedError
+from node.errors import NodeUnreachableError, NotAuthorisedError, RequestFailedError
 from node.handoff import HandoffLostError, HandoffRejectedError, delegate
 from node.home import Home
 from node.p2p import P2PHost
@@ -335,4 +335,32 @@ async def test_only_noise_and_yamux_are_accepted(tmp_path: Path) -> None:
                         info_from_p2p_addr(multiaddr.Multiaddr(a.host.addrs()[0]))
                     )
             assert a.host.peer_id not in {str(p) for p in mplex_only.get_connected_peers()}
+        nursery.cancel_scope.cancel()
+
+
+async def test_cancel_through_the_control_protocol(tmp_path: Path) -> None:
+    a = make_node(tmp_path, "a", "util")
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        key = Home(tmp_path / "a").load_client_key()
+        addr = a.host.addrs()[0]
+        wf = (
+            "id: long\nsteps:\n  - name: nap\n    tool: util.sleep\n"
+            "    inputs: [{name: seconds, value: 60}]\n"
+        )
+        sub = await request(key, addr, control.SubmitRequest(workflow=wf, workflow_id="long-1"))
+        assert sub.created
+        with trio.fail_after(20):
+            while True:
+                st = await request(key, addr, control.StatusRequest(workflow_id="long-1"))
+                if st.steps[0].status == "RUNNING":
+                    break
+                await trio.sleep(0.05)
+        reply = await request(key, addr, control.CancelRequest(workflow_id="long-1"))
+        assert reply.status == "CANCELED"
+        assert reply.steps[0].status == "CANCELED"
+        res = await request(key, addr, control.ResultRequest(workflow_id="long-1", wait=True))
+        assert res.status == "CANCELED" and res.outputs is None
+        with pytest.raises(RequestFailedError, match="no workflow"):
+            await request(key, addr, control.CancelRequest(workflow_id="nope"))
         nursery.cancel_scope.cancel()
