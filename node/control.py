@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from node.config import ControlConfig, NetworkConfig
+from node.handoff_journal import JournalError
 from node.p2p import P2PHost, P2PStream
 from node.registry import PeerRegistry
 from node.workflow_service import WorkflowService
@@ -15,7 +16,6 @@ from protocols.stream import MessageStream
 from workflows._storage import StorageError
 from workflows.dsl import parse_workflow
 from workflows.errors import WorkflowError, WorkflowNotFoundError
-from workflows.journal import JournalError
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger(__name__)

@@ -22,14 +22,13 @@ from node.control import ControlService
 from node.discovery import DiscoveryService
 from node.executor import SwarmExecutor
 from node.handoff import HandoffServer
+from node.handoff_journal import AsyncHandoffJournal, HandoffJournal
 from node.home import Home
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
 from workflows._storage import Storage
-from workflows.journal import Journal
-from workflows.runner import AsyncJournal
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger("hivemesh.node")
@@ -90,8 +89,8 @@ class Node:
         self.tools = ToolRegistry.from_entry_points(config.tools)
         key = home.load_node_key()
         owner_client = str(_peer_id(home.load_client_key(create=True)))
-        self.journal = Journal(home.journal, synchronous=config.journal.synchronous)
-        self.async_journal = AsyncJournal(self.journal)
+        self.journal = HandoffJournal(home.journal, synchronous=config.journal.synchronous)
+        self.async_journal = AsyncHandoffJournal(self.journal)
         net = config.network
         self.host = P2PHost(
             key, dial_timeout_s=net.dial_timeout_s, shutdown_timeout_s=net.shutdown_timeout_s

@@ -19,6 +19,7 @@ import trio
 
 from node.config import HandoffConfig, NetworkConfig
 from node.errors import NodeError
+from node.handoff_journal import AsyncHandoffJournal
 from node.p2p import P2PHost, P2PStream
 from protocols import handoff
 from protocols.errors import (
@@ -29,7 +30,6 @@ from protocols.errors import (
 )
 from protocols.stream import MessageStream
 from workflows.errors import ToolError, ToolInputError, UnknownToolError
-from workflows.runner import AsyncJournal
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -160,7 +160,7 @@ class HandoffServer:
         self,
         tools: ToolRegistry,
         run_tool: ToolRunner,
-        journal: AsyncJournal,
+        journal: AsyncHandoffJournal,
         network: NetworkConfig,
         config: HandoffConfig,
     ) -> None:

@@ -20,14 +20,15 @@ from typing import Any, TypeVar
 
 import trio
 
-from workflows._engine import Engine, ToolCall, ToolOutcome, load_task_output, stored_status
+from workflows._engine import Engine, load_task_output, stored_status
 from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
 from workflows._serde import loads
 from workflows._storage import Storage, TaskRow, WorkflowRow
 from workflows.dsl import WorkflowSpec
 from workflows.errors import WorkflowError, WorkflowNotFoundError
-from workflows.runner import StepExecutionError, StepExecutor, StepRequest
+from workflows.runner import StepExecutor
 from workflows.status import WorkflowStatus
+from workflows.tool_steps import StepExecutionError, ToolCall, ToolOutcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -106,9 +107,8 @@ class WorkflowService:
         async def on_placed(node: str, reason: str) -> None:
             placed(node, reason)  # a queued journal write: does not block
 
-        request = StepRequest(call.workflow_id, call.step, call.tool, call.version, call.args)
         try:
-            outcome = await self.executor.execute(request, on_placed)
+            outcome = await self.executor.execute(call, on_placed)
             missing = [o for o in call.declared_outputs if o not in outcome.outputs]
             if missing:
                 raise StepExecutionError(

@@ -58,6 +58,7 @@ from workflows.errors import (
     WorkflowNotResumableError,
 )
 from workflows.status import WorkflowStatus
+from workflows.tool_steps import ToolCall, ToolOutcome
 
 log = logging.getLogger(__name__)
 
@@ -110,29 +111,6 @@ class _Task:
     timer_end: float | None = None
     node: str | None = None
     reason: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    """A YAML step for the external tool runner: run ``tool`` with ``args``."""
-
-    workflow_id: str
-    step: str
-    tool: str
-    version: str | None
-    args: dict[str, Any]
-    declared_outputs: tuple[str, ...] = ()
-
-    @property
-    def idempotency_key(self) -> str:
-        return f"{self.workflow_id}/{self.step}"
-
-
-@dataclass(frozen=True)
-class ToolOutcome:
-    outputs: dict[str, Any]
-    node: str
-    reason: str
 
 
 ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]

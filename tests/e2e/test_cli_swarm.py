@@ -161,7 +161,8 @@ def test_node_killed_mid_workflow_resumes_without_rerunning_finished_steps(
         "{{steps.nap.outputs.result}}'}]\n"
         "outputs: [{name: out, value: '{{steps.last.outputs.result}}'}]\n"
     )
-    with LocalSwarm(tmp_path / "solo", num_cpus=1) as local:
+    # two CPUs: 'first' and 'nap' are independent and must not queue behind each other
+    with LocalSwarm(tmp_path / "solo", num_cpus=2) as local:
         node = local.wait_ready(local.start("solo", "all"))
         home = str(node.home)
         out = local.cli("submit", str(wf), "--home", home, "--id", "slow-1", "--json")

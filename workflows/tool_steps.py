@@ -1,0 +1,54 @@
+"""The contract between the engine's YAML (tool) steps and whoever runs them.
+
+The engine hands a :class:`ToolCall` to its tool runner (on a node: the scheduler, which
+runs it locally on Ray or on a peer) and expects a :class:`ToolOutcome`, or a
+:class:`StepExecutionError` saying where the step last was and why it failed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from workflows.errors import WorkflowError
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """Run ``tool`` (version requirement ``version``) with ``args`` for one step."""
+
+    workflow_id: str
+    step: str
+    tool: str
+    version: str | None
+    args: dict[str, Any]
+    declared_outputs: tuple[str, ...] = ()
+
+    @property
+    def idempotency_key(self) -> str:
+        """Stable across retries and restarts: tools may use it for external effects."""
+        return f"{self.workflow_id}/{self.step}"
+
+
+@dataclass(frozen=True)
+class ToolOutcome:
+    outputs: dict[str, Any]
+    node: str
+    reason: str
+
+
+class StepExecutionError(WorkflowError):
+    """A step could not produce a result. ``node``/``reason`` say where it last was."""
+
+    def __init__(self, message: str, *, node: str | None = None, reason: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.node = node
+        self.reason = reason
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.message, self.node, self.reason))
+
+
+def _rebuild(message: str, node: str | None, reason: str | None) -> StepExecutionError:
+    return StepExecutionError(message, node=node, reason=reason)
