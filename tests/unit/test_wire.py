@@ -87,6 +87,7 @@ CONTROL_REQUESTS: list[BaseModel] = [
     ),
     control.StatusRequest(workflow_id="w1"),
     control.ResultRequest(workflow_id="w1", wait=True),
+    control.CancelRequest(workflow_id="w1"),
     control.ListRequest(),
     control.PeersRequest(),
     control.ToolsRequest(),
@@ -138,9 +139,10 @@ def ids(case: tuple[MessageCodec[Any], BaseModel]) -> str:
 def test_codecs_know_exactly_their_message_types() -> None:
     assert discovery.CODEC.types == ["hello"]
     assert handoff.CODEC.types == ["accept", "failed", "heartbeat", "offer", "reject", "result"]
-    expected = ["info", "list", "peers", "result", "status", "submit", "tools"]
+    expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
     assert control.REQUEST_CODEC.types == expected
-    assert control.RESPONSE_CODEC.types == sorted({*expected, "submitted"} - {"submit"})
+    # cancel is answered with a status
+    assert control.RESPONSE_CODEC.types == sorted({*expected, "submitted"} - {"submit", "cancel"})
     assert control.CODEC is control.REQUEST_CODEC
 
 
