@@ -1,4 +1,4 @@
-"""Workflow and step states (the names and values of Ray Workflows 2.x)."""
+"""Workflow states (the names and values of Ray Workflows 2.x)."""
 
 from __future__ import annotations
 
@@ -16,12 +16,3 @@ class WorkflowStatus(StrEnum):
 
     def is_terminal(self) -> bool:
         return self in (WorkflowStatus.SUCCESSFUL, WorkflowStatus.FAILED, WorkflowStatus.CANCELED)
-
-
-class StepStatus(StrEnum):
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    SUCCESSFUL = "SUCCESSFUL"
-    FAILED = "FAILED"
-    CANCELED = "CANCELED"  # was running when the workflow failed or was canceled
-    SKIPPED = "SKIPPED"  # never ran because the workflow failed or was canceled first
