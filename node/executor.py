@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -119,13 +118,21 @@ class SwarmExecutor:
         """Place the step; if no node offers the tool yet (a peer may still be joining),
         wait up to ``placement_wait_s`` for one to appear."""
         deadline = trio.current_time() + self.config.placement_wait_s
+        previous = request.previous_node if not tried else None
         while True:
             candidates = self.candidates(request.tool, request.version)
-            try:
-                return place(request.tool, request.version, candidates, exclude=tried)
-            except PlacementError:
-                if tried or trio.current_time() >= deadline:
-                    raise
+            waiting_for_previous = previous is not None and all(
+                c.node != previous for c in candidates
+            )
+            if not waiting_for_previous or trio.current_time() >= deadline:
+                try:
+                    return place(
+                        request.tool, request.version, candidates, exclude=tried, previous=previous
+                    )
+                except PlacementError:
+                    if tried or trio.current_time() >= deadline:
+                        raise
+            # a peer may still be joining (after a restart, the one the step ran on)
             await trio.sleep(0.1)
 
     async def _run_here(self, request: StepRequest, decision: Decision) -> StepOutcome:
@@ -144,7 +151,9 @@ class SwarmExecutor:
         if not self.host.is_connected(peer):
             await self.host.connect(peer, state.addrs if state else [])
         offer = handoff.Offer(
-            handoff_id=f"{request.idempotency_key}#{uuid.uuid4().hex[:8]}",
+            # stable per (step, peer): asking the same peer again after a lost stream or a
+            # restart joins the running job or gets its stored result instead of a rerun
+            handoff_id=f"{request.idempotency_key}@{peer}",
             workflow_id=request.workflow_id,
             step=request.step,
             tool=request.tool,

@@ -170,6 +170,7 @@ class HandoffServer:
         self.network = network
         self.config = config
         self.running = 0
+        self.started_jobs = 0  # steps actually run here (joins and stored results excluded)
         self._jobs: dict[str, _Job] = {}
         self._nursery: trio.Nursery | None = None
 
@@ -257,6 +258,7 @@ class HandoffServer:
     async def _start(self, offer: handoff.Offer, peer: str, job: _Job) -> None:
         assert self._nursery is not None, "HandoffServer.serve() is not running"
         self.running += 1
+        self.started_jobs += 1
         try:
             await self.journal.call(
                 self.journal.sync.record_handoff,

@@ -48,11 +48,14 @@ def place(
     *,
     exclude: Collection[str] = (),
     prefer_local: bool = True,
+    previous: str | None = None,
 ) -> Decision:
     """Choose a node for a step that needs ``tool`` (``version`` is the requirement).
 
     ``candidates`` are the local node (if it has the tool) and peers whose fresh cards
-    offer it. ``exclude`` lists nodes already tried for this step. Raises
+    offer it. ``exclude`` lists nodes already tried for this step. ``previous`` is where
+    the step was running before an interruption: it is asked again first, if still a
+    candidate. Raises
     :class:`PlacementError`, naming the tool, when no candidate is left.
     """
     label = _tool_label(tool, version)
@@ -65,6 +68,15 @@ def place(
             )
         raise PlacementError(
             f"no node in the swarm offers tool '{label}' (not this node, no known peer)"
+        )
+    again = next((c for c in usable if c.node == previous), None)
+    if again is not None:
+        where = "this node" if again.local else f"peer {short(again.node)}"
+        return Decision(
+            again.node,
+            again.local,
+            f"re-attach: the step was running on {where} when the workflow was interrupted; "
+            "asked again there (same handoff id: a finished run returns its stored result)",
         )
     local = next((c for c in usable if c.local), None)
     if local is not None and prefer_local and local.running < max(local.capacity, 1):

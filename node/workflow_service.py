@@ -25,7 +25,7 @@ from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
 from workflows._serde import loads
 from workflows._storage import Storage, TaskRow, WorkflowRow
 from workflows.dsl import WorkflowSpec
-from workflows.errors import WorkflowError, WorkflowNotFoundError
+from workflows.errors import WorkflowNotFoundError
 from workflows.runner import StepExecutor
 from workflows.status import WorkflowStatus
 from workflows.tool_steps import StepExecutionError, ToolCall, ToolOutcome
@@ -95,10 +95,9 @@ class WorkflowService:
         fut: Future[Any] = Future()
         assert self._token is not None and self._nursery is not None
         nursery = self._nursery
-        try:
+        # shutting down: left pending, the workflow resumes at the next start
+        with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(lambda: nursery.start_soon(self._run_tool, call, placed, fut))
-        except trio.RunFinishedError:
-            fut.set_exception(WorkflowError("the node is shutting down"))
         return fut
 
     async def _run_tool(
@@ -117,14 +116,12 @@ class WorkflowService:
                     node=outcome.node,
                     reason=outcome.reason,
                 )
-        except BaseException as exc:
+        except Exception as exc:
             if not fut.done():
-                fut.set_exception(
-                    exc if isinstance(exc, Exception) else WorkflowError("step interrupted")
-                )
-            if not isinstance(exc, Exception):
-                raise
+                fut.set_exception(exc)
             return
+        # (cancellation, i.e. the node shutting down, leaves the future pending on purpose:
+        # the workflow stays RUNNING in the journal and resumes when the node starts again)
         fut.set_result(ToolOutcome(outcome.outputs, outcome.node, outcome.reason))
 
     # -- control API ---------------------------------------------------------------------

@@ -484,6 +484,8 @@ class Engine:
                 todo.extend(s.task_id for s in sub.steps if s.task_id in rows)
             elif r.timer_end is not None:
                 task.timer_end = r.timer_end
+            elif r.status == "RUNNING" and r.node:
+                task.node = r.node  # a tool step: ask the same node again (re-attach)
         # settle dependency counts for what is already done (each task exactly once)
         settled: set[str] = set()
         for task in [t for t in run.tasks.values() if t.state == "DONE"]:
@@ -665,8 +667,9 @@ class Engine:
 
             self.storage.submit(write)
 
+        previous = task.node
         fut = self.tool_runner(
-            ToolCall(wid, tid, tool, version, call_args, tuple(declared)), placed
+            ToolCall(wid, tid, tool, version, call_args, tuple(declared), previous), placed
         )
 
         def done(f: Future[Any]) -> None:

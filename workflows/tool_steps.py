@@ -23,6 +23,7 @@ class ToolCall:
     version: str | None
     args: dict[str, Any]
     declared_outputs: tuple[str, ...] = ()
+    previous_node: str | None = None  # where it was running before an interruption
 
     @property
     def idempotency_key(self) -> str:

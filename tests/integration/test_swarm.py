@@ -364,3 +364,35 @@ async def test_cancel_through_the_control_protocol(tmp_path: Path) -> None:
         with pytest.raises(RequestFailedError, match="no workflow"):
             await request(key, addr, control.CancelRequest(workflow_id="nope"))
         nursery.cancel_scope.cancel()
+
+
+async def test_a_restarted_delegator_reattaches_to_the_running_step(tmp_path: Path) -> None:
+    """The node that delegated a step stops mid-step and comes back (same home): the
+    resumed workflow asks the same peer again with the same handoff id and gets the one run's
+    result; the step body does not run twice."""
+    a = make_node(tmp_path, "a", "util")
+    wf = (
+        "id: nap\nsteps:\n  - name: nap\n    tool: util.sleep\n"
+        "    inputs: [{name: seconds, value: 3}]\n"
+        "outputs: [{name: slept, value: '{{steps.nap.outputs.result}}'}]\n"
+    )
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
+        c_scope = await launch(nursery, c)
+        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        wid, _ = await c.workflows.submit(parse_workflow(wf), {}, "nap-1")
+        await wait_until(lambda: a.handoff.running == 1, what="a running the step")
+        c_scope.cancel()  # the delegator goes away; a keeps running the step
+        await trio.sleep(0.2)
+
+        again = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
+        await launch(nursery, again)
+        with trio.fail_after(30):
+            view = await again.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert view.outputs == {"slept": 3.0}
+        assert view.steps[0].node == a.peer_id
+        assert view.steps[0].reason is not None and "re-attach" in view.steps[0].reason
+        assert a.handoff.started_jobs == 1  # joined (or stored result), never run twice
+        nursery.cancel_scope.cancel()

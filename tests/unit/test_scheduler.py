@@ -374,3 +374,25 @@ def test_bookkeeping_for_unknown_peers_is_ignored(registry: PeerRegistry) -> Non
     registry.mark_dialed(PEER_A)
     assert registry.recent_failures(PEER_A) == 0
     assert len(registry) == 0
+
+
+def test_previous_node_is_asked_again_first() -> None:
+    peers = [
+        Candidate("12D3KooWPeerAAAAAAAAAAAAAAAAAAAA", False, "1.0.0", running=5, capacity=1),
+        Candidate("12D3KooWPeerBBBBBBBBBBBBBBBBBBBB", False, "1.0.0", running=0, capacity=4),
+        Candidate("12D3KooWLocalLLLLLLLLLLLLLLLLLLL", True, "1.0.0"),
+    ]
+    d = place("util.sleep", None, peers, previous="12D3KooWPeerAAAAAAAAAAAAAAAAAAAA")
+    assert d.node == "12D3KooWPeerAAAAAAAAAAAAAAAAAAAA" and not d.local
+    assert d.reason.startswith("re-attach:")
+    # an excluded or vanished previous node is ignored
+    d = place(
+        "util.sleep",
+        None,
+        peers,
+        previous="12D3KooWPeerAAAAAAAAAAAAAAAAAAAA",
+        exclude={"12D3KooWPeerAAAAAAAAAAAAAAAAAAAA"},
+    )
+    assert d.local and not d.reason.startswith("re-attach")
+    d = place("util.sleep", None, peers, previous="12D3KooWGoneGGGGGGGGGGGGGGGGGGGG")
+    assert d.local
