@@ -179,14 +179,30 @@ class P2PHost:
 
     @asynccontextmanager
     async def run(self, listen: list[str]) -> AsyncIterator[None]:
+        """Listen and serve while the ``async with`` body runs.
+
+        The libp2p host lives in its own task, shielded from the caller's cancellation:
+        when the body ends (or is cancelled) the host first disconnects every peer and closes,
+        under ``shutdown_timeout_s``, instead of having its connection tasks cancelled under
+        it (which leaves peers believing we are still there)."""
         addrs = [multiaddr.Multiaddr(a) for a in listen]
         self._running = True
-        async with self._host.run(addrs):
+        stop = trio.Event()
+
+        async def serve(task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+            with trio.CancelScope(shield=True) as shield:
+                async with self._host.run(addrs):
+                    task_status.started()
+                    await stop.wait()
+                    shield.deadline = trio.current_time() + self.shutdown_timeout_s + 1
+                    await self._shutdown()
+
+        async with trio.open_nursery() as nursery:
+            await nursery.start(serve)
             try:
                 yield
             finally:
-                with trio.CancelScope(shield=True):
-                    await self._shutdown()
+                stop.set()
 
     async def _shutdown(self) -> None:
         with trio.move_on_after(self.shutdown_timeout_s) as scope:

@@ -106,23 +106,37 @@ class WorkflowService:
         async def on_placed(node: str, reason: str) -> None:
             placed(node, reason)  # a queued journal write: does not block
 
-        try:
-            outcome = await self.executor.execute(call, on_placed)
-            missing = [o for o in call.declared_outputs if o not in outcome.outputs]
-            if missing:
-                raise StepExecutionError(
-                    f"tool {call.tool!r} returned no output {missing[0]!r} "
-                    f"(it returned {sorted(outcome.outputs)})",
-                    node=outcome.node,
-                    reason=outcome.reason,
-                )
-        except Exception as exc:
+        token = self._token
+        assert token is not None
+        scope = trio.CancelScope()
+
+        def on_done(f: Future[Any]) -> None:
+            # the engine cancels the future when the workflow fails or is canceled: stop the
+            # step here too (a local Ray task is cancelled; a handoff stream is reset)
+            if f.cancelled():
+                with contextlib.suppress(trio.RunFinishedError):
+                    token.run_sync_soon(scope.cancel)
+
+        fut.add_done_callback(on_done)
+        with scope:
+            try:
+                outcome = await self.executor.execute(call, on_placed)
+                missing = [o for o in call.declared_outputs if o not in outcome.outputs]
+                if missing:
+                    raise StepExecutionError(
+                        f"tool {call.tool!r} returned no output {missing[0]!r} "
+                        f"(it returned {sorted(outcome.outputs)})",
+                        node=outcome.node,
+                        reason=outcome.reason,
+                    )
+            except Exception as exc:
+                if not fut.done():
+                    fut.set_exception(exc)
+                return
+            # (cancellation by the node shutting down leaves the future pending on purpose:
+            # the workflow stays RUNNING in the journal and resumes at the next start)
             if not fut.done():
-                fut.set_exception(exc)
-            return
-        # (cancellation, i.e. the node shutting down, leaves the future pending on purpose:
-        # the workflow stays RUNNING in the journal and resumes when the node starts again)
-        fut.set_result(ToolOutcome(outcome.outputs, outcome.node, outcome.reason))
+                fut.set_result(ToolOutcome(outcome.outputs, outcome.node, outcome.reason))
 
     # -- control API ---------------------------------------------------------------------
 

@@ -130,6 +130,7 @@ class _Run:
     running: dict[str, ray.ObjectRef] = field(default_factory=dict)
     recorded: threading.Event = field(default_factory=threading.Event)
     polls: list[concurrent.futures.Future[Any]] = field(default_factory=list)
+    tool_calls: dict[str, Future[Any]] = field(default_factory=dict)
     finished: bool = False
     start_time: float = 0.0
     waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
@@ -672,13 +673,16 @@ class Engine:
             ToolCall(wid, tid, tool, version, call_args, tuple(declared), previous), placed
         )
 
+        run.tool_calls[tid] = fut
+
         def done(f: Future[Any]) -> None:
             self._q.put(("fn", lambda: self._on_tool_done(run, task, f)))
 
         fut.add_done_callback(done)
 
     def _on_tool_done(self, run: _Run, task: _Task, fut: Future[Any]) -> None:
-        if run.finished:
+        run.tool_calls.pop(task.step.task_id, None)
+        if run.finished or fut.cancelled():
             return
         exc = fut.exception()
         if exc is not None:
@@ -993,14 +997,17 @@ class Engine:
         if run.finished:
             return
         run.finished = True
-        for ref in list(run.running.values()):
-            try:
-                ray.cancel(ref, force=False)
-            except Exception:
-                log.debug("cancel of a task failed", exc_info=True)
+        running = list(run.running.values())
         run.running.clear()
+        if running:
+            # off the engine thread: a polite cancel, then the worker is killed after a
+            # grace period (a polite cancel cannot interrupt a step blocked in C code)
+            self._pool.submit(_stop_tasks, running)
         for poll in run.polls:  # event listeners still waiting
             poll.cancel()
+        for call in run.tool_calls.values():  # tool steps: the runner stops them
+            call.cancel()
+        run.tool_calls.clear()
         wid = run.workflow_id
         if status is WorkflowStatus.CANCELED:
             error: BaseException = WorkflowCancellationError(wid)
@@ -1224,6 +1231,12 @@ class _Results:
     async def set(self, workflow_id: str, ok: bool, payload: Any) -> None:
         self._results[workflow_id] = (ok, payload)
         self._events.setdefault(workflow_id, asyncio.Event()).set()
+
+
+def _stop_tasks(refs: list[ray.ObjectRef]) -> None:
+    from workflows.ray_tools import stop_tasks
+
+    stop_tasks(refs)
 
 
 async def _maybe_await(value: Any) -> Any:

@@ -27,6 +27,29 @@ def _invoke(name: str, version: str | None, args: dict[str, Any]) -> dict[str, A
 _invoke_remote = ray.remote(max_retries=3, retry_exceptions=False)(_invoke)
 
 
+CANCEL_GRACE_S = 2.0
+
+
+def stop_task(ref: ray.ObjectRef, grace_s: float = CANCEL_GRACE_S) -> None:
+    stop_tasks([ref], grace_s)
+
+
+def stop_tasks(refs: list[ray.ObjectRef], grace_s: float = CANCEL_GRACE_S) -> None:
+    """Stop a running Ray task for real (blocking; call it from a worker thread).
+
+    ``ray.cancel(force=False)`` only interrupts Python code between bytecodes: a step blocked
+    in a long C call (``time.sleep``, I/O) keeps running. After ``grace_s`` the worker is
+    killed (``force=True``)."""
+    try:
+        for ref in refs:
+            ray.cancel(ref, force=False)
+        _, still_running = ray.wait(refs, num_returns=len(refs), timeout=grace_s)
+        for ref in still_running:
+            ray.cancel(ref, force=True)
+    except Exception:  # already finished, or Ray is shutting down: nothing to stop
+        pass
+
+
 class RayToolRunner:
     """Runs a tool on this node's Ray cluster. Blocking Ray calls go to worker threads."""
 
@@ -49,7 +72,7 @@ class RayToolRunner:
             return cast(dict[str, Any], result)
         except trio.Cancelled:
             with trio.CancelScope(shield=True):
-                await trio.to_thread.run_sync(functools.partial(ray.cancel, ref, force=False))
+                await trio.to_thread.run_sync(functools.partial(stop_task, ref))
             raise
         except RayTaskError as exc:
             cause = exc.cause

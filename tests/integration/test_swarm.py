@@ -384,7 +384,8 @@ async def test_a_restarted_delegator_reattaches_to_the_running_step(tmp_path: Pa
         wid, _ = await c.workflows.submit(parse_workflow(wf), {}, "nap-1")
         await wait_until(lambda: a.handoff.running == 1, what="a running the step")
         c_scope.cancel()  # the delegator goes away; a keeps running the step
-        await trio.sleep(0.2)
+        # as after a real restart, the old process (same peer id) is gone from a's view first
+        await wait_until(lambda: not a.host.is_connected(c.peer_id), what="c's old connection")
 
         again = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
         await launch(nursery, again)
