@@ -16,7 +16,6 @@ import heapq
 import itertools
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -293,7 +292,7 @@ class Engine:
             raise RuntimeError(f"workflow {workflow_id!r} is already running")
         row = self.storage.get_workflow(workflow_id)
         if row is not None:
-            return self._resume(row, include_failed=True, strict=False)
+            return self._resume(row)
         allocator = TaskIdAllocator()
         graph = graph_from_dag(dag, allocator)
         return self._create(graph, allocator, args, kwargs, workflow_id, metadata)
@@ -320,7 +319,7 @@ class Engine:
                     fut: Future[Any] = Future()
                     fut.set_exception(WorkflowExecutionError(workflow_id, row.error_text))
                     return fut, False
-                return self._resume(row, include_failed=False, strict=False), False
+                return self._resume(row), False
             graph = build()
             allocator = TaskIdAllocator({s.task_id for s in graph.steps})
             return self._create(graph, allocator, args, kwargs, workflow_id, metadata), True
@@ -340,7 +339,7 @@ class Engine:
                 if stored_status(row, self.owner) is not WorkflowStatus.RESUMABLE:
                     continue
                 try:
-                    self._resume(row, include_failed=False, strict=False)
+                    self._resume(row)
                 except Exception:
                     log.exception("cannot resume workflow %s", row.workflow_id)
                     continue
@@ -443,11 +442,11 @@ class Engine:
             row = self.storage.get_workflow(workflow_id)
             if row is None:
                 raise WorkflowNotResumableError(workflow_id)
-            return self._resume(row, include_failed=True, strict=True)
+            return self._resume(row)
 
         return self.call(go)
 
-    def _resume(self, row: WorkflowRow, *, include_failed: bool, strict: bool) -> Future[Any]:
+    def _resume(self, row: WorkflowRow) -> Future[Any]:
         wid = row.workflow_id
         status = WorkflowStatus(row.status)
         if status in _ACTIVE and row.owner != self.owner and owner_alive(row.owner, row.heartbeat):
@@ -1251,7 +1250,3 @@ async def _noop() -> None:
 
 def default_workflow_id() -> str:
     return f"{uuid.uuid4().hex}.{time.time():.6f}"
-
-
-def pid() -> int:
-    return os.getpid()
