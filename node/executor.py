@@ -21,7 +21,7 @@ from node.registry import PeerRegistry
 from node.scheduler import Candidate, Decision, place
 from protocols import handoff
 from workflows.errors import ToolError
-from workflows.runner import PlacementCallback, StepExecutionError, StepOutcome, StepRequest
+from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall, ToolOutcome
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -30,7 +30,7 @@ LocalRunner = Callable[[str, str | None, dict[str, Any]], Awaitable[dict[str, An
 
 
 class SwarmExecutor:
-    """Implements :class:`workflows.runner.StepExecutor` for the node."""
+    """Implements :class:`workflows.tool_steps.StepExecutor` for the node."""
 
     def __init__(
         self,
@@ -76,7 +76,7 @@ class SwarmExecutor:
             )
         return out
 
-    async def execute(self, request: StepRequest, placed: PlacementCallback) -> StepOutcome:
+    async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
         tried: list[str] = []
         last_error: str | None = None
         decision: Decision | None = None
@@ -114,7 +114,7 @@ class SwarmExecutor:
             reason=decision.reason if decision else None,
         )
 
-    async def _place(self, request: StepRequest, tried: list[str]) -> Decision:
+    async def _place(self, request: ToolCall, tried: list[str]) -> Decision:
         """Place the step; if no node offers the tool yet (a peer may still be joining),
         wait up to ``placement_wait_s`` for one to appear."""
         deadline = trio.current_time() + self.config.placement_wait_s
@@ -135,7 +135,7 @@ class SwarmExecutor:
             # a peer may still be joining (after a restart, the one the step ran on)
             await trio.sleep(0.1)
 
-    async def _run_here(self, request: StepRequest, decision: Decision) -> StepOutcome:
+    async def _run_here(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         self.local_running += 1
         try:
             outputs = await self.run_local(request.tool, request.version, request.args)
@@ -143,9 +143,9 @@ class SwarmExecutor:
             raise StepExecutionError(str(exc), node=decision.node, reason=decision.reason) from None
         finally:
             self.local_running -= 1
-        return StepOutcome(outputs, decision.node, decision.reason)
+        return ToolOutcome(outputs, decision.node, decision.reason)
 
-    async def _run_remote(self, request: StepRequest, decision: Decision) -> StepOutcome:
+    async def _run_remote(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         peer = decision.node
         state = self.registry.get(peer)
         if not self.host.is_connected(peer):
@@ -172,4 +172,4 @@ class SwarmExecutor:
             if state is not None:
                 state.inflight -= 1
         self.registry.record_success(peer, outcome.rtt_ms)
-        return StepOutcome(outcome.outputs, peer, decision.reason)
+        return ToolOutcome(outcome.outputs, peer, decision.reason)

@@ -26,9 +26,8 @@ from workflows._serde import loads
 from workflows._storage import Storage, TaskRow, WorkflowRow
 from workflows.dsl import WorkflowSpec
 from workflows.errors import WorkflowNotFoundError
-from workflows.runner import StepExecutor
 from workflows.status import WorkflowStatus
-from workflows.tool_steps import StepExecutionError, ToolCall, ToolOutcome
+from workflows.tool_steps import StepExecutionError, StepExecutor, ToolCall, ToolOutcome
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

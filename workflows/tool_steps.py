@@ -7,8 +7,9 @@ runs it locally on Ray or on a peer) and expects a :class:`ToolOutcome`, or a
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from workflows.errors import WorkflowError
 
@@ -53,3 +54,15 @@ class StepExecutionError(WorkflowError):
 
 def _rebuild(message: str, node: str | None, reason: str | None) -> StepExecutionError:
     return StepExecutionError(message, node=node, reason=reason)
+
+
+PlacementCallback = Callable[[str, str], Awaitable[None]]
+
+
+class StepExecutor(Protocol):
+    """Runs tool steps for the engine (on a node: local Ray or a peer, from trio)."""
+
+    async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        """Run one step somewhere. Call ``placed(node, reason)`` before each attempt.
+        Raise :class:`StepExecutionError` on failure."""
+        ...

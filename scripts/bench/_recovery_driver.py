@@ -19,7 +19,7 @@ import time
 import traceback
 from typing import Any
 
-from _worker import check_engine, prepare_env
+from _worker import check_engine, prepare_env, ray_init_kwargs
 
 WORKFLOW_ID = "recovery"
 
@@ -36,14 +36,7 @@ def drive(mode: str, system: str, storage: str, log_path: str, steps: int, sleep
     assert workflow is not None
     if system == "ray247":
         sys.setrecursionlimit(100_000)  # Ray Workflows walks/pickles the static DAG recursively
-    init_kwargs: dict[str, Any] = {
-        "address": "local",
-        "num_cpus": 2,
-        "include_dashboard": False,
-        "log_to_driver": False,
-    }
-    if system == "ray247":
-        init_kwargs["storage"] = storage
+    init_kwargs = ray_init_kwargs(system, storage)
     ray.init(**init_kwargs)
     if system == "hivemesh":
         workflow.init(storage=storage)

@@ -28,6 +28,19 @@ REPO_ROOT = BENCH_DIR.parent.parent
 ENGINE_API = ("init", "run", "continuation")  # what the harness calls on `workflow`
 
 
+def ray_init_kwargs(system: str, storage: str) -> dict[str, Any]:
+    """How every benchmark process starts its own Ray (2.47 takes the storage there)."""
+    kwargs: dict[str, Any] = {
+        "address": "local",
+        "num_cpus": 2,
+        "include_dashboard": False,
+        "log_to_driver": False,
+    }
+    if system == "ray247":
+        kwargs["storage"] = storage
+    return kwargs
+
+
 def prepare_env(system: str) -> None:
     """Must run before ray is imported anywhere in this process."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # bind to 127.0.0.1 only
@@ -76,14 +89,7 @@ def measure(system: str, workload_name: str, record: dict[str, Any]) -> None:
         record["notes"].append("sys.setrecursionlimit(100000) (2.47 needs it for a deep DAG)")
 
     storage = tempfile.mkdtemp(prefix=f"bench-{system}-{workload_name}-")
-    init_kwargs: dict[str, Any] = {
-        "address": "local",
-        "num_cpus": 2,
-        "include_dashboard": False,
-        "log_to_driver": False,
-    }
-    if system == "ray247":
-        init_kwargs["storage"] = storage
+    init_kwargs = ray_init_kwargs(system, storage)
     try:
         record["phase"] = "ray start-up"
         ray.init(**init_kwargs)

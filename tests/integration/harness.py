@@ -49,3 +49,15 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condi
             await trio.sleep(0.05)
         return
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
+
+
+async def launch_demo_swarm(nursery: trio.Nursery, tmp: Path) -> tuple[Node, Node, Node]:
+    """The demo's shape: ``a`` (text tools), then ``b`` (math) and ``c`` (no tools), both
+    bootstrapped to ``a`` only."""
+    a = make_node(tmp, "a", "text")
+    await launch(nursery, a)
+    b = make_node(tmp, "b", "math", bootstrap=a.host.addrs())
+    await launch(nursery, b)
+    c = make_node(tmp, "c", "none", bootstrap=a.host.addrs())
+    await launch(nursery, c)
+    return a, b, c

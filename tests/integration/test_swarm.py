@@ -17,7 +17,7 @@ from node.p2p import P2PHost
 from protocols import control, discovery, handoff
 from protocols.framing import encode_frame, encode_uvarint
 from protocols.stream import MessageStream
-from tests.integration.harness import launch, make_node, wait_until
+from tests.integration.harness import launch, launch_demo_swarm, make_node, wait_until
 from workflows.dsl import parse_workflow
 from workflows.status import WorkflowStatus
 
@@ -48,13 +48,8 @@ outputs:
 
 
 async def test_cards_and_peer_exchange_across_three_hosts(tmp_path: Path) -> None:
-    a = make_node(tmp_path, "a", "text")
     async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        b = make_node(tmp_path, "b", "math", bootstrap=a.host.addrs())
-        await launch(nursery, b)
-        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
-        await launch(nursery, c)
+        a, b, c = await launch_demo_swarm(nursery, tmp_path)
 
         # c bootstrapped only to a, and learns b (its card and tools) through a
         await wait_until(lambda: c.registry.has_fresh_card(b.peer_id), what="c learning b")
@@ -75,13 +70,8 @@ async def test_cards_and_peer_exchange_across_three_hosts(tmp_path: Path) -> Non
 
 
 async def test_workflow_routed_to_nodes_that_have_the_tools(tmp_path: Path) -> None:
-    a = make_node(tmp_path, "a", "text")
     async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        b = make_node(tmp_path, "b", "math", bootstrap=a.host.addrs())
-        await launch(nursery, b)
-        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
-        await launch(nursery, c)
+        a, b, c = await launch_demo_swarm(nursery, tmp_path)
         await wait_until(lambda: c.registry.has_fresh_card(b.peer_id), what="c learning b")
 
         wid, created = await c.workflows.submit(parse_workflow(TEXT_MATH), {"text": "a b c d"})
