@@ -16,6 +16,7 @@ import heapq
 import itertools
 import json
 import logging
+import os
 import queue
 import threading
 import time
@@ -62,6 +63,10 @@ from workflows.tool_steps import ToolCall, ToolOutcome
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
+TURN_EVENTS = 512  # events the engine handles before it commits their journal writes
+# with at least LINGER_INFLIGHT steps running, a commit waits up to LINGER_S for more writes
+LINGER_INFLIGHT = int(os.environ.get("HIVEMESH_WF_LINGER_INFLIGHT", "8"))
+LINGER_S = float(os.environ.get("HIVEMESH_WF_LINGER_MS", "2")) / 1000
 _ACTIVE = (WorkflowStatus.RUNNING, WorkflowStatus.PENDING)
 
 
@@ -164,6 +169,7 @@ class Engine:
         self._remotes: dict[Any, tuple[Any, bool]] = {}
         self._pin: list[Any] = []
         self._stopped = False
+        self._batch = storage.batch()
         self._thread = threading.Thread(target=self._main, name="workflows-engine", daemon=True)
         self._thread.start()
         self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
@@ -183,23 +189,86 @@ class Engine:
         heapq.heappush(self._timers, (when, next(self._timer_seq), fn))
 
     def _main(self) -> None:
+        """One turn: handle every queued event (up to a bound), fire due timers, then
+        commit the journal writes they made in one transaction and run what waited for
+        that commit. Completions that arrive during the commit's fsync are handled in the
+        next turn: the busier the engine, the larger its commits."""
+        q = self._q
+        commit_due: float | None = None
         while not self._stopped:
             timeout = None
             if self._timers:
                 timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            if commit_due is not None:
+                wait = max(0.0, commit_due - time.monotonic())
+                timeout = wait if timeout is None else min(timeout, wait)
             try:
-                event = self._q.get(timeout=timeout)
+                event: tuple[Any, ...] | None = q.get(timeout=timeout)
             except queue.Empty:
                 event = None
-            try:
-                if event is not None:
+            handled = 0
+            while event is not None:
+                try:
                     self._dispatch(event)
+                except Exception:
+                    log.exception("workflow engine error")
+                handled += 1
+                if handled >= TURN_EVENTS or self._stopped:
+                    break
+                try:
+                    event = q.get_nowait()
+                except queue.Empty:
+                    event = None
+            try:
                 now = time.monotonic()
                 while self._timers and self._timers[0][0] <= now:
                     _, _, fn = heapq.heappop(self._timers)
                     fn()
             except Exception:
                 log.exception("workflow engine error")
+            if not self._batch:
+                commit_due = None
+                continue
+            now = time.monotonic()
+            if commit_due is None and LINGER_S > 0 and self._busy():
+                # many steps in flight: let a few more completions join this commit
+                commit_due = now + LINGER_S
+            if commit_due is None or now >= commit_due:
+                commit_due = None
+                self._commit_writes()
+        self._commit_writes()
+
+    def _busy(self) -> bool:
+        inflight = 0
+        for run in self._runs.values():
+            inflight += len(run.running)
+            if inflight >= LINGER_INFLIGHT:
+                return True
+        return False
+
+    def _commit_writes(self) -> None:
+        try:
+            self._batch.commit()
+        except Exception:
+            log.exception("workflow engine error")
+
+    def _write(
+        self,
+        apply: Callable[[Any], None],
+        on_commit: Callable[[], None] | None = None,
+        blob: tuple[str, bytes] | None = None,
+    ) -> None:
+        """Journal a write; ``on_commit`` runs on the engine thread once it is durable.
+
+        On the engine thread the write joins this turn's commit; from other threads it
+        goes through the storage's writer thread."""
+        if threading.current_thread() is self._thread:
+            self._batch.add(apply, on_commit, blob)
+        elif on_commit is None:
+            self.storage.submit(apply, None, blob)
+        else:
+            done = on_commit
+            self.storage.submit(apply, lambda: self._post(done), blob)
 
     def _dispatch(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
@@ -227,6 +296,7 @@ class Engine:
         """The journal stopped working: nothing can be committed, so every live workflow
         fails now (without touching the journal) instead of hanging."""
         error = StorageError(f"the workflow journal failed: {exc}")
+        self._batch.discard()
         for run in list(self._runs.values()):
             run.finished = True
             run.recorded.set()
@@ -384,7 +454,7 @@ class Engine:
                 ),
             )
 
-        self.storage.submit(insert, run.recorded.set)
+        self._write(insert, run.recorded.set)
         if status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
@@ -499,7 +569,7 @@ class Engine:
                 (run.status.value, self.owner, time.time(), wid),
             )
 
-        self.storage.submit(mark, run.recorded.set)
+        self._write(mark, run.recorded.set)
         if run.status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
@@ -665,7 +735,7 @@ class Engine:
                     (wid, tid, tool, node, reason, time.time()),
                 )
 
-            self.storage.submit(write)
+            self._write(write)
 
         previous = task.node
         fut = self.tool_runner(
@@ -737,7 +807,7 @@ class Engine:
                     (wid, tid, end, task.started_at),
                 )
 
-            self.storage.submit(persist, lambda: self._post(lambda: self._arm(run, task)))
+            self._write(persist, lambda: self._arm(run, task))
         else:
             self._arm(run, task)
 
@@ -831,7 +901,7 @@ class Engine:
             task.value = value
             task.has_value = True
         tid = step.task_id
-        commit = on_commit or (lambda: self._q.put(("committed", run, tid)))
+        commit = on_commit or (lambda: self._on_committed(run, tid))
         if not step.checkpoint:
             task.value = value
             task.has_value = True
@@ -893,7 +963,7 @@ class Engine:
                 row,
             )
 
-        self.storage.submit(write, on_commit, blob)
+        self._write(write, on_commit, blob)
 
     def _continue(self, run: _Run, task: _Task, local: Graph) -> None:
         graph = rename_graph(local, run.allocator)
@@ -922,11 +992,8 @@ class Engine:
                 ),
             )
 
-        def committed() -> None:
-            self._post(lambda: self._expand(run, task, graph))
-
         task.ref = None
-        self.storage.submit(write, committed)
+        self._write(write, lambda: self._expand(run, task, graph))
 
     def _expand(self, run: _Run, task: _Task, graph: Graph) -> None:
         if run.finished:
@@ -984,7 +1051,7 @@ class Engine:
                 (run.output, time.time(), wid),
             )
 
-        self.storage.submit(write, lambda: self._post(lambda: self._close(run, value, None)))
+        self._write(write, lambda: self._close(run, value, None))
 
     def _fail(
         self,
@@ -1048,7 +1115,7 @@ class Engine:
                     (wid, tid, step_error, node, reason),
                 )
 
-        self.storage.submit(write, lambda: self._post(lambda: self._close(run, None, error)))
+        self._write(write, lambda: self._close(run, None, error))
 
     def _close(self, run: _Run, value: Any, error: BaseException | None) -> None:
         self._runs.pop(run.workflow_id, None)
@@ -1074,7 +1141,7 @@ class Engine:
             def mark(db: Any, wid: str = wid) -> None:
                 db.execute("UPDATE wf SET status = 'RUNNING' WHERE workflow_id = ?", (wid,))
 
-            self.storage.submit(mark)
+            self._write(mark)
             self._kick(nxt)
 
     # -- control -------------------------------------------------------------------------
@@ -1158,7 +1225,7 @@ class Engine:
                     [(now, wid) for wid in owned],
                 )
 
-            self.storage.submit(beat)
+            self._write(beat)
             # another process may have canceled one of ours through the storage
             for wid in owned:
                 row = self.storage.get_workflow(wid)

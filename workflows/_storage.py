@@ -211,6 +211,7 @@ class Storage:
         except (OSError, sqlite3.Error) as exc:
             raise StorageError(f"cannot open workflow storage at {root}: {exc}") from exc
         self._read_lock = threading.Lock()
+        self._write_lock = threading.Lock()  # the writer thread and caller-owned batches
         self._queue: queue.SimpleQueue[_Op | None] = queue.SimpleQueue()
         self._idle = threading.Condition()
         self._pending = 0
@@ -246,6 +247,11 @@ class Storage:
         with self._idle:
             self._pending += 1
         self._queue.put(_Op(apply, on_commit, blob))
+
+    def batch(self) -> WriteBatch:
+        """A batch of writes that its owner commits in its own thread (group commit
+        without a thread hop; the engine commits one per turn of its loop)."""
+        return WriteBatch(self)
 
     @property
     def failure(self) -> BaseException | None:
@@ -295,27 +301,32 @@ class Storage:
                     self._queue.put(None)
                     break
                 batch.append(nxt)
-            try:
+            self._commit_and_notify(batch)
+
+    def _commit_and_notify(self, batch: list[_Op]) -> None:
+        """Commit ``batch``, then run its callbacks in this thread (none if it failed)."""
+        try:
+            with self._write_lock:
                 self._commit(batch)
-            except BaseException as exc:  # the engine must hear about it, not hang
-                log.exception("workflow storage write failed")
-                self._failure = exc
-                for listener in self._failure_listeners:
+        except BaseException as exc:  # the engine must hear about it, not hang
+            log.exception("workflow storage write failed")
+            self._failure = exc
+            for listener in self._failure_listeners:
+                try:
+                    listener(exc)
+                except Exception:
+                    log.exception("storage failure listener failed")
+        finally:
+            with self._idle:
+                self._pending -= len(batch)
+                self._idle.notify_all()
+        if self._failure is None:
+            for item in batch:
+                if item.on_commit is not None:
                     try:
-                        listener(exc)
+                        item.on_commit()
                     except Exception:
-                        log.exception("storage failure listener failed")
-            finally:
-                with self._idle:
-                    self._pending -= len(batch)
-                    self._idle.notify_all()
-            if self._failure is None:
-                for item in batch:
-                    if item.on_commit is not None:
-                        try:
-                            item.on_commit()
-                        except Exception:
-                            log.exception("commit callback failed")
+                        log.exception("commit callback failed")
 
     def _commit(self, batch: list[_Op]) -> None:
         for item in batch:
@@ -418,6 +429,57 @@ class Storage:
     def referenced_blobs(self) -> set[str]:
         rows = self._rows("SELECT DISTINCT output_hash FROM task WHERE output_hash IS NOT NULL")
         return {r[0] for r in rows}
+
+
+class WriteBatch:
+    """Writes committed together, in the thread that calls :meth:`commit`.
+
+    ``flush()`` waits for added writes as for queued ones, so the owner must commit
+    soon (the engine commits at the end of every turn of its loop)."""
+
+    __slots__ = ("_ops", "_storage")
+
+    def __init__(self, storage: Storage) -> None:
+        self._storage = storage
+        self._ops: list[_Op] = []
+
+    def __bool__(self) -> bool:
+        return bool(self._ops)
+
+    def add(
+        self,
+        apply: Callable[[sqlite3.Connection], None],
+        on_commit: Callable[[], None] | None = None,
+        blob: tuple[str, bytes] | None = None,
+    ) -> None:
+        storage = self._storage
+        if storage._closed:
+            raise StorageError("workflow storage is closed")
+        if storage._failure is not None:
+            raise StorageError(f"workflow storage failed: {storage._failure}")
+        with storage._idle:
+            storage._pending += 1
+        self._ops.append(_Op(apply, on_commit, blob))
+
+    def commit(self) -> None:
+        """Commit what was added so far (durably), then run its ``on_commit`` callbacks
+        here. Writes that callbacks add go into the next commit."""
+        storage = self._storage
+        while self._ops:
+            if storage._failure is not None:
+                self.discard()
+                return
+            ops, self._ops = self._ops, []
+            for start in range(0, len(ops), MAX_BATCH):
+                storage._commit_and_notify(ops[start : start + MAX_BATCH])
+
+    def discard(self) -> None:
+        """Forget what was added (the storage failed: it cannot be committed)."""
+        storage = self._storage
+        with storage._idle:
+            storage._pending -= len(self._ops)
+            storage._idle.notify_all()
+        self._ops = []
 
 
 class _CommitOutcomeUnknown(Exception):

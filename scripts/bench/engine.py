@@ -209,24 +209,38 @@ def main(argv: list[str] | None = None) -> int:
             runnable.append((workload, system))
 
     started = time.monotonic()
-    for index, (workload, system) in enumerate(runnable, 1):
-        records = []
+    # Attempts alternate between the systems of a workload (hivemesh, plain Ray, hivemesh,
+    # ...): this machine's speed drifts over minutes, and a drift must not land on one
+    # system's runs only.
+    records: dict[tuple[str, str], list[dict[str, Any]]] = {key: [] for key in runnable}
+    done: set[tuple[str, str]] = set()
+    index = 0
+    for workload in args.workload_list:
+        group = [(w, s) for w, s in runnable if w == workload]
         for attempt in range(1, args.repeat + 1):
-            label = f"[{index:2}/{len(runnable)}] {workload:<10} {SYSTEMS[system]:<19}"
-            if args.repeat > 1:
-                label += f" run {attempt}/{args.repeat}"
-            print(f"{label} ...", end=" ", flush=True)
-            record = run_once(system, workload, attempt, args.timeout)
-            if record.get("phase") == "ray start-up":
-                # Not a measurement: Ray itself did not come up (seen on a loaded machine).
-                print(f"Ray did not start ({record['error'][:80]}...); retrying once", flush=True)
+            for key in group:
+                if key in done:
+                    continue
+                index += 1
+                system = key[1]
+                total = len(runnable) * args.repeat
+                label = f"[{index:2}/{total}] {workload:<10} {SYSTEMS[system]:<19}"
+                if args.repeat > 1:
+                    label += f" run {attempt}/{args.repeat}"
                 print(f"{label} ...", end=" ", flush=True)
                 record = run_once(system, workload, attempt, args.timeout)
-            print(describe(record), flush=True)
-            records.append(record)
-            if record.get("unavailable"):
-                break
-        results[(system, workload)] = best_of(records)
+                if record.get("phase") == "ray start-up":
+                    # Not a measurement: Ray itself did not come up (seen on a loaded machine).
+                    reason = record["error"][:80]
+                    print(f"Ray did not start ({reason}...); retrying once", flush=True)
+                    print(f"{label} ...", end=" ", flush=True)
+                    record = run_once(system, workload, attempt, args.timeout)
+                print(describe(record), flush=True)
+                records[key].append(record)
+                if record.get("unavailable"):
+                    done.add(key)
+    for (workload, system), runs in records.items():
+        results[(system, workload)] = best_of(runs)
     print(f"benchmark runs took {time.monotonic() - started:.0f} s\n", flush=True)
 
     ordered = [results[(s, w)] for w, s in plan]
