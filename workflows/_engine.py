@@ -435,9 +435,14 @@ class Engine:
         run.start_time = now
         status = self._admit(run)
 
-        def insert(db: Any) -> None:
+        def insert(db: Any) -> bool:
+            # atomic with the check: two processes that start one new id at once must
+            # not both run it; the one that comes second resumes it instead
+            found = db.execute("SELECT 1 FROM wf WHERE workflow_id = ?", (workflow_id,))
+            if found.fetchone() is not None:
+                return False
             db.execute(
-                "INSERT OR REPLACE INTO wf(workflow_id, status, graph, inputs, user_metadata,"
+                "INSERT INTO wf(workflow_id, status, graph, inputs, user_metadata,"
                 " output_task, owner, heartbeat, created_at, start_time)"
                 " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
@@ -453,8 +458,20 @@ class Engine:
                     now,
                 ),
             )
+            return True
 
-        self._write(insert, run.recorded.set)
+        try:
+            created = self.storage.transact(insert)
+        except BaseException:
+            self._unadmit(run)
+            raise
+        if not created:
+            self._unadmit(run)
+            existing = self.storage.get_workflow(workflow_id)
+            if existing is None:
+                raise WorkflowError(f"workflow {workflow_id!r} vanished while it was started")
+            return self._resume(existing)
+        run.recorded.set()
         if status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
@@ -471,6 +488,12 @@ class Engine:
             return WorkflowStatus.PENDING
         run.status = WorkflowStatus.RUNNING
         return WorkflowStatus.RUNNING
+
+    def _unadmit(self, run: _Run) -> None:
+        """Undo ``_admit`` for a run that never started."""
+        self._runs.pop(run.workflow_id, None)
+        with contextlib.suppress(ValueError):
+            self._pending.remove(run)
 
     def _new_run(
         self,
@@ -562,14 +585,33 @@ class Engine:
             self._settle_done(run, task, settled)
         self._admit(run)
 
-        def mark(db: Any) -> None:
+        def claim(db: Any) -> None:
+            # check and take ownership in one transaction: of two processes resuming
+            # this workflow at once, the second sees the first as its live owner
+            found = db.execute(
+                "SELECT status, owner, heartbeat FROM wf WHERE workflow_id = ?", (wid,)
+            ).fetchone()
+            if found is None:
+                raise WorkflowNotResumableError(wid)
+            now_status, owner, heartbeat = found
+            if (
+                WorkflowStatus(now_status) in _ACTIVE
+                and owner != self.owner
+                and owner_alive(owner, heartbeat)
+            ):
+                raise RuntimeError(f"workflow {wid!r} is running in another process ({owner})")
             db.execute(
                 "UPDATE wf SET status = ?, owner = ?, heartbeat = ?, error = NULL,"
                 " error_text = NULL, end_time = NULL WHERE workflow_id = ?",
                 (run.status.value, self.owner, time.time(), wid),
             )
 
-        self._write(mark, run.recorded.set)
+        try:
+            self.storage.transact(claim)
+        except BaseException:
+            self._unadmit(run)
+            raise
+        run.recorded.set()
         if run.status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future

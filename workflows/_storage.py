@@ -248,6 +248,25 @@ class Storage:
             self._pending += 1
         self._queue.put(_Op(apply, on_commit, blob))
 
+    def transact(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
+        """Run ``apply`` in one write transaction, now, in this thread, and commit it
+        durably; return its result. An exception from ``apply`` rolls it back and is
+        raised here. For check-then-write steps that must be atomic across processes
+        (claiming a workflow): ``BEGIN IMMEDIATE`` holds SQLite's write lock throughout."""
+        if self._closed:
+            raise StorageError("workflow storage is closed")
+        result: list[Any] = []
+
+        def run(db: sqlite3.Connection) -> None:
+            result[:] = [apply(db)]  # a retried commit re-applies: keep the last result
+
+        try:
+            with self._write_lock:
+                self._commit([_Op(run, None)])
+        except (sqlite3.Error, _CommitOutcomeUnknown) as exc:
+            raise StorageError(f"workflow storage write failed: {exc}") from exc
+        return result[0]
+
     def batch(self) -> WriteBatch:
         """A batch of writes that its owner commits in its own thread (group commit
         without a thread hop; the engine commits one per turn of its loop)."""

@@ -268,6 +268,12 @@ def _drive(mode: str, storage: str, address: str, args: list[str]) -> None:
         release, runs = args
         dag = add.bind(wait_for_file.bind(release, 1, runs), 1)
         result = workflow.run(dag, workflow_id=VICTIM_ID)
+    elif mode == "resume_all":
+        (go,) = args  # a barrier: several drivers call resume_all() at the same moment
+        wait_until(lambda: os.path.exists(go), 60.0, f"barrier file {go}")
+        pairs = workflow.resume_all()
+        _emit("resumed", ids=[wid for wid, _ in pairs])
+        result = {wid: ray.get(ref) for wid, ref in pairs}
     elif mode == "small":
         (wid,) = args
         result = workflow.run(add.bind(add.bind(1, 2), 39), workflow_id=wid)

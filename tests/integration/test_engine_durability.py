@@ -85,6 +85,41 @@ def test_sigkill_mid_chain_reruns_no_committed_step(
     assert max(after.values()) <= 2, why
 
 
+def test_two_processes_resuming_at_once_run_a_workflow_once(
+    wf_storage: Path, tmp_path: Path, ray_address: str
+) -> None:
+    """Taking ownership is one transaction: of two drivers that call resume_all() on the
+    same storage at the same moment, exactly one resumes the interrupted chain."""
+    log = tmp_path / "chain.log"
+    victim = h.Driver("chain", wf_storage, ray_address, str(log), out=tmp_path / "drv.out")
+    try:
+        victim.wait_event("ready")
+        h.wait_until(lambda: h.count_lines(log) >= 20, what="20 chain steps")
+    finally:
+        victim.kill()
+
+    go = tmp_path / "go"
+    racers = [
+        h.Driver("resume_all", wf_storage, ray_address, str(go), out=tmp_path / f"racer{i}.out")
+        for i in range(2)
+    ]
+    try:
+        for racer in racers:
+            racer.wait_event("ready")
+        h.touch(go)
+        finished = [racer.wait_event("done", timeout_s=120) for racer in racers]
+    finally:
+        for racer in racers:
+            racer.kill()
+    assert sorted(len(f["result"]) for f in finished) == [0, 1]
+    assert [f["result"] for f in finished if f["result"]] == [{h.CHAIN_ID: CHAIN_STEPS}]
+    counts = h.index_counts(log)
+    assert set(counts) == set(range(CHAIN_STEPS))
+    # the step in flight at the kill may run twice; nothing else does
+    assert sum(1 for n in counts.values() if n > 1) <= 1, counts.most_common(3)
+    assert max(counts.values()) <= 2
+
+
 def test_commit_outcome_unknown_duplicates_no_effect_or_row(
     ray_cluster: None, tmp_path: Path
 ) -> None:
