@@ -138,6 +138,7 @@ class _Run:
     finished: bool = False
     start_time: float = 0.0
     waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
+    timers: int = 0  # armed timers in the engine's heap
 
 
 class Engine:
@@ -157,7 +158,8 @@ class Engine:
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._runs: dict[str, _Run] = {}
         self._pending: deque[_Run] = deque()
-        self._timers: list[tuple[float, int, Callable[[], None]]] = []
+        # (when, seq, fn, the run it belongs to): a run's timers go when the run ends
+        self._timers: list[tuple[float, int, Callable[[], None], _Run | None]] = []
         self._timer_seq = itertools.count()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
         self._loop = asyncio.new_event_loop()
@@ -185,8 +187,17 @@ class Engine:
         self._q.put(("call", fn, fut))
         return fut.result()
 
-    def _schedule(self, when: float, fn: Callable[[], None]) -> None:
-        heapq.heappush(self._timers, (when, next(self._timer_seq), fn))
+    def _schedule(self, when: float, fn: Callable[[], None], run: _Run | None = None) -> None:
+        heapq.heappush(self._timers, (when, next(self._timer_seq), fn, run))
+        if run is not None:
+            run.timers += 1
+
+    def _drop_timers(self, run: _Run) -> None:
+        """Forget the timers (durable sleeps) of a run that ended or was canceled."""
+        if run.timers:
+            self._timers = [t for t in self._timers if t[3] is not run]
+            heapq.heapify(self._timers)
+            run.timers = 0
 
     def _main(self) -> None:
         """One turn: handle every queued event (up to a bound), fire due timers, then
@@ -222,7 +233,9 @@ class Engine:
             try:
                 now = time.monotonic()
                 while self._timers and self._timers[0][0] <= now:
-                    _, _, fn = heapq.heappop(self._timers)
+                    _, _, fn, owner = heapq.heappop(self._timers)
+                    if owner is not None:
+                        owner.timers -= 1
                     fn()
             except Exception:
                 log.exception("workflow engine error")
@@ -300,6 +313,7 @@ class Engine:
         for run in list(self._runs.values()):
             run.finished = True
             run.recorded.set()
+            self._drop_timers(run)
             for ref in run.running.values():
                 with contextlib.suppress(Exception):
                     ray.cancel(ref, force=False)
@@ -583,6 +597,8 @@ class Engine:
         settled: set[str] = set()
         for task in [t for t in run.tasks.values() if t.state == "DONE"]:
             self._settle_done(run, task, settled)
+        for task in self._no_longer_needed(run):
+            self._settle_done(run, task, settled)
         self._admit(run)
 
         def claim(db: Any) -> None:
@@ -615,6 +631,27 @@ class Engine:
         if run.status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
+
+    def _no_longer_needed(self, run: _Run) -> list[_Task]:
+        """At resume: ``checkpoint=False`` tasks whose every reader already committed.
+
+        Nothing will read their output, so they are not run again; their output stays
+        unavailable, as it was (``get_output(task_id=...)`` raises ``ValueError``)."""
+        skipped: list[_Task] = []
+        for task in reversed(list(run.tasks.values())):  # dependents come after their deps
+            step = task.step
+            if (
+                task.state != "WAITING"
+                or step.checkpoint is not False
+                or step.task_id == run.output
+                or task.alias_parents
+                or not task.dependents
+            ):
+                continue
+            if all(run.tasks[d].state in ("DONE", "CONTINUED") for d in task.dependents):
+                task.state = "DONE"
+                skipped.append(task)
+        return skipped
 
     def _settle_done(self, run: _Run, task: _Task, settled: set[str]) -> None:
         """A task already done at resume: count it off its dependents and alias parents."""
@@ -861,7 +898,7 @@ class Engine:
             if not run.finished:
                 self._succeed(run, task, None)  # like Ray Workflows: a sleep outputs None
 
-        self._schedule(time.monotonic() + delay, fire)
+        self._schedule(time.monotonic() + delay, fire, run)
 
     def _start_event(self, run: _Run, task: _Task, args: tuple[Any, ...]) -> None:
         listener_cls, l_args, l_kwargs = args
@@ -944,7 +981,7 @@ class Engine:
             task.has_value = True
         tid = step.task_id
         commit = on_commit or (lambda: self._on_committed(run, tid))
-        if not step.checkpoint:
+        if step.checkpoint is False:
             task.value = value
             task.has_value = True
             commit()
@@ -1009,11 +1046,14 @@ class Engine:
 
     def _continue(self, run: _Run, task: _Task, local: Graph) -> None:
         graph = rename_graph(local, run.allocator)
-        if task.step.catch_exceptions:
-            # as in Ray Workflows: the continuation's output step inherits catch_exceptions
-            for step in graph.steps:
-                if step.task_id == graph.output:
-                    step.catch_exceptions = True
+        # as in Ray Workflows: where the user set nothing, the continuation's steps
+        # inherit the returning step's checkpoint, and its output step catch_exceptions
+        parent = task.step
+        for step in graph.steps:
+            if step.checkpoint is None:
+                step.checkpoint = parent.checkpoint is not False
+            if step.task_id == graph.output and step.catch_exceptions is None:
+                step.catch_exceptions = bool(parent.catch_exceptions)
         tid = task.step.task_id
         blob = _serde.dumps(graph)
         step = task.step
@@ -1161,6 +1201,7 @@ class Engine:
 
     def _close(self, run: _Run, value: Any, error: BaseException | None) -> None:
         self._runs.pop(run.workflow_id, None)
+        self._drop_timers(run)
         for tid, futs in run.waiters.items():
             for fut in futs:
                 fut.set_exception(

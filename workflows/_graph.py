@@ -45,8 +45,10 @@ class StepDef:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     deps: tuple[str, ...]
-    catch_exceptions: bool = False
-    checkpoint: bool = True
+    # None: not set by the user. A continuation's steps inherit the returning step's
+    # value then (as in Ray Workflows); otherwise None means False and True respectively.
+    catch_exceptions: bool | None = None
+    checkpoint: bool | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
     ray_options: dict[str, Any] = field(default_factory=dict)
 
@@ -64,8 +66,8 @@ class StepDef:
         """What ``get_metadata(..., task_id)`` reports as ``task_options``."""
         record: dict[str, Any] = {
             "task_id": self.task_id,
-            "catch_exceptions": self.catch_exceptions,
-            "checkpoint": self.checkpoint,
+            "catch_exceptions": bool(self.catch_exceptions),
+            "checkpoint": self.checkpoint is not False,
             "max_retries": self.max_retries,
             "retry_exceptions": (
                 [getattr(e, "__name__", str(e)) for e in self.retry_exceptions]
@@ -120,6 +122,11 @@ def split_options(bound: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]
         if labels:
             ray_options["_labels"] = labels
     return wf, ray_options
+
+
+def _flag(options: dict[str, Any], key: str) -> bool | None:
+    value = options.get(key)
+    return None if value is None else bool(value)
 
 
 def default_task_name(func: Callable[..., Any]) -> str:
@@ -243,8 +250,8 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
                 args=args,
                 kwargs=kwargs,
                 deps=deps,
-                catch_exceptions=bool(wf_opts.get("catch_exceptions", False)),
-                checkpoint=bool(wf_opts.get("checkpoint", True)),
+                catch_exceptions=_flag(wf_opts, "catch_exceptions"),
+                checkpoint=_flag(wf_opts, "checkpoint"),
                 metadata=meta,
                 ray_options=ray_opts,
             )

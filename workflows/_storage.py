@@ -27,6 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import psutil
+
 from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)
@@ -139,12 +141,21 @@ def this_process_owner() -> str:
 
 
 def _process_start(pid: int) -> str:
+    """When process ``pid`` started (psutil: any OS), or "?" if there is no such process."""
     try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            fields = f.read().rsplit(b")", 1)[1].split()
-        return fields[19].decode()
-    except (OSError, IndexError):
+        return f"{psutil.Process(pid).create_time():.3f}"
+    except (psutil.Error, OSError):
         return "?"
+
+
+def _process_running(pid: int, started: str) -> bool:
+    """Process ``pid`` exists, is the one that started at ``started`` (a reused pid is
+    another process), and has not exited (a zombie that its parent did not reap yet)."""
+    try:
+        proc = psutil.Process(pid)
+        return f"{proc.create_time():.3f}" == started and proc.status() != psutil.STATUS_ZOMBIE
+    except (psutil.Error, OSError):
+        return False
 
 
 def owner_alive(
@@ -163,9 +174,7 @@ def owner_alive(
             pid = int(pid_text)
         except ValueError:
             return False
-        if not os.path.exists(f"/proc/{pid}"):
-            return False
-        return _process_start(pid) == started
+        return _process_running(pid, started)
     now = time.time() if now is None else now
     return heartbeat is not None and now - heartbeat < stale_after_s
 

@@ -276,10 +276,15 @@ def _output_future(wid: str, task_id: str | None) -> Future[Any]:
         fut.set_exception(WorkflowNotFoundError(wid))
         return fut
     try:
-        if task_id is not None:
-            fut.set_result(load_task_output(storage, wid, task_id))
-            return fut
         status = stored_status(row, engine.owner)
+        if task_id is not None:
+            try:
+                fut.set_result(load_task_output(storage, wid, task_id))
+            except ValueError:
+                if status not in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+                    raise
+                _poll_until_done(wid, fut, task_id)  # the task may not have run yet
+            return fut
         if status is WorkflowStatus.SUCCESSFUL:
             fut.set_result(load_task_output(storage, wid, row.output_task or ""))
         elif status is WorkflowStatus.CANCELED:
@@ -299,20 +304,30 @@ def _output_future(wid: str, task_id: str | None) -> Future[Any]:
     return fut
 
 
-def _poll_until_done(wid: str, fut: Future[Any]) -> None:
-    """Another process runs it: wait for the stored result."""
+def _poll_until_done(wid: str, fut: Future[Any], task_id: str | None = None) -> None:
+    """Another process runs it: wait for the stored result of the workflow (or of
+    ``task_id``: until it is committed, or the workflow ends without it)."""
 
     def poll() -> None:
         import time
 
         while True:
+            if task_id is not None:
+                try:
+                    fut.set_result(load_task_output(_storage(), wid, task_id))
+                    return
+                except ValueError:
+                    pass
+                except BaseException as exc:
+                    fut.set_exception(exc)
+                    return
             row = _storage().get_workflow(wid)
             if row is None:
                 fut.set_exception(WorkflowNotFoundError(wid))
                 return
             status = stored_status(row, None)
             if status not in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
-                inner = _output_future(wid, None)
+                inner = _output_future(wid, task_id)
                 try:
                     fut.set_result(inner.result())
                 except BaseException as exc:

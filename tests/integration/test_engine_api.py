@@ -137,6 +137,17 @@ def continues_into(fail: bool) -> Any:
 
 
 @ray.remote
+def continues_into_uncaught(fail: bool) -> Any:
+    uncaught = fails_if.options(**workflow.options(catch_exceptions=False))
+    return workflow.continuation(uncaught.bind(fail))
+
+
+@ray.remote
+def continues_into_identity(value: Any) -> Any:
+    return workflow.continuation(h.identity.bind(value))
+
+
+@ray.remote
 def square(i: int) -> int:
     return i * i
 
@@ -435,6 +446,46 @@ def test_catch_exceptions_passes_down_to_the_direct_continuation(wf_storage: Pat
     assert type(error) is ValueError
 
 
+def test_an_explicit_catch_exceptions_false_in_the_continuation_is_kept(
+    wf_storage: Path,
+) -> None:
+    # Ray Workflows passes catch_exceptions down only where the continuation leaves it unset
+    catching = continues_into_uncaught.options(**workflow.options(catch_exceptions=True))
+    with pytest.raises(ValueError, match="boom"):
+        workflow.run(catching.bind(True), workflow_id="cont-uncaught")
+
+
+def test_a_continuation_inherits_checkpoint_false(wf_storage: Path) -> None:
+    unsaved = continues_into_identity.options(
+        **workflow.options(checkpoint=False, task_id="parent")
+    )
+    assert workflow.run(h.add.bind(unsaved.bind(41), 1), workflow_id="inherit-ckpt") == 42
+    tasks = {t.task_id: t for t in wf_api._storage().list_tasks("inherit-ckpt")}
+    assert tasks["parent"].status == "CONTINUED"
+    inner = f"{h.__name__}.identity"  # the continuation's step: inherited, not journaled
+    assert inner not in tasks or not tasks[inner].has_output
+    with pytest.raises(ValueError):
+        workflow.get_output("inherit-ckpt", task_id=inner)
+
+
+def test_an_unsaved_step_whose_readers_committed_is_not_rerun_on_resume(
+    wf_storage: Path, tmp_path: Path
+) -> None:
+    log, flag, runs = tmp_path / "log", tmp_path / "flag", tmp_path / "runs"
+    unsaved = h.logged_step.options(**workflow.options(checkpoint=False, task_id="unsaved"))
+    reader = h.logged_step.options(**workflow.options(task_id="reader"))
+    dag = h.fail_unless_flag.bind(
+        str(flag), str(runs), reader.bind(unsaved.bind(0, 0, str(log)), 1, str(log))
+    )
+    with pytest.raises(ValueError):
+        workflow.run(dag, workflow_id="unsaved")
+    assert h.index_counts(log) == {0: 1, 1: 1}
+    h.touch(flag)
+    assert workflow.resume("unsaved") == 2
+    assert h.index_counts(log) == {0: 1, 1: 1}  # "reader" committed: "unsaved" not needed
+    assert h.count_lines(runs) == 2
+
+
 def test_application_errors_are_not_retried_by_default(wf_storage: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     with pytest.raises(ValueError):
@@ -569,6 +620,19 @@ def test_sleep_takes_at_least_its_duration(wf_storage: Path) -> None:
     started = time.monotonic()
     assert workflow.run(workflow.sleep(0.5), workflow_id="nap") is None  # like Ray's
     assert time.monotonic() - started >= 0.5
+
+
+def test_cancel_drops_the_timer_of_a_durable_sleep(wf_storage: Path) -> None:
+    engine = wf_api._engine()
+    timers = lambda: engine.call(lambda: len(engine._timers))  # noqa: E731
+    before = timers()
+    ref = workflow.run_async(h.identity.bind(workflow.sleep(3600)), workflow_id="long-nap")
+    h.wait_until(lambda: timers() == before + 1, timeout_s=10, what="the sleep's timer")
+    workflow.cancel("long-nap")
+    with pytest.raises(workflow.WorkflowCancellationError):
+        ray.get(ref, timeout=30)
+    assert workflow.get_status("long-nap") is WorkflowStatus.CANCELED
+    assert timers() == before  # not left in the heap for an hour, holding the run
 
 
 def test_wait_for_event(wf_storage: Path, tmp_path: Path) -> None:
@@ -734,6 +798,32 @@ def test_resume_all_after_the_driver_was_killed(
     assert [wid for wid, _ in resumed] == ["broken"]
     assert ray.get(resumed[0][1], timeout=60) == 9
     assert h.count_lines(failed_runs) == 2
+
+
+def test_get_output_of_a_task_waits_for_a_workflow_another_process_runs(
+    wf_storage: Path, tmp_path: Path, ray_address: str
+) -> None:
+    release, runs = tmp_path / "release", tmp_path / "runs"
+    driver = h.Driver(
+        "blocked", wf_storage, ray_address, str(release), str(runs), out=tmp_path / "drv.out"
+    )
+    try:
+        driver.wait_event("ready")
+        h.wait_until(lambda: h.count_lines(runs) >= 1, what="the driver's step to start")
+        pool = concurrent.futures.ThreadPoolExecutor(2)
+        blocked = pool.submit(
+            workflow.get_output, h.VICTIM_ID, task_id=f"{h.__name__}.wait_for_file"
+        )
+        not_run_yet = pool.submit(workflow.get_output, h.VICTIM_ID, task_id=f"{h.__name__}.add")
+        assert h.stays_false(blocked.done, 1.0)  # committed by nobody yet: it waits
+        h.touch(release)
+        assert blocked.result(timeout=30) == 1
+        assert not_run_yet.result(timeout=30) == 2
+        assert driver.wait_event("done")["result"] == 2
+        with pytest.raises(ValueError):  # a task the finished workflow does not have
+            workflow.get_output(h.VICTIM_ID, task_id="no-such-task")
+    finally:
+        driver.kill()
 
 
 def test_a_durable_sleep_survives_a_driver_kill(
