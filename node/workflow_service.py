@@ -20,7 +20,8 @@ from typing import Any, TypeVar
 
 import trio
 
-from workflows._engine import Engine, load_task_output, stored_status
+from workflows._engine import Engine
+from workflows._outputs import load_task_output, stored_status
 from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
 from workflows._serde import loads
 from workflows._storage import Storage, TaskRow, WorkflowRow

@@ -20,11 +20,9 @@ import os
 import queue
 import threading
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import ray
@@ -41,11 +39,20 @@ from workflows._graph import (
     rename_graph,
     resolve_input,
 )
+from workflows._outputs import ACTIVE, execution_error, load_task_output, stored_status
+from workflows._results import ResultSlots
+from workflows._runstate import (
+    Run,
+    Task,
+    add_steps,
+    no_longer_needed,
+    resolve_alias,
+    settle_done,
+)
 from workflows._step import ContinuationGraph, function_key, make_runner, remote_execute_step
 from workflows._storage import (
     Storage,
     StorageError,
-    TaskRow,
     WorkflowRow,
     owner_alive,
     this_process_owner,
@@ -54,7 +61,6 @@ from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
     WorkflowExecutionError,
-    WorkflowNotFoundError,
     WorkflowNotResumableError,
 )
 from workflows.status import WorkflowStatus
@@ -67,78 +73,9 @@ TURN_EVENTS = 512  # events the engine handles before it commits their journal w
 # with at least LINGER_INFLIGHT steps running, a commit waits up to LINGER_S for more writes
 LINGER_INFLIGHT = int(os.environ.get("HIVEMESH_WF_LINGER_INFLIGHT", "8"))
 LINGER_S = float(os.environ.get("HIVEMESH_WF_LINGER_MS", "2")) / 1000
-_ACTIVE = (WorkflowStatus.RUNNING, WorkflowStatus.PENDING)
-
-
-def execution_error(
-    workflow_id: str, cause: BaseException | None, message: str | None = None
-) -> WorkflowExecutionError:
-    """A WorkflowExecutionError that is also an instance of the cause's type, so both
-    ``except WorkflowExecutionError`` and ``except ValueError`` (say) catch it."""
-    if cause is None or isinstance(cause, WorkflowExecutionError):
-        return (
-            cause
-            if isinstance(cause, WorkflowExecutionError)
-            else WorkflowExecutionError(workflow_id, message)
-        )
-    cls = type(cause)
-    try:
-        dual = type(
-            f"WorkflowExecutionError({cls.__name__})",
-            (WorkflowExecutionError, cls),
-            {
-                "__reduce__": lambda self: (execution_error, (workflow_id, cause, message)),
-                "__str__": lambda self: WorkflowExecutionError.__str__(self),
-            },
-        )
-        err: WorkflowExecutionError = Exception.__new__(dual)
-        WorkflowExecutionError.__init__(err, workflow_id, message, cause)
-        return err
-    except TypeError:  # a final class or a layout conflict: plain error with the cause
-        return WorkflowExecutionError(workflow_id, message, cause)
-
-
-@dataclass(eq=False, slots=True)
-class _Task:
-    step: StepDef
-    state: str = "WAITING"  # WAITING, RUNNING, CONTINUED, DONE
-    ref: ray.ObjectRef | None = None
-    value: Any = None
-    has_value: bool = False
-    pending: int = 0
-    dependents: list[str] = field(default_factory=list)
-    consumers_left: int = 0
-    alias_parents: list[str] = field(default_factory=list)
-    alias: str | None = None
-    started_at: float | None = None
-    stored: bool = False  # output is in the journal (loaded lazily)
-    timer_end: float | None = None
-    node: str | None = None
-    reason: str | None = None
 
 
 ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
-
-
-@dataclass(eq=False)
-class _Run:
-    workflow_id: str
-    tasks: dict[str, _Task]
-    output: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    metadata: dict[str, Any]
-    allocator: TaskIdAllocator
-    future: Future[Any] = field(default_factory=Future)
-    status: WorkflowStatus = WorkflowStatus.RUNNING
-    running: dict[str, ray.ObjectRef] = field(default_factory=dict)
-    recorded: threading.Event = field(default_factory=threading.Event)
-    polls: list[concurrent.futures.Future[Any]] = field(default_factory=list)
-    tool_calls: dict[str, Future[Any]] = field(default_factory=dict)
-    finished: bool = False
-    start_time: float = 0.0
-    waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
-    timers: int = 0  # armed timers in the engine's heap
 
 
 class Engine:
@@ -156,10 +93,10 @@ class Engine:
         self.max_pending = max_pending_workflows
         self.owner = this_process_owner()
         self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._runs: dict[str, _Run] = {}
-        self._pending: deque[_Run] = deque()
+        self._runs: dict[str, Run] = {}
+        self._pending: deque[Run] = deque()
         # (when, seq, fn, the run it belongs to): a run's timers go when the run ends
-        self._timers: list[tuple[float, int, Callable[[], None], _Run | None]] = []
+        self._timers: list[tuple[float, int, Callable[[], None], Run | None]] = []
         self._timer_seq = itertools.count()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
         self._loop = asyncio.new_event_loop()
@@ -167,7 +104,7 @@ class Engine:
             target=self._loop.run_forever, name="workflows-events", daemon=True
         )
         self._loop_thread.start()
-        self._results: Any = None
+        self._results = ResultSlots()
         self._remotes: dict[Any, tuple[Any, bool]] = {}
         self._pin: list[Any] = []
         self._stopped = False
@@ -187,12 +124,12 @@ class Engine:
         self._q.put(("call", fn, fut))
         return fut.result()
 
-    def _schedule(self, when: float, fn: Callable[[], None], run: _Run | None = None) -> None:
+    def _schedule(self, when: float, fn: Callable[[], None], run: Run | None = None) -> None:
         heapq.heappush(self._timers, (when, next(self._timer_seq), fn, run))
         if run is not None:
             run.timers += 1
 
-    def _drop_timers(self, run: _Run) -> None:
+    def _drop_timers(self, run: Run) -> None:
         """Forget the timers (durable sleeps) of a run that ended or was canceled."""
         if run.timers:
             self._timers = [t for t in self._timers if t[3] is not run]
@@ -336,10 +273,7 @@ class Engine:
             self.storage.flush()
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._pool.shutdown(wait=False)
-        if self._results is not None:
-            with contextlib.suppress(Exception):
-                ray.kill(self._results)
-            self._results = None
+        self._results.close()
 
     # -- starting ------------------------------------------------------------------------
 
@@ -490,7 +424,7 @@ class Engine:
             self._kick(run)
         return run.future
 
-    def _admit(self, run: _Run) -> WorkflowStatus:
+    def _admit(self, run: Run) -> WorkflowStatus:
         active = sum(1 for r in self._runs.values() if r.status is WorkflowStatus.RUNNING)
         self._runs[run.workflow_id] = run
         if self.max_running is not None and active >= self.max_running:
@@ -503,7 +437,7 @@ class Engine:
         run.status = WorkflowStatus.RUNNING
         return WorkflowStatus.RUNNING
 
-    def _unadmit(self, run: _Run) -> None:
+    def _unadmit(self, run: Run) -> None:
         """Undo ``_admit`` for a run that never started."""
         self._runs.pop(run.workflow_id, None)
         with contextlib.suppress(ValueError):
@@ -517,22 +451,12 @@ class Engine:
         kwargs: dict[str, Any],
         metadata: dict[str, Any],
         allocator: TaskIdAllocator,
-    ) -> _Run:
-        run = _Run(workflow_id, {}, graph.output, args, kwargs, metadata, allocator)
-        self._add_steps(run, graph.steps)
+    ) -> Run:
+        run = Run(workflow_id, {}, graph.output, args, kwargs, metadata, allocator)
+        add_steps(run, graph.steps)
         return run
 
-    def _add_steps(self, run: _Run, steps: list[StepDef]) -> None:
-        for step in steps:
-            run.tasks[step.task_id] = _Task(step)
-        for step in steps:
-            task = run.tasks[step.task_id]
-            for dep in step.deps:
-                run.tasks[dep].dependents.append(step.task_id)
-                run.tasks[dep].consumers_left += 1
-            task.pending = len(step.deps)
-
-    def _kick(self, run: _Run) -> None:
+    def _kick(self, run: Run) -> None:
         """Start what is ready: tasks with no pending dependencies."""
         run.status = WorkflowStatus.RUNNING
         ready = [t for t in run.tasks.values() if t.state == "WAITING" and t.pending == 0]
@@ -556,7 +480,7 @@ class Engine:
     def _resume(self, row: WorkflowRow) -> Future[Any]:
         wid = row.workflow_id
         status = WorkflowStatus(row.status)
-        if status in _ACTIVE and row.owner != self.owner and owner_alive(row.owner, row.heartbeat):
+        if status in ACTIVE and row.owner != self.owner and owner_alive(row.owner, row.heartbeat):
             raise RuntimeError(f"workflow {wid!r} is running in another process ({row.owner})")
         if status is WorkflowStatus.SUCCESSFUL:
             fut: Future[Any] = Future()
@@ -584,7 +508,7 @@ class Engine:
                 sub: Graph = _serde.loads(r.continuation)
                 for s in sub.steps:
                     allocator.allocate(s.task_id)
-                self._add_steps(run, sub.steps)
+                add_steps(run, sub.steps)
                 task.state = "CONTINUED"
                 task.alias = sub.output
                 run.tasks[sub.output].alias_parents.append(tid)
@@ -596,9 +520,9 @@ class Engine:
         # settle dependency counts for what is already done (each task exactly once)
         settled: set[str] = set()
         for task in [t for t in run.tasks.values() if t.state == "DONE"]:
-            self._settle_done(run, task, settled)
-        for task in self._no_longer_needed(run):
-            self._settle_done(run, task, settled)
+            settle_done(run, task, settled)
+        for task in no_longer_needed(run):
+            settle_done(run, task, settled)
         self._admit(run)
 
         def claim(db: Any) -> None:
@@ -611,7 +535,7 @@ class Engine:
                 raise WorkflowNotResumableError(wid)
             now_status, owner, heartbeat = found
             if (
-                WorkflowStatus(now_status) in _ACTIVE
+                WorkflowStatus(now_status) in ACTIVE
                 and owner != self.owner
                 and owner_alive(owner, heartbeat)
             ):
@@ -632,44 +556,8 @@ class Engine:
             self._kick(run)
         return run.future
 
-    def _no_longer_needed(self, run: _Run) -> list[_Task]:
-        """At resume: ``checkpoint=False`` tasks whose every reader already committed.
-
-        Nothing will read their output, so they are not run again; their output stays
-        unavailable, as it was (``get_output(task_id=...)`` raises ``ValueError``)."""
-        skipped: list[_Task] = []
-        for task in reversed(list(run.tasks.values())):  # dependents come after their deps
-            step = task.step
-            if (
-                task.state != "WAITING"
-                or step.checkpoint is not False
-                or step.task_id == run.output
-                or task.alias_parents
-                or not task.dependents
-            ):
-                continue
-            if all(run.tasks[d].state in ("DONE", "CONTINUED") for d in task.dependents):
-                task.state = "DONE"
-                skipped.append(task)
-        return skipped
-
-    def _settle_done(self, run: _Run, task: _Task, settled: set[str]) -> None:
-        """A task already done at resume: count it off its dependents and alias parents."""
-        stack = [task]
-        while stack:
-            t = stack.pop()
-            if t.step.task_id in settled:
-                continue
-            settled.add(t.step.task_id)
-            t.state = "DONE"
-            for dep in t.dependents:
-                run.tasks[dep].pending -= 1
-            stack.extend(run.tasks[p] for p in t.alias_parents)
-
-    # -- running tasks -------------------------------------------------------------------
-
-    def _value_ref(self, run: _Run, tid: str) -> ray.ObjectRef:
-        task = self._resolve_alias(run, tid)
+    def _value_ref(self, run: Run, tid: str) -> ray.ObjectRef:
+        task = resolve_alias(run, tid)
         if task.ref is None:
             if not task.has_value:
                 task.value = self._load_output(run.workflow_id, task.step.task_id)
@@ -677,8 +565,8 @@ class Engine:
             task.ref = ray.put(task.value)
         return task.ref
 
-    def _value(self, run: _Run, tid: str) -> Any:
-        task = self._resolve_alias(run, tid)
+    def _value(self, run: Run, tid: str) -> Any:
+        task = resolve_alias(run, tid)
         if not task.has_value:
             if task.ref is not None:
                 task.value = ray.get(task.ref)
@@ -687,13 +575,7 @@ class Engine:
             task.has_value = True
         return task.value
 
-    def _resolve_alias(self, run: _Run, tid: str) -> _Task:
-        task = run.tasks[tid]
-        while task.alias is not None:
-            task = run.tasks[task.alias]
-        return task
-
-    def _materialize(self, run: _Run, value: Any, *, as_refs: bool) -> Any:
+    def _materialize(self, run: Run, value: Any, *, as_refs: bool) -> Any:
         if isinstance(value, StepRef):
             return (
                 self._value_ref(run, value.task_id) if as_refs else self._value(run, value.task_id)
@@ -708,9 +590,9 @@ class Engine:
             return {k: self._materialize(run, v, as_refs=as_refs) for k, v in value.items()}
         return value
 
-    def _consumed(self, run: _Run, step: StepDef) -> None:
+    def _consumed(self, run: Run, step: StepDef) -> None:
         for dep in step.deps:
-            task = self._resolve_alias(run, dep)
+            task = resolve_alias(run, dep)
             parent = run.tasks[dep]
             parent.consumers_left -= 1
             # nothing else will read it through us; let Ray free it when its readers end
@@ -726,7 +608,7 @@ class Engine:
                     task.value = None
                     task.has_value = False
 
-    def _start_task(self, run: _Run, task: _Task) -> None:
+    def _start_task(self, run: Run, task: Task) -> None:
         if run.finished:
             return
         step = task.step
@@ -768,7 +650,7 @@ class Engine:
         else:
             self._start_event(run, task, args)
 
-    def _start_tool(self, run: _Run, task: _Task) -> None:
+    def _start_tool(self, run: Run, task: Task) -> None:
         """A YAML step: resolve its ``{{...}}`` references, then hand it to the external
         tool runner (the node's scheduler), or compute the workflow outputs."""
         from workflows.refs import resolve
@@ -828,7 +710,7 @@ class Engine:
 
         fut.add_done_callback(done)
 
-    def _on_tool_done(self, run: _Run, task: _Task, fut: Future[Any]) -> None:
+    def _on_tool_done(self, run: Run, task: Task, fut: Future[Any]) -> None:
         run.tool_calls.pop(task.step.task_id, None)
         if run.finished or fut.cancelled():
             return
@@ -871,7 +753,7 @@ class Engine:
         self._remotes[key] = entry
         return entry
 
-    def _start_sleep(self, run: _Run, task: _Task, duration: float) -> None:
+    def _start_sleep(self, run: Run, task: Task, duration: float) -> None:
         tid = task.step.task_id
         if task.timer_end is None:
             end = time.time() + duration
@@ -890,7 +772,7 @@ class Engine:
         else:
             self._arm(run, task)
 
-    def _arm(self, run: _Run, task: _Task) -> None:
+    def _arm(self, run: Run, task: Task) -> None:
         assert task.timer_end is not None
         delay = max(0.0, task.timer_end - time.time())
 
@@ -900,7 +782,7 @@ class Engine:
 
         self._schedule(time.monotonic() + delay, fire, run)
 
-    def _start_event(self, run: _Run, task: _Task, args: tuple[Any, ...]) -> None:
+    def _start_event(self, run: Run, task: Task, args: tuple[Any, ...]) -> None:
         listener_cls, l_args, l_kwargs = args
         listener = listener_cls()
         task.value = listener
@@ -915,7 +797,7 @@ class Engine:
 
         fut.add_done_callback(done)
 
-    def _on_event_done(self, run: _Run, tid: str, fut: concurrent.futures.Future[Any]) -> None:
+    def _on_event_done(self, run: Run, tid: str, fut: concurrent.futures.Future[Any]) -> None:
         task = run.tasks[tid]
         if run.finished:
             return
@@ -939,7 +821,7 @@ class Engine:
 
         self._succeed(run, task, event, on_commit=after_commit)
 
-    def _on_task_done(self, run: _Run, tid: str, result: Any) -> None:
+    def _on_task_done(self, run: Run, tid: str, result: Any) -> None:
         run.running.pop(tid, None)
         if run.finished:
             return
@@ -967,7 +849,7 @@ class Engine:
         self._fail(run, cause, tid)
 
     def _succeed(
-        self, run: _Run, task: _Task, value: Any, on_commit: Callable[[], None] | None = None
+        self, run: Run, task: Task, value: Any, on_commit: Callable[[], None] | None = None
     ) -> None:
         step = task.step
         keep = (
@@ -1009,7 +891,7 @@ class Engine:
         self._write_output(run, task, data, commit)
 
     def _write_output(
-        self, run: _Run, task: _Task, data: bytes, on_commit: Callable[[], None]
+        self, run: Run, task: Task, data: bytes, on_commit: Callable[[], None]
     ) -> None:
         step = task.step
         inline, digest, blob = Storage.split_value(data)
@@ -1044,7 +926,7 @@ class Engine:
 
         self._write(write, on_commit, blob)
 
-    def _continue(self, run: _Run, task: _Task, local: Graph) -> None:
+    def _continue(self, run: Run, task: Task, local: Graph) -> None:
         graph = rename_graph(local, run.allocator)
         # as in Ray Workflows: where the user set nothing, the continuation's steps
         # inherit the returning step's checkpoint, and its output step catch_exceptions
@@ -1077,10 +959,10 @@ class Engine:
         task.ref = None
         self._write(write, lambda: self._expand(run, task, graph))
 
-    def _expand(self, run: _Run, task: _Task, graph: Graph) -> None:
+    def _expand(self, run: Run, task: Task, graph: Graph) -> None:
         if run.finished:
             return
-        self._add_steps(run, graph.steps)
+        add_steps(run, graph.steps)
         task.state = "CONTINUED"
         task.alias = graph.output
         run.tasks[graph.output].alias_parents.append(task.step.task_id)
@@ -1089,13 +971,13 @@ class Engine:
             if sub.pending == 0 and sub.state == "WAITING":
                 self._start_task(run, sub)
 
-    def _on_committed(self, run: _Run, tid: str) -> None:
+    def _on_committed(self, run: Run, tid: str) -> None:
         if run.finished:
             return
         self._mark_done(run, run.tasks[tid])
         self._maybe_finish(run)
 
-    def _mark_done(self, run: _Run, task: _Task) -> None:
+    def _mark_done(self, run: Run, task: Task) -> None:
         stack = [task]
         while stack:
             t = stack.pop()
@@ -1114,7 +996,7 @@ class Engine:
             for pid in t.alias_parents:
                 stack.append(run.tasks[pid])
 
-    def _maybe_finish(self, run: _Run) -> None:
+    def _maybe_finish(self, run: Run) -> None:
         if run.finished or run.tasks[run.output].state != "DONE":
             return
         run.finished = True
@@ -1137,7 +1019,7 @@ class Engine:
 
     def _fail(
         self,
-        run: _Run,
+        run: Run,
         cause: BaseException,
         tid: str | None,
         status: WorkflowStatus = WorkflowStatus.FAILED,
@@ -1199,7 +1081,7 @@ class Engine:
 
         self._write(write, lambda: self._close(run, None, error))
 
-    def _close(self, run: _Run, value: Any, error: BaseException | None) -> None:
+    def _close(self, run: Run, value: Any, error: BaseException | None) -> None:
         self._runs.pop(run.workflow_id, None)
         self._drop_timers(run)
         for tid, futs in run.waiters.items():
@@ -1273,29 +1155,7 @@ class Engine:
 
     def result_ref(self, workflow_id: str, fut: Future[Any]) -> ray.ObjectRef:
         """An ObjectRef that resolves like ``fut`` (for the ``*_async`` API)."""
-        if fut.done() and fut.exception() is None:
-            return ray.put(fut.result())
-        actor = self.call(self._results_actor)
-        token = (
-            f"{workflow_id}/{uuid.uuid4().hex}"  # one slot per ref: never stale, freed once read
-        )
-        ref = actor.wait.remote(token)
-
-        def publish(f: Future[Any]) -> None:
-            exc = f.exception()
-            actor.set.remote(token, exc is None, f.result() if exc is None else exc)
-
-        fut.add_done_callback(publish)
-        return ref
-
-    def _results_actor(self) -> Any:
-        if self._results is None:
-            self._results = _Results.options(  # type: ignore[attr-defined]
-                name=f"hivemesh-workflow-results-{uuid.uuid4().hex[:12]}",
-                num_cpus=0,
-                max_concurrency=10_000,
-            ).remote()
-        return self._results
+        return self._results.ref_for(workflow_id, fut)
 
     def _heartbeat(self) -> None:
         owned = [wid for wid in self._runs]
@@ -1323,65 +1183,6 @@ class Engine:
         return load_task_output(self.storage, workflow_id, task_id)
 
 
-def load_task_output(storage: Storage, workflow_id: str, task_id: str) -> Any:
-    """A task's committed output, following continuations to their final task."""
-    seen = 0
-    tid = task_id
-    while True:
-        row: TaskRow | None = storage.get_task(workflow_id, tid)
-        if row is None:
-            raise ValueError(f"workflow {workflow_id!r} has no output for task {task_id!r}")
-        if row.status == "CONTINUED" and row.continuation is not None:
-            tid = _serde.loads(row.continuation).output
-            seen += 1
-            continue
-        if row.status != "SUCCESSFUL" or not row.has_output:
-            raise ValueError(
-                f"task {task_id!r} of workflow {workflow_id!r} has no output ({row.status})"
-            )
-        return _serde.loads(storage.load_value_bytes(row))
-
-
-def workflow_status(storage: Storage, engine: Engine | None, workflow_id: str) -> WorkflowStatus:
-    if engine is not None:
-        live = engine.live_status(workflow_id)
-        if live is not None:
-            return live
-    row = storage.get_workflow(workflow_id)
-    if row is None:
-        raise WorkflowNotFoundError(workflow_id)
-    return stored_status(row, engine.owner if engine else None)
-
-
-def stored_status(row: WorkflowRow, me: str | None) -> WorkflowStatus:
-    status = WorkflowStatus(row.status)
-    if status in _ACTIVE and (row.owner == me or not owner_alive(row.owner, row.heartbeat)):
-        return WorkflowStatus.RESUMABLE
-    return status
-
-
-@ray.remote
-class _Results:
-    """Holds workflow results so ``run_async`` can hand out ObjectRefs."""
-
-    def __init__(self) -> None:
-        self._results: dict[str, tuple[bool, Any]] = {}
-        self._events: dict[str, asyncio.Event] = {}
-
-    async def wait(self, workflow_id: str) -> Any:
-        if workflow_id not in self._results:
-            await self._events.setdefault(workflow_id, asyncio.Event()).wait()
-        ok, payload = self._results.pop(workflow_id)
-        self._events.pop(workflow_id, None)
-        if ok:
-            return payload
-        raise payload
-
-    async def set(self, workflow_id: str, ok: bool, payload: Any) -> None:
-        self._results[workflow_id] = (ok, payload)
-        self._events.setdefault(workflow_id, asyncio.Event()).set()
-
-
 def _stop_tasks(refs: list[ray.ObjectRef]) -> None:
     from workflows.ray_tools import stop_tasks
 
@@ -1396,7 +1197,3 @@ async def _maybe_await(value: Any) -> Any:
 
 async def _noop() -> None:
     return None
-
-
-def default_workflow_id() -> str:
-    return f"{uuid.uuid4().hex}.{time.time():.6f}"

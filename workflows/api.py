@@ -18,15 +18,15 @@ import ray
 from ray.dag import DAGNode
 
 from workflows import _serde
-from workflows._engine import (
-    Engine,
+from workflows._engine import Engine
+from workflows._graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
+from workflows._outputs import (
     default_workflow_id,
     execution_error,
     load_task_output,
     stored_status,
     workflow_status,
 )
-from workflows._graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
 from workflows._step import continuation
 from workflows._storage import Storage, resolve_storage_path
 from workflows.errors import (

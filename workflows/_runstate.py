@@ -1,0 +1,113 @@
+"""The engine's in-memory state of a running workflow: its tasks and their dependencies.
+
+Pure bookkeeping (no Ray calls, no journal writes): the engine thread owns these objects.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+
+from workflows._graph import StepDef, TaskIdAllocator
+from workflows.status import WorkflowStatus
+
+
+@dataclass(eq=False, slots=True)
+class Task:
+    step: StepDef
+    state: str = "WAITING"  # WAITING, RUNNING, CONTINUED, DONE
+    ref: ray.ObjectRef | None = None
+    value: Any = None
+    has_value: bool = False
+    pending: int = 0
+    dependents: list[str] = field(default_factory=list)
+    consumers_left: int = 0
+    alias_parents: list[str] = field(default_factory=list)
+    alias: str | None = None
+    started_at: float | None = None
+    stored: bool = False  # output is in the journal (loaded lazily)
+    timer_end: float | None = None
+    node: str | None = None
+    reason: str | None = None
+
+
+@dataclass(eq=False)
+class Run:
+    workflow_id: str
+    tasks: dict[str, Task]
+    output: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    metadata: dict[str, Any]
+    allocator: TaskIdAllocator
+    future: Future[Any] = field(default_factory=Future)
+    status: WorkflowStatus = WorkflowStatus.RUNNING
+    running: dict[str, ray.ObjectRef] = field(default_factory=dict)
+    recorded: threading.Event = field(default_factory=threading.Event)
+    polls: list[concurrent.futures.Future[Any]] = field(default_factory=list)
+    tool_calls: dict[str, Future[Any]] = field(default_factory=dict)
+    finished: bool = False
+    start_time: float = 0.0
+    waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
+    timers: int = 0  # armed timers in the engine's heap
+
+
+def add_steps(run: Run, steps: list[StepDef]) -> None:
+    """Add ``steps`` (in dependency order) to ``run`` and count their dependencies."""
+    for step in steps:
+        run.tasks[step.task_id] = Task(step)
+    for step in steps:
+        task = run.tasks[step.task_id]
+        for dep in step.deps:
+            run.tasks[dep].dependents.append(step.task_id)
+            run.tasks[dep].consumers_left += 1
+        task.pending = len(step.deps)
+
+
+def resolve_alias(run: Run, tid: str) -> Task:
+    """The task that holds ``tid``'s output (a continued task's is its continuation's)."""
+    task = run.tasks[tid]
+    while task.alias is not None:
+        task = run.tasks[task.alias]
+    return task
+
+
+def settle_done(run: Run, task: Task, settled: set[str]) -> None:
+    """At resume: count a task that is already done off its dependents and alias parents."""
+    stack = [task]
+    while stack:
+        t = stack.pop()
+        if t.step.task_id in settled:
+            continue
+        settled.add(t.step.task_id)
+        t.state = "DONE"
+        for dep in t.dependents:
+            run.tasks[dep].pending -= 1
+        stack.extend(run.tasks[p] for p in t.alias_parents)
+
+
+def no_longer_needed(run: Run) -> list[Task]:
+    """At resume: ``checkpoint=False`` tasks whose every reader already committed.
+
+    Nothing will read their output, so they are not run again; their output stays
+    unavailable, as it was (``get_output(task_id=...)`` raises ``ValueError``)."""
+    skipped: list[Task] = []
+    for task in reversed(list(run.tasks.values())):  # dependents come after their deps
+        step = task.step
+        if (
+            task.state != "WAITING"
+            or step.checkpoint is not False
+            or step.task_id == run.output
+            or task.alias_parents
+            or not task.dependents
+        ):
+            continue
+        if all(run.tasks[d].state in ("DONE", "CONTINUED") for d in task.dependents):
+            task.state = "DONE"
+            skipped.append(task)
+    return skipped
