@@ -12,11 +12,8 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import heapq
-import itertools
 import json
 import logging
-import os
 import queue
 import threading
 import time
@@ -39,6 +36,7 @@ from workflows._graph import (
     rename_graph,
     resolve_input,
 )
+from workflows._loop import EngineLoop
 from workflows._outputs import ACTIVE, execution_error, load_task_output, stored_status
 from workflows._results import ResultSlots
 from workflows._runstate import (
@@ -69,16 +67,12 @@ from workflows.tool_steps import ToolCall, ToolOutcome
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
-TURN_EVENTS = 512  # events the engine handles before it commits their journal writes
-# with at least LINGER_INFLIGHT steps running, a commit waits up to LINGER_S for more writes
-LINGER_INFLIGHT = int(os.environ.get("HIVEMESH_WF_LINGER_INFLIGHT", "8"))
-LINGER_S = float(os.environ.get("HIVEMESH_WF_LINGER_MS", "2")) / 1000
 
 
 ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
 
 
-class Engine:
+class Engine(EngineLoop):
     def __init__(
         self,
         storage: Storage,
@@ -87,17 +81,13 @@ class Engine:
         max_pending_workflows: int | None = None,
         tool_runner: ToolRunner | None = None,
     ) -> None:
-        self.storage = storage
+        super().__init__(storage)
         self.tool_runner = tool_runner
         self.max_running = max_running_workflows
         self.max_pending = max_pending_workflows
         self.owner = this_process_owner()
-        self._q: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._runs: dict[str, Run] = {}
         self._pending: deque[Run] = deque()
-        # (when, seq, fn, the run it belongs to): a run's timers go when the run ends
-        self._timers: list[tuple[float, int, Callable[[], None], Run | None]] = []
-        self._timer_seq = itertools.count()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(
@@ -107,140 +97,28 @@ class Engine:
         self._results = ResultSlots()
         self._remotes: dict[Any, tuple[Any, bool]] = {}
         self._pin: list[Any] = []
-        self._stopped = False
-        self._batch = storage.batch()
-        self._thread = threading.Thread(target=self._main, name="workflows-engine", daemon=True)
-        self._thread.start()
+        self._start_loop()
         self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
         storage.on_failure(lambda exc: self._post(lambda: self._storage_failed(exc)))
 
     # -- plumbing ------------------------------------------------------------------------
 
-    def call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on the engine thread and return its result (or raise its error)."""
-        if threading.current_thread() is self._thread:
-            return fn()
-        fut: Future[Any] = Future()
-        self._q.put(("call", fn, fut))
-        return fut.result()
-
-    def _schedule(self, when: float, fn: Callable[[], None], run: Run | None = None) -> None:
-        heapq.heappush(self._timers, (when, next(self._timer_seq), fn, run))
-        if run is not None:
-            run.timers += 1
-
-    def _drop_timers(self, run: Run) -> None:
-        """Forget the timers (durable sleeps) of a run that ended or was canceled."""
-        if run.timers:
-            self._timers = [t for t in self._timers if t[3] is not run]
-            heapq.heapify(self._timers)
-            run.timers = 0
-
-    def _main(self) -> None:
-        """One turn: handle every queued event (up to a bound), fire due timers, then
-        commit the journal writes they made in one transaction and run what waited for
-        that commit. Completions that arrive during the commit's fsync are handled in the
-        next turn: the busier the engine, the larger its commits."""
-        q = self._q
-        commit_due: float | None = None
-        while not self._stopped:
-            timeout = None
-            if self._timers:
-                timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            if commit_due is not None:
-                wait = max(0.0, commit_due - time.monotonic())
-                timeout = wait if timeout is None else min(timeout, wait)
-            try:
-                event: tuple[Any, ...] | None = q.get(timeout=timeout)
-            except queue.Empty:
-                event = None
-            handled = 0
-            while event is not None:
-                try:
-                    self._dispatch(event)
-                except Exception:
-                    log.exception("workflow engine error")
-                handled += 1
-                if handled >= TURN_EVENTS or self._stopped:
-                    break
-                try:
-                    event = q.get_nowait()
-                except queue.Empty:
-                    event = None
-            try:
-                now = time.monotonic()
-                while self._timers and self._timers[0][0] <= now:
-                    _, _, fn, owner = heapq.heappop(self._timers)
-                    if owner is not None:
-                        owner.timers -= 1
-                    fn()
-            except Exception:
-                log.exception("workflow engine error")
-            if not self._batch:
-                commit_due = None
-                continue
-            now = time.monotonic()
-            if commit_due is None and LINGER_S > 0 and self._busy():
-                # many steps in flight: let a few more completions join this commit
-                commit_due = now + LINGER_S
-            if commit_due is None or now >= commit_due:
-                commit_due = None
-                self._commit_writes()
-        self._commit_writes()
-
-    def _busy(self) -> bool:
+    def _inflight(self, at_least: int) -> bool:
         inflight = 0
         for run in self._runs.values():
             inflight += len(run.running)
-            if inflight >= LINGER_INFLIGHT:
+            if inflight >= at_least:
                 return True
         return False
 
-    def _commit_writes(self) -> None:
-        try:
-            self._batch.commit()
-        except Exception:
-            log.exception("workflow engine error")
-
-    def _write(
-        self,
-        apply: Callable[[Any], None],
-        on_commit: Callable[[], None] | None = None,
-        blob: tuple[str, bytes] | None = None,
-    ) -> None:
-        """Journal a write; ``on_commit`` runs on the engine thread once it is durable.
-
-        On the engine thread the write joins this turn's commit; from other threads it
-        goes through the storage's writer thread."""
-        if threading.current_thread() is self._thread:
-            self._batch.add(apply, on_commit, blob)
-        elif on_commit is None:
-            self.storage.submit(apply, None, blob)
-        else:
-            done = on_commit
-            self.storage.submit(apply, lambda: self._post(done), blob)
-
-    def _dispatch(self, event: tuple[Any, ...]) -> None:
+    def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
-        if kind == "call":
-            _, fn, fut = event
-            try:
-                fut.set_result(fn())
-            except BaseException as exc:
-                fut.set_exception(exc)
-        elif kind == "done":
+        if kind == "done":
             self._on_task_done(event[1], event[2], event[3])
         elif kind == "committed":
             self._on_committed(event[1], event[2])
         elif kind == "event_done":
             self._on_event_done(event[1], event[2], event[3])
-        elif kind == "fn":
-            event[1]()
-        elif kind == "stop":
-            self._stopped = True
-
-    def _post(self, fn: Callable[[], None]) -> None:
-        self._q.put(("fn", fn))
 
     def _storage_failed(self, exc: BaseException) -> None:
         """The journal stopped working: nothing can be committed, so every live workflow
@@ -267,8 +145,7 @@ class Engine:
     def shutdown(self) -> None:
         if self._stopped:
             return
-        self._q.put(("stop",))
-        self._thread.join(10)
+        self._stop_loop()
         if self.storage.failure is None:
             self.storage.flush()
         self._loop.call_soon_threadsafe(self._loop.stop)
