@@ -9,13 +9,10 @@ parent's ObjectRef, so values are not copied through the driver again.
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
 import contextlib
 import json
 import logging
 import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -55,6 +52,8 @@ from workflows._storage import (
     owner_alive,
     this_process_owner,
 )
+from workflows._tool_runs import ToolRunner, ToolSteps
+from workflows._waits import WaitSteps
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
@@ -62,14 +61,10 @@ from workflows.errors import (
     WorkflowNotResumableError,
 )
 from workflows.status import WorkflowStatus
-from workflows.tool_steps import ToolCall, ToolOutcome
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
-
-
-ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
 
 
 class Engine(EngineLoop):
@@ -82,18 +77,14 @@ class Engine(EngineLoop):
         tool_runner: ToolRunner | None = None,
     ) -> None:
         super().__init__(storage)
-        self.tool_runner = tool_runner
         self.max_running = max_running_workflows
         self.max_pending = max_pending_workflows
         self.owner = this_process_owner()
         self._runs: dict[str, Run] = {}
         self._pending: deque[Run] = deque()
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
-        self._loop = asyncio.new_event_loop()
-        self._loop_thread = threading.Thread(
-            target=self._loop.run_forever, name="workflows-events", daemon=True
-        )
-        self._loop_thread.start()
+        self._tools = ToolSteps(self, tool_runner)
+        self._waits = WaitSteps(self)
         self._results = ResultSlots()
         self._remotes: dict[Any, tuple[Any, bool]] = {}
         self._pin: list[Any] = []
@@ -115,10 +106,6 @@ class Engine(EngineLoop):
         kind = event[0]
         if kind == "done":
             self._on_task_done(event[1], event[2], event[3])
-        elif kind == "committed":
-            self._on_committed(event[1], event[2])
-        elif kind == "event_done":
-            self._on_event_done(event[1], event[2], event[3])
 
     def _storage_failed(self, exc: BaseException) -> None:
         """The journal stopped working: nothing can be committed, so every live workflow
@@ -148,7 +135,7 @@ class Engine(EngineLoop):
         self._stop_loop()
         if self.storage.failure is None:
             self.storage.flush()
-        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._waits.close()
         self._pool.shutdown(wait=False)
         self._results.close()
 
@@ -492,7 +479,7 @@ class Engine(EngineLoop):
         task.state = "RUNNING"
         task.started_at = time.time()
         if step.kind in ("tool", "template"):
-            self._start_tool(run, task)
+            self._tools.start(run, task)
             return
         try:
             if step.kind == "task":
@@ -523,83 +510,9 @@ class Engine(EngineLoop):
             # _on_completed: what ObjectRef.future() uses, without a Future per task
             ref._on_completed(lambda result: q.put(("done", run, tid, result)))
         elif step.kind == "sleep":
-            self._start_sleep(run, task, float(args[0]))
+            self._waits.start_sleep(run, task, float(args[0]))
         else:
-            self._start_event(run, task, args)
-
-    def _start_tool(self, run: Run, task: Task) -> None:
-        """A YAML step: resolve its ``{{...}}`` references, then hand it to the external
-        tool runner (the node's scheduler), or compute the workflow outputs."""
-        from workflows.refs import resolve
-
-        step = task.step
-        try:
-            values = {d: self._value(run, d) for d in step.deps}
-            if step.kind == "template":
-                template = step.args[0]
-                value = dict(values) if template is None else resolve(template, run.kwargs, values)
-            else:
-                tool, version, template, declared = step.args
-                call_args = resolve(template, run.kwargs, values)
-        except Exception as exc:
-            self._fail(run, exc, step.task_id)
-            return
-        self._consumed(run, step)
-        if step.kind == "template":
-            self._succeed(run, task, value)
-            return
-        if self.tool_runner is None:
-            self._fail(
-                run,
-                WorkflowError(
-                    f"step {step.task_id!r} needs tool {tool!r}, but this engine has no tool "
-                    "runner (YAML workflows run on a hivemesh node)"
-                ),
-                step.task_id,
-            )
-            return
-        wid, tid = run.workflow_id, step.task_id
-
-        def placed(node: str, reason: str) -> None:
-            task.node, task.reason = node, reason
-
-            def write(db: Any) -> None:
-                db.execute(
-                    "INSERT INTO task(workflow_id, task_id, status, attempts, tool, node, reason,"
-                    " start_time) VALUES (?, ?, 'RUNNING', 1, ?, ?, ?, ?)"
-                    " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'RUNNING',"
-                    " attempts = task.attempts + 1, node = excluded.node,"
-                    " reason = excluded.reason, start_time = excluded.start_time",
-                    (wid, tid, tool, node, reason, time.time()),
-                )
-
-            self._write(write)
-
-        previous = task.node
-        fut = self.tool_runner(
-            ToolCall(wid, tid, tool, version, call_args, tuple(declared), previous), placed
-        )
-
-        run.tool_calls[tid] = fut
-
-        def done(f: Future[Any]) -> None:
-            self._q.put(("fn", lambda: self._on_tool_done(run, task, f)))
-
-        fut.add_done_callback(done)
-
-    def _on_tool_done(self, run: Run, task: Task, fut: Future[Any]) -> None:
-        run.tool_calls.pop(task.step.task_id, None)
-        if run.finished or fut.cancelled():
-            return
-        exc = fut.exception()
-        if exc is not None:
-            task.node = getattr(exc, "node", None) or task.node
-            task.reason = getattr(exc, "reason", None) or task.reason
-            self._fail(run, exc, task.step.task_id)
-            return
-        outcome = fut.result()
-        task.node, task.reason = outcome.node, outcome.reason
-        self._succeed(run, task, outcome.outputs)
+            self._waits.start_event(run, task, args)
 
     def _remote_for(self, step: StepDef) -> tuple[Any, bool]:
         """(Ray remote function, whether to pass the step function as first argument).
@@ -629,74 +542,6 @@ class Engine(EngineLoop):
             self._pin.append(step.ray_options)
         self._remotes[key] = entry
         return entry
-
-    def _start_sleep(self, run: Run, task: Task, duration: float) -> None:
-        tid = task.step.task_id
-        if task.timer_end is None:
-            end = time.time() + duration
-            task.timer_end = end
-            wid = run.workflow_id
-
-            def persist(db: Any) -> None:
-                db.execute(
-                    "INSERT INTO task(workflow_id, task_id, status, timer_end, start_time)"
-                    " VALUES (?, ?, 'RUNNING', ?, ?) ON CONFLICT(workflow_id, task_id)"
-                    " DO UPDATE SET timer_end = excluded.timer_end",
-                    (wid, tid, end, task.started_at),
-                )
-
-            self._write(persist, lambda: self._arm(run, task))
-        else:
-            self._arm(run, task)
-
-    def _arm(self, run: Run, task: Task) -> None:
-        assert task.timer_end is not None
-        delay = max(0.0, task.timer_end - time.time())
-
-        def fire() -> None:
-            if not run.finished:
-                self._succeed(run, task, None)  # like Ray Workflows: a sleep outputs None
-
-        self._schedule(time.monotonic() + delay, fire, run)
-
-    def _start_event(self, run: Run, task: Task, args: tuple[Any, ...]) -> None:
-        listener_cls, l_args, l_kwargs = args
-        listener = listener_cls()
-        task.value = listener
-        fut = asyncio.run_coroutine_threadsafe(
-            listener.poll_for_event(*l_args, **l_kwargs), self._loop
-        )
-        run.polls.append(fut)
-        tid = task.step.task_id
-
-        def done(f: concurrent.futures.Future[Any]) -> None:
-            self._q.put(("event_done", run, tid, f))
-
-        fut.add_done_callback(done)
-
-    def _on_event_done(self, run: Run, tid: str, fut: concurrent.futures.Future[Any]) -> None:
-        task = run.tasks[tid]
-        if run.finished:
-            return
-        listener = task.value
-        task.value = None
-        exc = fut.exception()
-        if exc is not None:
-            self._fail(run, exc, tid)
-            return
-
-        event = fut.result()
-
-        def after_commit() -> None:
-            done = asyncio.run_coroutine_threadsafe(
-                _maybe_await(listener.event_checkpointed(event))
-                if hasattr(listener, "event_checkpointed")
-                else _noop(),
-                self._loop,
-            )
-            done.add_done_callback(lambda _f: self._q.put(("committed", run, tid)))
-
-        self._succeed(run, task, event, on_commit=after_commit)
 
     def _on_task_done(self, run: Run, tid: str, result: Any) -> None:
         run.running.pop(tid, None)
@@ -1064,13 +909,3 @@ def _stop_tasks(refs: list[ray.ObjectRef]) -> None:
     from workflows.ray_tools import stop_tasks
 
     stop_tasks(refs)
-
-
-async def _maybe_await(value: Any) -> Any:
-    if asyncio.iscoroutine(value):
-        return await value
-    return value
-
-
-async def _noop() -> None:
-    return None

@@ -1,0 +1,103 @@
+"""YAML steps: a ``tool`` step is handed to the tool runner (the node's scheduler, which
+runs it on the local Ray or delegates it to a peer); a ``template`` step computes the
+workflow's ``outputs`` from the steps' outputs."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from typing import TYPE_CHECKING, Any
+
+from workflows._runstate import Run, Task
+from workflows.errors import WorkflowError
+from workflows.tool_steps import ToolCall, ToolOutcome
+
+if TYPE_CHECKING:
+    from workflows._engine import Engine
+
+ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
+
+
+class ToolSteps:
+    """The engine's part for tool and template steps (runs on the engine thread)."""
+
+    def __init__(self, engine: Engine, runner: ToolRunner | None) -> None:
+        self._engine = engine
+        self.runner = runner
+
+    def start(self, run: Run, task: Task) -> None:
+        """A YAML step: resolve its ``{{...}}`` references, then hand it to the external
+        tool runner (the node's scheduler), or compute the workflow outputs."""
+        from workflows.refs import resolve
+
+        engine = self._engine
+        step = task.step
+        try:
+            values = {d: engine._value(run, d) for d in step.deps}
+            if step.kind == "template":
+                template = step.args[0]
+                value = dict(values) if template is None else resolve(template, run.kwargs, values)
+            else:
+                tool, version, template, declared = step.args
+                call_args = resolve(template, run.kwargs, values)
+        except Exception as exc:
+            engine._fail(run, exc, step.task_id)
+            return
+        engine._consumed(run, step)
+        if step.kind == "template":
+            engine._succeed(run, task, value)
+            return
+        if self.runner is None:
+            engine._fail(
+                run,
+                WorkflowError(
+                    f"step {step.task_id!r} needs tool {tool!r}, but this engine has no tool "
+                    "runner (YAML workflows run on a hivemesh node)"
+                ),
+                step.task_id,
+            )
+            return
+        wid, tid = run.workflow_id, step.task_id
+
+        def placed(node: str, reason: str) -> None:
+            task.node, task.reason = node, reason
+
+            def write(db: Any) -> None:
+                db.execute(
+                    "INSERT INTO task(workflow_id, task_id, status, attempts, tool, node, reason,"
+                    " start_time) VALUES (?, ?, 'RUNNING', 1, ?, ?, ?, ?)"
+                    " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'RUNNING',"
+                    " attempts = task.attempts + 1, node = excluded.node,"
+                    " reason = excluded.reason, start_time = excluded.start_time",
+                    (wid, tid, tool, node, reason, time.time()),
+                )
+
+            engine._write(write)
+
+        previous = task.node
+        fut = self.runner(
+            ToolCall(wid, tid, tool, version, call_args, tuple(declared), previous), placed
+        )
+
+        run.tool_calls[tid] = fut
+
+        def done(f: Future[Any]) -> None:
+            engine._post(lambda: self._on_done(run, task, f))
+
+        fut.add_done_callback(done)
+
+    def _on_done(self, run: Run, task: Task, fut: Future[Any]) -> None:
+        engine = self._engine
+        run.tool_calls.pop(task.step.task_id, None)
+        if run.finished or fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:
+            task.node = getattr(exc, "node", None) or task.node
+            task.reason = getattr(exc, "reason", None) or task.reason
+            engine._fail(run, exc, task.step.task_id)
+            return
+        outcome = fut.result()
+        task.node, task.reason = outcome.node, outcome.reason
+        engine._succeed(run, task, outcome.outputs)
