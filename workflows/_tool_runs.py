@@ -14,7 +14,7 @@ from workflows.errors import WorkflowError
 from workflows.tool_steps import ToolCall, ToolOutcome
 
 if TYPE_CHECKING:
-    from workflows._engine import Engine
+    from workflows._execution import StepExecution
 
 ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
 
@@ -22,7 +22,7 @@ ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome
 class ToolSteps:
     """The engine's part for tool and template steps (runs on the engine thread)."""
 
-    def __init__(self, engine: Engine, runner: ToolRunner | None) -> None:
+    def __init__(self, engine: StepExecution, runner: ToolRunner | None) -> None:
         self._engine = engine
         self.runner = runner
 

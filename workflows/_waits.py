@@ -16,13 +16,13 @@ from typing import TYPE_CHECKING, Any
 from workflows._runstate import Run, Task
 
 if TYPE_CHECKING:
-    from workflows._engine import Engine
+    from workflows._execution import StepExecution
 
 
 class WaitSteps:
     """The engine's part for sleep and event steps (runs on the engine thread)."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: StepExecution) -> None:
         self._engine = engine
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(

@@ -1,0 +1,468 @@
+"""Running a workflow's steps: submit what is ready, commit what finished, continue.
+
+A step's output is committed to the journal before any step that depends on it is
+submitted; dependents get the parent's ObjectRef, so values are not copied through the
+driver again. Ray completions arrive through ``ObjectRef._on_completed`` (the mechanism
+behind ``ObjectRef.future()``) as ``("done", ...)`` events on the engine thread.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import ray
+from ray.exceptions import RayError, RayTaskError, TaskCancelledError
+
+from workflows import _serde
+from workflows._graph import Graph, InputRef, StepDef, StepRef, rename_graph, resolve_input
+from workflows._loop import EngineLoop
+from workflows._outputs import execution_error, load_task_output
+from workflows._runstate import Run, Task, add_steps, resolve_alias
+from workflows._step import ContinuationGraph, function_key, make_runner, remote_execute_step
+from workflows._storage import Storage
+from workflows._tool_runs import ToolRunner, ToolSteps
+from workflows._waits import WaitSteps
+from workflows.errors import WorkflowCancellationError, WorkflowError, WorkflowExecutionError
+from workflows.status import WorkflowStatus
+
+
+class StepExecution(EngineLoop):
+    """The live runs of this process and the running of their steps. :class:`Engine`
+    adds starting, resuming, admission and control on top."""
+
+    def __init__(self, storage: Storage, tool_runner: ToolRunner | None) -> None:
+        super().__init__(storage)
+        self._runs: dict[str, Run] = {}
+        self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
+        self._tools = ToolSteps(self, tool_runner)
+        self._waits = WaitSteps(self)
+        self._remotes: dict[Any, tuple[Any, bool]] = {}
+        self._pin: list[Any] = []
+
+    def _run_closed(self, run: Run) -> None:
+        """A run ended (its final record is committed): room for a pending one."""
+
+    def _inflight(self, at_least: int) -> bool:
+        inflight = 0
+        for run in self._runs.values():
+            inflight += len(run.running)
+            if inflight >= at_least:
+                return True
+        return False
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "done":
+            self._on_task_done(event[1], event[2], event[3])
+
+    def _value_ref(self, run: Run, tid: str) -> ray.ObjectRef:
+        task = resolve_alias(run, tid)
+        if task.ref is None:
+            if not task.has_value:
+                task.value = self._load_output(run.workflow_id, task.step.task_id)
+                task.has_value = True
+            task.ref = ray.put(task.value)
+        return task.ref
+
+    def _value(self, run: Run, tid: str) -> Any:
+        task = resolve_alias(run, tid)
+        if not task.has_value:
+            if task.ref is not None:
+                task.value = ray.get(task.ref)
+            else:
+                task.value = self._load_output(run.workflow_id, task.step.task_id)
+            task.has_value = True
+        return task.value
+
+    def _materialize(self, run: Run, value: Any, *, as_refs: bool) -> Any:
+        if isinstance(value, StepRef):
+            return (
+                self._value_ref(run, value.task_id) if as_refs else self._value(run, value.task_id)
+            )
+        if isinstance(value, InputRef):
+            return resolve_input(value, run.args, run.kwargs)
+        if isinstance(value, list):
+            return [self._materialize(run, v, as_refs=as_refs) for v in value]
+        if isinstance(value, tuple):
+            return tuple(self._materialize(run, v, as_refs=as_refs) for v in value)
+        if isinstance(value, dict):
+            return {k: self._materialize(run, v, as_refs=as_refs) for k, v in value.items()}
+        return value
+
+    def _consumed(self, run: Run, step: StepDef) -> None:
+        for dep in step.deps:
+            task = resolve_alias(run, dep)
+            parent = run.tasks[dep]
+            parent.consumers_left -= 1
+            # nothing else will read it through us; let Ray free it when its readers end
+            if (
+                parent.consumers_left <= 0
+                and dep != run.output
+                and not parent.alias_parents
+                and task is parent
+                and task.step.kind == "task"
+            ):
+                task.ref = None
+                if task.has_value and dep not in run.waiters:
+                    task.value = None
+                    task.has_value = False
+
+    def _start_task(self, run: Run, task: Task) -> None:
+        if run.finished:
+            return
+        step = task.step
+        task.state = "RUNNING"
+        task.started_at = time.time()
+        if step.kind in ("tool", "template"):
+            self._tools.start(run, task)
+            return
+        try:
+            if step.kind == "task":
+                args = tuple(self._materialize(run, a, as_refs=True) for a in step.args)
+                kwargs = {
+                    k: self._materialize(run, v, as_refs=True) for k, v in step.kwargs.items()
+                }
+            else:
+                args = tuple(self._materialize(run, a, as_refs=False) for a in step.args)
+                kwargs = {
+                    k: self._materialize(run, v, as_refs=False) for k, v in step.kwargs.items()
+                }
+        except Exception as exc:
+            self._fail(run, exc, step.task_id)
+            return
+        self._consumed(run, step)
+        if step.kind == "task":
+            remote, pass_func = self._remote_for(step)
+            ctx = (run.workflow_id, step.task_id)
+            if pass_func:
+                ref = remote.remote(step.func, ctx, *args, **kwargs)
+            else:
+                ref = remote.remote(ctx, *args, **kwargs)
+            task.ref = ref
+            run.running[step.task_id] = ref
+            q = self._q
+            tid = step.task_id
+            # _on_completed: what ObjectRef.future() uses, without a Future per task
+            ref._on_completed(lambda result: q.put(("done", run, tid, result)))
+        elif step.kind == "sleep":
+            self._waits.start_sleep(run, task, float(args[0]))
+        else:
+            self._waits.start_event(run, task, args)
+
+    def _remote_for(self, step: StepDef) -> tuple[Any, bool]:
+        """(Ray remote function, whether to pass the step function as first argument).
+
+        A function gets its own exported task body, so workers cache it like any Ray
+        task; closures fall back to the generic body that takes the function as argument.
+        Both are cached per options (``.options()`` is costly)."""
+        fkey = function_key(step.func)
+        try:
+            opts_key: Any = tuple(sorted(step.ray_options.items()))
+            hash(opts_key)
+        except TypeError:
+            opts_key = id(step.ray_options)
+        retry = step.retry_exceptions
+        key = (fkey, opts_key, step.max_retries, tuple(retry) if isinstance(retry, list) else retry)
+        cached = self._remotes.get(key)
+        if cached is not None:
+            return cached
+        opts = dict(step.ray_options)
+        opts["max_retries"] = step.max_retries
+        opts["retry_exceptions"] = step.retry_exceptions
+        if fkey is None:
+            entry = (remote_execute_step.options(**opts), True)
+        else:
+            entry = (ray.remote(make_runner(step.func)).options(**opts), False)
+        if isinstance(opts_key, int):  # unhashable options: keep the dict alive with the key
+            self._pin.append(step.ray_options)
+        self._remotes[key] = entry
+        return entry
+
+    def _on_task_done(self, run: Run, tid: str, result: Any) -> None:
+        run.running.pop(tid, None)
+        if run.finished:
+            return
+        task = run.tasks[tid]
+        step = task.step
+        exc = result if isinstance(result, RayError) else None
+        if exc is None:
+            value = result
+            if isinstance(value, ContinuationGraph):
+                self._continue(run, task, value.graph)
+                return
+            if step.catch_exceptions:
+                task.ref = None
+                value = (value, None)
+            self._succeed(run, task, value)
+            return
+        if isinstance(exc, TaskCancelledError):
+            self._fail(run, exc, tid)
+            return
+        cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+        if step.catch_exceptions and isinstance(exc, RayTaskError):
+            task.ref = None
+            self._succeed(run, task, (None, cause))
+            return
+        self._fail(run, cause, tid)
+
+    def _succeed(
+        self, run: Run, task: Task, value: Any, on_commit: Callable[[], None] | None = None
+    ) -> None:
+        step = task.step
+        keep = (
+            step.task_id == run.output
+            or bool(task.alias_parents)
+            or step.task_id in run.waiters
+            or task.ref is None
+        )
+        if keep:
+            task.value = value
+            task.has_value = True
+        tid = step.task_id
+        commit = on_commit or (lambda: self._on_committed(run, tid))
+        if step.checkpoint is False:
+            task.value = value
+            task.has_value = True
+            commit()
+            return
+        try:
+            data = _serde.dumps(value)
+        except _serde.HasObjectRefs:
+            # ObjectRefs inside: resolve them off the engine thread, then commit
+            def slow() -> None:
+                try:
+                    blob = _serde.dumps(value, resolve_refs=True)
+                except Exception as exc:
+                    error = exc
+                    self._post(lambda: self._fail(run, error, tid))
+                    return
+                self._write_output(run, task, blob, commit)
+
+            self._pool.submit(slow)
+            return
+        except Exception as exc:
+            self._fail(
+                run, WorkflowError(f"the output of task {tid!r} cannot be checkpointed: {exc}"), tid
+            )
+            return
+        self._write_output(run, task, data, commit)
+
+    def _write_output(
+        self, run: Run, task: Task, data: bytes, on_commit: Callable[[], None]
+    ) -> None:
+        step = task.step
+        inline, digest, blob = Storage.split_value(data)
+        row = (
+            run.workflow_id,
+            step.task_id,
+            inline,
+            digest,
+            # options and metadata live in the stored graph; not repeated per row
+            None,
+            None,
+            task.started_at,
+            time.time(),
+            step.metadata.get("tool"),
+            task.node,
+            task.reason,
+        )
+
+        def write(db: Any) -> None:
+            db.execute(
+                "INSERT INTO task(workflow_id, task_id, status, attempts, output, output_hash,"
+                " options, user_metadata, start_time, end_time, tool, node, reason)"
+                " VALUES (?, ?, 'SUCCESSFUL', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'SUCCESSFUL',"
+                " attempts = MAX(task.attempts, 1), output = excluded.output,"
+                " tool = excluded.tool, node = excluded.node, reason = excluded.reason,"
+                " output_hash = excluded.output_hash, options = excluded.options,"
+                " user_metadata = excluded.user_metadata, end_time = excluded.end_time,"
+                " start_time = COALESCE(task.start_time, excluded.start_time)",
+                row,
+            )
+
+        self._write(write, on_commit, blob)
+
+    def _continue(self, run: Run, task: Task, local: Graph) -> None:
+        graph = rename_graph(local, run.allocator)
+        # as in Ray Workflows: where the user set nothing, the continuation's steps
+        # inherit the returning step's checkpoint, and its output step catch_exceptions
+        parent = task.step
+        for step in graph.steps:
+            if step.checkpoint is None:
+                step.checkpoint = parent.checkpoint is not False
+            if step.task_id == graph.output and step.catch_exceptions is None:
+                step.catch_exceptions = bool(parent.catch_exceptions)
+        tid = task.step.task_id
+        blob = _serde.dumps(graph)
+        step = task.step
+
+        def write(db: Any) -> None:
+            db.execute(
+                "INSERT INTO task(workflow_id, task_id, status, continuation, options,"
+                " user_metadata, start_time) VALUES (?, ?, 'CONTINUED', ?, ?, ?, ?)"
+                " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'CONTINUED',"
+                " continuation = excluded.continuation",
+                (
+                    run.workflow_id,
+                    tid,
+                    blob,
+                    json.dumps(step.options_record()),
+                    json.dumps(step.metadata),
+                    task.started_at,
+                ),
+            )
+
+        task.ref = None
+        self._write(write, lambda: self._expand(run, task, graph))
+
+    def _expand(self, run: Run, task: Task, graph: Graph) -> None:
+        if run.finished:
+            return
+        add_steps(run, graph.steps)
+        task.state = "CONTINUED"
+        task.alias = graph.output
+        run.tasks[graph.output].alias_parents.append(task.step.task_id)
+        for step in graph.steps:
+            sub = run.tasks[step.task_id]
+            if sub.pending == 0 and sub.state == "WAITING":
+                self._start_task(run, sub)
+
+    def _on_committed(self, run: Run, tid: str) -> None:
+        if run.finished:
+            return
+        self._mark_done(run, run.tasks[tid])
+        self._maybe_finish(run)
+
+    def _mark_done(self, run: Run, task: Task) -> None:
+        stack = [task]
+        while stack:
+            t = stack.pop()
+            t.state = "DONE"
+            tid = t.step.task_id
+            for fut in run.waiters.pop(tid, []):
+                try:
+                    fut.set_result(self._value(run, tid))
+                except BaseException as exc:
+                    fut.set_exception(exc)
+            for dep in t.dependents:
+                d = run.tasks[dep]
+                d.pending -= 1
+                if d.pending == 0 and d.state == "WAITING":
+                    self._start_task(run, d)
+            for pid in t.alias_parents:
+                stack.append(run.tasks[pid])
+
+    def _maybe_finish(self, run: Run) -> None:
+        if run.finished or run.tasks[run.output].state != "DONE":
+            return
+        run.finished = True
+        try:
+            value = self._value(run, run.output)
+        except BaseException as exc:
+            run.finished = False
+            self._fail(run, exc, run.output)
+            return
+        wid = run.workflow_id
+
+        def write(db: Any) -> None:
+            db.execute(
+                "UPDATE wf SET status = 'SUCCESSFUL', output_task = ?, end_time = ?"
+                " WHERE workflow_id = ?",
+                (run.output, time.time(), wid),
+            )
+
+        self._write(write, lambda: self._close(run, value, None))
+
+    def _fail(
+        self,
+        run: Run,
+        cause: BaseException,
+        tid: str | None,
+        status: WorkflowStatus = WorkflowStatus.FAILED,
+    ) -> None:
+        if run.finished:
+            return
+        run.finished = True
+        running = list(run.running.values())
+        run.running.clear()
+        if running:
+            # off the engine thread: a polite cancel, then the worker is killed after a
+            # grace period (a polite cancel cannot interrupt a step blocked in C code)
+            self._pool.submit(_stop_tasks, running)
+        for poll in run.polls:  # event listeners still waiting
+            poll.cancel()
+        for call in run.tool_calls.values():  # tool steps: the runner stops them
+            call.cancel()
+        run.tool_calls.clear()
+        wid = run.workflow_id
+        if status is WorkflowStatus.CANCELED:
+            error: BaseException = WorkflowCancellationError(wid)
+            text = "canceled"
+        elif (
+            tid is not None
+            and run.tasks.get(tid) is not None
+            and run.tasks[tid].step.kind in ("tool", "template")
+        ):
+            # YAML steps: the message is for the person who wrote the YAML
+            text = f"step {tid!r} failed: {getattr(cause, 'message', None) or cause}"
+            error = WorkflowExecutionError(wid, text, cause)
+        else:
+            where = f"task {tid!r}: " if tid else ""
+            error = execution_error(wid, cause, f"{where}{type(cause).__name__}: {cause}")
+            text = f"{where}{type(cause).__name__}: {cause}"
+        task = run.tasks.get(tid) if tid is not None else None
+        node = task.node if task is not None else None
+        reason = task.reason if task is not None else None
+        step_error = getattr(cause, "message", None) or str(cause)
+        try:
+            blob: bytes | None = _serde.dumps(cause)
+        except Exception:
+            blob = None
+
+        def write(db: Any) -> None:
+            db.execute(
+                "UPDATE wf SET status = ?, error = ?, error_text = ?, end_time = ?"
+                " WHERE workflow_id = ?",
+                (status.value, blob, text, time.time(), wid),
+            )
+            if tid is not None and status is WorkflowStatus.FAILED:
+                db.execute(
+                    "INSERT INTO task(workflow_id, task_id, status, error_text, node, reason)"
+                    " VALUES (?, ?, 'FAILED', ?, ?, ?) ON CONFLICT(workflow_id, task_id) DO"
+                    " UPDATE SET status = 'FAILED', error_text = excluded.error_text,"
+                    " node = COALESCE(excluded.node, task.node),"
+                    " reason = COALESCE(excluded.reason, task.reason)",
+                    (wid, tid, step_error, node, reason),
+                )
+
+        self._write(write, lambda: self._close(run, None, error))
+
+    def _close(self, run: Run, value: Any, error: BaseException | None) -> None:
+        self._runs.pop(run.workflow_id, None)
+        self._drop_timers(run)
+        for tid, futs in run.waiters.items():
+            for fut in futs:
+                fut.set_exception(
+                    error
+                    or ValueError(f"workflow {run.workflow_id!r} finished without a task {tid!r}")
+                )
+        run.waiters.clear()
+        if error is None:
+            run.future.set_result(value)
+        else:
+            run.future.set_exception(error)
+        self._run_closed(run)
+
+    def _load_output(self, workflow_id: str, task_id: str) -> Any:
+        return load_task_output(self.storage, workflow_id, task_id)
+
+
+def _stop_tasks(refs: list[ray.ObjectRef]) -> None:
+    from workflows.ray_tools import stop_tasks
+
+    stop_tasks(refs)
