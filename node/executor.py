@@ -97,7 +97,8 @@ class SwarmExecutor:
             try:
                 return await self._run_remote(request, decision)
             except HandoffFailedError as exc:
-                # the tool ran and failed: retrying elsewhere would not help
+                # the tool ran and failed, or was canceled (HandoffCanceledError: a re-attach
+                # to a handoff this node canceled): retrying elsewhere would not help
                 raise StepExecutionError(
                     exc.message, node=decision.node, reason=decision.reason
                 ) from None

@@ -1,17 +1,28 @@
-"""Handoff: delegate one step to a peer (client side) and run steps for peers (server side).
+"""Handoff, delegator side: delegate one step to a peer, or cancel it there.
+The delegatee side is :mod:`node.handoff_server`.
 
-Wire: offer → accept | reject → heartbeat* → result | failed. The delegator treats a stream
-that ends, or goes silent longer than the heartbeat timeout, before ``result``/``failed`` as
+Wire: offer → accept | reject → heartbeat* → result | failed | canceled. The delegator treats a
+stream that ends, or goes silent longer than the heartbeat timeout, before a final message as
 :class:`HandoffLostError` (outcome unknown) — on yamux a dead peer looks like a clean close.
 The delegatee is idempotent by handoff id: an offer whose id already finished gets the
-stored result; one still running is joined.
+stored result (or ``canceled``); one still running is joined.
+
+Cancel: a delegator that no longer wants a step's result sends ``cancel`` on the offer's
+stream (or, if that stream is gone, as the only message of a fresh stream: see
+:func:`cancel_handoff`). The delegatee stops the job (the tool runner's own cancel: Ray's polite
+cancel, then the worker is killed after a grace period), journals it CANCELED and answers
+``canceled``. Cancelling the task that runs :func:`delegate` does *not* by itself send a cancel
+(a node shutting down wants the step to go on, to re-attach after its restart): the canceller
+marks the task's :class:`Abandon` first (see :func:`abandon_on_cancel`).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,8 +30,7 @@ import trio
 
 from node.config import HandoffConfig, NetworkConfig
 from node.errors import NodeError
-from node.handoff_journal import AsyncHandoffJournal
-from node.p2p import P2PHost, P2PStream
+from node.p2p import P2PHost
 from protocols import handoff
 from protocols.errors import (
     PeerErrorResponse,
@@ -28,9 +38,9 @@ from protocols.errors import (
     ProtocolTimeoutError,
     StreamClosedError,
 )
+from protocols.handoff.messages import MAX_REASON_LEN, HandoffMessage
 from protocols.stream import MessageStream
-from workflows.errors import ToolError, ToolInputError, UnknownToolError
-from workflows.tools import ToolRegistry
+from protocols.wire import ErrorMessage
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +70,59 @@ class HandoffFailedError(HandoffError):
         self.code = code
 
 
+class HandoffCanceledError(HandoffFailedError):
+    """The peer answered ``canceled``: the step was stopped by a cancel and has no result."""
+
+    def __init__(self, peer: str, message: str) -> None:
+        super().__init__(peer, "canceled", message)
+
+
 class HandoffLostError(HandoffError):
     """The stream ended or went silent before a final message: outcome unknown."""
+
+
+# How long a delegator that gives up on a step because the peer is silent or too slow spends
+# telling it so (best effort: such a peer may not be listening any more).
+GIVE_UP_CANCEL_S = 1.0
+# What a delegatee may take to stop a step after a cancel, beyond the usual silence limit (the
+# reference one: Ray's polite cancel, then the worker is killed after a 2 s grace period).
+CANCEL_STOP_ALLOWANCE_S = 5.0
+
+
+@dataclass
+class Abandon:
+    """Says that the task running :func:`delegate` is being cancelled for good.
+
+    Cancelling that task alone leaves the step running on the peer — what a node that shuts
+    down wants: it re-attaches after its restart. Whoever cancels it because the step's result
+    is no longer wanted (its workflow was canceled or failed) calls :meth:`request` first, on
+    the object bound to that task with :func:`abandon_on_cancel`; ``delegate`` then sends
+    ``cancel`` to the peer before letting the cancellation through, and records the peer's
+    final answer in :attr:`reply`.
+    """
+
+    reason: str | None = None
+    reply: HandoffMessage | ErrorMessage | None = None
+
+    def request(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+
+
+_ABANDON: ContextVar[Abandon | None] = ContextVar("hivemesh_handoff_abandon", default=None)
+
+
+@contextmanager
+def abandon_on_cancel(abandon: Abandon) -> Iterator[Abandon]:
+    """Bind ``abandon`` to the current task for the handoffs it makes in this block."""
+    token = _ABANDON.set(abandon)
+    try:
+        yield abandon
+    finally:
+        _ABANDON.reset(token)
+
+
+_FINAL = (handoff.StepResult, handoff.StepFailed, handoff.Canceled, handoff.NotCanceled)
 
 
 @dataclass(frozen=True)
@@ -83,9 +144,11 @@ async def delegate(
     started = time.monotonic()
     stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
     ms = MessageStream(stream, handoff.CODEC, max_frame_size=network.max_frame_size)
+    offered = False
     try:
         with trio.fail_after(offer.deadline_ms / 1000 + config.heartbeat_timeout_s):
             await ms.send(offer)
+            offered = True
             first = await ms.receive_within(config.heartbeat_timeout_s)
             rtt_ms = (time.monotonic() - started) * 1000
             if isinstance(first, handoff.Reject) and first.handoff_id == offer.handoff_id:
@@ -115,13 +178,24 @@ async def delegate(
                 if isinstance(msg, handoff.StepFailed):
                     await ms.close()
                     raise HandoffFailedError(peer_id, msg.code, msg.message)
+                if isinstance(msg, handoff.Canceled):
+                    await ms.close()
+                    raise HandoffCanceledError(peer_id, msg.message)
                 raise HandoffLostError(peer_id, f"unexpected {msg.type!r} from {peer_id}")
     except trio.TooSlowError:
+        with trio.move_on_after(GIVE_UP_CANCEL_S):
+            await _cancel_on_stream(
+                ms, offer.handoff_id, "the delegator's deadline passed", GIVE_UP_CANCEL_S
+            )
         await ms.reset()
         raise HandoffLostError(
             peer_id, f"peer {peer_id} did not finish before the step deadline"
         ) from None
     except ProtocolTimeoutError:
+        with trio.move_on_after(GIVE_UP_CANCEL_S):
+            await _cancel_on_stream(
+                ms, offer.handoff_id, "the delegator heard nothing for too long", GIVE_UP_CANCEL_S
+            )
         await ms.reset()
         raise HandoffLostError(
             peer_id,
@@ -139,179 +213,117 @@ async def delegate(
     except ProtocolError as exc:
         await ms.reset()
         raise HandoffLostError(peer_id, f"peer {peer_id} broke the protocol: {exc}") from None
+    except trio.Cancelled:
+        abandon = _ABANDON.get()
+        if offered and abandon is not None and abandon.reason is not None:
+            await _abandon(host, peer_id, ms, offer.handoff_id, abandon, network, config)
+        else:
+            await ms.reset()
+        raise
     except BaseException:
         await ms.reset()
         raise
 
 
-ToolRunner = Callable[[str, str | None, dict[str, Any]], Awaitable[dict[str, Any]]]
-
-
-@dataclass
-class _Job:
-    done: trio.Event
-    outcome: handoff.StepResult | handoff.StepFailed | None = None
-
-
-class HandoffServer:
-    """Runs steps that peers delegate to this node."""
-
-    def __init__(
-        self,
-        tools: ToolRegistry,
-        run_tool: ToolRunner,
-        journal: AsyncHandoffJournal,
-        network: NetworkConfig,
-        config: HandoffConfig,
-    ) -> None:
-        self.tools = tools
-        self.run_tool = run_tool
-        self.journal = journal
-        self.network = network
-        self.config = config
-        self.running = 0
-        self.started_jobs = 0  # steps actually run here (joins and stored results excluded)
-        self._jobs: dict[str, _Job] = {}
-        self._nursery: trio.Nursery | None = None
-
-    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Owns the jobs: a job outlives the stream that offered it (a delegator may re-attach)."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
-
-    def _authorised(self, peer: str) -> bool:
-        return self.config.allow == "any" or peer in self.config.allow
-
-    async def handle(self, stream: P2PStream) -> None:
-        ms = MessageStream(stream, handoff.CODEC, max_frame_size=self.network.max_frame_size)
-        peer = stream.remote_peer
-        try:
-            offer = await ms.receive_within(self.network.request_timeout_s)
-        except ProtocolError as exc:
-            log.info("bad handoff offer from %s: %s", peer, exc)
-            try:
-                await ms.send_error(exc.code, exc.message)
-            finally:
-                await ms.reset()
-            return
-        if not isinstance(offer, handoff.Offer):
-            await ms.send_error("unexpected_message", f"expected 'offer', got {offer.type!r}")
-            await ms.reset()
-            return
-        reject = self._check(offer, peer)
-        if reject is not None:
-            log.info("rejected handoff %s from %s: %s", offer.handoff_id, peer, reject.message)
-            await ms.send(reject)
-            await ms.close()
-            return
-        job = self._jobs.get(offer.handoff_id)
-        if job is None:
-            # reserve the id before the first await: a concurrent duplicate offer joins it
-            job = self._jobs[offer.handoff_id] = _Job(trio.Event())
-            try:
-                stored = await self.journal.call(self.journal.sync.get_handoff, offer.handoff_id)
-            except BaseException:
-                del self._jobs[offer.handoff_id]
-                raise
-            if stored is not None and stored.direction == "in" and stored.status == "SUCCESSFUL":
-                job.outcome = handoff.StepResult(
-                    handoff_id=offer.handoff_id, outputs=stored.outputs or {}, duration_ms=0
-                )
-                job.done.set()
-                del self._jobs[offer.handoff_id]
-            else:
-                await self._start(offer, peer, job)
-        await ms.send(handoff.Accept(handoff_id=offer.handoff_id))
-        started = time.monotonic()
-        while not job.done.is_set():
-            with trio.move_on_after(self.config.heartbeat_interval_s):
-                await job.done.wait()
-            if not job.done.is_set():
-                elapsed = int((time.monotonic() - started) * 1000)
-                await ms.send(handoff.Heartbeat(handoff_id=offer.handoff_id, elapsed_ms=elapsed))
-        assert job.outcome is not None
-        await ms.send(job.outcome)
-        await ms.close()
-
-    def _check(self, offer: handoff.Offer, peer: str) -> handoff.Reject | None:
-        def rej(code: handoff.RejectCode, message: str) -> handoff.Reject:
-            return handoff.Reject(handoff_id=offer.handoff_id, code=code, message=message)
-
-        if not self._authorised(peer):
-            return rej("not_authorised", "this node does not accept steps from your peer id")
-        if offer.hops > self.config.max_hops:
-            return rej("hop_limit", f"hop count {offer.hops} exceeds {self.config.max_hops}")
-        try:
-            tool = self.tools.get(offer.tool, offer.version)
-        except UnknownToolError as exc:
-            return rej("no_such_tool", str(exc))
-        except ToolError as exc:  # a malformed tool name or version requirement
-            return rej("invalid", str(exc))
-        if not tool.remote_callable:
-            return rej("no_such_tool", f"tool {offer.tool!r} is not offered to peers")
-        if offer.handoff_id not in self._jobs and self.running >= self.config.max_concurrent:
-            return rej("overloaded", f"{self.running} steps running; try another peer")
+async def _cancel_on_stream(
+    ms: MessageStream[HandoffMessage], handoff_id: str, reason: str, silence_s: float
+) -> HandoffMessage | None:
+    """Send ``cancel`` on the offer's stream; return the exchange's final message (closing
+    the stream), or None if the stream broke or went silent. The caller bounds the total
+    time and resets."""
+    try:
+        await ms.send(handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN]))
+        while True:
+            msg = await ms.receive_within(silence_s)
+            if isinstance(msg, (*_FINAL, handoff.Reject)):
+                await ms.close()
+                return msg
+    except ProtocolError as exc:
+        log.debug("cancel of handoff %s on its stream: %s", handoff_id, exc)
         return None
 
-    async def _start(self, offer: handoff.Offer, peer: str, job: _Job) -> None:
-        assert self._nursery is not None, "HandoffServer.serve() is not running"
-        self.running += 1
-        self.started_jobs += 1
-        try:
-            await self.journal.call(
-                self.journal.sync.record_handoff,
-                offer.handoff_id,
-                direction="in",
-                peer=peer,
-                tool=offer.tool,
-                workflow_id=offer.workflow_id,
-                step=offer.step,
-                status="ACCEPTED",
-            )
-        except BaseException:
-            self.running -= 1
-            self._jobs.pop(offer.handoff_id, None)
-            raise
-        self._nursery.start_soon(self._run_job, offer, job)
 
-    async def _run_job(self, offer: handoff.Offer, job: _Job) -> None:
-        hid = offer.handoff_id
-        started = time.monotonic()
-        outcome: handoff.StepResult | handoff.StepFailed
-        try:
-            with trio.fail_after(offer.deadline_ms / 1000):
-                outputs = await self.run_tool(offer.tool, offer.version, dict(offer.args))
-            duration = int((time.monotonic() - started) * 1000)
-            outcome = handoff.StepResult(handoff_id=hid, outputs=outputs, duration_ms=duration)
-        except trio.TooSlowError:
-            outcome = handoff.StepFailed(
-                handoff_id=hid,
-                code="deadline_exceeded",
-                message=f"step did not finish within {offer.deadline_ms} ms",
-            )
-        except ToolInputError as exc:
-            outcome = handoff.StepFailed(handoff_id=hid, code="invalid_input", message=str(exc))
-        except ToolError as exc:
-            outcome = handoff.StepFailed(handoff_id=hid, code="tool_failed", message=str(exc))
-        except Exception as exc:
-            log.exception("handoff %s failed internally", hid)
-            outcome = handoff.StepFailed(
-                handoff_id=hid, code="internal", message=f"{type(exc).__name__}: {exc}"
-            )
-        try:
-            if isinstance(outcome, handoff.StepResult):
-                await self.journal.call(
-                    self.journal.sync.finish_handoff, hid, "SUCCESSFUL", outputs=outcome.outputs
+async def _abandon(
+    host: P2PHost,
+    peer_id: str,
+    ms: MessageStream[HandoffMessage],
+    handoff_id: str,
+    abandon: Abandon,
+    network: NetworkConfig,
+    config: HandoffConfig,
+) -> None:
+    """Tell the peer the step is no longer wanted and wait for its final answer: on the
+    offer's stream if it still works, else on a fresh one. We are being cancelled, so this is
+    shielded; it is bounded by the silence limit per message and, in all, by that limit plus
+    the time a peer may take to stop the step."""
+    assert abandon.reason is not None
+    reply: HandoffMessage | None = None
+    silence_s = config.heartbeat_timeout_s
+    with trio.CancelScope(shield=True):
+        with trio.move_on_after(silence_s + CANCEL_STOP_ALLOWANCE_S):
+            reply = await _cancel_on_stream(ms, handoff_id, abandon.reason, silence_s)
+            if reply is None:
+                await ms.reset()
+                if host.is_connected(peer_id):
+                    try:
+                        reply = await cancel_handoff(
+                            host,
+                            peer_id,
+                            handoff_id,
+                            abandon.reason,
+                            network=network,
+                            config=config,
+                        )
+                    except NodeError as exc:
+                        log.info("could not cancel handoff %s at %s: %s", handoff_id, peer_id, exc)
+        if reply is None:
+            await ms.reset()
+    abandon.reply = reply
+    log.info(
+        "handoff %s at %s abandoned (%s): peer answered %s",
+        handoff_id,
+        peer_id,
+        abandon.reason,
+        reply.type if reply is not None else "nothing",
+    )
+
+
+async def cancel_handoff(
+    host: P2PHost,
+    peer_id: str,
+    handoff_id: str,
+    reason: str,
+    *,
+    network: NetworkConfig,
+    config: HandoffConfig,
+) -> handoff.Canceled | handoff.NotCanceled:
+    """Cancel ``handoff_id`` at ``peer_id`` on a fresh stream (no offer): ``canceled`` once the
+    step is stopped, or ``not_canceled`` (unknown to the peer, or already finished).
+
+    Raises :class:`HandoffLostError` when the peer does not answer (outcome unknown)."""
+    stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
+    ms = MessageStream(stream, handoff.CODEC, max_frame_size=network.max_frame_size)
+    try:
+        await ms.send(handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN]))
+        while True:
+            msg = await ms.receive_within(config.heartbeat_timeout_s)
+            if getattr(msg, "handoff_id", None) != handoff_id:
+                raise HandoffLostError(
+                    peer_id, f"peer {peer_id} answered about another handoff: outcome unknown"
                 )
-            else:
-                await self.journal.call(
-                    self.journal.sync.finish_handoff, hid, "FAILED", error=outcome.message
-                )
-        finally:
-            job.outcome = outcome
-            job.done.set()
-            self.running -= 1
-            # keep finished jobs briefly for re-attaching delegators; the journal has them too
-            self._jobs.pop(hid, None)
+            if isinstance(msg, handoff.Heartbeat):
+                continue
+            if isinstance(msg, (handoff.Canceled, handoff.NotCanceled)):
+                await ms.close()
+                return msg
+            raise HandoffLostError(
+                peer_id, f"peer {peer_id} answered the cancel with {msg.type!r}: outcome unknown"
+            )
+    except ProtocolError as exc:
+        await ms.reset()
+        raise HandoffLostError(
+            peer_id, f"cancel of handoff {handoff_id} at {peer_id}: {exc.code}: {exc.message}"
+        ) from None
+    except BaseException:
+        await ms.reset()
+        raise

@@ -20,9 +20,10 @@ from typing import Any, TypeVar
 
 import trio
 
+from node.handoff import Abandon, abandon_on_cancel
 from workflows._engine import Engine
-from workflows._outputs import load_task_output, stored_status
 from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
+from workflows._outputs import load_task_output, stored_status
 from workflows._serde import loads
 from workflows._storage import Storage, TaskRow, WorkflowRow
 from workflows.dsl import WorkflowSpec
@@ -109,16 +110,23 @@ class WorkflowService:
         token = self._token
         assert token is not None
         scope = trio.CancelScope()
+        abandon = Abandon()
+
+        def stop() -> None:
+            abandon.request("its workflow was canceled or failed")
+            scope.cancel()
 
         def on_done(f: Future[Any]) -> None:
             # the engine cancels the future when the workflow fails or is canceled: stop the
-            # step here too (a local Ray task is cancelled; a handoff stream is reset)
+            # step here too (a local Ray task is cancelled; a peer running a delegated step is
+            # sent a handoff ``cancel``). A node shutting down cancels the task without this:
+            # a delegated step then goes on, for the workflow to re-attach after the restart.
             if f.cancelled():
                 with contextlib.suppress(trio.RunFinishedError):
-                    token.run_sync_soon(scope.cancel)
+                    token.run_sync_soon(stop)
 
         fut.add_done_callback(on_done)
-        with scope:
+        with scope, abandon_on_cancel(abandon):
             try:
                 outcome = await self.executor.execute(call, on_placed)
                 missing = [o for o in call.declared_outputs if o not in outcome.outputs]

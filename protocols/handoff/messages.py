@@ -1,4 +1,8 @@
-"""Handoff messages: offer → accept|reject → heartbeat* → result|failed."""
+"""Handoff messages: offer → accept|reject → heartbeat* → result|failed|canceled.
+
+The delegator may send ``cancel`` after its offer (on the same stream), or as the first and
+only message of a fresh stream; the latter is answered with ``canceled`` or ``not_canceled``.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,9 @@ PROTOCOL_ID = "/hivemesh/handoff/0.1.0"
 
 RejectCode = Literal["no_such_tool", "overloaded", "not_authorised", "invalid", "hop_limit"]
 FailureCode = Literal["invalid_input", "tool_failed", "deadline_exceeded", "internal"]
+NotCanceledCode = Literal["unknown_handoff", "finished"]
+
+MAX_REASON_LEN = 1024
 
 
 class Offer(WireModel):
@@ -59,8 +66,36 @@ class StepFailed(WireModel):
     message: str = Field(max_length=16384)
 
 
-HandoffMessage = Offer | Accept | Reject | Heartbeat | StepResult | StepFailed
+class Cancel(WireModel):
+    """Delegator → delegatee: stop the step of ``handoff_id``; its result is no longer wanted."""
+
+    type: Literal["cancel"] = "cancel"
+    handoff_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    reason: str = Field(default="", max_length=MAX_REASON_LEN)
+
+
+class Canceled(WireModel):
+    """Final: a ``cancel`` (now or earlier) stopped the step; it will not produce a result."""
+
+    type: Literal["canceled"] = "canceled"
+    handoff_id: str = Field(max_length=MAX_ID_LEN)
+    message: str = Field(max_length=4096)
+
+
+class NotCanceled(WireModel):
+    """Final answer to a ``cancel`` on a fresh stream that changed nothing."""
+
+    type: Literal["not_canceled"] = "not_canceled"
+    handoff_id: str = Field(max_length=MAX_ID_LEN)
+    code: NotCanceledCode
+    message: str = Field(max_length=4096)
+
+
+HandoffMessage = (
+    Offer | Accept | Reject | Heartbeat | StepResult | StepFailed | Cancel | Canceled | NotCanceled
+)
 
 CODEC: MessageCodec[HandoffMessage] = MessageCodec(
-    "handoff", [Offer, Accept, Reject, Heartbeat, StepResult, StepFailed]
+    "handoff",
+    [Offer, Accept, Reject, Heartbeat, StepResult, StepFailed, Cancel, Canceled, NotCanceled],
 )

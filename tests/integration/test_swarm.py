@@ -11,7 +11,15 @@ import trio
 
 from node.client import request
 from node.errors import NodeUnreachableError, NotAuthorisedError, RequestFailedError
-from node.handoff import HandoffLostError, HandoffRejectedError, delegate
+from node.handoff import (
+    Abandon,
+    HandoffCanceledError,
+    HandoffLostError,
+    HandoffRejectedError,
+    abandon_on_cancel,
+    cancel_handoff,
+    delegate,
+)
 from node.home import Home
 from node.p2p import P2PHost
 from protocols import control, discovery, handoff
@@ -386,4 +394,220 @@ async def test_a_restarted_delegator_reattaches_to_the_running_step(tmp_path: Pa
         assert view.steps[0].node == a.peer_id
         assert view.steps[0].reason is not None and "re-attach" in view.steps[0].reason
         assert a.handoff.started_jobs == 1  # joined (or stored result), never run twice
+        nursery.cancel_scope.cancel()
+
+
+def _ray_cpus() -> tuple[float, float]:
+    """(free, total) CPUs of the session's Ray."""
+    import ray
+
+    return float(ray.available_resources().get("CPU", 0.0)), float(ray.cluster_resources()["CPU"])
+
+
+def _ray_idle() -> bool:
+    free, total = _ray_cpus()
+    return free >= total
+
+
+NAP_60 = (
+    "id: nap\nsteps:\n  - name: nap\n    tool: util.sleep\n"
+    "    inputs: [{name: seconds, value: 60}]\n"
+)
+
+
+async def test_canceling_a_workflow_stops_its_step_on_the_delegatee(tmp_path: Path) -> None:
+    """c delegates a 60 s step to a, then the workflow is canceled on c: c sends a handoff
+    ``cancel``; a stops the Ray task (its worker is killed after the grace period), journals
+    the handoff CANCELED, and a re-attach with the same handoff id is told so (no rerun)."""
+    a = make_node(tmp_path, "a", "util")
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
+        await launch(nursery, c)
+        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        await wait_until(_ray_idle, what="an idle Ray (earlier tests' workers stopped)")
+        wid, _ = await c.workflows.submit(parse_workflow(NAP_60), {}, "nap-cancel")
+        await wait_until(lambda: a.handoff.running == 1, what="a running the step")
+        await wait_until(lambda: not _ray_idle(), what="the step's Ray task running on a")
+        hid = f"{wid}/nap@{a.peer_id}"
+        assert a.journal.get_handoff(hid) is not None
+
+        canceled_at = time.monotonic()
+        view = await c.workflows.cancel(wid)
+        assert view.status is WorkflowStatus.CANCELED
+        assert view.steps[0].status == "CANCELED" and view.steps[0].node == a.peer_id
+        await wait_until(lambda: a.handoff.running == 0, timeout_s=8, what="a stopping the step")
+        assert time.monotonic() - canceled_at < 6  # the 2 s grace, then the worker is killed
+        stored = a.journal.get_handoff(hid)
+        assert stored is not None and stored.status == "CANCELED", stored
+        assert stored.error is not None and "canceled by its delegator" in stored.error
+        assert stored.outputs is None  # the step did not complete
+        assert a.handoff.canceled_jobs == 1
+        # the Ray task is really gone, not just forgotten: its CPU is free again
+        await wait_until(_ray_idle, timeout_s=5, what="the step's Ray CPU freed")
+
+        # a later re-attach with the same handoff id is told "canceled"; nothing reruns
+        offer = handoff.Offer(
+            handoff_id=hid,
+            workflow_id=wid,
+            step="nap",
+            tool="util.sleep",
+            args={"seconds": 60},
+            deadline_ms=120_000,
+        )
+        with pytest.raises(HandoffCanceledError, match="canceled by its delegator"):
+            await delegate(
+                c.host, a.peer_id, offer, network=c.config.network, config=c.config.handoff
+            )
+        assert a.handoff.started_jobs == 1 and a.handoff.running == 0
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failing_workflow_cancels_its_delegated_sibling_step(tmp_path: Path) -> None:
+    """The same cancel when the workflow ends because another step failed."""
+    a = make_node(tmp_path, "a", "util")
+    wf = (
+        "id: fail-fast\nsteps:\n"
+        "  - name: nap\n    tool: util.sleep\n    inputs: [{name: seconds, value: 60}]\n"
+        # runs 1 s, then fails: it does not return the output it declares
+        "  - name: bad\n    tool: util.sleep\n    inputs: [{name: seconds, value: 1}]\n"
+        "    outputs: [{name: missing}]\n"
+    )
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
+        await launch(nursery, c)
+        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        wid, _ = await c.workflows.submit(parse_workflow(wf), {}, "fail-fast-1")
+        with trio.fail_after(20):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED, view
+        assert "bad" in (view.error or "")
+        await wait_until(lambda: a.handoff.running == 0, timeout_s=8, what="a stopping the nap")
+        stored = a.journal.get_handoff(f"{wid}/nap@{a.peer_id}")
+        assert stored is not None and stored.status == "CANCELED", stored
+        nursery.cancel_scope.cancel()
+
+
+async def test_handoff_cancel_on_the_offer_stream_on_a_fresh_stream_and_bad_cancels(
+    tmp_path: Path,
+) -> None:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    a = make_node(tmp_path, "a", "util")
+    b = make_node(tmp_path, "b", "none")
+    other = P2PHost(create_new_key_pair())
+
+    def nap(hid: str) -> handoff.Offer:
+        return handoff.Offer(
+            handoff_id=hid,
+            workflow_id="w",
+            step=hid,
+            tool="util.sleep",
+            args={"seconds": 60},
+            deadline_ms=120_000,
+        )
+
+    async with trio.open_nursery() as nursery, other.run(["/ip4/127.0.0.1/tcp/0"]):
+        await launch(nursery, a)
+        await launch(nursery, b)
+        await b.host.connect(a.peer_id, a.host.addrs())
+        await other.connect(a.peer_id, a.host.addrs())
+        net, cfg = b.config.network, b.config.handoff
+
+        # h-live: delegated as the executor does, by a task whose Abandon says "for good"
+        abandon = Abandon()
+        live_scope = trio.CancelScope()
+        live_finished = trio.Event()
+        live_completed = False
+
+        async def run_live() -> None:
+            nonlocal live_completed
+            try:
+                with live_scope, abandon_on_cancel(abandon):
+                    await delegate(b.host, a.peer_id, nap("h-live"), network=net, config=cfg)
+                    live_completed = True
+            finally:
+                live_finished.set()
+
+        nursery.start_soon(run_live)
+
+        # h-raw: offered on a raw stream that then sends a malformed cancel: a typed error and
+        # a reset, but the step goes on (a lost stream never stops a step)
+        raw = MessageStream(await b.host.open_stream(a.peer_id, handoff.PROTOCOL_ID), handoff.CODEC)
+        await raw.send(nap("h-raw"))
+        assert isinstance(await raw.receive(), handoff.Accept)
+        await raw.stream.write(encode_frame({"type": "cancel", "handoff_id": "h-raw", "x": 1}))
+        with trio.fail_after(5):
+            while True:
+                msg = await raw.receive(raise_errors=False)
+                if not isinstance(msg, handoff.Heartbeat):
+                    break
+        assert msg.type == "error" and msg.code == "invalid_message"  # type: ignore[union-attr]
+        await wait_until(lambda: a.handoff.running == 2, what="a running both steps")
+        await trio.sleep(0.5)
+        assert a.handoff.running == 2
+
+        # another peer cannot cancel b's step: to it, the id is unknown
+        reply = await cancel_handoff(other, a.peer_id, "h-raw", "mine now", network=net, config=cfg)
+        assert isinstance(reply, handoff.NotCanceled) and reply.code == "unknown_handoff"
+        assert a.handoff.running == 2
+
+        # cancel both: h-live on its own stream, h-raw (stream gone) on a fresh one
+        started = time.monotonic()
+        fresh: list[handoff.Canceled | handoff.NotCanceled] = []
+
+        async def cancel_raw() -> None:
+            fresh.append(
+                await cancel_handoff(b.host, a.peer_id, "h-raw", "test", network=net, config=cfg)
+            )
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(cancel_raw)
+            abandon.request("the test gave up")
+            live_scope.cancel()
+            with trio.fail_after(8):
+                await live_finished.wait()
+        assert time.monotonic() - started < 6
+        assert not live_completed  # the delegating task was cancelled (after telling a)
+        assert isinstance(abandon.reply, handoff.Canceled), abandon.reply
+        assert "the test gave up" in abandon.reply.message
+        assert isinstance(fresh[0], handoff.Canceled) and fresh[0].handoff_id == "h-raw"
+        assert a.handoff.running == 0 and a.handoff.canceled_jobs == 2
+        for hid in ("h-live", "h-raw"):
+            stored = a.journal.get_handoff(hid)
+            assert stored is not None and stored.status == "CANCELED", stored
+
+        # idempotent: canceling again says canceled; re-offering says canceled, never reruns
+        again = await cancel_handoff(b.host, a.peer_id, "h-live", "again", network=net, config=cfg)
+        assert isinstance(again, handoff.Canceled)
+        with pytest.raises(HandoffCanceledError):
+            await delegate(b.host, a.peer_id, nap("h-raw"), network=net, config=cfg)
+
+        # unknown and finished ids get a typed not_canceled; nothing else is touched
+        reply = await cancel_handoff(b.host, a.peer_id, "nope", "", network=net, config=cfg)
+        assert isinstance(reply, handoff.NotCanceled) and reply.code == "unknown_handoff"
+        echo = handoff.Offer(
+            handoff_id="h-done",
+            workflow_id="w",
+            step="e",
+            tool="util.echo",
+            args={"value": 7},
+            deadline_ms=20_000,
+        )
+        with trio.fail_after(20):
+            outcome = await delegate(b.host, a.peer_id, echo, network=net, config=cfg)
+        assert outcome.outputs == {"result": 7}
+        reply = await cancel_handoff(b.host, a.peer_id, "h-done", "", network=net, config=cfg)
+        assert isinstance(reply, handoff.NotCanceled) and reply.code == "finished"
+        stored = a.journal.get_handoff("h-done")
+        assert stored is not None and stored.status == "SUCCESSFUL"
+
+        # a malformed cancel as the first message: the usual typed error
+        s = MessageStream(await b.host.open_stream(a.peer_id, handoff.PROTOCOL_ID), handoff.CODEC)
+        await s.stream.write(encode_frame({"type": "cancel", "handoff_id": ""}))
+        with trio.fail_after(5):
+            err = await s.receive(raise_errors=False)
+        assert err.type == "error" and err.code == "invalid_message"  # type: ignore[union-attr]
+        assert a.handoff.started_jobs == 3  # h-live, h-raw, h-done: nothing ran twice
         nursery.cancel_scope.cancel()

@@ -23,6 +23,7 @@ from protocols.errors import (
     UnknownMessageTypeError,
 )
 from protocols.framing import FrameDecoder, encode_frame, encode_uvarint
+from protocols.handoff.messages import MAX_REASON_LEN
 from protocols.stream import MessageStream
 from protocols.wire import MAX_ID_LEN, ErrorMessage, MessageCodec, WireModel
 
@@ -68,6 +69,9 @@ HANDOFF_MESSAGES: list[BaseModel] = [
     handoff.Heartbeat(handoff_id="h1", elapsed_ms=1000),
     handoff.StepResult(handoff_id="h1", outputs={"result": "HELLO"}, duration_ms=12),
     handoff.StepFailed(handoff_id="h1", code="tool_failed", message="boom"),
+    handoff.Cancel(handoff_id="h1", reason="workflow canceled"),
+    handoff.Canceled(handoff_id="h1", message="handoff h1 was canceled by its delegator"),
+    handoff.NotCanceled(handoff_id="h1", code="unknown_handoff", message="no handoff 'h1'"),
 ]
 
 STEP = control.StepStatus(
@@ -138,7 +142,17 @@ def ids(case: tuple[MessageCodec[Any], BaseModel]) -> str:
 
 def test_codecs_know_exactly_their_message_types() -> None:
     assert discovery.CODEC.types == ["hello"]
-    assert handoff.CODEC.types == ["accept", "failed", "heartbeat", "offer", "reject", "result"]
+    assert handoff.CODEC.types == [
+        "accept",
+        "cancel",
+        "canceled",
+        "failed",
+        "heartbeat",
+        "not_canceled",
+        "offer",
+        "reject",
+        "result",
+    ]
     expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
     assert control.REQUEST_CODEC.types == expected
     # cancel is answered with a status
@@ -275,6 +289,60 @@ def test_every_reject_code_is_accepted(code: str) -> None:
 def test_every_failure_code_is_accepted(code: str) -> None:
     obj = {"type": "failed", "handoff_id": "h", "code": code, "message": ""}
     assert handoff.CODEC.decode(obj) == handoff.StepFailed.model_validate(obj)
+
+
+def test_cancel_wire_form_and_defaults() -> None:
+    obj = handoff.CODEC.encode(handoff.Cancel(handoff_id="wf-1/nap@12D3KooW", reason="stop"))
+    assert obj == {"type": "cancel", "handoff_id": "wf-1/nap@12D3KooW", "reason": "stop"}
+    # the reason may be omitted (or null-free: it is a plain string)
+    cancel = handoff.CODEC.decode({"type": "cancel", "handoff_id": "h"})
+    assert cancel == handoff.Cancel(handoff_id="h", reason="")
+    reason = "r" * MAX_REASON_LEN  # exactly the limit is fine
+    assert handoff.CODEC.decode({"type": "cancel", "handoff_id": "h", "reason": reason})
+
+
+@pytest.mark.parametrize(
+    ("obj", "where"),
+    [
+        ({"type": "cancel"}, "handoff_id"),
+        ({"type": "cancel", "handoff_id": ""}, "handoff_id"),
+        ({"type": "cancel", "handoff_id": "h" * (MAX_ID_LEN + 1)}, "handoff_id"),
+        ({"type": "cancel", "handoff_id": 7}, "handoff_id"),
+        ({"type": "cancel", "handoff_id": "h", "reason": None}, "reason"),
+        ({"type": "cancel", "handoff_id": "h", "reason": "r" * (MAX_REASON_LEN + 1)}, "reason"),
+        ({"type": "cancel", "handoff_id": "h", "force": True}, "force"),
+    ],
+)
+def test_invalid_cancel_fields(obj: dict[str, Any], where: str) -> None:
+    with pytest.raises(MessageValidationError) as info:
+        handoff.CODEC.decode(obj)
+    text = str(info.value)
+    assert text.startswith("invalid handoff 'cancel' message: ")
+    assert where in text and "\n" not in text
+    assert info.value.code == "invalid_message"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"type": "canceled", "handoff_id": "h"},
+        {"type": "canceled", "handoff_id": "h", "message": "m" * 4097},
+        {"type": "canceled", "handoff_id": "h", "message": "m", "code": "canceled"},
+        {"type": "not_canceled", "handoff_id": "h", "code": "running", "message": "m"},
+        {"type": "not_canceled", "handoff_id": "h", "message": "m"},
+        {"type": "not_canceled", "handoff_id": "h", "code": "finished", "message": "m" * 4097},
+        {"type": "failed", "handoff_id": "h", "code": "canceled", "message": "m"},
+    ],
+)
+def test_invalid_cancel_replies(obj: dict[str, Any]) -> None:
+    with pytest.raises(MessageValidationError):
+        handoff.CODEC.decode(obj)
+
+
+@pytest.mark.parametrize("code", ["unknown_handoff", "finished"])
+def test_every_not_canceled_code_is_accepted(code: str) -> None:
+    obj = {"type": "not_canceled", "handoff_id": "h", "code": code, "message": ""}
+    assert handoff.CODEC.decode(obj) == handoff.NotCanceled.model_validate(obj)
 
 
 def hello_obj(**card_changes: Any) -> dict[str, Any]:
@@ -553,3 +621,10 @@ async def test_receive_within_reports_eof_not_timeout() -> None:
     ms = MessageStream(MemoryStream(), handoff.CODEC)
     with pytest.raises(StreamClosedError):
         await ms.receive_within(0.05)
+
+
+async def test_malformed_cancel_on_a_stream_is_a_typed_error() -> None:
+    frame = encode_frame({"type": "cancel", "handoff_id": "h", "reason": 5})
+    ms = MessageStream(MemoryStream(frame), handoff.CODEC)
+    with pytest.raises(MessageValidationError, match="invalid handoff 'cancel' message: reason"):
+        await ms.receive()
