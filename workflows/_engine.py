@@ -29,6 +29,7 @@ from workflows._graph import (
     TaskIdAllocator,
     graph_from_dag,
 )
+from workflows._liveness import owner_alive, this_process_owner
 from workflows._outputs import ACTIVE, stored_status
 from workflows._results import ResultSlots
 from workflows._runstate import (
@@ -41,8 +42,6 @@ from workflows._storage import (
     Storage,
     StorageError,
     WorkflowRow,
-    owner_alive,
-    this_process_owner,
 )
 from workflows._tool_runs import ToolRunner
 from workflows.errors import (

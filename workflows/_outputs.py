@@ -7,7 +7,8 @@ import uuid
 from typing import TYPE_CHECKING, Any
 
 from workflows import _serde
-from workflows._storage import Storage, TaskRow, WorkflowRow, owner_alive
+from workflows._liveness import owner_alive
+from workflows._storage import Storage, TaskRow, WorkflowRow
 from workflows.errors import WorkflowExecutionError, WorkflowNotFoundError
 from workflows.status import WorkflowStatus
 

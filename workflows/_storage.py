@@ -18,7 +18,6 @@ import json
 import logging
 import os
 import queue
-import socket
 import sqlite3
 import threading
 import time
@@ -26,8 +25,6 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
-
-import psutil
 
 from workflows.errors import WorkflowError
 
@@ -133,50 +130,6 @@ def resolve_storage_path(storage: str | os.PathLike[str] | None) -> Path:
     elif "://" in text:
         raise StorageError(f"unsupported storage URL {text!r}: use a path or file:// URL")
     return Path(text).expanduser().resolve()
-
-
-def this_process_owner() -> str:
-    """Identifies this process: host, pid and start time (so pid reuse is detected)."""
-    return f"{socket.gethostname()}/{os.getpid()}/{_process_start(os.getpid())}"
-
-
-def _process_start(pid: int) -> str:
-    """When process ``pid`` started (psutil: any OS), or "?" if there is no such process."""
-    try:
-        return f"{psutil.Process(pid).create_time():.3f}"
-    except (psutil.Error, OSError):
-        return "?"
-
-
-def _process_running(pid: int, started: str) -> bool:
-    """Process ``pid`` exists, is the one that started at ``started`` (a reused pid is
-    another process), and has not exited (a zombie that its parent did not reap yet)."""
-    try:
-        proc = psutil.Process(pid)
-        return f"{proc.create_time():.3f}" == started and proc.status() != psutil.STATUS_ZOMBIE
-    except (psutil.Error, OSError):
-        return False
-
-
-def owner_alive(
-    owner: str | None,
-    heartbeat: float | None,
-    *,
-    stale_after_s: float = 15.0,
-    now: float | None = None,
-) -> bool:
-    if not owner:
-        return False
-    host, _, rest = owner.partition("/")
-    pid_text, _, started = rest.partition("/")
-    if host == socket.gethostname():
-        try:
-            pid = int(pid_text)
-        except ValueError:
-            return False
-        return _process_running(pid, started)
-    now = time.time() if now is None else now
-    return heartbeat is not None and now - heartbeat < stale_after_s
 
 
 @dataclass
