@@ -41,8 +41,10 @@ def hivemesh_version() -> str:
         return "0.0.0+unknown"
 
 
-def start_ray(config: RayConfig) -> int:
-    """Start a local Ray (bound to 127.0.0.1) or join ``config.address``. Returns CPUs."""
+def start_ray(config: RayConfig) -> tuple[int, str]:
+    """Start a local Ray (bound to 127.0.0.1) or join ``config.address``.
+
+    Returns the cluster's CPUs and its GCS address."""
     from workflows._loopback import is_loopback_address, keep_ray_on_loopback
 
     if is_loopback_address(config.address):
@@ -63,11 +65,10 @@ def start_ray(config: RayConfig) -> int:
         kwargs["address"] = "local"
         kwargs["num_cpus"] = config.num_cpus or os.cpu_count() or 1
     ray.init(**kwargs)
-    if config.address is None:
-        address = ray.get_runtime_context().gcs_address
-        if not address.startswith("127."):
-            log.warning("the node's Ray listens on %s, not on loopback", address)
-    return int(ray.cluster_resources().get("CPU", 1))
+    address = str(ray.get_runtime_context().gcs_address)
+    if config.address is None and not address.startswith("127."):
+        log.warning("the node's Ray listens on %s, not on loopback", address)
+    return int(ray.cluster_resources().get("CPU", 1)), address
 
 
 def stop_ray() -> None:
@@ -80,10 +81,18 @@ def stop_ray() -> None:
 class Node:
     """All of a node's parts, wired together. ``run`` serves until cancelled."""
 
-    def __init__(self, config: NodeConfig, home: Home, *, cpus: int) -> None:
+    def __init__(
+        self, config: NodeConfig, home: Home, *, cpus: int, ray_address: str | None = None
+    ) -> None:
         from workflows.ray_tools import RayToolRunner
 
         self.config = config
+        # the Ray this node runs steps on: its own (started here) or a cluster it joined
+        self.ray_info = {
+            "address": ray_address,
+            "joined": config.ray.address is not None,
+            "cpus": cpus,
+        }
         self.home = home
         self.version = hivemesh_version()
         self.tools = ToolRegistry.from_entry_points(config.tools)
@@ -161,6 +170,7 @@ class Node:
                     "tools": self.tools.names(),
                     "pid": os.getpid(),
                     "version": self.version,
+                    "ray": self.ray_info,
                 }
                 self.home.write_runtime(info)
                 log.info("node %s ready on %s", self.peer_id, ", ".join(info["addrs"]))
@@ -196,9 +206,9 @@ def run_daemon(config: NodeConfig, home: Home) -> None:
     quiet = logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL
     for noisy in ("libp2p", "multiaddr", "async_service"):
         logging.getLogger(noisy).setLevel(quiet)
-    cpus = start_ray(config.ray)
+    cpus, ray_address = start_ray(config.ray)
     try:
-        node = Node(config, home, cpus=cpus)
+        node = Node(config, home, cpus=cpus, ray_address=ray_address)
 
         def ready(info: dict[str, Any]) -> None:
             lines = [
@@ -207,6 +217,9 @@ def run_daemon(config: NodeConfig, home: Home) -> None:
             ]
             lines += [f"addr:    {a}" for a in info["addrs"]]
             lines.append(f"tools:   {', '.join(info['tools']) or '(none)'}")
+            ray_info = info["ray"]
+            how = "joined cluster" if ray_info["joined"] else "own Ray"
+            lines.append(f"ray:     {how} at {ray_info['address']}, {ray_info['cpus']} CPUs")
             print("\n".join(lines), flush=True)
 
         trio.run(_serve_until_signal, node, ready)

@@ -1,10 +1,23 @@
-"""Real nodes (libp2p + journal + Ray) in one trio run, for integration tests."""
+"""Real nodes (libp2p + journal + Ray) in one trio run, for integration tests; and a
+separately started Ray cluster (``ray start --head`` on loopback) for cluster-mode tests."""
 
 from __future__ import annotations
 
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 from node.config import NodeConfig
@@ -61,3 +74,124 @@ async def launch_demo_swarm(nursery: trio.Nursery, tmp: Path) -> tuple[Node, Nod
     c = make_node(tmp, "c", "none", bootstrap=a.host.addrs())
     await launch(nursery, c)
     return a, b, c
+
+
+# -- a separately started Ray cluster --------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class RayHead:
+    address: str  # the GCS address, 127.0.0.1:PORT
+    temp_dir: Path  # the head's own Ray temp dir (sessions, logs, sockets)
+    pgid: int  # the head's daemons' process group
+    env: dict[str, str]  # the environment for drivers that connect to it
+
+    def processes(self) -> list[psutil.Process]:
+        """The live processes of this cluster: its process group and their descendants
+        (Ray's workers are the raylet's children, each in a session of its own)."""
+        group = []
+        for proc in psutil.process_iter():
+            with contextlib.suppress(psutil.Error, ProcessLookupError):
+                if os.getpgid(proc.pid) == self.pgid:
+                    group.append(proc)
+        found = {p.pid: p for p in group}
+        for proc in group:
+            with contextlib.suppress(psutil.Error):
+                found.update((c.pid, c) for c in proc.children(recursive=True))
+        return [p for p in found.values() if _running(p)]
+
+    def jobs(self, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+        """The cluster's job table (a dict per driver: ``JobID``, ``DriverPid``, ``IsDead``,
+        …), read by a throwaway driver subprocess (whose own job is listed too)."""
+        code = (
+            "import json, ray\n"
+            "from ray._private import state\n"
+            f"ray.init(address={self.address!r}, log_to_driver=False, logging_level='ERROR')\n"
+            "print(json.dumps(state.jobs()))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"cannot read the job table:\n{out.stderr[-3000:]}")
+        jobs: list[dict[str, Any]] = json.loads(out.stdout.strip().splitlines()[-1])
+        return jobs
+
+
+@contextlib.contextmanager
+def ray_head(
+    env: Mapping[str, str] | None = None, *, num_cpus: int = 1, timeout_s: float = 60.0
+) -> Iterator[RayHead]:
+    """``ray start --head`` on 127.0.0.1 with its own temp dir, free ports and its own
+    process group, without dashboard UI or auth (a loopback-only throwaway cluster). On
+    exit its processes are killed (its group and their descendants, nothing else) and the
+    temp dir removed; raises if any of them still runs 10 s later."""
+    temp_dir = Path(tempfile.mkdtemp(prefix="hmray", dir="/tmp"))  # short: socket paths
+    head_env = dict(os.environ if env is None else env)
+    head_env.update(
+        RAY_AUTH_MODE="disabled",
+        RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    proc = subprocess.Popen(
+        [
+            str(Path(sys.executable).with_name("ray")),
+            "start",
+            "--head",
+            "--port=0",
+            "--node-ip-address=127.0.0.1",
+            f"--num-cpus={num_cpus}",
+            "--include-dashboard=false",
+            "--disable-usage-stats",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--dashboard-port={free_port()}",  # its minimal dashboard runs anyway
+            f"--temp-dir={temp_dir}",
+        ],
+        env=head_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,  # the head's daemons stay in this process group
+    )
+    head = RayHead("", temp_dir, proc.pid, head_env)
+    try:
+        out, _ = proc.communicate(timeout=timeout_s)
+        if proc.returncode != 0:
+            raise RuntimeError(f"ray start --head failed:\n{out.decode(errors='replace')[-3000:]}")
+        address = (temp_dir / "ray_current_cluster").read_text().strip()
+        if not address.startswith("127.0.0.1:"):
+            raise RuntimeError(f"the head is not on loopback: {address}")
+        head = RayHead(address, temp_dir, proc.pid, head_env)
+        yield head
+    finally:
+        tree = head.processes()  # before the kill: a worker's parent dies with the group
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        for member in tree:  # workers are in groups of their own
+            with contextlib.suppress(psutil.Error):
+                member.kill()
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(10)
+        _, left = psutil.wait_procs(tree, timeout=10)
+        left += [p for p in head.processes() if p not in left]
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        if left and sys.exc_info()[0] is None:  # never hide the exception that got here
+            raise RuntimeError(f"the Ray head left processes running: {left}")
+
+
+def _running(proc: psutil.Process) -> bool:
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
