@@ -420,6 +420,13 @@ class Engine(StepExecution):
 
         return bool(self.call(go))
 
+    def runs_here(self, workflow_id: str) -> bool:
+        """Whether this engine runs (or is about to run) the workflow. Safe from any thread
+        without waiting for the engine thread: a run is registered before the transaction
+        that claims it, so a check inside another transaction sees every claim that could
+        commit after it."""
+        return workflow_id in self._runs
+
     def active_count(self) -> int:
         return int(self.call(lambda: len(self._runs)))
 

@@ -1,8 +1,11 @@
 """Durable storage of the workflow engine: SQLite (WAL) plus content-addressed blob files.
 
-* One writer thread owns the write connection and batches whatever is queued into one
-  transaction (group commit): a chain pays one fsync per step, a fan-out shares them.
-  A write's ``on_commit`` callback runs only after its transaction committed.
+* One write connection, used under a lock by two kinds of committer, each batching its
+  writes into one transaction (group commit): the engine thread commits the writes of a
+  turn of its loop itself (:class:`WriteBatch`), and a writer thread commits what other
+  threads queue (:meth:`Storage.submit`). A chain pays one fsync per step, a fan-out
+  shares them. A write's ``on_commit`` callback runs only after its transaction
+  committed. :meth:`Storage.transact` runs a check-then-write atomically, now (claims).
 * Values at or above ``INLINE_LIMIT`` bytes are written to ``objects/<aa>/<sha256>``
   (temporary file, fsync, rename, fsync of the folder) before the row that points to
   them commits, so a committed row never points to a partial file.

@@ -20,7 +20,9 @@ from ray.dag import DAGNode
 from workflows import _serde
 from workflows._engine import Engine
 from workflows._graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
+from workflows._liveness import owner_alive
 from workflows._outputs import (
+    ACTIVE,
     default_workflow_id,
     execution_error,
     load_task_output,
@@ -419,32 +421,46 @@ def cancel(workflow_id: str) -> None:
         _storage().flush()
         return
     storage = _storage()
-    row = storage.get_workflow(wid)
-    if row is None:
-        raise WorkflowNotFoundError(wid)
-    if WorkflowStatus(row.status).is_terminal():
-        return
 
     def mark(db: Any) -> None:
-        db.execute("UPDATE wf SET status = 'CANCELED' WHERE workflow_id = ?", (wid,))
+        # checked and written in one transaction: a workflow that finishes meanwhile
+        # stays finished
+        found = db.execute("SELECT status FROM wf WHERE workflow_id = ?", (wid,)).fetchone()
+        if found is None:
+            raise WorkflowNotFoundError(wid)
+        if not WorkflowStatus(found[0]).is_terminal():
+            db.execute("UPDATE wf SET status = 'CANCELED' WHERE workflow_id = ?", (wid,))
 
-    storage.write_sync(mark)  # a live owner elsewhere sees it at its next heartbeat
+    storage.transact(mark)  # a live owner elsewhere sees it at its next heartbeat
 
 
 def delete(workflow_id: str) -> None:
     """Remove a finished (or resumable) workflow and its stored outputs."""
     wid = _check_id(workflow_id)
-    status = get_status(wid)
+    engine = _engine()
+    status = workflow_status(_storage(), engine, wid)
     if status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
         raise WorkflowStillActiveError("delete", wid)
     storage = _storage()
     hashes = {t.output_hash for t in storage.list_tasks(wid) if t.output_hash}
 
     def remove(db: Any) -> None:
+        # checked again in the deleting transaction: a process that claimed the workflow
+        # meanwhile keeps it
+        found = db.execute(
+            "SELECT status, owner, heartbeat FROM wf WHERE workflow_id = ?", (wid,)
+        ).fetchone()
+        if found is None:
+            raise WorkflowNotFoundError(wid)
+        now = WorkflowStatus(found[0])
+        if engine.runs_here(wid) or (
+            now in ACTIVE and found[1] != engine.owner and owner_alive(found[1], found[2])
+        ):
+            raise WorkflowStillActiveError("delete", wid)
         db.execute("DELETE FROM task WHERE workflow_id = ?", (wid,))
         db.execute("DELETE FROM wf WHERE workflow_id = ?", (wid,))
 
-    storage.write_sync(remove)
+    storage.transact(remove)
     still = storage.referenced_blobs()
     for digest in hashes - still:
         storage.blob_path(digest).unlink(missing_ok=True)
