@@ -26,7 +26,8 @@ from workflows.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
 
-LocalRunner = Callable[[str, str | None, dict[str, Any]], Awaitable[dict[str, Any]]]
+# (tool, version, args, idempotency key) -> outputs
+LocalRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
 
 
 class SwarmExecutor:
@@ -139,7 +140,9 @@ class SwarmExecutor:
     async def _run_here(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         self.local_running += 1
         try:
-            outputs = await self.run_local(request.tool, request.version, request.args)
+            outputs = await self.run_local(
+                request.tool, request.version, request.args, request.idempotency_key
+            )
         except ToolError as exc:
             raise StepExecutionError(str(exc), node=decision.node, reason=decision.reason) from None
         finally:

@@ -33,7 +33,8 @@ from workflows.tools import ToolRegistry
 log = logging.getLogger(__name__)
 
 
-ToolRunner = Callable[[str, str | None, dict[str, Any]], Awaitable[dict[str, Any]]]
+# (tool, version, args, idempotency key) -> outputs
+ToolRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
 
 JobOutcome = handoff.StepResult | handoff.StepFailed | handoff.Canceled
 
@@ -343,7 +344,9 @@ class HandoffServer:
             # and kills the worker if it has not stopped after a grace period
             with job.scope:
                 with trio.fail_after(offer.deadline_ms / 1000):
-                    outputs = await self.run_tool(offer.tool, offer.version, dict(offer.args))
+                    # the step's key, as on the delegator: the same on every node and attempt
+                    key = f"{offer.workflow_id}/{offer.step}"
+                    outputs = await self.run_tool(offer.tool, offer.version, dict(offer.args), key)
             if job.scope.cancelled_caught:
                 outcome = _canceled(hid, job.cancel_reason)
                 self.canceled_jobs += 1

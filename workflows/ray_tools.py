@@ -10,7 +10,7 @@ import trio
 from ray.exceptions import RayError, RayTaskError
 
 from workflows.errors import ToolError, ToolExecutionError
-from workflows.tools import ToolRegistry
+from workflows.tools import ToolRegistry, tool_call
 
 
 @functools.lru_cache(maxsize=1)
@@ -19,8 +19,11 @@ def _worker_registry() -> ToolRegistry:
     return ToolRegistry.from_entry_points("all")
 
 
-def _invoke(name: str, version: str | None, args: dict[str, Any]) -> dict[str, Any]:
-    return _worker_registry().get(name, version).invoke(args)
+def _invoke(
+    name: str, version: str | None, args: dict[str, Any], idempotency_key: str | None = None
+) -> dict[str, Any]:
+    with tool_call(idempotency_key):
+        return _worker_registry().get(name, version).invoke(args)
 
 
 # System failures (a worker dying) are retried by Ray; tool errors are not.
@@ -57,10 +60,15 @@ class RayToolRunner:
         self._limiter = trio.CapacityLimiter(max_concurrent)
 
     async def __call__(
-        self, name: str, version: str | None, args: dict[str, Any]
+        self,
+        name: str,
+        version: str | None,
+        args: dict[str, Any],
+        idempotency_key: str | None = None,
     ) -> dict[str, Any]:
+        """Run tool ``name``; inside it, ``current_call().idempotency_key`` is the key."""
         ref = await trio.to_thread.run_sync(
-            functools.partial(_invoke_remote.remote, name, version, args)
+            functools.partial(_invoke_remote.remote, name, version, args, idempotency_key)
         )
         try:
             # trio-typing's stubs (pulled in by libp2p) predate ``abandon_on_cancel``.

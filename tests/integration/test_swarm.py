@@ -415,6 +415,35 @@ NAP_60 = (
 )
 
 
+async def test_tools_see_the_steps_idempotency_key_locally_and_on_a_delegatee(
+    tmp_path: Path,
+) -> None:
+    """A step's idempotency key is "<workflow_id>/<step>" wherever the step runs: a tool
+    reads it with workflows.tools.current_call() (util.step_key returns it)."""
+    wf = (
+        "id: keys\nsteps:\n  - name: here\n    tool: util.step_key\n"
+        "  - name: there\n    tool: util.step_key\n"
+        "outputs:\n  - {name: here, value: '{{steps.here.outputs.result}}'}\n"
+        "  - {name: there, value: '{{steps.there.outputs.result}}'}\n"
+    )
+    a = make_node(tmp_path, "a", "util")
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
+        await launch(nursery, c)
+        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        wid, _ = await a.workflows.submit(parse_workflow(wf), {}, "keys-local")
+        with trio.fail_after(30):
+            view = await a.workflows.wait(wid)
+        assert view.outputs == {"here": "keys-local/here", "there": "keys-local/there"}
+        wid, _ = await c.workflows.submit(parse_workflow(wf), {}, "keys-remote")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert {s.node for s in view.steps} == {a.peer_id}  # delegated: c has no tools
+        assert view.outputs == {"here": "keys-remote/here", "there": "keys-remote/there"}
+        nursery.cancel_scope.cancel()
+
+
 async def test_canceling_a_workflow_stops_its_step_on_the_delegatee(tmp_path: Path) -> None:
     """c delegates a 60 s step to a, then the workflow is canceled on c: c sends a handoff
     ``cancel``; a stops the Ray task (its worker is killed after the grace period), journals

@@ -42,6 +42,7 @@ BUILTINS = [
     "text.word_count",
     "util.echo",
     "util.sleep",
+    "util.step_key",
 ]
 
 
@@ -234,7 +235,7 @@ def test_invalid_version_is_rejected():
 
 def test_registry_loads_all_builtins_from_entry_points(registry: ToolRegistry):
     assert registry.names() == BUILTINS
-    assert len(registry) == 9
+    assert len(registry) == 10
     assert registry.groups() == ["math", "text", "util"]
     assert [t.name for t in registry] == BUILTINS
     assert [s["name"] for s in registry.specs()] == BUILTINS
@@ -244,12 +245,12 @@ def test_registry_loads_all_builtins_from_entry_points(registry: ToolRegistry):
 @pytest.mark.parametrize(
     ("selection", "groups", "count"),
     [
-        ("all", ["math", "text", "util"], 9),
+        ("all", ["math", "text", "util"], 10),
         ("text", ["text"], 4),
         ("text,math", ["math", "text"], 7),
         (" text , math ", ["math", "text"], 7),
         (["text", "math"], ["math", "text"], 7),
-        (["util"], ["util"], 2),
+        (["util"], ["util"], 3),
         ("none", [], 0),
         ("", [], 0),
         ([], [], 0),
@@ -378,3 +379,18 @@ def test_errors_are_picklable(error: Exception):
     assert type(copy) is type(error)
     assert str(copy) == str(error)
     assert copy.__dict__ == error.__dict__
+
+
+def test_a_tool_reads_its_calls_idempotency_key() -> None:
+    from workflows.tools import current_call, tool_call
+    from workflows.tools.util import step_key
+
+    assert current_call() is None
+    assert step_key.invoke({}) == {"result": ""}  # outside a workflow step
+    with tool_call("wf-1/charge"):
+        call = current_call()
+        assert call is not None and call.idempotency_key == "wf-1/charge"
+        assert step_key.invoke({}) == {"result": "wf-1/charge"}
+    assert current_call() is None
+    with tool_call(None):
+        assert current_call() is None

@@ -5,6 +5,7 @@ The built-in tools live in :mod:`workflows.tools.text`, :mod:`workflows.tools.ma
 :mod:`workflows.tools.util`; they are loaded through their entry points, not imported here.
 """
 
+from workflows.tools._context import ToolCallContext, current_call, tool_call
 from workflows.tools._registry import (
     ENTRY_POINT_GROUP,
     ToolRegistry,
@@ -25,10 +26,13 @@ __all__ = [
     "RESULT_FIELD",
     "TOOL_NAME_PATTERN",
     "Tool",
+    "ToolCallContext",
     "ToolRegistry",
     "check_tool_name",
+    "current_call",
     "parse_selection",
     "split_tool_ref",
     "tool",
+    "tool_call",
     "version_matches",
 ]

@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from pydantic import Field
 
+from workflows.tools._context import current_call
 from workflows.tools._tool import tool
 
 MAX_SLEEP_SECONDS = 3600.0
@@ -23,3 +24,11 @@ def sleep(seconds: Annotated[float, Field(ge=0, le=MAX_SLEEP_SECONDS)]) -> float
     """Sleep for a number of seconds (0 to 3600) and return how long it slept."""
     time.sleep(seconds)
     return float(seconds)
+
+
+@tool("util.step_key", output=str)
+def step_key() -> str:
+    """Return the idempotency key of the step that calls it ("<workflow_id>/<step>"): what a
+    tool with external side effects keys them on. Empty outside a workflow step."""
+    call = current_call()
+    return call.idempotency_key if call is not None else ""
