@@ -15,6 +15,7 @@ from concurrent.futures import Future
 from typing import Any
 
 import ray
+from ray import cloudpickle
 
 
 @ray.remote
@@ -32,7 +33,7 @@ class _Results:
         self._events.pop(workflow_id, None)
         if ok:
             return payload
-        raise payload
+        raise cloudpickle.loads(payload)
 
     async def set(self, workflow_id: str, ok: bool, payload: Any) -> None:
         self._results[workflow_id] = (ok, payload)
@@ -56,7 +57,12 @@ class ResultSlots:
 
         def publish(f: Future[Any]) -> None:
             exc = f.exception()
-            actor.set.remote(token, exc is None, f.result() if exc is None else exc)
+            if exc is None:
+                actor.set.remote(token, True, f.result())
+            else:
+                # as bytes: an error that is a RayError (a worker died) given as a task
+                # argument makes Ray fail the task instead of running it
+                actor.set.remote(token, False, cloudpickle.dumps(exc))
 
         fut.add_done_callback(publish)
         return ref

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
 import ray
 
 import workflows as workflow
@@ -36,7 +37,13 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 CHAIN_ID = "chain"
 SLEEPER_ID = "sleeper"
 VICTIM_ID = "victim"
+REFS_ID = "refs"
+FIB_ID = "fib"
 SLEEP_S = 3.0
+FIB_N = 7  # 41 fib steps and 20 add steps
+FIB_BLOCK_AT = "r" + ".a" * 5  # the leftmost fib(2): deep in the recursion
+REF_COUNT = 3
+REF_BYTES = 100_000  # above Ray's inline limit: the values live in the object store
 
 
 # -- bounded waiting ----------------------------------------------------------------------
@@ -64,6 +71,14 @@ def stays_false(predicate: Callable[[], Any], window_s: float) -> bool:
             return False
         time.sleep(0.02)
     return not predicate()
+
+
+def process_running(proc: psutil.Process) -> bool:
+    """``proc`` still runs (not gone, not another process with its pid, not a zombie)."""
+    try:
+        return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
 
 
 # -- files as side-effect counters --------------------------------------------------------
@@ -148,6 +163,56 @@ def fail_unless_flag(flag: str, runs: str, value: Any) -> Any:
     return value
 
 
+def current_task_id() -> str:
+    """The workflow task id of the step running in this worker ("?" outside a workflow)."""
+    from workflows._step import current_step
+
+    ctx = current_step()
+    return ctx.task_id if ctx is not None else "?"
+
+
+@ray.remote
+def put_refs(n: int, runs: str) -> list[ray.ObjectRef]:
+    """Returns ``n`` refs made with ``ray.put`` (owned by this worker)."""
+    append_line(runs, "run")
+    return [ray.put(bytes([i]) * REF_BYTES) for i in range(n)]
+
+
+@ray.remote
+def get_refs_after_file(refs: list[ray.ObjectRef], release: str, runs: str) -> list[list[int]]:
+    """Waits for ``release``, then ``ray.get``s the refs: ``[[len, first byte], ...]``."""
+    append_line(runs, "run")
+    wait_until(lambda: os.path.exists(release), 60.0, f"release file {release}")
+    return [[len(value), value[0]] for value in ray.get(refs)]
+
+
+@ray.remote
+def logged_add(a: int, b: int, log: str) -> int:
+    append_line(log, f"add {current_task_id()}")
+    return a + b
+
+
+@ray.remote
+def logged_fib(n: int, path: str, log: str, block_at: str, flag: str) -> Any:
+    """fib by continuation; logs ``PATH TASK_ID`` per run (``path`` names the call in the
+    recursion: ``r``, ``r.a``, ``r.b``, …); the call at ``block_at`` waits for ``flag``."""
+    append_line(log, f"{path} {current_task_id()}")
+    if path == block_at:
+        wait_until(lambda: os.path.exists(flag), 60.0, f"flag file {flag}")
+    if n <= 1:
+        return n
+    left: Any = logged_fib.bind(n - 1, f"{path}.a", log, block_at, flag)
+    right: Any = logged_fib.bind(n - 2, f"{path}.b", log, block_at, flag)
+    return workflow.continuation(logged_add.bind(left, right, log))
+
+
+def fib_value(n: int) -> int:
+    a, b = 0, 1
+    for _ in range(n):
+        a, b = b, a + b
+    return a
+
+
 class FileEventListener(EventListener):
     """An event is a file appearing; the event is its content. Acknowledges to a file."""
 
@@ -162,6 +227,30 @@ class FileEventListener(EventListener):
 
     async def event_checkpointed(self, event: str) -> None:
         write_atomically(self._ack, event)
+
+
+class CountingFileListener(EventListener):
+    """Like FileEventListener, but counts: a line in ``polls`` per ``poll_for_event`` call,
+    and one in ``ack`` per ``event_checkpointed`` call."""
+
+    async def poll_for_event(self, path: str, ack: str, polls: str) -> str:
+        self._ack = ack
+        append_line(polls, "poll")
+        deadline = time.monotonic() + 60.0
+        while not os.path.exists(path):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no event file {path}")
+            await asyncio.sleep(0.01)
+        return Path(path).read_text()
+
+    async def event_checkpointed(self, event: str) -> None:
+        append_line(self._ack, event)
+
+
+def event_then_file(event: str, ack: str, polls: str, release: str, runs: str) -> Any:
+    """A ``wait_for_event`` whose event a step returns once ``release`` exists."""
+    waiting = workflow.wait_for_event(CountingFileListener, event, ack, polls)
+    return wait_for_file.bind(release, waiting, runs)
 
 
 def logged_chain(steps: int, log: str) -> Any:
@@ -268,6 +357,19 @@ def _drive(mode: str, storage: str, address: str, args: list[str]) -> None:
         release, runs = args
         dag = add.bind(wait_for_file.bind(release, 1, runs), 1)
         result = workflow.run(dag, workflow_id=VICTIM_ID)
+    elif mode == "refs":
+        release, put_runs, get_runs = args
+        refs: Any = put_refs.options(**workflow.options(task_id="put")).bind(REF_COUNT, put_runs)
+        dag = get_refs_after_file.bind(refs, release, get_runs)
+        result = workflow.run(dag, workflow_id=REFS_ID)
+    elif mode == "fib":
+        log, flag = args
+        result = workflow.run(
+            logged_fib.bind(FIB_N, "r", log, FIB_BLOCK_AT, flag), workflow_id=FIB_ID
+        )
+    elif mode == "event":
+        wid, event, ack, polls, release, runs = args
+        result = workflow.run(event_then_file(event, ack, polls, release, runs), workflow_id=wid)
     elif mode == "resume_all":
         (go,) = args  # a barrier: several drivers call resume_all() at the same moment
         wait_until(lambda: os.path.exists(go), 60.0, f"barrier file {go}")
