@@ -107,6 +107,7 @@ class Engine(StepExecution):
         if self.storage.failure is None:
             self.storage.flush()
         self._waits.close()
+        self._completions.close()
         self._pool.shutdown(wait=False)
         self._results.close()
 

@@ -18,6 +18,7 @@ import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
 from workflows import _serde
+from workflows._completions import Completions
 from workflows._graph import Graph, InputRef, StepDef, StepRef, rename_graph, resolve_input
 from workflows._loop import EngineLoop
 from workflows._outputs import execution_error, load_task_output
@@ -42,6 +43,8 @@ class StepExecution(EngineLoop):
         self._waits = WaitSteps(self)
         self._remotes: dict[Any, tuple[Any, bool]] = {}
         self._pin: list[Any] = []
+        q = self._q
+        self._completions = Completions(lambda items: q.put(("done", items)))
 
     def _run_closed(self, run: Run) -> None:
         """A run ended (its final record is committed): room for a pending one."""
@@ -57,7 +60,8 @@ class StepExecution(EngineLoop):
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
         if kind == "done":
-            self._on_task_done(event[1], event[2], event[3])
+            for (run, tid), result in event[1]:
+                self._on_task_done(run, tid, result)
 
     def _value_ref(self, run: Run, tid: str) -> ray.ObjectRef:
         task = resolve_alias(run, tid)
@@ -144,10 +148,7 @@ class StepExecution(EngineLoop):
                 ref = remote.remote(ctx, *args, **kwargs)
             task.ref = ref
             run.running[step.task_id] = ref
-            q = self._q
-            tid = step.task_id
-            # _on_completed: what ObjectRef.future() uses, without a Future per task
-            ref._on_completed(lambda result: q.put(("done", run, tid, result)))
+            self._completions.watch(ref, (run, step.task_id))
         elif step.kind == "sleep":
             self._waits.start_sleep(run, task, float(args[0]))
         else:

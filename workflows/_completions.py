@@ -1,0 +1,131 @@
+"""How the engine learns that a step's Ray task finished.
+
+Few tasks in flight (a chain): ``ObjectRef._on_completed``, the mechanism behind
+``ObjectRef.future()``, calls back at once. It costs a callback per task in a Ray thread
+(the value is deserialized one object at a time), which adds up when hundreds of tasks
+finish together. So with many tasks in flight the rest go to a watcher thread that asks
+Ray for finished ones in batches (``ray.wait`` over a small window of the oldest, then one
+``ray.get`` for all that are ready): per task that is several times cheaper, and it leaves
+the CPU to the workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import ray
+from ray.exceptions import RayError
+
+log = logging.getLogger(__name__)
+
+DIRECT_BELOW = 16  # with fewer tasks in flight than this, a task gets its own callback
+WINDOW = 64  # refs one ray.wait looks at (the oldest first: tasks mostly end in order)
+BATCH = 32  # ray.wait returns once this many are ready ...
+LINGER_S = 0.001  # ... or after this long with at least one
+IDLE_S = 0.05  # with none ready, look again (for new tasks, other windows) this often
+
+
+class Completions:
+    """Calls ``deliver(items)`` with ``(info, result)`` pairs for finished tasks, where
+    ``result`` is the task's value or the ``RayError`` it failed with (as ``_on_completed``
+    gives it). ``deliver`` runs in a Ray callback thread or in the watcher thread."""
+
+    def __init__(self, deliver: Callable[[list[tuple[Any, Any]]], None]) -> None:
+        self._deliver = deliver
+        self._lock = threading.Condition()
+        self._incoming: list[tuple[ray.ObjectRef, Any]] = []
+        self._direct = 0  # tasks whose callback has not fired yet
+        self._watched = 0  # tasks the watcher has not delivered yet
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def watch(self, ref: ray.ObjectRef, info: Any) -> None:
+        with self._lock:
+            if self._direct + self._watched < DIRECT_BELOW:
+                self._direct += 1
+                direct = True
+            else:
+                self._watched += 1
+                self._incoming.append((ref, info))
+                if self._thread is None:
+                    self._thread = threading.Thread(
+                        target=self._watch_loop, name="workflows-completions", daemon=True
+                    )
+                    self._thread.start()
+                elif len(self._incoming) == 1:
+                    self._lock.notify()
+                direct = False
+        if direct:
+            # the callback holds the ref: Ray aborts the process if a ref with a pending
+            # callback is freed (ObjectUnknownOwner in CoreWorker::PlasmaCallback)
+            ref._on_completed(functools.partial(self._direct_done, info, ref))
+
+    def _direct_done(self, info: Any, ref: ray.ObjectRef, result: Any) -> None:
+        del ref  # held until now
+        with self._lock:
+            self._direct -= 1
+        self._deliver([(info, result)])
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+
+    def _watch_loop(self) -> None:
+        pending: dict[ray.ObjectRef, Any] = {}  # in the order the tasks were submitted
+        while True:
+            with self._lock:
+                while not self._incoming and not pending and not self._closed:
+                    self._lock.wait()
+                if self._closed:
+                    return
+                for ref, info in self._incoming:
+                    pending[ref] = info
+                self._incoming.clear()
+            try:
+                self._collect(pending)
+            except Exception:  # Ray shutting down: nothing more will finish
+                log.exception("workflow completion watcher failed")
+                return
+
+    def _collect(self, pending: dict[ray.ObjectRef, Any]) -> None:
+        window = list(_first(pending, WINDOW))
+        # block until one is ready (new refs are picked up within IDLE_S), then linger a
+        # little so that one ray.get serves several
+        ready, _ = ray.wait(window, num_returns=1, timeout=IDLE_S, fetch_local=True)
+        if ready and len(window) > 1:
+            ready, _ = ray.wait(
+                window, num_returns=min(len(window), BATCH), timeout=LINGER_S, fetch_local=True
+            )
+        if not ready:
+            if len(pending) > WINDOW:
+                # the oldest are long-running: look further next time (rotate them back)
+                for ref in window:
+                    pending[ref] = pending.pop(ref)
+            return
+        try:
+            values = ray.get(ready)
+        except Exception:
+            values = [_get_one(ref) for ref in ready]
+        items = [(pending.pop(ref), value) for ref, value in zip(ready, values, strict=True)]
+        with self._lock:
+            self._watched -= len(items)
+        self._deliver(items)
+
+
+def _first(pending: dict[ray.ObjectRef, Any], n: int) -> Any:
+    for i, ref in enumerate(pending):
+        if i >= n:
+            return
+        yield ref
+
+
+def _get_one(ref: ray.ObjectRef) -> Any:
+    try:
+        return ray.get(ref)
+    except RayError as exc:
+        return exc
