@@ -347,7 +347,8 @@ class Engine(StepExecution):
                 add_steps(run, sub.steps)
                 task.state = "CONTINUED"
                 task.alias = sub.output
-                run.tasks[sub.output].alias_parents.append(tid)
+                out = run.tasks[sub.output]
+                out.alias_parents = (*out.alias_parents, tid)
                 todo.extend(s.task_id for s in sub.steps if s.task_id in rows)
             elif r.timer_end is not None:
                 task.timer_end = r.timer_end

@@ -327,7 +327,8 @@ class StepExecution(EngineLoop):
         add_steps(run, graph.steps)
         task.state = "CONTINUED"
         task.alias = graph.output
-        run.tasks[graph.output].alias_parents.append(task.step.task_id)
+        out = run.tasks[graph.output]
+        out.alias_parents = (*out.alias_parents, task.step.task_id)
         for step in graph.steps:
             sub = run.tasks[step.task_id]
             if sub.pending == 0 and sub.state == "WAITING":

@@ -27,7 +27,8 @@ class Task:
     pending: int = 0
     dependents: list[str] = field(default_factory=list)
     consumers_left: int = 0
-    alias_parents: list[str] = field(default_factory=list)
+    # continued tasks whose output is this one's (rare: a tuple, no list per task to track)
+    alias_parents: tuple[str, ...] = ()
     alias: str | None = None
     started_at: float | None = None
     stored: bool = False  # output is in the journal (loaded lazily)
