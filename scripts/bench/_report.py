@@ -53,6 +53,18 @@ def _ratio(a: Record | None, b: Record | None) -> float | None:
     return None
 
 
+def _paired_median(a: Record | None, b: Record | None) -> float | None:
+    """Median over rounds of a's time / b's time in the same round (with --repeat, the
+    systems' runs alternate, so a round's two runs saw the same machine)."""
+    runs_a = (a or {}).get("runs") or []
+    runs_b = (b or {}).get("runs") or []
+    ratios = sorted(x / y for x, y in zip(runs_a, runs_b, strict=False) if x is not None and y)
+    if len(ratios) < 2:
+        return None
+    mid = len(ratios) // 2
+    return ratios[mid] if len(ratios) % 2 else (ratios[mid - 1] + ratios[mid]) / 2
+
+
 def _unmeasured(record: Record | None, system: str) -> str:
     """Verdict when a target cannot be computed: a failed hivemesh run misses it; a system
     that is not available, skipped or not selected makes it n/a."""
@@ -182,6 +194,23 @@ def format_report(records: list[Record], workloads: list[str], systems: list[str
                 ratio = _ratio(by_key.get((a, workload)), by_key.get((b, workload)))
                 cells.append(f"{_num(ratio, '.2f') + ('x' if ratio is not None else ''):>22}")
             out.append(f"{TITLES[workload]:<20} " + " ".join(cells))
+        paired = {
+            (workload, a, b): _paired_median(by_key.get((a, workload)), by_key.get((b, workload)))
+            for workload in workloads
+            for _, a, b in pairs
+        }
+        if any(v is not None for v in paired.values()):
+            out += [
+                "",
+                "median of same-round ratios (the runs alternate between systems; less",
+                "sensitive to one lucky or unlucky run than the ratio of the best runs)",
+            ]
+            for workload in workloads:
+                cells = []
+                for _, a, b in pairs:
+                    ratio = paired[(workload, a, b)]
+                    cells.append(f"{_num(ratio, '.2f') + ('x' if ratio is not None else ''):>22}")
+                out.append(f"{TITLES[workload]:<20} " + " ".join(cells))
 
     rows = targets(records)
     if rows:
