@@ -205,13 +205,22 @@ class Storage:
         blob: tuple[str, bytes] | None = None,
     ) -> None:
         """Queue a write. ``on_commit`` runs in the writer thread once it is durable."""
+        self._queue.put(self._new_write(apply, on_commit, blob))
+
+    def _new_write(
+        self,
+        apply: Callable[[sqlite3.Connection], None],
+        on_commit: Callable[[], None] | None,
+        blob: tuple[str, bytes] | None,
+    ) -> _Op:
+        """A write that ``flush()`` now waits for (refused once closed or failed)."""
         if self._closed:
             raise StorageError("workflow storage is closed")
         if self._failure is not None:
             raise StorageError(f"workflow storage failed: {self._failure}")
         with self._idle:
             self._pending += 1
-        self._queue.put(_Op(apply, on_commit, blob))
+        return _Op(apply, on_commit, blob)
 
     def transact(self, apply: Callable[[sqlite3.Connection], Any]) -> Any:
         """Run ``apply`` in one write transaction, now, in this thread, and commit it
@@ -436,14 +445,7 @@ class WriteBatch:
         on_commit: Callable[[], None] | None = None,
         blob: tuple[str, bytes] | None = None,
     ) -> None:
-        storage = self._storage
-        if storage._closed:
-            raise StorageError("workflow storage is closed")
-        if storage._failure is not None:
-            raise StorageError(f"workflow storage failed: {storage._failure}")
-        with storage._idle:
-            storage._pending += 1
-        self._ops.append(_Op(apply, on_commit, blob))
+        self._ops.append(self._storage._new_write(apply, on_commit, blob))
 
     def commit(self) -> None:
         """Commit what was added so far (durably), then run its ``on_commit`` callbacks
