@@ -64,6 +64,19 @@ async def wait_until(predicate: Any, timeout_s: float = 10.0, what: str = "condi
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
+async def launch_delegator(
+    nursery: trio.Nursery, tmp: Path, a: Node
+) -> tuple[Node, trio.CancelScope]:
+    """Start ``a``, then ``c`` (no tools, bootstrapped to ``a``) and wait until ``c`` has
+    ``a``'s card: whatever ``c`` runs is delegated to ``a``. Returns ``c`` and the scope
+    that stops it."""
+    await launch(nursery, a)
+    c = make_node(tmp, "c", "none", bootstrap=a.host.addrs())
+    c_scope = await launch(nursery, c)
+    await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+    return c, c_scope
+
+
 async def launch_demo_swarm(nursery: trio.Nursery, tmp: Path) -> tuple[Node, Node, Node]:
     """The demo's shape: ``a`` (text tools), then ``b`` (math) and ``c`` (no tools), both
     bootstrapped to ``a`` only."""

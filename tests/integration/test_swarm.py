@@ -25,7 +25,13 @@ from node.p2p import P2PHost
 from protocols import control, discovery, handoff
 from protocols.framing import encode_frame, encode_uvarint
 from protocols.stream import MessageStream
-from tests.integration.harness import launch, launch_demo_swarm, make_node, wait_until
+from tests.integration.harness import (
+    launch,
+    launch_delegator,
+    launch_demo_swarm,
+    make_node,
+    wait_until,
+)
 from workflows.dsl import parse_workflow
 from workflows.status import WorkflowStatus
 
@@ -375,10 +381,7 @@ async def test_a_restarted_delegator_reattaches_to_the_running_step(tmp_path: Pa
         "outputs: [{name: slept, value: '{{steps.nap.outputs.result}}'}]\n"
     )
     async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
-        c_scope = await launch(nursery, c)
-        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        c, c_scope = await launch_delegator(nursery, tmp_path, a)
         wid, _ = await c.workflows.submit(parse_workflow(wf), {}, "nap-1")
         await wait_until(lambda: a.handoff.running == 1, what="a running the step")
         c_scope.cancel()  # the delegator goes away; a keeps running the step
@@ -428,10 +431,7 @@ async def test_tools_see_the_steps_idempotency_key_locally_and_on_a_delegatee(
     )
     a = make_node(tmp_path, "a", "util")
     async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
-        await launch(nursery, c)
-        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        c, _ = await launch_delegator(nursery, tmp_path, a)
         wid, _ = await a.workflows.submit(parse_workflow(wf), {}, "keys-local")
         with trio.fail_after(30):
             view = await a.workflows.wait(wid)
@@ -450,10 +450,7 @@ async def test_canceling_a_workflow_stops_its_step_on_the_delegatee(tmp_path: Pa
     the handoff CANCELED, and a re-attach with the same handoff id is told so (no rerun)."""
     a = make_node(tmp_path, "a", "util")
     async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
-        await launch(nursery, c)
-        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        c, _ = await launch_delegator(nursery, tmp_path, a)
         await wait_until(_ray_idle, what="an idle Ray (earlier tests' workers stopped)")
         wid, _ = await c.workflows.submit(parse_workflow(NAP_60), {}, "nap-cancel")
         await wait_until(lambda: a.handoff.running == 1, what="a running the step")
@@ -503,10 +500,7 @@ async def test_a_failing_workflow_cancels_its_delegated_sibling_step(tmp_path: P
         "    outputs: [{name: missing}]\n"
     )
     async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
-        await launch(nursery, c)
-        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="c learning a")
+        c, _ = await launch_delegator(nursery, tmp_path, a)
         wid, _ = await c.workflows.submit(parse_workflow(wf), {}, "fail-fast-1")
         with trio.fail_after(20):
             view = await c.workflows.wait(wid)
