@@ -16,6 +16,7 @@ at once, because the tests kill drivers with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -23,7 +24,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -334,6 +335,20 @@ class Driver:
             return self.proc.wait(timeout=timeout_s)
         finally:
             self._file.close()
+
+
+@contextlib.contextmanager
+def blocked_driver(storage: Path, address: str, tmp: Path) -> Iterator[tuple[Driver, Path]]:
+    """A driver running workflow VICTIM_ID, whose first step has started and waits for the
+    file it yields (touch it to let the workflow finish). The driver is killed at exit."""
+    release, runs = tmp / "release", tmp / "runs"
+    driver = Driver("blocked", storage, address, str(release), str(runs), out=tmp / "drv.out")
+    try:
+        driver.wait_event("ready")
+        wait_until(lambda: count_lines(runs) >= 1, what="the driver's step to start")
+        yield driver, release
+    finally:
+        driver.kill()
 
 
 def _emit(event: str, **fields: Any) -> None:

@@ -805,13 +805,7 @@ def test_resume_all_after_the_driver_was_killed(
 def test_get_output_of_a_task_waits_for_a_workflow_another_process_runs(
     wf_storage: Path, tmp_path: Path, ray_address: str
 ) -> None:
-    release, runs = tmp_path / "release", tmp_path / "runs"
-    driver = h.Driver(
-        "blocked", wf_storage, ray_address, str(release), str(runs), out=tmp_path / "drv.out"
-    )
-    try:
-        driver.wait_event("ready")
-        h.wait_until(lambda: h.count_lines(runs) >= 1, what="the driver's step to start")
+    with h.blocked_driver(wf_storage, ray_address, tmp_path) as (driver, release):
         pool = concurrent.futures.ThreadPoolExecutor(2)
         blocked = pool.submit(
             workflow.get_output, h.VICTIM_ID, task_id=f"{h.__name__}.wait_for_file"
@@ -824,20 +818,12 @@ def test_get_output_of_a_task_waits_for_a_workflow_another_process_runs(
         assert driver.wait_event("done")["result"] == 2
         with pytest.raises(ValueError):  # a task the finished workflow does not have
             workflow.get_output(h.VICTIM_ID, task_id="no-such-task")
-    finally:
-        driver.kill()
 
 
 def test_delete_and_cancel_of_a_workflow_another_process_runs(
     wf_storage: Path, tmp_path: Path, ray_address: str
 ) -> None:
-    release, runs = tmp_path / "release", tmp_path / "runs"
-    driver = h.Driver(
-        "blocked", wf_storage, ray_address, str(release), str(runs), out=tmp_path / "drv.out"
-    )
-    try:
-        driver.wait_event("ready")
-        h.wait_until(lambda: h.count_lines(runs) >= 1, what="the driver's step to start")
+    with h.blocked_driver(wf_storage, ray_address, tmp_path) as (driver, _):
         with pytest.raises(workflow.WorkflowStillActiveError):
             workflow.delete(h.VICTIM_ID)
         assert workflow.get_status(h.VICTIM_ID) is WorkflowStatus.RUNNING
@@ -848,8 +834,6 @@ def test_delete_and_cancel_of_a_workflow_another_process_runs(
         workflow.delete(h.VICTIM_ID)  # no longer active
         with pytest.raises(workflow.WorkflowNotFoundError):
             workflow.get_status(h.VICTIM_ID)
-    finally:
-        driver.kill()
 
 
 def test_a_durable_sleep_survives_a_driver_kill(
