@@ -25,7 +25,9 @@ class Task:
     value: Any = None
     has_value: bool = False
     pending: int = 0
-    dependents: list[str] = field(default_factory=list)
+    # tasks that read this one's output: a tuple (of str, so the garbage collector stops
+    # tracking it; a big workflow holds one per task for its whole run)
+    dependents: tuple[str, ...] = ()
     consumers_left: int = 0
     # continued tasks whose output is this one's (rare: a tuple, no list per task to track)
     alias_parents: tuple[str, ...] = ()
@@ -62,12 +64,16 @@ def add_steps(run: Run, steps: list[StepDef]) -> None:
     """Add ``steps`` (in dependency order) to ``run`` and count their dependencies."""
     for step in steps:
         run.tasks[step.task_id] = Task(step)
+    readers: dict[str, list[str]] = {}
     for step in steps:
         task = run.tasks[step.task_id]
         for dep in step.deps:
-            run.tasks[dep].dependents.append(step.task_id)
+            readers.setdefault(dep, []).append(step.task_id)
             run.tasks[dep].consumers_left += 1
         task.pending = len(step.deps)
+    for dep, tids in readers.items():
+        parent = run.tasks[dep]
+        parent.dependents = (*parent.dependents, *tids)
 
 
 def resolve_alias(run: Run, tid: str) -> Task:
