@@ -85,7 +85,6 @@ class Engine(StepExecution):
         self._batch.discard()
         for run in list(self._runs.values()):
             run.finished = True
-            run.recorded.set()
             self._drop_timers(run)
             for ref in run.running.values():
                 with contextlib.suppress(Exception):
@@ -122,17 +121,8 @@ class Engine(StepExecution):
         metadata: dict[str, Any],
     ) -> Future[Any]:
         """Start a new workflow, or resume it if the id exists (Ray Workflows semantics).
-        Returns once the workflow is recorded in the journal."""
-        fut = self.call(lambda: self._start(dag, args, kwargs, workflow_id, metadata))
-        self._wait_recorded(workflow_id)
-        return fut
-
-    def _wait_recorded(self, workflow_id: str) -> None:
-        run = self.call(lambda: self._runs.get(workflow_id))
-        if run is not None:
-            while not run.recorded.wait(0.5) and not run.finished:
-                if self.storage.failure is not None:
-                    return
+        Returns once the workflow is recorded in the journal (its claim commits at once)."""
+        return self.call(lambda: self._start(dag, args, kwargs, workflow_id, metadata))
 
     def _start(
         self,
@@ -178,9 +168,7 @@ class Engine(StepExecution):
             allocator = TaskIdAllocator({s.task_id for s in graph.steps})
             return self._create(graph, allocator, args, kwargs, workflow_id, metadata), True
 
-        result = self.call(go)
-        self._wait_recorded(workflow_id)
-        return result
+        return self.call(go)
 
     def resume_interrupted(self) -> list[str]:
         """Resume every workflow in the storage that no live process runs (node start)."""
@@ -255,7 +243,6 @@ class Engine(StepExecution):
             if existing is None:
                 raise WorkflowError(f"workflow {workflow_id!r} vanished while it was started")
             return self._resume(existing)
-        run.recorded.set()
         if status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
@@ -388,7 +375,6 @@ class Engine(StepExecution):
         except BaseException:
             self._unadmit(run)
             raise
-        run.recorded.set()
         if run.status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future

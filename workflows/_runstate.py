@@ -6,7 +6,6 @@ Pure bookkeeping (no Ray calls, no journal writes): the engine thread owns these
 from __future__ import annotations
 
 import concurrent.futures
-import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +50,6 @@ class Run:
     future: Future[Any] = field(default_factory=Future)
     status: WorkflowStatus = WorkflowStatus.RUNNING
     running: dict[str, ray.ObjectRef] = field(default_factory=dict)
-    recorded: threading.Event = field(default_factory=threading.Event)
     polls: list[concurrent.futures.Future[Any]] = field(default_factory=list)
     tool_calls: dict[str, Future[Any]] = field(default_factory=dict)
     finished: bool = False

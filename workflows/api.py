@@ -438,10 +438,10 @@ def delete(workflow_id: str) -> None:
     """Remove a finished (or resumable) workflow and its stored outputs."""
     wid = _check_id(workflow_id)
     engine = _engine()
-    status = workflow_status(_storage(), engine, wid)
+    storage = _storage()
+    status = workflow_status(storage, engine, wid)
     if status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
         raise WorkflowStillActiveError("delete", wid)
-    storage = _storage()
     hashes = {t.output_hash for t in storage.list_tasks(wid) if t.output_hash}
 
     def remove(db: Any) -> None:

@@ -214,17 +214,22 @@ def fib_value(n: int) -> int:
     return a
 
 
+async def _file_event(path: str, timeout_s: float = 60.0) -> str:
+    """The content of ``path`` once it exists (an event listener's poll)."""
+    deadline = time.monotonic() + timeout_s
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no event file {path}")
+        await asyncio.sleep(0.01)
+    return Path(path).read_text()
+
+
 class FileEventListener(EventListener):
     """An event is a file appearing; the event is its content. Acknowledges to a file."""
 
     async def poll_for_event(self, path: str, ack: str) -> str:
         self._ack = ack
-        deadline = time.monotonic() + 60.0
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no event file {path}")
-            await asyncio.sleep(0.01)
-        return Path(path).read_text()
+        return await _file_event(path)
 
     async def event_checkpointed(self, event: str) -> None:
         write_atomically(self._ack, event)
@@ -237,12 +242,7 @@ class CountingFileListener(EventListener):
     async def poll_for_event(self, path: str, ack: str, polls: str) -> str:
         self._ack = ack
         append_line(polls, "poll")
-        deadline = time.monotonic() + 60.0
-        while not os.path.exists(path):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"no event file {path}")
-            await asyncio.sleep(0.01)
-        return Path(path).read_text()
+        return await _file_event(path)
 
     async def event_checkpointed(self, event: str) -> None:
         append_line(self._ack, event)
