@@ -2,8 +2,8 @@
 
 A step's output is committed to the journal before any step that depends on it is
 submitted; dependents get the parent's ObjectRef, so values are not copied through the
-driver again. Ray completions arrive through ``ObjectRef._on_completed`` (the mechanism
-behind ``ObjectRef.future()``) as ``("done", ...)`` events on the engine thread.
+driver again. Ray completions arrive from :mod:`workflows._completions` as ``("done", ...)``
+events on the engine thread.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ from workflows._tool_runs import ToolRunner, ToolSteps
 from workflows._waits import WaitSteps
 from workflows.errors import WorkflowCancellationError, WorkflowError, WorkflowExecutionError
 from workflows.status import WorkflowStatus
+
+BURST = 16  # starting at least this many tasks at once holds the completion watcher
 
 
 class StepExecution(EngineLoop):
@@ -329,10 +331,8 @@ class StepExecution(EngineLoop):
         task.alias = graph.output
         out = run.tasks[graph.output]
         out.alias_parents = (*out.alias_parents, task.step.task_id)
-        for step in graph.steps:
-            sub = run.tasks[step.task_id]
-            if sub.pending == 0 and sub.state == "WAITING":
-                self._start_task(run, sub)
+        ready = [run.tasks[step.task_id] for step in graph.steps]
+        self._start_tasks(run, [t for t in ready if t.pending == 0 and t.state == "WAITING"])
 
     def _on_committed(self, run: Run, tid: str) -> None:
         if run.finished:
@@ -342,6 +342,7 @@ class StepExecution(EngineLoop):
 
     def _mark_done(self, run: Run, task: Task) -> None:
         stack = [task]
+        ready: list[Task] = []
         while stack:
             t = stack.pop()
             t.state = "DONE"
@@ -355,9 +356,20 @@ class StepExecution(EngineLoop):
                 d = run.tasks[dep]
                 d.pending -= 1
                 if d.pending == 0 and d.state == "WAITING":
-                    self._start_task(run, d)
+                    ready.append(d)
             for pid in t.alias_parents:
                 stack.append(run.tasks[pid])
+        self._start_tasks(run, ready)
+
+    def _start_tasks(self, run: Run, tasks: list[Task]) -> None:
+        """Start ``tasks``; a burst of them with the completion watcher held."""
+        if len(tasks) < BURST:
+            for task in tasks:
+                self._start_task(run, task)
+            return
+        with self._completions.paused():
+            for task in tasks:
+                self._start_task(run, task)
 
     def _maybe_finish(self, run: Run) -> None:
         if run.finished or run.tasks[run.output].state != "DONE":

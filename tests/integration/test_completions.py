@@ -85,3 +85,25 @@ def test_every_task_is_delivered_once(ray_cluster: None, count: int) -> None:
         assert got.empty()
     finally:
         completions.close()
+
+
+def test_a_paused_watcher_delivers_nothing_until_the_pause_ends(ray_cluster: None) -> None:
+    got: queue.SimpleQueue[list[tuple[Any, Any]]] = queue.SimpleQueue()
+    completions = Completions(got.put)
+    gate = Gate.remote()  # type: ignore[attr-defined]
+    count = DIRECT_BELOW + 40
+    try:
+        with completions.paused():
+            # none finishes yet: the first DIRECT_BELOW get their own callbacks, the rest
+            # go to the watcher
+            for i in range(count):
+                completions.watch(gate.wait.remote(i), i)
+            ray.get(gate.open.remote())
+            direct = _drain(got, DIRECT_BELOW, timeout_s=10)
+            time.sleep(0.5)
+            assert got.empty()  # the watcher holds the rest while paused
+        rest = _drain(got, count - DIRECT_BELOW, timeout_s=10)
+        assert {**direct, **rest} == {i: i for i in range(count)}
+    finally:
+        completions.close()
+        ray.kill(gate)
