@@ -190,11 +190,18 @@ def node_start(
 @node_group.command("info")
 @target_options
 def node_info(home: Path | None, node: str | None, as_json: bool) -> None:
-    """Peer id, addresses and tools of a node."""
+    """Peer id, addresses, tools and Ray cluster of a node."""
     from protocols import control
 
     info = _call(home, node, control.InfoRequest())
-    data = {"peer_id": info.peer_id, "addrs": info.addrs, "tools": info.tools}
+    ray = info.ray.model_dump() if info.ray is not None else None
+    data = {
+        "peer_id": info.peer_id,
+        "addrs": info.addrs,
+        "tools": info.tools,
+        "version": info.version,
+        "ray": ray,
+    }
 
     def human() -> None:
         click.echo(f"peer id: {info.peer_id}")
@@ -202,6 +209,10 @@ def node_info(home: Path | None, node: str | None, as_json: bool) -> None:
             click.echo(f"addr:    {a}")
         click.echo(f"tools:   {', '.join(info.tools) or '(none)'}")
         click.echo(f"version: {info.version}")
+        if info.ray is not None:
+            how = "joined cluster" if info.ray.joined else "own Ray"
+            cpus = f", {info.ray.cpus} CPUs" if info.ray.cpus is not None else ""
+            click.echo(f"ray:     {how} at {info.ray.address or '(unknown)'}{cpus}")
 
     _emit(as_json, data, human)
 

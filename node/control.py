@@ -33,8 +33,10 @@ class ControlService:
         owner_client: str,
         network: NetworkConfig,
         config: ControlConfig,
+        ray_info: control.RayInfo | None = None,
     ) -> None:
         self.host = host
+        self.ray_info = ray_info
         self.workflows = workflows
         self.registry = registry
         self.tools = tools
@@ -88,6 +90,7 @@ class ControlService:
                 addrs=self.host.addrs(),
                 tools=self.tools.names(),
                 version=self.version,
+                ray=self.ray_info,
             )
         if isinstance(request, control.SubmitRequest):
             spec = parse_workflow(request.workflow, source=request.source or "<submitted>")

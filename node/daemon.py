@@ -88,11 +88,9 @@ class Node:
 
         self.config = config
         # the Ray this node runs steps on: its own (started here) or a cluster it joined
-        self.ray_info = {
-            "address": ray_address,
-            "joined": config.ray.address is not None,
-            "cpus": cpus,
-        }
+        self.ray_info = control.RayInfo(
+            address=ray_address, joined=config.ray.address is not None, cpus=cpus
+        )
         self.home = home
         self.version = hivemesh_version()
         self.tools = ToolRegistry.from_entry_points(config.tools)
@@ -132,6 +130,7 @@ class Node:
             owner_client=owner_client,
             network=net,
             config=config.control,
+            ray_info=self.ray_info,
         )
         # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
         self.host.set_handler(
@@ -170,7 +169,7 @@ class Node:
                     "tools": self.tools.names(),
                     "pid": os.getpid(),
                     "version": self.version,
-                    "ray": self.ray_info,
+                    "ray": self.ray_info.model_dump(),
                 }
                 self.home.write_runtime(info)
                 log.info("node %s ready on %s", self.peer_id, ", ".join(info["addrs"]))

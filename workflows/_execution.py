@@ -143,7 +143,7 @@ class StepExecution(EngineLoop):
         self._consumed(run, step)
         if step.kind == "task":
             remote, pass_func = self._remote_for(step)
-            ctx = (run.workflow_id, step.task_id)
+            ctx = [run.workflow_id, step.task_id]
             if pass_func:
                 ref = remote.remote(step.func, ctx, *args, **kwargs)
             else:

@@ -39,7 +39,9 @@ class ContinuationGraph:
     graph: Graph
 
 
-def execute_step(func: Any, ctx: tuple[str, str], *args: Any, **kwargs: Any) -> Any:
+def execute_step(func: Any, ctx: list[str], *args: Any, **kwargs: Any) -> Any:
+    """Run one step body; ``ctx`` is ``[workflow_id, task_id]`` (a list: Ray packs a list
+    of strings with msgpack, while a tuple takes its slower pickle path)."""
     token = _CONTEXT.set(StepContext(*ctx))
     try:
         result = func(*args, **kwargs)
@@ -81,7 +83,7 @@ def function_key(func: Any) -> Any:
 def make_runner(func: Any) -> Any:
     """A Ray task body for one workflow function (exported to workers once)."""
 
-    def run_step(ctx: tuple[str, str], *args: Any, **kwargs: Any) -> Any:
+    def run_step(ctx: list[str], *args: Any, **kwargs: Any) -> Any:
         return execute_step(func, ctx, *args, **kwargs)
 
     run_step.__name__ = getattr(func, "__name__", "step")

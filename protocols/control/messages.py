@@ -23,6 +23,7 @@ __all__ = [
     "PeerEntry",
     "Peers",
     "PeersRequest",
+    "RayInfo",
     "ResultRequest",
     "StatusRequest",
     "StepStatus",
@@ -83,12 +84,21 @@ class ToolsRequest(WireModel):
 # --- responses ------------------------------------------------------------------------------
 
 
+class RayInfo(WireModel):
+    """The Ray a node runs its workflow steps on."""
+
+    address: str | None = Field(description="its GCS address (host:port)")
+    joined: bool = Field(description="true: an existing cluster (ray.address); false: its own")
+    cpus: int | None = Field(default=None, description="CPUs the Ray cluster has")
+
+
 class Info(WireModel):
     type: Literal["info"] = "info"
     peer_id: str
     addrs: list[str]
     tools: list[str]
     version: str
+    ray: RayInfo | None = Field(default=None, description="absent from nodes that do not report it")
 
 
 class Submitted(WireModel):

@@ -92,6 +92,8 @@ def test_workflow_submitted_to_toolless_node_runs_where_the_tools_are(swarm: Swa
     # the same request through --node instead of --home
     info = json.loads(swarm.local.cli("node", "info", "--home", home, "--json").stdout)
     assert info["peer_id"] == swarm.none.peer_id and info["tools"] == []
+    assert info["ray"]["joined"] is False  # a Ray of its own, on loopback
+    assert info["ray"]["address"].startswith("127.0.0.1:") and info["ray"]["cpus"] >= 1
     peers = json.loads(swarm.local.cli("peers", "--home", home, "--json").stdout)
     assert {p["peer_id"] for p in peers} == {swarm.text.peer_id, swarm.math.peer_id}
 

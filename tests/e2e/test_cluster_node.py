@@ -59,6 +59,16 @@ def test_a_node_started_with_ray_address_runs_workflows_on_that_cluster(tmp_path
         ray_info = json.loads((home / "node.json").read_text())["ray"]
         assert ray_info["joined"] is True
         assert ray_info["address"] == head.address
+        # ... and to a client that asks (control `info`)
+        info = local.cli("node", "info", "--home", str(home), "--json", timeout_s=30)
+        assert info.returncode == 0, info.stderr
+        assert json.loads(info.stdout)["ray"] == {
+            "address": head.address,
+            "joined": True,
+            "cpus": ray_info["cpus"],
+        }
+        human = local.cli("node", "info", "--home", str(home), timeout_s=30)
+        assert f"ray:     joined cluster at {head.address}" in human.stdout, human.stdout
 
         out = local.cli(
             "submit",

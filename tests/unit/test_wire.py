@@ -98,6 +98,13 @@ CONTROL_REQUESTS: list[BaseModel] = [
 ]
 CONTROL_RESPONSES: list[BaseModel] = [
     control.Info(peer_id=PEER_A, addrs=["/ip4/127.0.0.1/tcp/1"], tools=["text.upper"], version="1"),
+    control.Info(
+        peer_id=PEER_A,
+        addrs=[],
+        tools=[],
+        version="1",
+        ray=control.RayInfo(address="127.0.0.1:6379", joined=True, cpus=2),
+    ),
     control.Submitted(workflow_id="w1", status="RUNNING", created=True),
     control.WorkflowStatusReply(
         workflow_id="w1", name="demo", status="RUNNING", created_at=1.0, steps=[STEP]
