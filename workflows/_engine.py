@@ -106,15 +106,48 @@ class Engine(StepExecution):
         self._pending.clear()
 
     def shutdown(self) -> None:
+        """Stop the engine. The workflows it was running stay in the journal as they
+        are, and are handed back: other processes (and this one, after a new ``init``)
+        can resume them at once, without waiting for this process to exit. Whoever
+        waits for one of them gets a :class:`WorkflowError` saying so."""
         if self._stopped:
             return
         self._stop_loop()
+        interrupted = list(self._runs)
         if self.storage.failure is None:
             self.storage.flush()
+            if interrupted:
+                self._release(interrupted)
+        error = WorkflowError(
+            "the workflow engine was shut down before the workflow finished; resume it to finish it"
+        )
+        for run in self._runs.values():
+            run.finished = True
+            for fut in [run.future, *(f for futs in run.waiters.values() for f in futs)]:
+                if not fut.done():
+                    fut.set_exception(error)
+        self._runs.clear()
+        self._pending.clear()
         self._waits.close()
         self._completions.close()
         self._pool.shutdown(wait=False)
         self._results.close()
+
+    def _release(self, workflow_ids: list[str]) -> None:
+        """Give up ownership of ``workflow_ids`` in the journal (they become resumable)."""
+        owner = self.owner
+
+        def release(db: Any) -> None:
+            db.executemany(
+                "UPDATE wf SET owner = NULL WHERE workflow_id = ? AND owner = ?"
+                " AND status IN ('RUNNING', 'PENDING')",
+                [(wid, owner) for wid in workflow_ids],
+            )
+
+        try:
+            self.storage.transact(release)
+        except Exception:
+            log.exception("could not hand back %d workflows at shutdown", len(workflow_ids))
 
     # -- starting ------------------------------------------------------------------------
 

@@ -30,7 +30,7 @@ from workflows._outputs import (
     workflow_status,
 )
 from workflows._step import continuation
-from workflows._storage import Storage, resolve_storage_path
+from workflows._storage import Storage, WorkflowRow, resolve_storage_path
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
@@ -283,17 +283,20 @@ def _output_future(wid: str, task_id: str | None) -> Future[Any]:
             try:
                 fut.set_result(load_task_output(storage, wid, task_id))
             except ValueError:
-                if status not in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+                if status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
+                    _poll_until_done(wid, fut, task_id)  # the task may not have run yet
+                    return fut
+                ended = _ended_error(row, status)
+                if ended is None:
                     raise
-                _poll_until_done(wid, fut, task_id)  # the task may not have run yet
+                # as in the process that ran it: the task never finished because the
+                # workflow failed or was canceled first
+                fut.set_exception(ended)
             return fut
         if status is WorkflowStatus.SUCCESSFUL:
             fut.set_result(load_task_output(storage, wid, row.output_task or ""))
-        elif status is WorkflowStatus.CANCELED:
-            fut.set_exception(WorkflowCancellationError(wid))
-        elif status is WorkflowStatus.FAILED:
-            cause = _serde.loads(row.error) if row.error else None
-            fut.set_exception(execution_error(wid, cause, row.error_text))
+        elif status in (WorkflowStatus.CANCELED, WorkflowStatus.FAILED):
+            fut.set_exception(_ended_error(row, status))
         elif status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
             _poll_until_done(wid, fut)
         else:
@@ -304,6 +307,16 @@ def _output_future(wid: str, task_id: str | None) -> Future[Any]:
         if not fut.done():
             fut.set_exception(exc)
     return fut
+
+
+def _ended_error(row: WorkflowRow, status: WorkflowStatus) -> BaseException | None:
+    """The error ``get_output`` raises for a canceled or failed workflow (else None)."""
+    if status is WorkflowStatus.CANCELED:
+        return WorkflowCancellationError(row.workflow_id)
+    if status is WorkflowStatus.FAILED:
+        cause = _serde.loads(row.error) if row.error else None
+        return execution_error(row.workflow_id, cause, row.error_text)
+    return None
 
 
 def _poll_until_done(wid: str, fut: Future[Any], task_id: str | None = None) -> None:

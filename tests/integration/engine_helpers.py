@@ -16,12 +16,14 @@ at once, because the tests kill drivers with SIGKILL.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -62,6 +64,22 @@ def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0, what: str 
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(delay)
         delay = min(delay * 2, 0.05)
+
+
+def in_thread(fn: Any, *args: Any, **kwargs: Any) -> concurrent.futures.Future[Any]:
+    """Call ``fn`` in a daemon thread; its outcome in a future. (A pool's thread would be
+    joined at exit: a call that never returns would hang the test run instead of failing
+    the test.)"""
+    fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+    def go() -> None:
+        try:
+            fut.set_result(fn(*args, **kwargs))
+        except BaseException as exc:
+            fut.set_exception(exc)
+
+    threading.Thread(target=go, daemon=True).start()
+    return fut
 
 
 def stays_false(predicate: Callable[[], Any], window_s: float) -> bool:

@@ -306,10 +306,26 @@ def test_status_running_then_canceled(wf_storage: Path, tmp_path: Path) -> None:
 
 
 def test_status_resumable_after_the_engine_stopped(wf_storage: Path, tmp_path: Path) -> None:
+    from workflows._outputs import stored_status
+    from workflows._storage import Storage
+
     runs, release = tmp_path / "runs", tmp_path / "release"
-    workflow.run_async(h.wait_for_file.bind(str(release), "v", str(runs)), workflow_id="r")
+    waiting = h.in_thread(
+        workflow.run, h.wait_for_file.bind(str(release), "v", str(runs)), workflow_id="r"
+    )
     h.wait_until(lambda: h.count_lines(runs) == 1, what="the step to start")
-    wf_api.shutdown()  # like a driver that went away: the stored status says RUNNING
+    wf_api.shutdown()  # the engine stops while the workflow runs
+    with pytest.raises(workflow.WorkflowError, match="shut down"):
+        waiting.result(timeout=10)  # its caller is told, not left waiting
+    # ... and hands the workflow back: any process may resume it now, not only after
+    # this one exits
+    journal = Storage(wf_storage)
+    try:
+        row = journal.get_workflow("r")
+    finally:
+        journal.close()
+    assert row is not None and row.status == "RUNNING" and row.owner is None
+    assert stored_status(row, "another-host/1/1.000") is WorkflowStatus.RESUMABLE
     workflow.init(storage=wf_storage)
     assert workflow.get_status("r") is WorkflowStatus.RESUMABLE
     assert workflow.list_all() == [("r", WorkflowStatus.RESUMABLE)]
@@ -827,8 +843,13 @@ def test_delete_and_cancel_of_a_workflow_another_process_runs(
         with pytest.raises(workflow.WorkflowStillActiveError):
             workflow.delete(h.VICTIM_ID)
         assert workflow.get_status(h.VICTIM_ID) is WorkflowStatus.RUNNING
+        never_run = h.in_thread(workflow.get_output, h.VICTIM_ID, task_id=f"{h.__name__}.add")
+        assert h.stays_false(never_run.done, 0.5)  # waits for the other process
         workflow.cancel(h.VICTIM_ID)  # through the journal: the owner sees it at its heartbeat
         assert workflow.get_status(h.VICTIM_ID) is WorkflowStatus.CANCELED
+        # the task will never run: the wait ends with the workflow's fate, as in-process
+        with pytest.raises(workflow.WorkflowCancellationError):
+            never_run.result(timeout=30)
         assert driver.proc.wait(timeout=30) != 0  # its run() raised WorkflowCancellationError
         assert driver.event("done") is None
         workflow.delete(h.VICTIM_ID)  # no longer active
