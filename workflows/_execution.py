@@ -19,7 +19,15 @@ from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
 from workflows import _serde
 from workflows._completions import Completions
-from workflows._graph import Graph, InputRef, StepDef, StepRef, rename_graph, resolve_input
+from workflows._graph import (
+    ATOMS,
+    Graph,
+    InputRef,
+    StepDef,
+    StepRef,
+    rename_graph,
+    resolve_input,
+)
 from workflows._loop import EngineLoop
 from workflows._outputs import execution_error, load_task_output
 from workflows._runstate import Run, Task, add_steps, resolve_alias
@@ -85,6 +93,8 @@ class StepExecution(EngineLoop):
         return task.value
 
     def _materialize(self, run: Run, value: Any, *, as_refs: bool) -> Any:
+        if type(value) in ATOMS:
+            return value
         if isinstance(value, StepRef):
             return (
                 self._value_ref(run, value.task_id) if as_refs else self._value(run, value.task_id)
@@ -95,6 +105,8 @@ class StepExecution(EngineLoop):
             return [self._materialize(run, v, as_refs=as_refs) for v in value]
         if isinstance(value, tuple):
             return tuple(self._materialize(run, v, as_refs=as_refs) for v in value)
+        if isinstance(value, (set, frozenset)):
+            return type(value)(self._materialize(run, v, as_refs=as_refs) for v in value)
         if isinstance(value, dict):
             return {k: self._materialize(run, v, as_refs=as_refs) for k, v in value.items()}
         return value

@@ -14,6 +14,8 @@ from typing import Any, Literal
 
 from ray.dag import DAGNode, FunctionNode, InputAttributeNode, InputNode
 
+from workflows import _serde
+
 OPTIONS_LABEL = "hivemesh.workflow.options"
 WORKFLOW_OPTION_KEYS = ("task_id", "metadata", "catch_exceptions", "checkpoint")
 RAY_DEFAULT_MAX_RETRIES = 3
@@ -79,6 +81,29 @@ class StepDef:
             if key not in record and _jsonable(value):
                 record[key] = value
         return record
+
+
+def _reduce_step(step: StepDef) -> tuple[Any, ...]:
+    return StepDef, (
+        step.task_id,
+        step.kind,
+        step.func,
+        step.args,
+        step.kwargs,
+        step.deps,
+        step.catch_exceptions,
+        step.checkpoint,
+        step.metadata,
+        step.ray_options,
+    )
+
+
+def _reduce_ref(ref: StepRef) -> tuple[Any, ...]:
+    return StepRef, (ref.task_id,)
+
+
+_serde.register_reducer(StepDef, _reduce_step)
+_serde.register_reducer(StepRef, _reduce_ref)
 
 
 @dataclass
@@ -160,11 +185,17 @@ class TaskIdAllocator:
         return task_id
 
 
+# argument values that cannot hold a DAG node: skipped without further checks
+ATOMS = frozenset({int, float, complex, str, bytes, bool, type(None)})
+
+
 def _walk(value: Any) -> Iterator[DAGNode]:
     """DAG nodes inside a bound argument (lists, tuples, dicts, sets are searched)."""
     stack = [value]
     while stack:
         item = stack.pop()
+        if type(item) in ATOMS:
+            continue
         if isinstance(item, DAGNode):
             yield item
         elif isinstance(item, (list, tuple, set, frozenset)):
@@ -173,19 +204,61 @@ def _walk(value: Any) -> Iterator[DAGNode]:
             stack.extend(item.values())
 
 
-def _substitute(value: Any, ids: dict[int, str]) -> Any:
+def _children(node: FunctionNode, ids: dict[int, str]) -> list[DAGNode]:
+    """The step nodes ``node``'s arguments refer to that are not converted yet."""
+    found: list[DAGNode] = []
+    for value in (*node._bound_args, *node._bound_kwargs.values()):
+        if type(value) in ATOMS:
+            continue
+        if isinstance(value, DAGNode):
+            nodes: Any = (value,)
+        else:
+            nodes = _walk(value)
+        for child in nodes:
+            if not isinstance(child, (InputNode, InputAttributeNode)) and id(child) not in ids:
+                found.append(child)
+    return found
+
+
+def _substitute(value: Any, ids: dict[int, str], deps: dict[str, None]) -> Any:
+    """``value`` with DAG nodes replaced by placeholders; the steps used go into ``deps``."""
+    if type(value) in ATOMS:
+        return value
     if isinstance(value, InputAttributeNode):
         return InputRef(value._key, value._accessor_method)
     if isinstance(value, InputNode):
         return InputRef()
     if isinstance(value, DAGNode):
-        return StepRef(ids[id(value)])
+        task_id = ids[id(value)]
+        deps[task_id] = None
+        return StepRef(task_id)
     if isinstance(value, list):
-        return [_substitute(v, ids) for v in value]
+        return [_substitute(v, ids, deps) for v in value]
     if isinstance(value, tuple):
-        return tuple(_substitute(v, ids) for v in value)
+        return tuple(_substitute(v, ids, deps) for v in value)
+    if isinstance(value, (set, frozenset)):
+        return type(value)(_substitute(v, ids, deps) for v in value)
     if isinstance(value, dict):
-        return {k: _substitute(v, ids) for k, v in value.items()}
+        return {k: _substitute(v, ids, deps) for k, v in value.items()}
+    return value
+
+
+def _options_key(options: dict[str, Any]) -> Any:
+    """A hashable key for equal options dicts (None if a value is not hashable). Types
+    are part of it: ``1`` and ``True`` are equal in Python but not as options."""
+    if not options:
+        return ()
+    try:
+        key = tuple(sorted((k, type(v), _hashable(v)) for k, v in options.items()))
+        hash(key)
+    except TypeError:
+        return None
+    return key
+
+
+def _hashable(value: Any) -> Any:
+    if isinstance(value, dict):  # the labels
+        return tuple(sorted((k, type(v), v) for k, v in value.items()))
     return value
 
 
@@ -199,11 +272,13 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
     ids: dict[int, str] = {}
     steps: list[StepDef] = []
     stack: list[tuple[DAGNode, bool]] = [(root, False)]
-    # nodes of one function share their options dict: split it once (memory for big fan-outs)
-    split_cache: dict[int, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+    # Options split once per distinct options (each node has its own dict, mostly equal):
+    # the steps share the result (memory for big fan-outs)
+    split_cache: dict[Any, tuple[dict[str, Any], dict[str, Any], dict[str, Any]]] = {}
+    names: dict[int, str] = {}  # id(function) -> its default task name
     while stack:
         node, expanded = stack.pop()
-        if id(node) in ids or isinstance(node, (InputNode, InputAttributeNode)):
+        if id(node) in ids:
             continue
         if not isinstance(node, FunctionNode):
             raise TypeError(
@@ -212,18 +287,16 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
             )
         if not expanded:
             stack.append((node, True))
-            children = [
-                c
-                for c in _walk((node._bound_args, node._bound_kwargs))
-                if isinstance(c, FunctionNode) and id(c) not in ids
-            ]
-            stack.extend((c, False) for c in children)
+            stack.extend((c, False) for c in _children(node, ids))
             continue
-        key = id(node._bound_options)
-        if key not in split_cache:
+        key = _options_key(node._bound_options)
+        split = split_cache.get(key) if key is not None else None
+        if split is None:
             wf_split, ray_split = split_options(node._bound_options)
-            split_cache[key] = (wf_split, ray_split, dict(wf_split.get("metadata") or {}))
-        wf_opts, ray_opts, meta = split_cache[key]
+            split = (wf_split, ray_split, dict(wf_split.get("metadata") or {}))
+            if key is not None:
+                split_cache[key] = split
+        wf_opts, ray_opts, meta = split
         if ray_opts.get("num_returns", 1) != 1:
             raise ValueError(
                 "workflow steps return one value: num_returns other than 1 is not supported "
@@ -231,17 +304,15 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
             )
         func = node._body
         task_id = wf_opts.get("task_id")
-        task_id = allocator.allocate(task_id or default_task_name(func))
+        if not task_id:
+            task_id = names.get(id(func))
+            if task_id is None:
+                task_id = names[id(func)] = default_task_name(func)
+        task_id = allocator.allocate(task_id)
         ids[id(node)] = task_id
-        args = tuple(_substitute(a, ids) for a in node._bound_args)
-        kwargs = {k: _substitute(v, ids) for k, v in node._bound_kwargs.items()}
-        deps = tuple(
-            dict.fromkeys(
-                ids[id(c)]
-                for c in _walk((node._bound_args, node._bound_kwargs))
-                if isinstance(c, FunctionNode)
-            )
-        )
+        deps: dict[str, None] = {}  # in order of first use, each once
+        args = tuple(_substitute(a, ids, deps) for a in node._bound_args)
+        kwargs = {k: _substitute(v, ids, deps) for k, v in node._bound_kwargs.items()}
         steps.append(
             StepDef(
                 task_id=task_id,
@@ -249,7 +320,7 @@ def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:
                 func=func,
                 args=args,
                 kwargs=kwargs,
-                deps=deps,
+                deps=tuple(deps),
                 catch_exceptions=_flag(wf_opts, "catch_exceptions"),
                 checkpoint=_flag(wf_opts, "checkpoint"),
                 metadata=meta,
@@ -272,6 +343,8 @@ def rename_graph(graph: Graph, allocator: TaskIdAllocator) -> Graph:
             return [sub(v) for v in value]
         if isinstance(value, tuple):
             return tuple(sub(v) for v in value)
+        if isinstance(value, (set, frozenset)):
+            return type(value)(sub(v) for v in value)
         if isinstance(value, dict):
             return {k: sub(v) for k, v in value.items()}
         return value
