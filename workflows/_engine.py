@@ -15,6 +15,7 @@ import gc
 import json
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -108,30 +109,47 @@ class Engine(StepExecution):
     def shutdown(self) -> None:
         """Stop the engine. The workflows it was running stay in the journal as they
         are, and are handed back: other processes (and this one, after a new ``init``)
-        can resume them at once, without waiting for this process to exit. Whoever
-        waits for one of them gets a :class:`WorkflowError` saying so."""
+        can resume them at once, without waiting for this process to exit. Their running
+        steps are stopped (whoever resumes them runs them again), and whoever waits for
+        one of them gets a :class:`WorkflowError` saying so."""
         if self._stopped:
             return
         self._stop_loop()
-        interrupted = list(self._runs)
-        if self.storage.failure is None:
-            self.storage.flush()
-            if interrupted:
-                self._release(interrupted)
-        error = WorkflowError(
-            "the workflow engine was shut down before the workflow finished; resume it to finish it"
-        )
-        for run in self._runs.values():
-            run.finished = True
-            for fut in [run.future, *(f for futs in run.waiters.values() for f in futs)]:
-                if not fut.done():
-                    fut.set_exception(error)
-        self._runs.clear()
-        self._pending.clear()
+        if self._loop_alive():
+            # the engine thread did not stop in time (a journal write blocked by another
+            # process, say): it still owns the runs, so leave them as they are
+            log.warning("the workflow engine thread did not stop; its workflows stay owned")
+        else:
+            self._hand_back()
         self._waits.close()
         self._completions.close()
         self._pool.shutdown(wait=False)
         self._results.close()
+
+    def _hand_back(self) -> None:
+        """After the engine thread stopped: stop, release and fail the unfinished runs."""
+        runs = list(self._runs.values())
+        if self.storage.failure is None:
+            self.storage.flush()
+            if runs:
+                self._release([run.workflow_id for run in runs])
+        error = WorkflowError(
+            "the workflow engine was shut down before the workflow finished; resume it to finish it"
+        )
+        running: list[ray.ObjectRef] = []
+        for run in runs:
+            run.finished = True
+            running.extend(run.running.values())
+            run.running.clear()
+            for fut in [run.future, *(f for futs in run.waiters.values() for f in futs)]:
+                if not fut.done():
+                    fut.set_exception(error)
+        if running:
+            # polite cancel, then the worker is killed after a grace period: in a thread of
+            # its own, so shutdown does not wait for it
+            threading.Thread(target=_stop_running, args=(running,), daemon=True).start()
+        self._runs.clear()
+        self._pending.clear()
 
     def _release(self, workflow_ids: list[str]) -> None:
         """Give up ownership of ``workflow_ids`` in the journal (they become resumable)."""
@@ -506,3 +524,9 @@ class Engine(StepExecution):
                 if row is not None and run is not None and row.status == "CANCELED":
                     self._fail(run, WorkflowCancellationError(wid), None, WorkflowStatus.CANCELED)
         self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
+
+
+def _stop_running(refs: list[ray.ObjectRef]) -> None:
+    from workflows.ray_tools import stop_tasks
+
+    stop_tasks(refs)

@@ -83,19 +83,29 @@ class StepDef:
         return record
 
 
+# The stored form of a step: its fields by position, in this order (version 1). A field
+# added to StepDef needs a new order and restore function; this one stays, for the
+# graphs already stored (tests/unit/test_graph.py checks that the names match).
+STEP_FIELDS_V1 = (
+    "task_id",
+    "kind",
+    "func",
+    "args",
+    "kwargs",
+    "deps",
+    "catch_exceptions",
+    "checkpoint",
+    "metadata",
+    "ray_options",
+)
+
+
+def _restore_step_v1(*values: Any) -> StepDef:
+    return StepDef(**dict(zip(STEP_FIELDS_V1, values, strict=True)))
+
+
 def _reduce_step(step: StepDef) -> tuple[Any, ...]:
-    return StepDef, (
-        step.task_id,
-        step.kind,
-        step.func,
-        step.args,
-        step.kwargs,
-        step.deps,
-        step.catch_exceptions,
-        step.checkpoint,
-        step.metadata,
-        step.ray_options,
-    )
+    return _restore_step_v1, tuple([getattr(step, name) for name in STEP_FIELDS_V1])
 
 
 def _reduce_ref(ref: StepRef) -> tuple[Any, ...]:
@@ -249,7 +259,7 @@ def _options_key(options: dict[str, Any]) -> Any:
     if not options:
         return ()
     try:
-        key = tuple(sorted((k, type(v), _hashable(v)) for k, v in options.items()))
+        key = tuple(sorted((k, _hashable(v)) for k, v in options.items()))
         hash(key)
     except TypeError:
         return None
@@ -257,9 +267,12 @@ def _options_key(options: dict[str, Any]) -> Any:
 
 
 def _hashable(value: Any) -> Any:
+    """``value`` with the type of every part next to it (dicts as sorted items)."""
     if isinstance(value, dict):  # the labels
-        return tuple(sorted((k, type(v), v) for k, v in value.items()))
-    return value
+        return (dict, tuple(sorted((k, _hashable(v)) for k, v in value.items())))
+    if isinstance(value, (tuple, list)):
+        return (type(value), tuple(_hashable(v) for v in value))
+    return (type(value), value)
 
 
 def graph_from_dag(root: Any, allocator: TaskIdAllocator) -> Graph:

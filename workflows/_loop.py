@@ -22,6 +22,7 @@ from concurrent.futures import Future
 from typing import Any, Protocol
 
 from workflows._storage import Storage
+from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,7 @@ TURN_EVENTS = 512  # events the engine handles before it commits their journal w
 # with at least LINGER_INFLIGHT steps running, a commit waits up to LINGER_S for more writes
 LINGER_INFLIGHT = int(os.environ.get("HIVEMESH_WF_LINGER_INFLIGHT", "8"))
 LINGER_S = float(os.environ.get("HIVEMESH_WF_LINGER_MS", "2")) / 1000
+STOPPED_CHECK_S = 0.5  # a caller waiting on the engine checks this often that it still runs
 
 
 class TimerOwner(Protocol):
@@ -65,12 +67,21 @@ class EngineLoop:
         return False
 
     def call(self, fn: Callable[[], Any]) -> Any:
-        """Run ``fn`` on the engine thread and return its result (or raise its error)."""
+        """Run ``fn`` on the engine thread and return its result (or raise its error).
+        Raises :class:`WorkflowError` if the engine stopped before running it."""
         if threading.current_thread() is self._thread:
             return fn()
         fut: Future[Any] = Future()
         self._q.put(("call", fn, fut))
-        return fut.result()
+        while True:
+            try:
+                return fut.result(timeout=STOPPED_CHECK_S)
+            except TimeoutError:
+                if not self._thread.is_alive() and not fut.done():
+                    raise WorkflowError("the workflow engine was shut down") from None
+
+    def _loop_alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _post(self, fn: Callable[[], None]) -> None:
         self._q.put(("fn", fn))

@@ -334,6 +334,26 @@ def test_status_resumable_after_the_engine_stopped(wf_storage: Path, tmp_path: P
     assert workflow.get_status("r") is WorkflowStatus.SUCCESSFUL
 
 
+def test_shutdown_stops_running_steps_and_answers_late_calls(
+    wf_storage: Path, tmp_path: Path
+) -> None:
+    started, go, done, interrupted = (tmp_path / n for n in ("started", "go", "done", "intr"))
+    dag = cancellable.bind(str(started), str(go), str(done), str(interrupted))
+    waiting = h.in_thread(workflow.run, dag, workflow_id="stopped")
+    h.wait_until(lambda: _started(started), what="the step to start")
+    engine = wf_api._engine()
+    wf_api.shutdown()
+    # the step is stopped (whoever resumes the workflow runs it again), not left running
+    h.wait_until(interrupted.exists, timeout_s=20, what="the step to be interrupted")
+    assert not done.exists()
+    with pytest.raises(workflow.WorkflowError, match="shut down"):
+        waiting.result(timeout=10)
+    # a call that reaches the stopped engine fails instead of waiting forever
+    late = h.in_thread(engine.call, lambda: 1)
+    with pytest.raises(workflow.WorkflowError, match="shut down"):
+        late.result(timeout=5)
+
+
 def test_list_all_filters_by_status_string_or_set(wf_storage: Path, tmp_path: Path) -> None:
     workflow.run(add.bind(1, 1), workflow_id="ok")
     with pytest.raises(ValueError):

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import pickle
 import sys
 from typing import Any
@@ -14,7 +15,15 @@ from ray.dag import InputNode
 
 import workflows as workflow
 from workflows import _serde
-from workflows._graph import Graph, InputRef, StepDef, StepRef, TaskIdAllocator, graph_from_dag
+from workflows._graph import (
+    STEP_FIELDS_V1,
+    Graph,
+    InputRef,
+    StepDef,
+    StepRef,
+    TaskIdAllocator,
+    graph_from_dag,
+)
 
 
 @ray.remote
@@ -124,6 +133,11 @@ def test_actor_methods_are_refused_with_a_clear_error() -> None:
 def test_steps_with_several_returns_are_refused() -> None:
     with pytest.raises(ValueError, match="num_returns"):
         convert(f.options(num_returns=2).bind(1))
+
+
+def test_the_stored_step_form_names_every_field() -> None:
+    """A field added to StepDef must get a new stored form (see STEP_FIELDS_V1)."""
+    assert sorted(STEP_FIELDS_V1) == sorted(f.name for f in dataclasses.fields(StepDef))
 
 
 def test_a_graph_pickles_and_comes_back_equal() -> None:
