@@ -25,7 +25,7 @@ from typing import Any
 import ray
 
 from workflows import _serde
-from workflows._execution import StepExecution
+from workflows._execution import StepExecution, stop_tasks
 from workflows._graph import (
     Graph,
     TaskIdAllocator,
@@ -88,23 +88,26 @@ class Engine(StepExecution):
     def _storage_failed(self, exc: BaseException) -> None:
         """The journal stopped working: nothing can be committed, so every live workflow
         fails now (without touching the journal) instead of hanging."""
-        error = StorageError(f"the workflow journal failed: {exc}")
         self._batch.discard()
-        for run in list(self._runs.values()):
+        for ref in self._abandon_runs(StorageError(f"the workflow journal failed: {exc}")):
+            with contextlib.suppress(Exception):
+                ray.cancel(ref, force=False)
+
+    def _abandon_runs(self, error: BaseException) -> list[ray.ObjectRef]:
+        """End every live run here without a journal record: its waiting callers get
+        ``error``. Returns the Ray tasks its steps were running, for the caller to stop."""
+        running: list[ray.ObjectRef] = []
+        for run in self._runs.values():
             run.finished = True
             self._drop_timers(run)
-            for ref in run.running.values():
-                with contextlib.suppress(Exception):
-                    ray.cancel(ref, force=False)
+            running.extend(run.running.values())
             run.running.clear()
-            if not run.future.done():
-                run.future.set_exception(error)
-            for futs in run.waiters.values():
-                for fut in futs:
-                    if not fut.done():
-                        fut.set_exception(error)
+            for fut in [run.future, *(f for futs in run.waiters.values() for f in futs)]:
+                if not fut.done():
+                    fut.set_exception(error)
         self._runs.clear()
         self._pending.clear()
+        return running
 
     def shutdown(self) -> None:
         """Stop the engine. The workflows it was running stay in the journal as they
@@ -128,28 +131,20 @@ class Engine(StepExecution):
 
     def _hand_back(self) -> None:
         """After the engine thread stopped: stop, release and fail the unfinished runs."""
-        runs = list(self._runs.values())
         if self.storage.failure is None:
             self.storage.flush()
-            if runs:
-                self._release([run.workflow_id for run in runs])
-        error = WorkflowError(
-            "the workflow engine was shut down before the workflow finished; resume it to finish it"
+            if self._runs:
+                self._release(list(self._runs))
+        running = self._abandon_runs(
+            WorkflowError(
+                "the workflow engine was shut down before the workflow finished; "
+                "resume it to finish it"
+            )
         )
-        running: list[ray.ObjectRef] = []
-        for run in runs:
-            run.finished = True
-            running.extend(run.running.values())
-            run.running.clear()
-            for fut in [run.future, *(f for futs in run.waiters.values() for f in futs)]:
-                if not fut.done():
-                    fut.set_exception(error)
         if running:
             # polite cancel, then the worker is killed after a grace period: in a thread of
             # its own, so shutdown does not wait for it
-            threading.Thread(target=_stop_running, args=(running,), daemon=True).start()
-        self._runs.clear()
-        self._pending.clear()
+            threading.Thread(target=stop_tasks, args=(running,), daemon=True).start()
 
     def _release(self, workflow_ids: list[str]) -> None:
         """Give up ownership of ``workflow_ids`` in the journal (they become resumable)."""
@@ -524,9 +519,3 @@ class Engine(StepExecution):
                 if row is not None and run is not None and row.status == "CANCELED":
                     self._fail(run, WorkflowCancellationError(wid), None, WorkflowStatus.CANCELED)
         self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
-
-
-def _stop_running(refs: list[ray.ObjectRef]) -> None:
-    from workflows.ray_tools import stop_tasks
-
-    stop_tasks(refs)

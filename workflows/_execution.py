@@ -419,7 +419,7 @@ class StepExecution(EngineLoop):
         if running:
             # off the engine thread: a polite cancel, then the worker is killed after a
             # grace period (a polite cancel cannot interrupt a step blocked in C code)
-            self._pool.submit(_stop_tasks, running)
+            self._pool.submit(stop_tasks, running)
         for poll in run.polls:  # event listeners still waiting
             poll.cancel()
         for call in run.tool_calls.values():  # tool steps: the runner stops them
@@ -488,7 +488,8 @@ class StepExecution(EngineLoop):
         return load_task_output(self.storage, workflow_id, task_id)
 
 
-def _stop_tasks(refs: list[ray.ObjectRef]) -> None:
-    from workflows.ray_tools import stop_tasks
+def stop_tasks(refs: list[ray.ObjectRef]) -> None:
+    """Stop running Ray tasks (polite cancel, then kill after a grace period; blocking)."""
+    from workflows import ray_tools  # it imports trio: only when something is stopped
 
-    stop_tasks(refs)
+    ray_tools.stop_tasks(refs)
