@@ -170,6 +170,18 @@ def wait_for_file(
 
 
 @ray.remote
+def counted(runs: str, value: Any) -> Any:
+    append_line(runs, "run")
+    return value
+
+
+@ray.remote
+def record(order: str, name: str) -> str:
+    append_line(order, name)
+    return name
+
+
+@ray.remote
 def identity(value: Any) -> Any:
     return value
 

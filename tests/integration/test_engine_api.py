@@ -57,12 +57,6 @@ def triple(a: Any, b: Any, c: Any) -> tuple[Any, Any, Any]:
 
 
 @ray.remote
-def counted(runs: str, value: Any) -> Any:
-    h.append_line(runs, "run")
-    return value
-
-
-@ray.remote
 def always_fails(runs: str) -> None:
     h.append_line(runs, "run")
     raise ValueError("boom")
@@ -173,12 +167,6 @@ def digest(data: bytes) -> tuple[int, str]:
     return len(data), hashlib.sha256(data).hexdigest()
 
 
-@ray.remote
-def record(order: str, name: str) -> str:
-    h.append_line(order, name)
-    return name
-
-
 @workflow.step
 def l_add(a: int, b: int) -> int:
     return a + b
@@ -256,9 +244,9 @@ def test_run_with_an_existing_id_resumes_and_executes_nothing(
     wf_storage: Path, tmp_path: Path
 ) -> None:
     first, second = tmp_path / "first.runs", tmp_path / "second.runs"
-    assert workflow.run(counted.bind(str(first), "one"), workflow_id="same") == "one"
-    assert workflow.run(counted.bind(str(second), "two"), workflow_id="same") == "one"
-    assert ray.get(workflow.run_async(counted.bind(str(second), "two"), workflow_id="same")) == (
+    assert workflow.run(h.counted.bind(str(first), "one"), workflow_id="same") == "one"
+    assert workflow.run(h.counted.bind(str(second), "two"), workflow_id="same") == "one"
+    assert ray.get(workflow.run_async(h.counted.bind(str(second), "two"), workflow_id="same")) == (
         "one"
     )
     assert h.count_lines(first) == 1
@@ -564,7 +552,7 @@ def test_resume_of_a_failed_workflow_reruns_only_what_failed(
     wf_storage: Path, tmp_path: Path
 ) -> None:
     first_runs, second_runs, flag = tmp_path / "first", tmp_path / "second", tmp_path / "flag"
-    dag = h.fail_unless_flag.bind(str(flag), str(second_runs), counted.bind(str(first_runs), 7))
+    dag = h.fail_unless_flag.bind(str(flag), str(second_runs), h.counted.bind(str(first_runs), 7))
     with pytest.raises(ValueError):
         workflow.run(dag, workflow_id="fix")
     assert workflow.get_status("fix") is WorkflowStatus.FAILED
@@ -777,12 +765,12 @@ def test_max_running_and_pending_workflows(wf_storage: Path, tmp_path: Path) -> 
         h.wait_for_file.bind(str(release), "a", str(started)), workflow_id="a"
     )
     h.wait_until(lambda: _started(started), what="the first workflow to start")
-    second = workflow.run_async(record.bind(str(order), "b"), workflow_id="b")
+    second = workflow.run_async(h.record.bind(str(order), "b"), workflow_id="b")
     assert workflow.get_status("a") is WorkflowStatus.RUNNING
     assert workflow.get_status("b") is WorkflowStatus.PENDING
     assert workflow.list_all(WorkflowStatus.PENDING) == [("b", WorkflowStatus.PENDING)]
     with pytest.raises(queue.Full):
-        workflow.run_async(record.bind(str(order), "c"), workflow_id="c")
+        workflow.run_async(h.record.bind(str(order), "c"), workflow_id="c")
     assert not order.exists()
     h.touch(release)
     assert ray.get(first, timeout=60) == "a"
@@ -796,7 +784,7 @@ def test_pending_workflows_run_in_fifo_order(wf_storage: Path, tmp_path: Path) -
     workflow.run_async(h.wait_for_file.bind(str(release), "a", str(started)), workflow_id="a")
     h.wait_until(lambda: _started(started), what="the first workflow to start")
     refs = [
-        workflow.run_async(record.bind(str(order), name), workflow_id=name)
+        workflow.run_async(h.record.bind(str(order), name), workflow_id=name)
         for name in ("b", "c", "d")
     ]
     assert [workflow.get_status(n) for n in "bcd"] == [WorkflowStatus.PENDING] * 3

@@ -50,18 +50,6 @@ def sleeps_in_c(started: str, done: str) -> str:
 
 
 @ray.remote
-def counted(runs: str, value: Any) -> Any:
-    h.append_line(runs, "run")
-    return value
-
-
-@ray.remote
-def record(order: str, name: str) -> str:
-    h.append_line(order, name)
-    return name
-
-
-@ray.remote
 def dies_on_first_runs(runs: str, deaths: int) -> str:
     """Kills its own worker (a system failure, not an exception) on its first ``deaths`` runs."""
     h.append_line(runs, "run")
@@ -150,7 +138,7 @@ def test_cancel_of_a_pending_workflow_means_it_never_runs(
         h.wait_for_file.bind(str(release), "a", str(started)), workflow_id="a"
     )
     h.wait_until(started.exists, what="the first workflow to start")
-    second = workflow.run_async(record.bind(str(order), "b"), workflow_id="b")
+    second = workflow.run_async(h.record.bind(str(order), "b"), workflow_id="b")
     assert workflow.get_status("b") is WorkflowStatus.PENDING
 
     workflow.cancel("b")
@@ -161,7 +149,7 @@ def test_cancel_of_a_pending_workflow_means_it_never_runs(
 
     h.touch(release)  # the running slot frees up: "b" must not be taken from the queue
     assert ray.get(first, timeout=30) == "a"
-    assert workflow.run(record.bind(str(order), "c"), workflow_id="c") == "c"  # slot is free
+    assert workflow.run(h.record.bind(str(order), "c"), workflow_id="c") == "c"  # slot is free
     assert h.read_lines(order) == ["c"]
     assert workflow.get_status("b") is WorkflowStatus.CANCELED
 
@@ -172,7 +160,7 @@ def test_delete_refuses_a_pending_workflow(one_at_a_time: Path, tmp_path: Path) 
         h.wait_for_file.bind(str(release), "a", str(started)), workflow_id="a"
     )
     h.wait_until(started.exists, what="the first workflow to start")
-    second = workflow.run_async(record.bind(str(order), "b"), workflow_id="b")
+    second = workflow.run_async(h.record.bind(str(order), "b"), workflow_id="b")
     assert workflow.get_status("b") is WorkflowStatus.PENDING
 
     with pytest.raises(WorkflowStillActiveError):
@@ -329,20 +317,23 @@ def test_sigkill_in_a_continuation_recursion_reruns_no_committed_step(
     assert {t for t, paths in after.items() if len(paths) > 1} == {blocked}
 
 
+def _event_files(tmp: Path) -> tuple[Path, Path, Path, Path, Path]:
+    """The event driver's files: event, ack, polls, release, runs."""
+    return tmp / "event", tmp / "ack", tmp / "polls", tmp / "release", tmp / "runs"
+
+
+def _event_driver(storage: Path, address: str, workflow_id: str, tmp: Path) -> h.Driver:
+    """A driver running ``h.event_then_file`` as ``workflow_id`` on ``_event_files(tmp)``."""
+    files = (str(p) for p in _event_files(tmp))
+    return h.Driver("event", storage, address, workflow_id, *files, out=tmp / "drv.out")
+
+
 def test_a_committed_event_is_not_polled_again_after_a_driver_kill(
     wf_storage: Path, tmp_path: Path, ray_address: str
 ) -> None:
-    event, ack, polls = tmp_path / "event", tmp_path / "ack", tmp_path / "polls"
-    release, runs = tmp_path / "release", tmp_path / "runs"
+    event, ack, polls, release, runs = _event_files(tmp_path)
     h.write_atomically(event, "first")
-    driver = h.Driver(
-        "event",
-        wf_storage,
-        ray_address,
-        "evt-done",
-        *(str(p) for p in (event, ack, polls, release, runs)),
-        out=tmp_path / "drv.out",
-    )
+    driver = _event_driver(wf_storage, ray_address, "evt-done", tmp_path)
     try:
         driver.wait_event("ready")
         # the next step starts only after the event was committed and acknowledged
@@ -363,16 +354,8 @@ def test_a_committed_event_is_not_polled_again_after_a_driver_kill(
 def test_an_uncommitted_event_is_polled_again_after_a_driver_kill(
     wf_storage: Path, tmp_path: Path, ray_address: str
 ) -> None:
-    event, ack, polls = tmp_path / "event", tmp_path / "ack", tmp_path / "polls"
-    release, runs = tmp_path / "release", tmp_path / "runs"
-    driver = h.Driver(
-        "event",
-        wf_storage,
-        ray_address,
-        "evt-waiting",
-        *(str(p) for p in (event, ack, polls, release, runs)),
-        out=tmp_path / "drv.out",
-    )
+    event, ack, polls, release, runs = _event_files(tmp_path)
+    driver = _event_driver(wf_storage, ray_address, "evt-waiting", tmp_path)
     try:
         driver.wait_event("ready")
         h.wait_until(lambda: h.count_lines(polls) >= 1, what="the listener to poll")
@@ -435,7 +418,7 @@ def test_init_with_synchronous_normal_and_a_file_url(wf_storage: Path, tmp_path:
 
 def test_checkpoint_false_output_is_not_journaled(wf_storage: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    unsaved = counted.options(**workflow.options(task_id="unsaved", checkpoint=False))
+    unsaved = h.counted.options(**workflow.options(task_id="unsaved", checkpoint=False))
     dag: Any = h.add.options(**workflow.options(task_id="sum")).bind(unsaved.bind(str(runs), 41), 1)
     assert workflow.run(dag, workflow_id="nockpt") == 42
     assert workflow.get_status("nockpt") is WorkflowStatus.SUCCESSFUL
@@ -449,7 +432,7 @@ def test_checkpoint_false_output_is_not_journaled(wf_storage: Path, tmp_path: Pa
 
 def test_checkpoint_false_step_runs_again_on_resume(wf_storage: Path, tmp_path: Path) -> None:
     unsaved_runs, reader_runs, flag = tmp_path / "unsaved", tmp_path / "reader", tmp_path / "flag"
-    unsaved = counted.options(**workflow.options(task_id="unsaved", checkpoint=False))
+    unsaved = h.counted.options(**workflow.options(task_id="unsaved", checkpoint=False))
     dag: Any = h.fail_unless_flag.bind(
         str(flag), str(reader_runs), unsaved.bind(str(unsaved_runs), 7)
     )
@@ -466,8 +449,8 @@ def test_checkpoint_false_step_runs_again_on_resume(wf_storage: Path, tmp_path: 
 
 def test_resume_of_a_successful_workflow_runs_nothing(wf_storage: Path, tmp_path: Path) -> None:
     runs = tmp_path / "runs"
-    first = counted.options(**workflow.options(task_id="first"))
-    dag: Any = counted.bind(str(runs), first.bind(str(runs), "v"))
+    first = h.counted.options(**workflow.options(task_id="first"))
+    dag: Any = h.counted.bind(str(runs), first.bind(str(runs), "v"))
     assert workflow.run(dag, workflow_id="done") == "v"
     assert h.count_lines(runs) == 2
     assert workflow.resume("done") == "v"
