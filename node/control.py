@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from node.config import ControlConfig, NetworkConfig
-from node.handoff_journal import JournalError
+from node.handoff.journal import JournalError
 from node.p2p import P2PHost, P2PStream
 from node.registry import PeerRegistry
 from node.workflow_service import WorkflowService

@@ -21,8 +21,8 @@ from node.config import NodeConfig, RayConfig
 from node.control import ControlService
 from node.discovery import DiscoveryService
 from node.executor import SwarmExecutor
-from node.handoff_journal import AsyncHandoffJournal, HandoffJournal
-from node.handoff_server import HandoffServer
+from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
+from node.handoff.server import HandoffServer
 from node.home import Home
 from node.p2p import P2PHost
 from node.registry import PeerRegistry

@@ -10,7 +10,7 @@ import trio
 
 from node.config import HandoffConfig, NetworkConfig
 from node.errors import NodeError, PlacementError
-from node.handoff import (
+from node.handoff.delegator import (
     HandoffError,
     HandoffFailedError,
     HandoffRejectedError,

@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import trio
 
-from node.handoff import Abandon, abandon_on_cancel
+from node.handoff.delegator import Abandon, abandon_on_cancel
 from workflows._engine import Engine
 from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
 from workflows._outputs import load_task_output, stored_status

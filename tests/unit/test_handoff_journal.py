@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from node.handoff_journal import HandoffJournal as Journal
-from node.handoff_journal import JournalError
+from node.handoff.journal import HandoffJournal as Journal
+from node.handoff.journal import JournalError
 
 
 class FakeClock:

@@ -1,5 +1,5 @@
 """Handoff, delegator side: delegate one step to a peer, or cancel it there.
-The delegatee side is :mod:`node.handoff_server`.
+The delegatee side is :mod:`node.handoff.server`.
 
 Wire: offer → accept | reject → heartbeat* → result | failed | canceled. The delegator treats a
 stream that ends, or goes silent longer than the heartbeat timeout, before a final message as

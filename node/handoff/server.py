@@ -1,9 +1,9 @@
 """Handoff, delegatee side: run steps that peers offer, idempotently by handoff id.
 
-See :mod:`node.handoff` for the protocol's flow. An offer whose id already finished gets
-the stored result (or ``canceled``); one still running is joined. A ``cancel`` from the
-peer that offered a handoff stops its job (Ray's polite cancel, then the worker is killed
-after a grace period), journals it CANCELED and is answered ``canceled``.
+See :mod:`node.handoff.delegator` for the protocol's flow. An offer whose id already
+finished gets the stored result (or ``canceled``); one still running is joined. A ``cancel``
+from the peer that offered a handoff stops its job (Ray's polite cancel, then the worker is
+killed after a grace period), journals it CANCELED and is answered ``canceled``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import trio
 
 from node.config import HandoffConfig, NetworkConfig
-from node.handoff_journal import AsyncHandoffJournal
+from node.handoff.journal import AsyncHandoffJournal
 from node.p2p import P2PStream
 from protocols import handoff
 from protocols.errors import (
