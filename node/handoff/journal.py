@@ -1,8 +1,13 @@
 """The node's handoff journal: every step delegated to or by this node (SQLite, WAL).
 
-The delegatee records what it accepted and its outcome, so a delegator that lost the
-stream (or restarted) and offers the same handoff id again gets the stored result instead
-of a second run. Workflows and their steps are in the engine's journal (``workflows.db``).
+A handoff is keyed by (direction, peer, handoff id): the delegatee records what each peer
+offered it (``in``) and its outcome, so the same peer re-offering the same id gets the stored
+outcome instead of a second run, and no other peer ever sees it; the delegator records what it
+offered (``out``), with the result and the signed receipt it verified. Workflows and their
+steps are in the engine's journal (``workflows.db``).
+
+Stored results are kept until the delegator acknowledges them or ``retention_s`` passes, then
+pruned (:meth:`HandoffJournal.prune`); the bytes a peer may keep stored here are bounded.
 
 All methods are synchronous and thread-safe (one connection, serialised by a lock);
 :class:`AsyncHandoffJournal` runs them from trio in one worker thread.
@@ -15,7 +20,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -25,24 +30,32 @@ import trio
 
 from node.errors import NodeError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 T = TypeVar("T")
+Direction = Literal["in", "out"]
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+_TABLE = """
 CREATE TABLE IF NOT EXISTS handoffs (
-    handoff_id  TEXT PRIMARY KEY,
     direction   TEXT NOT NULL,
     peer        TEXT NOT NULL,
+    handoff_id  TEXT NOT NULL,
+    epoch       INTEGER NOT NULL DEFAULT 0,
     workflow_id TEXT,
     step        TEXT,
     tool        TEXT NOT NULL,
     status      TEXT NOT NULL,
     outputs     TEXT,
     error       TEXT,
+    code        TEXT,
+    receipt     TEXT,
+    size        INTEGER NOT NULL DEFAULT 0,
+    acked_at    REAL,
     created_at  REAL NOT NULL,
-    updated_at  REAL NOT NULL
+    updated_at  REAL NOT NULL,
+    PRIMARY KEY (direction, peer, handoff_id)
 );
+CREATE INDEX IF NOT EXISTS handoffs_by_age ON handoffs(updated_at);
+CREATE INDEX IF NOT EXISTS handoffs_by_step ON handoffs(workflow_id, step);
 """
 
 
@@ -53,14 +66,19 @@ class JournalError(NodeError):
 @dataclass(frozen=True)
 class HandoffRecord:
     handoff_id: str
-    direction: Literal["in", "out"]
+    direction: Direction
     peer: str
+    epoch: int
     workflow_id: str | None
     step: str | None
     tool: str
     status: str
     outputs: dict[str, Any] | None
     error: str | None
+    code: str | None
+    receipt: dict[str, Any] | None
+    size: int
+    acked_at: float | None
     created_at: float
     updated_at: float
 
@@ -71,6 +89,27 @@ def _dumps(value: Any) -> str:
 
 def _loads(text: str | None) -> Any:
     return None if text is None else json.loads(text)
+
+
+def _record(r: sqlite3.Row) -> HandoffRecord:
+    return HandoffRecord(
+        handoff_id=r["handoff_id"],
+        direction=r["direction"],
+        peer=r["peer"],
+        epoch=r["epoch"],
+        workflow_id=r["workflow_id"],
+        step=r["step"],
+        tool=r["tool"],
+        status=r["status"],
+        outputs=_loads(r["outputs"]),
+        error=r["error"],
+        code=r["code"],
+        receipt=_loads(r["receipt"]),
+        size=r["size"],
+        acked_at=r["acked_at"],
+        created_at=r["created_at"],
+        updated_at=r["updated_at"],
+    )
 
 
 class HandoffJournal:
@@ -92,17 +131,51 @@ class HandoffJournal:
             self._db = sqlite3.connect(
                 str(self.path), check_same_thread=False, isolation_level=None, timeout=30
             )
+            # before any table exists: pruned pages can be given back to the file system
+            self._db.execute("PRAGMA auto_vacuum=INCREMENTAL")
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute(f"PRAGMA synchronous={synchronous}")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._db.executescript(_SCHEMA)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            # the WAL file is truncated back to this size after each checkpoint
+            self._db.execute("PRAGMA journal_size_limit=4194304")
+            self._migrate()
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         self._closed = False
+
+    def _migrate(self) -> None:
+        db = self._db
+        db.execute("CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        row = db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        version = int(row[0]) if row else None
+        if version is not None and version > SCHEMA_VERSION:
+            raise JournalError(
+                f"journal {self.path} has schema {version}, newer than this hivemesh "
+                f"({SCHEMA_VERSION}): upgrade hivemesh"
+            )
+        if version == 1:
+            # v1 keyed handoffs by id alone (any peer could reach another's handoff)
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ALTER TABLE handoffs RENAME TO handoffs_v1")
+            for statement in _TABLE.split(";"):  # executescript would commit first
+                if statement.strip():
+                    db.execute(statement)
+            db.execute(
+                "INSERT INTO handoffs(direction, peer, handoff_id, workflow_id, step, tool,"
+                " status, outputs, error, size, created_at, updated_at)"
+                " SELECT direction, peer, handoff_id, workflow_id, step, tool, status, outputs,"
+                " error, length(coalesce(outputs, '')) + length(coalesce(error, '')),"
+                " created_at, updated_at FROM handoffs_v1"
+            )
+            db.execute("DROP TABLE handoffs_v1")
+            db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
+            db.execute("COMMIT")
+            db.execute("VACUUM")  # turns incremental auto-vacuum on for an old file
+            return
+        db.executescript(_TABLE)
+        db.execute(
+            "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -140,21 +213,32 @@ class HandoffJournal:
         self,
         handoff_id: str,
         *,
-        direction: Literal["in", "out"],
+        direction: Direction,
         peer: str,
         tool: str,
         workflow_id: str | None,
         step: str | None,
         status: str,
+        epoch: int = 0,
     ) -> None:
+        """Record an accepted (``in``) or offered (``out``) handoff. Recording it again
+        updates its status; a new ``epoch`` also forgets the previous attempt's outcome."""
         now = self._clock()
         with self._tx() as db:
             db.execute(
-                "INSERT INTO handoffs(handoff_id, direction, peer, workflow_id, step, tool,"
-                " status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(handoff_id) DO UPDATE SET status = excluded.status,"
-                " updated_at = excluded.updated_at",
-                (handoff_id, direction, peer, workflow_id, step, tool, status, now, now),
+                "INSERT INTO handoffs(direction, peer, handoff_id, epoch, workflow_id, step,"
+                " tool, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                " ON CONFLICT(direction, peer, handoff_id) DO UPDATE SET"
+                " status = excluded.status, updated_at = excluded.updated_at,"
+                " outputs = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.outputs END,"
+                " error = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.error END,"
+                " code = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.code END,"
+                " receipt = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.receipt END,"
+                " size = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.size ELSE 0 END,"
+                " acked_at = CASE WHEN excluded.epoch = handoffs.epoch"
+                " THEN handoffs.acked_at END,"
+                " epoch = excluded.epoch",
+                (direction, peer, handoff_id, epoch, workflow_id, step, tool, status, now, now),
             )
 
     def finish_handoff(
@@ -162,40 +246,139 @@ class HandoffJournal:
         handoff_id: str,
         status: str,
         *,
+        direction: Direction,
+        peer: str,
         outputs: dict[str, Any] | None = None,
         error: str | None = None,
+        code: str | None = None,
+        receipt: dict[str, Any] | None = None,
     ) -> None:
+        out_text = None if outputs is None else _dumps(outputs)
+        size = len(out_text or "") + len(error or "")
         with self._tx() as db:
             db.execute(
-                "UPDATE handoffs SET status = ?, outputs = ?, error = ?, updated_at = ?"
-                " WHERE handoff_id = ?",
+                "UPDATE handoffs SET status = ?, outputs = ?, error = ?, code = ?, receipt = ?,"
+                " size = ?, updated_at = ? WHERE direction = ? AND peer = ? AND handoff_id = ?",
                 (
                     status,
-                    None if outputs is None else _dumps(outputs),
+                    out_text,
                     error,
+                    code,
+                    None if receipt is None else _dumps(receipt),
+                    size,
                     self._clock(),
+                    direction,
+                    peer,
                     handoff_id,
                 ),
             )
 
-    def get_handoff(self, handoff_id: str) -> HandoffRecord | None:
-        rows = self._query("SELECT * FROM handoffs WHERE handoff_id = ?", (handoff_id,))
-        if not rows:
-            return None
-        r = rows[0]
-        return HandoffRecord(
-            handoff_id=r["handoff_id"],
-            direction=r["direction"],
-            peer=r["peer"],
-            workflow_id=r["workflow_id"],
-            step=r["step"],
-            tool=r["tool"],
-            status=r["status"],
-            outputs=_loads(r["outputs"]),
-            error=r["error"],
-            created_at=r["created_at"],
-            updated_at=r["updated_at"],
+    def get_handoff(
+        self, handoff_id: str, *, direction: Direction, peer: str
+    ) -> HandoffRecord | None:
+        rows = self._query(
+            "SELECT * FROM handoffs WHERE direction = ? AND peer = ? AND handoff_id = ?",
+            (direction, peer, handoff_id),
         )
+        return _record(rows[0]) if rows else None
+
+    def acknowledge(self, handoff_id: str, *, peer: str, epoch: int) -> bool:
+        """The delegator has the result of ``handoff_id`` (this epoch): drop the stored
+        outputs, keep the record (a later offer of the same id and epoch is refused, not
+        rerun). True if something was acknowledged."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE handoffs SET outputs = NULL, size = length(coalesce(error, '')),"
+                " acked_at = ? WHERE direction = 'in' AND peer = ? AND handoff_id = ?"
+                " AND epoch = ? AND acked_at IS NULL AND status IN ('SUCCESSFUL', 'FAILED')",
+                (self._clock(), peer, handoff_id, epoch),
+            )
+            return cur.rowcount > 0
+
+    def interrupt_accepted(self) -> int:
+        """At start: handoffs accepted before a restart are not running any more."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE handoffs SET status = 'INTERRUPTED', updated_at = ?"
+                " WHERE direction = 'in' AND status = 'ACCEPTED'",
+                (self._clock(),),
+            )
+            return cur.rowcount
+
+    def steps_of(self, workflow_id: str) -> list[HandoffRecord]:
+        """What this node delegated for ``workflow_id`` (latest first per step)."""
+        rows = self._query(
+            "SELECT * FROM handoffs WHERE direction = 'out' AND workflow_id = ?"
+            " ORDER BY updated_at DESC",
+            (workflow_id,),
+        )
+        return [_record(r) for r in rows]
+
+    def stored_bytes(self, peer: str | None = None) -> int:
+        if peer is None:
+            rows = self._query("SELECT coalesce(sum(size), 0) FROM handoffs")
+        else:
+            rows = self._query(
+                "SELECT coalesce(sum(size), 0) FROM handoffs WHERE direction = 'in' AND peer = ?",
+                (peer,),
+            )
+        return int(rows[0][0])
+
+    def count(self) -> int:
+        return int(self._query("SELECT count(*) FROM handoffs")[0][0])
+
+    def prune(
+        self,
+        *,
+        retention_s: float,
+        max_bytes_per_peer: int | None = None,
+        peer: str | None = None,
+    ) -> int:
+        """Forget finished handoffs not updated for ``retention_s``, and evict the oldest
+        stored outcomes of ``peer`` beyond ``max_bytes_per_peer`` (their records stay, as
+        acknowledged). Gives freed pages back to the file system. Returns rows changed."""
+        cutoff = self._clock() - retention_s
+        changed = 0
+        with self._tx() as db:
+            cur = db.execute(
+                "DELETE FROM handoffs WHERE updated_at < ?"
+                " AND status NOT IN ('ACCEPTED', 'RUNNING')",  # running, or being re-attached
+                (cutoff,),
+            )
+            changed += cur.rowcount
+            if peer is not None and max_bytes_per_peer is not None:
+                rows = db.execute(
+                    "SELECT handoff_id, size FROM handoffs WHERE direction = 'in' AND peer = ?"
+                    " AND size > 0 ORDER BY updated_at DESC",
+                    (peer,),
+                ).fetchall()
+                total = 0
+                evict = []
+                for hid, size in rows:
+                    total += size
+                    if total > max_bytes_per_peer:
+                        evict.append(hid)
+                for hid in evict:
+                    db.execute(
+                        "UPDATE handoffs SET outputs = NULL, error = NULL, size = 0,"
+                        " acked_at = coalesce(acked_at, ?)"
+                        " WHERE direction = 'in' AND peer = ? AND handoff_id = ?",
+                        (self._clock(), peer, hid),
+                    )
+                changed += len(evict)
+        if changed:
+            with self._lock:
+                self._db.execute("PRAGMA incremental_vacuum")
+                self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return changed
+
+    def file_bytes(self) -> int:
+        """The journal's size on disk (database and write-ahead log)."""
+        total = 0
+        for suffix in ("", "-wal"):
+            with suppress(OSError):
+                total += Path(str(self.path) + suffix).stat().st_size
+        return total
 
 
 class AsyncHandoffJournal:

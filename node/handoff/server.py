@@ -10,14 +10,16 @@ from __future__ import annotations
 
 import logging
 import time
+import typing
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import partial
+from typing import Any, cast
 
 import trio
 
 from node.config import HandoffConfig, NetworkConfig
-from node.handoff.journal import AsyncHandoffJournal
+from node.handoff.journal import AsyncHandoffJournal, HandoffRecord
 from node.p2p import P2PStream
 from protocols import handoff
 from protocols.errors import (
@@ -54,6 +56,28 @@ def _canceled(handoff_id: str, reason: str | None) -> handoff.Canceled:
     return handoff.Canceled(handoff_id=handoff_id, message=f"{text}: {reason}" if reason else text)
 
 
+def _replay(handoff_id: str, stored: HandoffRecord | None) -> JobOutcome | None:
+    """The stored outcome an offer re-attaching to a finished handoff gets, if any: a
+    result whose outputs are still stored, a failure, or a cancel (canceled stays canceled:
+    never rerun). Anything else (interrupted by a restart, result acknowledged or pruned)
+    runs again."""
+    if stored is None:
+        return None
+    if stored.status == "SUCCESSFUL" and stored.outputs is not None:
+        return handoff.StepResult(handoff_id=handoff_id, outputs=stored.outputs, duration_ms=0)
+    if stored.status == "FAILED" and stored.code in typing.get_args(handoff.FailureCode):
+        return handoff.StepFailed(
+            handoff_id=handoff_id,
+            code=cast(handoff.FailureCode, stored.code),
+            message=stored.error or "failed",
+        )
+    if stored.status == "CANCELED":
+        return handoff.Canceled(
+            handoff_id=handoff_id, message=stored.error or _canceled(handoff_id, None).message
+        )
+    return None
+
+
 def _unknown(handoff_id: str) -> handoff.NotCanceled:
     return handoff.NotCanceled(
         handoff_id=handoff_id,
@@ -81,11 +105,14 @@ class HandoffServer:
         self.running = 0
         self.started_jobs = 0  # steps actually run here (joins and stored results excluded)
         self.canceled_jobs = 0  # running steps stopped by a delegator's cancel
-        self._jobs: dict[str, _Job] = {}
+        # keyed by (offering peer, handoff id): a handoff belongs to the peer that offered it
+        self._jobs: dict[tuple[str, str], _Job] = {}
         self._nursery: trio.Nursery | None = None
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Owns the jobs: a job outlives the stream that offered it (a delegator may re-attach)."""
+        # what was accepted before a restart is not running any more
+        await self.journal.call(self.journal.sync.interrupt_accepted)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
@@ -122,30 +149,23 @@ class HandoffServer:
             await ms.send(reject)
             await ms.close()
             return
-        job = self._jobs.get(offer.handoff_id)
+        key = (peer, offer.handoff_id)
+        job = self._jobs.get(key)
         if job is None:
             # reserve the id before the first await: a concurrent duplicate offer joins it
-            job = self._jobs[offer.handoff_id] = _Job(trio.Event(), peer)
+            job = self._jobs[key] = _Job(trio.Event(), peer)
             try:
-                stored = await self.journal.call(self.journal.sync.get_handoff, offer.handoff_id)
+                stored = await self.journal.call(
+                    self.journal.sync.get_handoff, offer.handoff_id, direction="in", peer=peer
+                )
             except BaseException:
-                del self._jobs[offer.handoff_id]
+                del self._jobs[key]
                 raise
-            replay: JobOutcome | None = None
-            if stored is not None and stored.direction == "in":
-                if stored.status == "SUCCESSFUL":
-                    replay = handoff.StepResult(
-                        handoff_id=offer.handoff_id, outputs=stored.outputs or {}, duration_ms=0
-                    )
-                elif stored.status == "CANCELED":  # canceled stays canceled: never rerun
-                    replay = handoff.Canceled(
-                        handoff_id=offer.handoff_id,
-                        message=stored.error or _canceled(offer.handoff_id, None).message,
-                    )
+            replay = _replay(offer.handoff_id, stored)
             if replay is not None:
                 job.outcome = replay
                 job.done.set()
-                del self._jobs[offer.handoff_id]
+                del self._jobs[key]
             else:
                 await self._start(offer, peer, job)
         await ms.send(handoff.Accept(handoff_id=offer.handoff_id))
@@ -203,14 +223,9 @@ class HandoffServer:
                     log.info("delegator of handoff %s gave up: %s", handoff_id, msg.message)
                     break
                 if isinstance(msg, handoff.Cancel) and msg.handoff_id == handoff_id:
-                    if job.peer == peer:
-                        self._cancel_job(handoff_id, job, msg.reason, peer)
-                        continue  # the job ends as canceled; _follow sends that
-                    # joined by another peer than the one that offered it: not yours to cancel
-                    async with lock:
-                        await ms.send(_unknown(handoff_id))
-                    await ms.close()
-                    break
+                    # jobs are per offering peer: whoever reads this stream offered the job
+                    self._cancel_job(handoff_id, job, msg.reason, peer)
+                    continue  # the job ends as canceled; _follow sends that
                 if isinstance(msg, handoff.Cancel):
                     problem = f"a cancel on this stream must be for {handoff_id!r}"
                 else:
@@ -246,29 +261,29 @@ class HandoffServer:
         hid = cancel.handoff_id
         reply: handoff.Canceled | handoff.NotCanceled
         stored = None
-        job = self._jobs.get(hid)
+        key = (peer, hid)
+        job = self._jobs.get(key)
         if job is None:
-            stored = await self.journal.call(self.journal.sync.get_handoff, hid)
-            job = self._jobs.get(hid)  # an offer may have started it meanwhile
+            stored = await self.journal.call(
+                self.journal.sync.get_handoff, hid, direction="in", peer=peer
+            )
+            job = self._jobs.get(key)  # an offer may have started it meanwhile
         if job is not None:
-            if job.peer != peer:
-                reply = _unknown(hid)
+            self._cancel_job(hid, job, cancel.reason, peer)
+            try:
+                await self._beat_until_done(ms, hid, job, trio.Lock())
+            except StreamClosedError:
+                await ms.reset()  # the cancel stands; nobody is waiting for the answer
+                return
+            if isinstance(job.outcome, handoff.Canceled):
+                reply = job.outcome
             else:
-                self._cancel_job(hid, job, cancel.reason, peer)
-                try:
-                    await self._beat_until_done(ms, hid, job, trio.Lock())
-                except StreamClosedError:
-                    await ms.reset()  # the cancel stands; nobody is waiting for the answer
-                    return
-                if isinstance(job.outcome, handoff.Canceled):
-                    reply = job.outcome
-                else:
-                    reply = handoff.NotCanceled(
-                        handoff_id=hid,
-                        code="finished",
-                        message=f"handoff {hid} finished before the cancel took effect",
-                    )
-        elif stored is None or stored.direction != "in" or stored.peer != peer:
+                reply = handoff.NotCanceled(
+                    handoff_id=hid,
+                    code="finished",
+                    message=f"handoff {hid} finished before the cancel took effect",
+                )
+        elif stored is None:
             reply = _unknown(hid)
         elif stored.status == "CANCELED":
             reply = handoff.Canceled(
@@ -283,7 +298,12 @@ class HandoffServer:
         else:  # accepted, but not running: interrupted by a restart of this node
             reply = _canceled(hid, cancel.reason)
             await self.journal.call(
-                self.journal.sync.finish_handoff, hid, "CANCELED", error=reply.message
+                self.journal.sync.finish_handoff,
+                hid,
+                "CANCELED",
+                direction="in",
+                peer=peer,
+                error=reply.message,
             )
         await ms.send(reply)
         await ms.close()
@@ -304,7 +324,8 @@ class HandoffServer:
             return rej("invalid", str(exc))
         if not tool.remote_callable:
             return rej("no_such_tool", f"tool {offer.tool!r} is not offered to peers")
-        if offer.handoff_id not in self._jobs and self.running >= self.config.max_concurrent:
+        running_here = (peer, offer.handoff_id) in self._jobs
+        if not running_here and self.running >= self.config.max_concurrent:
             return rej("overloaded", f"{self.running} steps running; try another peer")
         return None
 
@@ -325,7 +346,7 @@ class HandoffServer:
             )
         except BaseException:
             self.running -= 1
-            self._jobs.pop(offer.handoff_id, None)
+            self._jobs.pop((peer, offer.handoff_id), None)
             # whoever joined the reservation meanwhile (a duplicate offer, a cancel) must not
             # wait forever
             job.outcome = handoff.StepFailed(
@@ -333,9 +354,9 @@ class HandoffServer:
             )
             job.done.set()
             raise
-        self._nursery.start_soon(self._run_job, offer, job)
+        self._nursery.start_soon(self._run_job, offer, peer, job)
 
-    async def _run_job(self, offer: handoff.Offer, job: _Job) -> None:
+    async def _run_job(self, offer: handoff.Offer, peer: str, job: _Job) -> None:
         hid = offer.handoff_id
         started = time.monotonic()
         outcome: JobOutcome
@@ -368,22 +389,17 @@ class HandoffServer:
             outcome = handoff.StepFailed(
                 handoff_id=hid, code="internal", message=f"{type(exc).__name__}: {exc}"
             )
+        finish = partial(self.journal.sync.finish_handoff, hid, direction="in", peer=peer)
         try:
             if isinstance(outcome, handoff.StepResult):
-                await self.journal.call(
-                    self.journal.sync.finish_handoff, hid, "SUCCESSFUL", outputs=outcome.outputs
-                )
+                await self.journal.call(finish, "SUCCESSFUL", outputs=outcome.outputs)
             elif isinstance(outcome, handoff.Canceled):
-                await self.journal.call(
-                    self.journal.sync.finish_handoff, hid, "CANCELED", error=outcome.message
-                )
+                await self.journal.call(finish, "CANCELED", error=outcome.message)
             else:
-                await self.journal.call(
-                    self.journal.sync.finish_handoff, hid, "FAILED", error=outcome.message
-                )
+                await self.journal.call(finish, "FAILED", error=outcome.message, code=outcome.code)
         finally:
             job.outcome = outcome
             job.done.set()
             self.running -= 1
             # finished jobs are not kept: a re-attaching delegator finds them in the journal
-            self._jobs.pop(hid, None)
+            self._jobs.pop((peer, hid), None)

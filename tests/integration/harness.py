@@ -23,6 +23,7 @@ import trio
 from node.config import NodeConfig
 from node.daemon import Node
 from node.home import Home
+from node.p2p import P2PHost
 
 FAST = {
     "discovery": {"refresh_interval_s": 0.2, "card_ttl_s": 10},
@@ -208,3 +209,17 @@ def _running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
+
+
+# -- attackers -------------------------------------------------------------------------------
+
+
+def stranger_host() -> P2PHost:
+    """A separate libp2p host with a key of its own (not any node's, not a client key): the
+    attacker of the trust tests. Run it with ``async with host.run(LOOPBACK)``."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    return P2PHost(create_new_key_pair())
+
+
+LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

@@ -124,7 +124,7 @@ async def test_handoff_round_trip_and_rejection(tmp_path: Path) -> None:
             b.host, a.peer_id, offer, network=b.config.network, config=b.config.handoff
         )
         assert outcome.outputs == {"result": 42}
-        stored = a.journal.get_handoff("h-1")
+        stored = a.journal.get_handoff("h-1", direction="in", peer=b.peer_id)
         assert stored is not None and stored.status == "SUCCESSFUL" and stored.peer == b.peer_id
 
         # the same handoff id again returns the stored result (idempotent)
@@ -456,7 +456,7 @@ async def test_canceling_a_workflow_stops_its_step_on_the_delegatee(tmp_path: Pa
         await wait_until(lambda: a.handoff.running == 1, what="a running the step")
         await wait_until(lambda: not _ray_idle(), what="the step's Ray task running on a")
         hid = f"{wid}/nap@{a.peer_id}"
-        assert a.journal.get_handoff(hid) is not None
+        assert a.journal.get_handoff(hid, direction="in", peer=c.peer_id) is not None
 
         canceled_at = time.monotonic()
         view = await c.workflows.cancel(wid)
@@ -464,7 +464,7 @@ async def test_canceling_a_workflow_stops_its_step_on_the_delegatee(tmp_path: Pa
         assert view.steps[0].status == "CANCELED" and view.steps[0].node == a.peer_id
         await wait_until(lambda: a.handoff.running == 0, timeout_s=8, what="a stopping the step")
         assert time.monotonic() - canceled_at < 6  # the 2 s grace, then the worker is killed
-        stored = a.journal.get_handoff(hid)
+        stored = a.journal.get_handoff(hid, direction="in", peer=c.peer_id)
         assert stored is not None and stored.status == "CANCELED", stored
         assert stored.error is not None and "canceled by its delegator" in stored.error
         assert stored.outputs is None  # the step did not complete
@@ -507,7 +507,7 @@ async def test_a_failing_workflow_cancels_its_delegated_sibling_step(tmp_path: P
         assert view.status is WorkflowStatus.FAILED, view
         assert "bad" in (view.error or "")
         await wait_until(lambda: a.handoff.running == 0, timeout_s=8, what="a stopping the nap")
-        stored = a.journal.get_handoff(f"{wid}/nap@{a.peer_id}")
+        stored = a.journal.get_handoff(f"{wid}/nap@{a.peer_id}", direction="in", peer=c.peer_id)
         assert stored is not None and stored.status == "CANCELED", stored
         nursery.cancel_scope.cancel()
 
@@ -598,7 +598,7 @@ async def test_handoff_cancel_on_the_offer_stream_on_a_fresh_stream_and_bad_canc
         assert isinstance(fresh[0], handoff.Canceled) and fresh[0].handoff_id == "h-raw"
         assert a.handoff.running == 0 and a.handoff.canceled_jobs == 2
         for hid in ("h-live", "h-raw"):
-            stored = a.journal.get_handoff(hid)
+            stored = a.journal.get_handoff(hid, direction="in", peer=b.peer_id)
             assert stored is not None and stored.status == "CANCELED", stored
 
         # idempotent: canceling again says canceled; re-offering says canceled, never reruns
@@ -623,7 +623,7 @@ async def test_handoff_cancel_on_the_offer_stream_on_a_fresh_stream_and_bad_canc
         assert outcome.outputs == {"result": 7}
         reply = await cancel_handoff(b.host, a.peer_id, "h-done", "", network=net, config=cfg)
         assert isinstance(reply, handoff.NotCanceled) and reply.code == "finished"
-        stored = a.journal.get_handoff("h-done")
+        stored = a.journal.get_handoff("h-done", direction="in", peer=b.peer_id)
         assert stored is not None and stored.status == "SUCCESSFUL"
 
         # a malformed cancel as the first message: the usual typed error

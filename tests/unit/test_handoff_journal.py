@@ -43,7 +43,7 @@ def journal(path: Path, clock: FakeClock) -> Iterator[Journal]:
 
 
 def test_handoff_records(journal: Journal, clock: FakeClock) -> None:
-    assert journal.get_handoff("h1") is None
+    assert journal.get_handoff("h1", direction="in", peer="peer-a") is None
     journal.record_handoff(
         "h1",
         direction="in",
@@ -53,46 +53,204 @@ def test_handoff_records(journal: Journal, clock: FakeClock) -> None:
         step="shout",
         status="ACCEPTED",
     )
-    record = journal.get_handoff("h1")
+    record = journal.get_handoff("h1", direction="in", peer="peer-a")
     assert record is not None
     assert (record.direction, record.peer, record.tool) == ("in", "peer-a", "text.upper")
     assert (record.workflow_id, record.step, record.status) == ("wf-9", "shout", "ACCEPTED")
-    assert record.outputs is None and record.error is None
+    assert record.outputs is None and record.error is None and record.epoch == 0
     created = record.created_at
     clock.advance(2)
-    journal.finish_handoff("h1", "SUCCESSFUL", outputs={"result": "HI"})
-    record = journal.get_handoff("h1")
+    journal.finish_handoff("h1", "SUCCESSFUL", direction="in", peer="peer-a", outputs={"r": "HI"})
+    record = journal.get_handoff("h1", direction="in", peer="peer-a")
     assert record is not None
     assert record.status == "SUCCESSFUL"
-    assert record.outputs == {"result": "HI"}
+    assert record.outputs == {"r": "HI"} and record.size == len('{"r":"HI"}')
     assert record.created_at == created and record.updated_at == clock.now
 
 
-def test_record_handoff_again_updates_only_the_status(journal: Journal, clock: FakeClock) -> None:
+def test_the_same_id_from_two_peers_is_two_handoffs(journal: Journal) -> None:
+    for peer in ("honest", "stranger"):
+        journal.record_handoff(
+            "wf/s@me",
+            direction="in",
+            peer=peer,
+            tool="t",
+            workflow_id="wf",
+            step="s",
+            status="ACCEPTED",
+        )
+    journal.finish_handoff(
+        "wf/s@me", "SUCCESSFUL", direction="in", peer="stranger", outputs={"r": "FORGED"}
+    )
+    honest = journal.get_handoff("wf/s@me", direction="in", peer="honest")
+    assert honest is not None and honest.status == "ACCEPTED" and honest.outputs is None
+    assert journal.get_handoff("wf/s@me", direction="out", peer="honest") is None
+
+
+def test_record_handoff_again_updates_the_status_and_a_new_epoch_forgets_the_outcome(
+    journal: Journal, clock: FakeClock
+) -> None:
     journal.record_handoff(
         "h1", direction="in", peer="a", tool="t", workflow_id="w", step="s", status="ACCEPTED"
     )
-    journal.finish_handoff("h1", "FAILED", error="boom")
+    journal.finish_handoff("h1", "FAILED", direction="in", peer="a", error="boom", code="x")
     clock.advance(1)
     journal.record_handoff(
-        "h1", direction="out", peer="b", tool="u", workflow_id=None, step=None, status="ACCEPTED"
+        "h1", direction="in", peer="a", tool="u", workflow_id=None, step=None, status="ACCEPTED"
     )
-    record = journal.get_handoff("h1")
+    record = journal.get_handoff("h1", direction="in", peer="a")
     assert record is not None
-    assert (record.direction, record.peer, record.tool) == ("in", "a", "t")
-    assert record.status == "ACCEPTED"
+    assert (record.tool, record.status, record.error, record.code) == ("t", "ACCEPTED", "boom", "x")
     assert record.updated_at == clock.now
-
-
-def test_failed_handoff_keeps_its_error(journal: Journal) -> None:
     journal.record_handoff(
-        "h2", direction="out", peer="b", tool="t", workflow_id=None, step=None, status="SENT"
+        "h1",
+        direction="in",
+        peer="a",
+        tool="t",
+        workflow_id="w",
+        step="s",
+        status="ACCEPTED",
+        epoch=2,
     )
-    journal.finish_handoff("h2", "FAILED", error="tool_failed: boom")
-    record = journal.get_handoff("h2")
+    record = journal.get_handoff("h1", direction="in", peer="a")
     assert record is not None
-    assert (record.status, record.error, record.outputs) == ("FAILED", "tool_failed: boom", None)
-    assert record.workflow_id is None and record.step is None
+    assert (record.epoch, record.error, record.code, record.size) == (2, None, None, 0)
+
+
+def test_failed_handoff_keeps_its_error_and_code(journal: Journal) -> None:
+    journal.record_handoff(
+        "h2", direction="out", peer="b", tool="t", workflow_id=None, step=None, status="RUNNING"
+    )
+    journal.finish_handoff(
+        "h2", "FAILED", direction="out", peer="b", error="boom", code="tool_failed"
+    )
+    record = journal.get_handoff("h2", direction="out", peer="b")
+    assert record is not None
+    assert (record.status, record.error, record.code) == ("FAILED", "boom", "tool_failed")
+    assert record.workflow_id is None and record.step is None and record.outputs is None
+
+
+def test_acknowledge_drops_the_stored_outputs_of_that_epoch_only(journal: Journal) -> None:
+    journal.record_handoff(
+        "h",
+        direction="in",
+        peer="p",
+        tool="t",
+        workflow_id="w",
+        step="s",
+        status="ACCEPTED",
+        epoch=1,
+    )
+    journal.finish_handoff("h", "SUCCESSFUL", direction="in", peer="p", outputs={"r": "x" * 50})
+    assert not journal.acknowledge("h", peer="p", epoch=0)
+    assert not journal.acknowledge("h", peer="other", epoch=1)
+    assert journal.stored_bytes("p") > 50
+    assert journal.acknowledge("h", peer="p", epoch=1)
+    assert not journal.acknowledge("h", peer="p", epoch=1)
+    record = journal.get_handoff("h", direction="in", peer="p")
+    assert record is not None and record.outputs is None and record.acked_at is not None
+    assert journal.stored_bytes("p") == 0
+
+
+def test_prune_forgets_old_finished_handoffs_and_bounds_each_peers_bytes(
+    journal: Journal, clock: FakeClock
+) -> None:
+    def done(hid: str, peer: str, size: int) -> None:
+        journal.record_handoff(
+            hid,
+            direction="in",
+            peer=peer,
+            tool="t",
+            workflow_id="w",
+            step=hid,
+            status="ACCEPTED",
+        )
+        journal.finish_handoff(
+            hid, "SUCCESSFUL", direction="in", peer=peer, outputs={"r": "x" * size}
+        )
+        clock.advance(1)
+
+    journal.record_handoff(
+        "running",
+        direction="in",
+        peer="p",
+        tool="t",
+        workflow_id="w",
+        step="r",
+        status="ACCEPTED",
+    )
+    done("old", "p", 10)
+    clock.advance(100)
+    for i in range(5):
+        done(f"new{i}", "p", 1000)
+    done("other", "q", 1000)
+    assert journal.prune(retention_s=50) == 1  # "old" only; a running one is never pruned
+    assert journal.get_handoff("old", direction="in", peer="p") is None
+    assert journal.get_handoff("running", direction="in", peer="p") is not None
+    journal.prune(retention_s=50, max_bytes_per_peer=2500, peer="p")
+    kept = [
+        r.outputs is not None
+        for r in (journal.get_handoff(f"new{i}", direction="in", peer="p") for i in range(5))
+        if r is not None
+    ]
+    assert kept == [False, False, False, True, True]  # the newest two fit in 2500 bytes
+    assert journal.stored_bytes("p") <= 2500
+    assert journal.stored_bytes("q") > 1000  # another peer's results are not touched
+
+
+def test_interrupt_accepted_marks_what_a_restart_stopped(journal: Journal) -> None:
+    journal.record_handoff(
+        "h", direction="in", peer="p", tool="t", workflow_id="w", step="s", status="ACCEPTED"
+    )
+    journal.record_handoff(
+        "o", direction="out", peer="p", tool="t", workflow_id="w", step="s", status="RUNNING"
+    )
+    assert journal.interrupt_accepted() == 1
+    record = journal.get_handoff("h", direction="in", peer="p")
+    assert record is not None and record.status == "INTERRUPTED"
+    out = journal.get_handoff("o", direction="out", peer="p")
+    assert out is not None and out.status == "RUNNING"
+
+
+def test_a_version_1_journal_is_migrated(path: Path) -> None:
+    db = sqlite3.connect(path)
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '1');
+        CREATE TABLE handoffs (
+            handoff_id TEXT PRIMARY KEY, direction TEXT NOT NULL, peer TEXT NOT NULL,
+            workflow_id TEXT, step TEXT, tool TEXT NOT NULL, status TEXT NOT NULL,
+            outputs TEXT, error TEXT, created_at REAL NOT NULL, updated_at REAL NOT NULL);
+        INSERT INTO handoffs VALUES
+            ('h1', 'in', 'p', 'w', 's', 't', 'SUCCESSFUL', '{"r":1}', NULL, 1.0, 2.0);
+        """
+    )
+    db.commit()
+    db.close()
+    j = Journal(path)
+    try:
+        record = j.get_handoff("h1", direction="in", peer="p")
+        assert record is not None and record.outputs == {"r": 1} and record.epoch == 0
+        assert record.size == len('{"r":1}')
+    finally:
+        j.close()
+    db = sqlite3.connect(path)
+    try:
+        assert db.execute("SELECT value FROM meta").fetchone()[0] == "2"
+        assert db.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
+    finally:
+        db.close()
+
+
+def test_a_journal_from_a_newer_hivemesh_is_refused(path: Path) -> None:
+    Journal(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99'")
+    db.commit()
+    db.close()
+    with pytest.raises(JournalError, match="newer than this hivemesh"):
+        Journal(path)
 
 
 # -- durability ------------------------------------------------------------------------------
@@ -103,12 +261,12 @@ def test_data_survives_close_and_reopen(path: Path, clock: FakeClock) -> None:
     first.record_handoff(
         "h1", direction="in", peer="p", tool="t", workflow_id="wf-1", step="s", status="ACCEPTED"
     )
-    first.finish_handoff("h1", "SUCCESSFUL", outputs={"text": "grüße 🐝"})
+    first.finish_handoff("h1", "SUCCESSFUL", direction="in", peer="p", outputs={"text": "grüße 🐝"})
     first.close()
 
     second = Journal(path, clock=clock)
     try:
-        handoff = second.get_handoff("h1")
+        handoff = second.get_handoff("h1", direction="in", peer="p")
         assert handoff is not None and handoff.status == "SUCCESSFUL"
         assert handoff.outputs == {"text": "grüße 🐝"}
     finally:
@@ -127,7 +285,7 @@ def test_closed_journal_refuses_work(journal: Journal) -> None:
     journal.close()
     journal.close()  # closing twice is harmless
     with pytest.raises(JournalError, match="closed"):
-        journal.get_handoff("h1")
+        journal.get_handoff("h1", direction="in", peer="p")
     with pytest.raises(JournalError, match="closed"):
         journal.record_handoff(
             "h1", direction="in", peer="p", tool="t", workflow_id=None, step=None, status="X"
