@@ -341,6 +341,7 @@ def status(
                 "node": s.node,
                 "reason": s.reason,
                 **({"error": s.error} if s.error else {}),
+                **({"receipt": s.receipt} if s.receipt else {}),
             }
             for s in reply.steps
         ],
@@ -358,6 +359,14 @@ def status(
             click.echo(f"  {s.name:<{width}}  {s.tool:<18} {s.status:<10} on {where}")
             if explain and s.reason:
                 click.echo(f"  {'':<{width}}  why: {s.reason}")
+            if explain and s.receipt:
+                r = s.receipt
+                click.echo(
+                    f"  {'':<{width}}  receipt: signed by {short(str(r.get('delegatee')))} "
+                    f"(epoch {r.get('epoch')}): {r.get('tool')} {r.get('tool_version')}, "
+                    f"args sha256 {str(r.get('args_sha256'))[:16]}…, "
+                    f"outputs sha256 {str(r.get('outputs_sha256'))[:16]}…"
+                )
             if s.error:
                 click.echo(f"  {'':<{width}}  error: {s.error}")
 
@@ -463,6 +472,53 @@ def tools(home: Path | None, node: str | None, as_json: bool) -> None:
                 click.echo(f"{'':<18} {t.description}")
 
     _emit(as_json, data, human)
+
+
+@main.group("handoffs", invoke_without_command=True)
+@target_options
+@click.pass_context
+def handoffs(ctx: click.Context, home: Path | None, node: str | None, as_json: bool) -> None:
+    """Steps peers are running on this node (peer, tool, age, deadline)."""
+    if ctx.invoked_subcommand is not None:
+        ctx.obj = {"home": home, "node": node, "as_json": as_json}
+        return
+    from protocols import control
+
+    reply = _call(home, node, control.HandoffsRequest())
+    _print_handoffs(reply.handoffs, as_json, empty="no peer is running steps on this node")
+
+
+@handoffs.command("cancel")
+@click.argument("handoff_id")
+@click.option("--peer", default=None, metavar="PEER_ID", help="Only the handoff of this peer.")
+@click.pass_context
+def handoffs_cancel(ctx: click.Context, handoff_id: str, peer: str | None) -> None:
+    """Stop a step a peer runs here; the peer is told it was canceled."""
+    from protocols import control
+
+    opts = ctx.obj or {}
+    reply = _call(
+        opts.get("home"),
+        opts.get("node"),
+        control.HandoffCancelRequest(handoff_id=handoff_id, peer=peer),
+    )
+    _print_handoffs(reply.handoffs, bool(opts.get("as_json")), empty="", verb="stopping ")
+
+
+def _print_handoffs(entries: list[Any], as_json: bool, *, empty: str, verb: str = "") -> None:
+    from node.scheduler import short
+
+    def human() -> None:
+        if not entries and empty:
+            click.echo(empty)
+        for h in entries:
+            running = f"running {h.running_s:.0f}s" if h.running_s is not None else h.state
+            click.echo(
+                f"{verb}{h.handoff_id}  from {short(h.peer)}  {h.tool}  {running}, "
+                f"age {h.age_s:.0f}s, deadline {h.deadline_s:.0f}s"
+            )
+
+    _emit(as_json, [h.model_dump() for h in entries], human)
 
 
 if __name__ == "__main__":

@@ -58,15 +58,29 @@ class HandoffConfig(_Section):
     heartbeat_interval_s: float = Field(default=1.0, gt=0)
     heartbeat_timeout_s: float = Field(default=10.0, gt=0)
     default_deadline_s: float = Field(default=3600.0, gt=0)
-    max_concurrent: int = Field(default=64, ge=1)
     max_hops: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     placement_wait_s: float = Field(default=3.0, ge=0)
+    # who may hand steps to this node, and to whom this node hands its own
     allow: Literal["any"] | list[str] = "any"
+    delegate_to: Literal["any"] | list[str] = "any"
+    # what peers may ask of this node (per offering peer unless said otherwise)
+    max_concurrent: int = Field(default=64, ge=1)  # all peers' steps accepted at once
+    max_inflight_per_peer: int = Field(default=16, ge=1)
+    max_offers_per_minute: int = Field(default=600, ge=1)
+    max_deadline_s: float = Field(default=3600.0, gt=0, le=7 * 24 * 3600)
+    max_args_bytes: int = Field(default=1024 * 1024, ge=1024)
+    max_result_bytes: int = Field(default=2 * 1024 * 1024, ge=1024)
+    reserved_share: float = Field(default=0.25, ge=0, lt=1)  # of the slots, for own steps
+    # the journal of handoffs peers made here
+    retention_s: float = Field(default=24 * 3600.0, gt=0)
+    max_stored_bytes_per_peer: int = Field(default=32 * 1024 * 1024, ge=1024)
+    max_journal_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
+    ack_wait_s: float = Field(default=5.0, ge=0)
 
-    @field_validator("allow", mode="before")
+    @field_validator("allow", "delegate_to", mode="before")
     @classmethod
-    def _allow(cls, value: Any) -> Any:
+    def _peer_lists(cls, value: Any) -> Any:
         return value if value == "any" else _split_list(value)
 
 
@@ -122,9 +136,21 @@ discovery:
   card_ttl_s: 30
 handoff:
   allow: any               # or a list of peer ids allowed to delegate steps here
+  delegate_to: any         # or a list of peer ids this node may hand its own steps to
   heartbeat_interval_s: 1
   heartbeat_timeout_s: 10
   placement_wait_s: 3      # how long a step waits for a peer offering its tool to appear
+  # what peers may ask of this node (each peer; beyond: a typed reject with a retry hint)
+  max_concurrent: 64       # steps of all peers accepted at once
+  max_inflight_per_peer: 16
+  max_offers_per_minute: 600
+  max_deadline_s: 3600
+  max_args_bytes: 1048576
+  max_result_bytes: 2097152
+  reserved_share: 0.25     # share of this node's slots kept for its own workflows
+  retention_s: 86400       # stored results of peers' steps are kept until acknowledged or this old
+  max_stored_bytes_per_peer: 33554432
+  max_journal_bytes: 536870912
 control:
   allowed_clients: []      # peer ids of client keys allowed besides this home's client.key
   allow_any_client: false

@@ -6,7 +6,8 @@ import logging
 from typing import Any
 
 from node.config import ControlConfig, NetworkConfig
-from node.handoff.journal import JournalError
+from node.handoff.journal import AsyncHandoffJournal, JournalError
+from node.handoff.server import HandoffServer, JobInfo
 from node.p2p import P2PHost, P2PStream
 from node.registry import PeerRegistry
 from node.workflow_service import WorkflowService
@@ -21,6 +22,10 @@ from workflows.tools import ToolRegistry
 log = logging.getLogger(__name__)
 
 
+class _NotFound(Exception):
+    """A request about something this node does not have (wire code ``not_found``)."""
+
+
 class ControlService:
     def __init__(
         self,
@@ -33,9 +38,13 @@ class ControlService:
         owner_client: str,
         network: NetworkConfig,
         config: ControlConfig,
+        handoffs: HandoffServer,
+        journal: AsyncHandoffJournal,
         ray_info: control.RayInfo | None = None,
     ) -> None:
         self.host = host
+        self.handoffs = handoffs
+        self.journal = journal
         self.ray_info = ray_info
         self.workflows = workflows
         self.registry = registry
@@ -72,7 +81,7 @@ class ControlService:
             return
         try:
             reply = await self.dispatch(request)
-        except WorkflowNotFoundError as exc:
+        except (WorkflowNotFoundError, _NotFound) as exc:
             await ms.send_error("not_found", str(exc))
         except (JournalError, StorageError) as exc:
             log.error("control request failed: %s", exc)
@@ -98,7 +107,8 @@ class ControlService:
             view = await self.workflows.view(wid)
             return control.Submitted(workflow_id=wid, status=view.status.value, created=created)
         if isinstance(request, control.StatusRequest):
-            return self._status_reply(await self.workflows.view(request.workflow_id))
+            view = await self.workflows.view(request.workflow_id)
+            return self._status_reply(view, await self._receipts(view.workflow_id))
         if isinstance(request, control.ResultRequest):
             if request.wait:
                 view = await self.workflows.wait(request.workflow_id)
@@ -143,10 +153,33 @@ class ControlService:
             )
         if isinstance(request, control.ToolsRequest):
             return control.Tools(tools=self._tools())
+        if isinstance(request, control.HandoffsRequest):
+            return control.Handoffs(handoffs=[_entry(j) for j in self.handoffs.jobs()])
+        if isinstance(request, control.HandoffCancelRequest):
+            stopped = self.handoffs.cancel_by_operator(request.handoff_id, request.peer)
+            if not stopped:
+                who = f" of peer {request.peer}" if request.peer else ""
+                raise _NotFound(
+                    f"no handoff {request.handoff_id!r}{who} is in flight on this node "
+                    "(see 'hivemesh handoffs')"
+                )
+            return control.Handoffs(handoffs=[_entry(j) for j in stopped])
         raise AssertionError(f"unhandled control request {request!r}")
 
+    async def _receipts(self, workflow_id: str) -> dict[tuple[str, str], dict[str, Any]]:
+        """The checked receipts of the workflow's delegated steps, by (step, peer)."""
+        records = await self.journal.call(self.journal.sync.steps_of, workflow_id)
+        found: dict[tuple[str, str], dict[str, Any]] = {}
+        for r in records:  # latest first
+            if r.step is not None and r.receipt is not None:
+                found.setdefault((r.step, r.peer), r.receipt)
+        return found
+
     @staticmethod
-    def _status_reply(view: Any) -> control.WorkflowStatusReply:
+    def _status_reply(
+        view: Any, receipts: dict[tuple[str, str], dict[str, Any]] | None = None
+    ) -> control.WorkflowStatusReply:
+        receipts = receipts or {}
         return control.WorkflowStatusReply(
             workflow_id=view.workflow_id,
             name=view.name,
@@ -165,6 +198,9 @@ class ControlService:
                     attempts=s.attempts,
                     started_at=s.started_at,
                     ended_at=s.ended_at,
+                    receipt=receipts.get((s.name, s.node or ""))
+                    if s.status == "SUCCESSFUL"
+                    else None,
                 )
                 for s in view.steps
             ],
@@ -189,3 +225,18 @@ class ControlService:
             control.ToolEntry(name=name, version=version, **entry)
             for (name, version), entry in sorted(entries.items())
         ]
+
+
+def _entry(job: JobInfo) -> control.HandoffEntry:
+    return control.HandoffEntry(
+        peer=job.peer,
+        handoff_id=job.handoff_id,
+        epoch=job.epoch,
+        tool=job.tool,
+        workflow_id=job.workflow_id,
+        step=job.step,
+        state=job.state,
+        age_s=round(job.age_s, 3),
+        deadline_s=job.deadline_s,
+        running_s=None if job.running_s is None else round(job.running_s, 3),
+    )

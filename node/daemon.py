@@ -11,16 +11,19 @@ import os
 import signal
 import sys
 from collections.abc import Callable
+from functools import partial
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 from typing import Any
 
 import trio
 
+from node import identity
 from node.config import NodeConfig, RayConfig
 from node.control import ControlService
 from node.discovery import DiscoveryService
 from node.executor import SwarmExecutor
+from node.handoff.admission import split_slots
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
 from node.handoff.server import HandoffServer
 from node.home import Home
@@ -104,9 +107,24 @@ class Node:
         )
         self.peer_id = self.host.peer_id
         self.registry = PeerRegistry(self.peer_id, max_peers=config.discovery.max_peers)
-        run_local = RayToolRunner(max_concurrent=max(4, cpus * 4))
-        self.local_capacity = max(1, cpus * 2)
-        self.handoff = HandoffServer(self.tools, run_local, self.async_journal, net, config.handoff)
+        # Slots: tool steps that run at once on this node's Ray, each with an equal share of
+        # its CPUs. Peers' steps get at most the slots not reserved for this node's own.
+        self.local_capacity = max(4, cpus * 4)
+        peer_slots, _reserved = split_slots(self.local_capacity, config.handoff.reserved_share)
+        run_local = RayToolRunner(
+            max_concurrent=self.local_capacity + peer_slots,
+            num_cpus=cpus / self.local_capacity,
+        )
+        self.handoff = HandoffServer(
+            self.tools,
+            run_local,
+            self.async_journal,
+            net,
+            config.handoff,
+            peer_id=self.peer_id,
+            sign=partial(identity.sign, key),
+            slots=peer_slots,
+        )
         self.executor = SwarmExecutor(
             host=self.host,
             registry=self.registry,
@@ -115,6 +133,7 @@ class Node:
             local_capacity=self.local_capacity,
             network=net,
             config=config.handoff,
+            journal=self.async_journal,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(self.storage, self.executor)
@@ -130,6 +149,8 @@ class Node:
             owner_client=owner_client,
             network=net,
             config=config.control,
+            handoffs=self.handoff,
+            journal=self.async_journal,
             ray_info=self.ray_info,
         )
         # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
@@ -161,6 +182,7 @@ class Node:
         try:
             async with self.host.run(self.config.network.listen), trio.open_nursery() as n:
                 await n.start(self.handoff.serve)
+                await n.start(self.executor.serve)
                 await n.start(self.workflows.serve)
                 await n.start(self.discovery.serve)
                 info: dict[str, Any] = {

@@ -1,7 +1,16 @@
-"""The node's step executor: place each step locally (Ray) or on a peer (handoff)."""
+"""The node's step executor: place each step locally (Ray) or on a peer (handoff).
+
+A delegated step is journaled on this side too (the handoff journal's ``out`` records): the
+attempt (epoch) offered to each peer, and the result with the receipt this node checked. A
+step placed again on the peer it ran on re-attaches with the same epoch if that attempt had
+not finished; after a finished attempt (failed, lost, canceled, rejected) it offers the next
+epoch, which supersedes the old one there. A result recorded here but not yet committed by the
+engine (this node stopped in between) is returned from the journal without asking anyone.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -10,12 +19,17 @@ import trio
 
 from node.config import HandoffConfig, NetworkConfig
 from node.errors import NodeError, PlacementError
-from node.handoff.delegator import (
+from node.handoff.delegator import HandoffOutcome, delegate
+from node.handoff.errors import (
+    HandoffCanceledError,
     HandoffError,
     HandoffFailedError,
+    HandoffLostError,
+    HandoffProtocolError,
     HandoffRejectedError,
-    delegate,
+    InvalidReceiptError,
 )
+from node.handoff.journal import AsyncHandoffJournal
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
 from node.scheduler import Candidate, Decision, place
@@ -43,6 +57,7 @@ class SwarmExecutor:
         local_capacity: int,
         network: NetworkConfig,
         config: HandoffConfig,
+        journal: AsyncHandoffJournal,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -51,7 +66,20 @@ class SwarmExecutor:
         self.local_capacity = local_capacity
         self.network = network
         self.config = config
+        self.journal = journal
         self.local_running = 0
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Owns background work: recording delegated results, then acknowledging them."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    def may_delegate_to(self, peer_id: str) -> bool:
+        allowed = self.config.delegate_to
+        return allowed == "any" or peer_id in allowed
 
     def candidates(self, tool: str, version: str | None) -> list[Candidate]:
         out = []
@@ -63,6 +91,8 @@ class SwarmExecutor:
                 )
             )
         for state, card in self.registry.providers(tool, version):
+            if not self.may_delegate_to(state.peer_id):
+                continue
             load = state.card.load if state.card else None
             out.append(
                 Candidate(
@@ -106,6 +136,10 @@ class SwarmExecutor:
             except HandoffRejectedError as exc:
                 last_error = exc.message
                 log.info("step %s: %s; trying another node", request.idempotency_key, exc)
+            except (InvalidReceiptError, HandoffProtocolError) as exc:
+                last_error = str(exc)
+                self._distrust(decision.node, str(exc))
+                log.warning("step %s: %s; trying another node", request.idempotency_key, exc)
             except (HandoffError, NodeError) as exc:
                 last_error = str(exc)
                 self.registry.record_failure(decision.node)
@@ -149,15 +183,64 @@ class SwarmExecutor:
             self.local_running -= 1
         return ToolOutcome(outputs, decision.node, decision.reason)
 
+    def _distrust(self, peer: str, reason: str) -> None:
+        """A peer that broke the protocol or vouched for a result falsely."""
+        self.registry.record_failure(peer)
+
     async def _run_remote(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         peer = decision.node
+        hid = f"{request.idempotency_key}@{peer}"
+        journal = self.journal
+        stored = await journal.call(journal.sync.get_handoff, hid, direction="out", peer=peer)
+        if stored is not None and stored.status == "SUCCESSFUL" and stored.outputs is not None:
+            # recorded before this node stopped, but the engine did not commit it: no rerun
+            return ToolOutcome(
+                stored.outputs, peer, f"{decision.reason} (result recorded before a restart)"
+            )
+        # the same attempt if it had not finished (a re-attach), else the next one
+        epoch = 0 if stored is None else stored.epoch + (stored.status != "RUNNING")
         state = self.registry.get(peer)
         if not self.host.is_connected(peer):
             await self.host.connect(peer, state.addrs if state else [])
+        if state is not None:
+            state.inflight += 1
+        try:
+            try:
+                outcome = await self._offer(request, peer, hid, epoch, stored is not None)
+            except HandoffRejectedError as exc:
+                if exc.code != "superseded" or exc.epoch is None:
+                    raise
+                # the peer remembers a later attempt than we do (our record was pruned)
+                outcome = await self._offer(request, peer, hid, exc.epoch + 1, True)
+        finally:
+            if state is not None:
+                state.inflight -= 1
+        self.registry.record_success(peer, outcome.rtt_ms)
+        return ToolOutcome(outcome.outputs, peer, decision.reason)
+
+    async def _offer(
+        self, request: ToolCall, peer: str, hid: str, epoch: int, journal_first: bool
+    ) -> HandoffOutcome:
+        """Offer one attempt (``epoch``) of the step to ``peer``; journal how it ended."""
+        journal = self.journal
+        record = functools.partial(
+            journal.sync.record_outcome,
+            hid,
+            direction="out",
+            peer=peer,
+            tool=request.tool,
+            workflow_id=request.workflow_id,
+            step=request.step,
+            epoch=epoch,
+        )
+        if journal_first:
+            # a later attempt: if this node stops now, the restart re-attaches to it (a first
+            # attempt needs no record: epoch 0 is where a re-attach starts anyway)
+            await journal.call(record, status="RUNNING")
         offer = handoff.Offer(
             # stable per (step, peer): asking the same peer again after a lost stream or a
             # restart joins the running job or gets its stored result instead of a rerun
-            handoff_id=f"{request.idempotency_key}@{peer}",
+            handoff_id=hid,
             workflow_id=request.workflow_id,
             step=request.step,
             tool=request.tool,
@@ -165,15 +248,35 @@ class SwarmExecutor:
             args=request.args,
             deadline_ms=int(self.config.default_deadline_s * 1000),
             hops=1,
+            epoch=epoch,
         )
-        if state is not None:
-            state.inflight += 1
-        try:
-            outcome = await delegate(
-                self.host, peer, offer, network=self.network, config=self.config
+
+        async def recorded(outcome: HandoffOutcome) -> None:
+            await journal.call(
+                record, status="SUCCESSFUL", outputs=outcome.outputs, receipt=outcome.receipt
             )
-        finally:
-            if state is not None:
-                state.inflight -= 1
-        self.registry.record_success(peer, outcome.rtt_ms)
-        return ToolOutcome(outcome.outputs, peer, decision.reason)
+
+        try:
+            return await delegate(
+                self.host,
+                peer,
+                offer,
+                network=self.network,
+                config=self.config,
+                record=recorded,
+                background=self._nursery,
+            )
+        except HandoffError as exc:
+            if isinstance(exc, HandoffCanceledError):
+                status, code = "CANCELED", "canceled"
+            elif isinstance(exc, HandoffFailedError):
+                status, code = "FAILED", exc.code
+            elif isinstance(exc, HandoffRejectedError):
+                status, code = "REJECTED", exc.code
+            elif isinstance(exc, HandoffLostError):
+                status, code = "LOST", "lost"
+            else:
+                status, code = "FAILED", "invalid_receipt"
+            with trio.CancelScope(shield=True):
+                await journal.call(record, status=status, error=exc.message[:4096], code=code)
+            raise

@@ -56,8 +56,12 @@ def stop_tasks(refs: list[ray.ObjectRef], grace_s: float = CANCEL_GRACE_S) -> No
 class RayToolRunner:
     """Runs a tool on this node's Ray cluster. Blocking Ray calls go to worker threads."""
 
-    def __init__(self, max_concurrent: int = 64) -> None:
+    def __init__(self, max_concurrent: int = 64, num_cpus: float | None = None) -> None:
+        """``num_cpus``: the CPUs each tool task asks Ray for (Ray's default 1 if None)."""
         self._limiter = trio.CapacityLimiter(max_concurrent)
+        self._remote = (
+            _invoke_remote if num_cpus is None else _invoke_remote.options(num_cpus=num_cpus)
+        )
 
     async def __call__(
         self,
@@ -68,7 +72,7 @@ class RayToolRunner:
     ) -> dict[str, Any]:
         """Run tool ``name``; inside it, ``current_call().idempotency_key`` is the key."""
         ref = await trio.to_thread.run_sync(
-            functools.partial(_invoke_remote.remote, name, version, args, idempotency_key)
+            functools.partial(self._remote.remote, name, version, args, idempotency_key)
         )
         try:
             # trio-typing's stubs (pulled in by libp2p) predate ``abandon_on_cancel``.

@@ -4,15 +4,19 @@ serving steps that peers delegate here (:mod:`.server`), and the journal of both
 
 from node.handoff.delegator import (
     Abandon,
+    HandoffOutcome,
+    abandon_on_cancel,
+    cancel_handoff,
+    delegate,
+)
+from node.handoff.errors import (
     HandoffCanceledError,
     HandoffError,
     HandoffFailedError,
     HandoffLostError,
-    HandoffOutcome,
+    HandoffProtocolError,
     HandoffRejectedError,
-    abandon_on_cancel,
-    cancel_handoff,
-    delegate,
+    InvalidReceiptError,
 )
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal, HandoffRecord, JournalError
 from node.handoff.server import HandoffServer
@@ -26,9 +30,11 @@ __all__ = [
     "HandoffJournal",
     "HandoffLostError",
     "HandoffOutcome",
+    "HandoffProtocolError",
     "HandoffRecord",
     "HandoffRejectedError",
     "HandoffServer",
+    "InvalidReceiptError",
     "JournalError",
     "abandon_on_cancel",
     "cancel_handoff",

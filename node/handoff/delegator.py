@@ -1,11 +1,14 @@
 """Handoff, delegator side: delegate one step to a peer, or cancel it there.
 The delegatee side is :mod:`node.handoff.server`.
 
-Wire: offer → accept | reject → heartbeat* → result | failed | canceled. The delegator treats a
-stream that ends, or goes silent longer than the heartbeat timeout, before a final message as
-:class:`HandoffLostError` (outcome unknown) — on yamux a dead peer looks like a clean close.
-The delegatee is idempotent by handoff id: an offer whose id already finished gets the
-stored result (or ``canceled``); one still running is joined.
+Wire: offer → accept | reject → heartbeat* → result | failed | canceled → ack. The rules
+(which message may follow which, the epoch of final messages) are the sans-I/O state machine
+:class:`protocols.handoff.machine.Delegator`. The delegator treats a stream that ends, or goes
+silent longer than the heartbeat timeout, before a final message as :class:`HandoffLostError`
+(outcome unknown) — on yamux a dead peer looks like a clean close. The delegatee is idempotent
+by (our peer id, handoff id, epoch): an offer whose attempt already finished gets the stored
+result (or ``failed`` / ``canceled``); one still running is joined. A result is accepted only
+with a receipt signed by the delegatee (:mod:`node.handoff.receipts`).
 
 Cancel: a delegator that no longer wants a step's result sends ``cancel`` on the offer's
 stream (or, if that stream is gone, as the only message of a fresh stream: see
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
@@ -30,55 +33,31 @@ import trio
 
 from node.config import HandoffConfig, NetworkConfig
 from node.errors import NodeError
+from node.handoff.errors import (
+    HandoffCanceledError,
+    HandoffError,
+    HandoffFailedError,
+    HandoffLostError,
+    HandoffProtocolError,
+    HandoffRejectedError,
+    InvalidReceiptError,
+)
+from node.handoff.receipts import check_receipt
 from node.p2p import P2PHost
 from protocols import handoff
 from protocols.errors import (
+    LocalProtocolError,
     PeerErrorResponse,
     ProtocolError,
     ProtocolTimeoutError,
     StreamClosedError,
 )
+from protocols.handoff.machine import Delegator, DelegatorState
 from protocols.handoff.messages import MAX_REASON_LEN, HandoffMessage
 from protocols.stream import MessageStream
 from protocols.wire import ErrorMessage
 
 log = logging.getLogger(__name__)
-
-
-class HandoffError(NodeError):
-    """A delegated step did not produce a result."""
-
-    def __init__(self, peer: str, message: str) -> None:
-        super().__init__(message)
-        self.peer = peer
-        self.message = message
-
-
-class HandoffRejectedError(HandoffError):
-    """The peer refused the offer (``code`` from the wire: no_such_tool, overloaded, …)."""
-
-    def __init__(self, peer: str, code: str, message: str) -> None:
-        super().__init__(peer, f"peer {peer} rejected the step ({code}): {message}")
-        self.code = code
-
-
-class HandoffFailedError(HandoffError):
-    """The peer ran the step and it failed (``code``: tool_failed, invalid_input, …)."""
-
-    def __init__(self, peer: str, code: str, message: str) -> None:
-        super().__init__(peer, message)
-        self.code = code
-
-
-class HandoffCanceledError(HandoffFailedError):
-    """The peer answered ``canceled``: the step was stopped by a cancel and has no result."""
-
-    def __init__(self, peer: str, message: str) -> None:
-        super().__init__(peer, "canceled", message)
-
-
-class HandoffLostError(HandoffError):
-    """The stream ended or went silent before a final message: outcome unknown."""
 
 
 # How long a delegator that gives up on a step because the peer is silent or too slow spends
@@ -122,14 +101,18 @@ def abandon_on_cancel(abandon: Abandon) -> Iterator[Abandon]:
         _ABANDON.reset(token)
 
 
-_FINAL = (handoff.StepResult, handoff.StepFailed, handoff.Canceled, handoff.NotCanceled)
-
-
 @dataclass(frozen=True)
 class HandoffOutcome:
     outputs: dict[str, Any]
     duration_ms: int
     rtt_ms: float
+    epoch: int = 0
+    receipt: dict[str, Any] | None = None  # the checked receipt: signed object + signature
+
+
+# Records a verified result durably before it is acknowledged to the delegatee.
+ResultRecorder = Callable[[HandoffOutcome], Awaitable[None]]
+ACK_SEND_S = 5.0
 
 
 async def delegate(
@@ -139,53 +122,74 @@ async def delegate(
     *,
     network: NetworkConfig,
     config: HandoffConfig,
+    record: ResultRecorder | None = None,
+    background: trio.Nursery | None = None,
 ) -> HandoffOutcome:
-    """Send ``offer`` to ``peer_id`` and wait for its final message."""
+    """Send ``offer`` to ``peer_id`` and wait for its final message.
+
+    A ``result`` is accepted only with a valid receipt (else :class:`InvalidReceiptError`).
+    It is then acknowledged: at once, or — given ``record`` and a ``background`` nursery —
+    after ``record`` has stored it, in the background, so the caller gets the outputs first
+    and the delegatee keeps its copy until ours is safe."""
     started = time.monotonic()
     stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
     ms = MessageStream(stream, handoff.CODEC, max_frame_size=network.max_frame_size)
+    machine = Delegator(offer)
     offered = False
+    rtt_ms = 0.0
     try:
         with trio.fail_after(offer.deadline_ms / 1000 + config.heartbeat_timeout_s):
             await ms.send(offer)
             offered = True
-            first = await ms.receive_within(config.heartbeat_timeout_s)
-            rtt_ms = (time.monotonic() - started) * 1000
-            if isinstance(first, handoff.Reject) and first.handoff_id == offer.handoff_id:
-                raise HandoffRejectedError(peer_id, first.code, first.message)
-            if not isinstance(first, handoff.Accept) or first.handoff_id != offer.handoff_id:
-                raise HandoffLostError(
-                    peer_id, f"peer {peer_id} answered the offer with {first.type!r}"
-                )
-            while True:
+            while not machine.finished:
                 try:
                     msg = await ms.receive_within(config.heartbeat_timeout_s)
                 except PeerErrorResponse as exc:
-                    raise HandoffLostError(
-                        peer_id,
-                        f"peer {peer_id} aborted the accepted step ({exc.code}: {exc.message}): "
-                        "outcome unknown",
-                    ) from None
-                if getattr(msg, "handoff_id", None) != offer.handoff_id:
-                    raise HandoffLostError(
-                        peer_id, f"peer {peer_id} answered about another handoff: outcome unknown"
-                    )
-                if isinstance(msg, handoff.Heartbeat):
-                    continue
-                if isinstance(msg, handoff.StepResult):
-                    await ms.close()
-                    return HandoffOutcome(msg.outputs, msg.duration_ms, rtt_ms)
-                if isinstance(msg, handoff.StepFailed):
-                    await ms.close()
-                    raise HandoffFailedError(peer_id, msg.code, msg.message)
-                if isinstance(msg, handoff.Canceled):
-                    await ms.close()
-                    raise HandoffCanceledError(peer_id, msg.message)
-                raise HandoffLostError(peer_id, f"unexpected {msg.type!r} from {peer_id}")
+                    if machine.accepted:
+                        raise HandoffLostError(
+                            peer_id,
+                            f"peer {peer_id} aborted the accepted step ({exc.code}: "
+                            f"{exc.message}): outcome unknown",
+                        ) from None
+                    raise
+                assert not isinstance(msg, ErrorMessage)
+                machine.receive(msg)
+                if isinstance(msg, handoff.Accept):
+                    rtt_ms = (time.monotonic() - started) * 1000
+        final = machine.final
+        if isinstance(final, handoff.Reject):
+            await ms.close()
+            raise HandoffRejectedError(
+                peer_id,
+                final.code,
+                final.message,
+                retry_after_s=None if final.retry_after_ms is None else final.retry_after_ms / 1000,
+                epoch=final.epoch,
+            )
+        if isinstance(final, handoff.Canceled):
+            await ms.close()
+            raise HandoffCanceledError(peer_id, final.message)
+        if isinstance(final, handoff.StepFailed):
+            await _ack(ms, machine)
+            raise HandoffFailedError(peer_id, final.code, final.message)
+        assert isinstance(final, handoff.StepResult)
+        try:
+            receipt = check_receipt(final, offer, delegator=host.peer_id, delegatee=peer_id)
+        except InvalidReceiptError:
+            await ms.reset()  # not acknowledged: it is not a result we accept
+            raise
+        outcome = HandoffOutcome(final.outputs, final.duration_ms, rtt_ms, offer.epoch, receipt)
+        if record is not None and background is not None:
+            background.start_soon(_record_and_ack, ms, machine, outcome, record)
+        else:
+            if record is not None:
+                await record(outcome)
+            await _ack(ms, machine)
+        return outcome
     except trio.TooSlowError:
         with trio.move_on_after(GIVE_UP_CANCEL_S):
             await _cancel_on_stream(
-                ms, offer.handoff_id, "the delegator's deadline passed", GIVE_UP_CANCEL_S
+                ms, machine, "the delegator's deadline passed", GIVE_UP_CANCEL_S
             )
         await ms.reset()
         raise HandoffLostError(
@@ -194,7 +198,7 @@ async def delegate(
     except ProtocolTimeoutError:
         with trio.move_on_after(GIVE_UP_CANCEL_S):
             await _cancel_on_stream(
-                ms, offer.handoff_id, "the delegator heard nothing for too long", GIVE_UP_CANCEL_S
+                ms, machine, "the delegator heard nothing for too long", GIVE_UP_CANCEL_S
             )
         await ms.reset()
         raise HandoffLostError(
@@ -212,34 +216,69 @@ async def delegate(
         raise HandoffRejectedError(peer_id, "invalid", f"{exc.code}: {exc.message}") from None
     except ProtocolError as exc:
         await ms.reset()
-        raise HandoffLostError(peer_id, f"peer {peer_id} broke the protocol: {exc}") from None
+        raise HandoffProtocolError(
+            peer_id, f"peer {peer_id} broke the handoff protocol: {exc}: outcome unknown"
+        ) from None
     except trio.Cancelled:
         abandon = _ABANDON.get()
         if offered and abandon is not None and abandon.reason is not None:
-            await _abandon(host, peer_id, ms, offer.handoff_id, abandon, network, config)
+            await _abandon(host, peer_id, ms, machine, abandon, network, config)
         else:
             await ms.reset()
+        raise
+    except HandoffError:
         raise
     except BaseException:
         await ms.reset()
         raise
 
 
+async def _ack(ms: MessageStream[HandoffMessage], machine: Delegator) -> None:
+    """Acknowledge the final result or failure (best effort) and close."""
+    try:
+        with trio.move_on_after(ACK_SEND_S):
+            await ms.send(machine.ack())
+        await ms.close()
+    except ProtocolError:
+        await ms.reset()
+
+
+async def _record_and_ack(
+    ms: MessageStream[HandoffMessage],
+    machine: Delegator,
+    outcome: HandoffOutcome,
+    record: ResultRecorder,
+) -> None:
+    try:
+        await record(outcome)
+    except Exception as exc:
+        # not acknowledged: the delegatee keeps the result for a re-attach
+        log.warning("could not record the result of handoff %s: %s", machine.handoff_id, exc)
+        await ms.reset()
+        return
+    await _ack(ms, machine)
+
+
 async def _cancel_on_stream(
-    ms: MessageStream[HandoffMessage], handoff_id: str, reason: str, silence_s: float
+    ms: MessageStream[HandoffMessage], machine: Delegator, reason: str, silence_s: float
 ) -> HandoffMessage | None:
     """Send ``cancel`` on the offer's stream; return the exchange's final message (closing
     the stream), or None if the stream broke or went silent. The caller bounds the total
     time and resets."""
     try:
-        await ms.send(handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN]))
-        while True:
+        if machine.finished:
+            return machine.final
+        await ms.send(machine.cancel(reason[:MAX_REASON_LEN]))
+        while not machine.finished:
             msg = await ms.receive_within(silence_s)
-            if isinstance(msg, (*_FINAL, handoff.Reject)):
-                await ms.close()
-                return msg
-    except ProtocolError as exc:
-        log.debug("cancel of handoff %s on its stream: %s", handoff_id, exc)
+            assert not isinstance(msg, ErrorMessage)
+            machine.receive(msg)
+        if machine.state is DelegatorState.FINISHED:
+            await ms.send(machine.ack())  # the step finished first: its outcome is ours
+        await ms.close()
+        return machine.final
+    except (ProtocolError, LocalProtocolError) as exc:
+        log.debug("cancel of handoff %s on its stream: %s", machine.handoff_id, exc)
         return None
 
 
@@ -247,7 +286,7 @@ async def _abandon(
     host: P2PHost,
     peer_id: str,
     ms: MessageStream[HandoffMessage],
-    handoff_id: str,
+    machine: Delegator,
     abandon: Abandon,
     network: NetworkConfig,
     config: HandoffConfig,
@@ -257,11 +296,12 @@ async def _abandon(
     shielded; it is bounded by the silence limit per message and, in all, by that limit plus
     the time a peer may take to stop the step."""
     assert abandon.reason is not None
+    handoff_id = machine.handoff_id
     reply: HandoffMessage | None = None
     silence_s = config.heartbeat_timeout_s
     with trio.CancelScope(shield=True):
         with trio.move_on_after(silence_s + CANCEL_STOP_ALLOWANCE_S):
-            reply = await _cancel_on_stream(ms, handoff_id, abandon.reason, silence_s)
+            reply = await _cancel_on_stream(ms, machine, abandon.reason, silence_s)
             if reply is None:
                 await ms.reset()
                 if host.is_connected(peer_id):
@@ -303,22 +343,17 @@ async def cancel_handoff(
     Raises :class:`HandoffLostError` when the peer does not answer (outcome unknown)."""
     stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
     ms = MessageStream(stream, handoff.CODEC, max_frame_size=network.max_frame_size)
+    cancel = handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN])
+    machine = Delegator(cancel)
     try:
-        await ms.send(handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN]))
-        while True:
+        await ms.send(cancel)
+        while not machine.finished:
             msg = await ms.receive_within(config.heartbeat_timeout_s)
-            if getattr(msg, "handoff_id", None) != handoff_id:
-                raise HandoffLostError(
-                    peer_id, f"peer {peer_id} answered about another handoff: outcome unknown"
-                )
-            if isinstance(msg, handoff.Heartbeat):
-                continue
-            if isinstance(msg, (handoff.Canceled, handoff.NotCanceled)):
-                await ms.close()
-                return msg
-            raise HandoffLostError(
-                peer_id, f"peer {peer_id} answered the cancel with {msg.type!r}: outcome unknown"
-            )
+            assert not isinstance(msg, ErrorMessage)
+            machine.receive(msg)
+        await ms.close()
+        assert isinstance(machine.final, (handoff.Canceled, handoff.NotCanceled))
+        return machine.final
     except ProtocolError as exc:
         await ms.reset()
         raise HandoffLostError(

@@ -223,23 +223,8 @@ class HandoffJournal:
     ) -> None:
         """Record an accepted (``in``) or offered (``out``) handoff. Recording it again
         updates its status; a new ``epoch`` also forgets the previous attempt's outcome."""
-        now = self._clock()
         with self._tx() as db:
-            db.execute(
-                "INSERT INTO handoffs(direction, peer, handoff_id, epoch, workflow_id, step,"
-                " tool, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(direction, peer, handoff_id) DO UPDATE SET"
-                " status = excluded.status, updated_at = excluded.updated_at,"
-                " outputs = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.outputs END,"
-                " error = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.error END,"
-                " code = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.code END,"
-                " receipt = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.receipt END,"
-                " size = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.size ELSE 0 END,"
-                " acked_at = CASE WHEN excluded.epoch = handoffs.epoch"
-                " THEN handoffs.acked_at END,"
-                " epoch = excluded.epoch",
-                (direction, peer, handoff_id, epoch, workflow_id, step, tool, status, now, now),
-            )
+            self._upsert(db, handoff_id, direction, peer, tool, workflow_id, step, status, epoch)
 
     def finish_handoff(
         self,
@@ -252,26 +237,100 @@ class HandoffJournal:
         error: str | None = None,
         code: str | None = None,
         receipt: dict[str, Any] | None = None,
+        epoch: int | None = None,
+    ) -> None:
+        """Record how a handoff ended (only its attempt ``epoch``, if given)."""
+        with self._tx() as db:
+            self._finish(
+                db, handoff_id, status, direction, peer, outputs, error, code, receipt, epoch
+            )
+
+    def record_outcome(
+        self,
+        handoff_id: str,
+        *,
+        direction: Direction,
+        peer: str,
+        tool: str,
+        workflow_id: str | None,
+        step: str | None,
+        epoch: int,
+        status: str,
+        outputs: dict[str, Any] | None = None,
+        error: str | None = None,
+        code: str | None = None,
+        receipt: dict[str, Any] | None = None,
+    ) -> None:
+        """:meth:`record_handoff` and :meth:`finish_handoff` in one transaction."""
+        with self._tx() as db:
+            self._upsert(db, handoff_id, direction, peer, tool, workflow_id, step, status, epoch)
+            self._finish(
+                db, handoff_id, status, direction, peer, outputs, error, code, receipt, epoch
+            )
+
+    def _upsert(
+        self,
+        db: sqlite3.Connection,
+        handoff_id: str,
+        direction: Direction,
+        peer: str,
+        tool: str,
+        workflow_id: str | None,
+        step: str | None,
+        status: str,
+        epoch: int,
+    ) -> None:
+        now = self._clock()
+        db.execute(
+            "INSERT INTO handoffs(direction, peer, handoff_id, epoch, workflow_id, step,"
+            " tool, status, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            " ON CONFLICT(direction, peer, handoff_id) DO UPDATE SET"
+            " status = excluded.status, updated_at = excluded.updated_at,"
+            " outputs = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.outputs END,"
+            " error = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.error END,"
+            " code = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.code END,"
+            " receipt = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.receipt END,"
+            " size = CASE WHEN excluded.epoch = handoffs.epoch THEN handoffs.size ELSE 0 END,"
+            " acked_at = CASE WHEN excluded.epoch = handoffs.epoch"
+            " THEN handoffs.acked_at END,"
+            " epoch = excluded.epoch",
+            (direction, peer, handoff_id, epoch, workflow_id, step, tool, status, now, now),
+        )
+
+    def _finish(
+        self,
+        db: sqlite3.Connection,
+        handoff_id: str,
+        status: str,
+        direction: Direction,
+        peer: str,
+        outputs: dict[str, Any] | None,
+        error: str | None,
+        code: str | None,
+        receipt: dict[str, Any] | None,
+        epoch: int | None,
     ) -> None:
         out_text = None if outputs is None else _dumps(outputs)
         size = len(out_text or "") + len(error or "")
-        with self._tx() as db:
-            db.execute(
-                "UPDATE handoffs SET status = ?, outputs = ?, error = ?, code = ?, receipt = ?,"
-                " size = ?, updated_at = ? WHERE direction = ? AND peer = ? AND handoff_id = ?",
-                (
-                    status,
-                    out_text,
-                    error,
-                    code,
-                    None if receipt is None else _dumps(receipt),
-                    size,
-                    self._clock(),
-                    direction,
-                    peer,
-                    handoff_id,
-                ),
-            )
+        db.execute(
+            "UPDATE handoffs SET status = ?, outputs = ?, error = ?, code = ?, receipt = ?,"
+            " size = ?, updated_at = ? WHERE direction = ? AND peer = ? AND handoff_id = ?"
+            " AND (? IS NULL OR epoch = ?)",
+            (
+                status,
+                out_text,
+                error,
+                code,
+                None if receipt is None else _dumps(receipt),
+                size,
+                self._clock(),
+                direction,
+                peer,
+                handoff_id,
+                epoch,
+                epoch,
+            ),
+        )
 
     def get_handoff(
         self, handoff_id: str, *, direction: Direction, peer: str
@@ -284,8 +343,8 @@ class HandoffJournal:
 
     def acknowledge(self, handoff_id: str, *, peer: str, epoch: int) -> bool:
         """The delegator has the result of ``handoff_id`` (this epoch): drop the stored
-        outputs, keep the record (a later offer of the same id and epoch is refused, not
-        rerun). True if something was acknowledged."""
+        outputs and keep the record (a later offer of the same id and epoch runs again). True
+        if something was acknowledged."""
         with self._tx() as db:
             cur = db.execute(
                 "UPDATE handoffs SET outputs = NULL, size = length(coalesce(error, '')),"

@@ -1,9 +1,20 @@
-"""Handoff, delegatee side: run steps that peers offer, idempotently by handoff id.
+"""Handoff, delegatee side: run steps that peers offer, as much as this node allows them.
 
-See :mod:`node.handoff.delegator` for the protocol's flow. An offer whose id already
-finished gets the stored result (or ``canceled``); one still running is joined. A ``cancel``
-from the peer that offered a handoff stops its job (Ray's polite cancel, then the worker is
-killed after a grace period), journals it CANCELED and is answered ``canceled``.
+See :mod:`node.handoff.delegator` for the protocol's flow and :mod:`protocols.handoff.machine`
+for its rules. Everything here is per offering peer: a handoff is keyed by (peer, handoff id),
+so an offer with an id another peer used is a different handoff, and only the offering peer
+can re-attach to it, cancel it, or receive its stored result.
+
+Offers with the same key and the same ``epoch`` re-attach (join the running job, or get the
+stored ``result`` / ``failed`` / ``canceled``); a higher epoch supersedes the previous attempt
+(stopping it if it still runs); a lower one is refused as ``superseded``.
+
+What a peer may ask is bounded (config ``handoff.*``): offers per minute, steps in flight,
+argument and result sizes, the longest deadline, and the bytes of stored results it keeps
+here. Delegated steps run in a pool of slots smaller than the node's (``reserved_share`` is
+kept for its own workflows), shared fairly between peers. Each result is signed (a receipt,
+:mod:`protocols.handoff.receipt`) with the node's key; stored results are dropped when the
+delegator acknowledges them (``ack``) or after ``retention_s``.
 """
 
 from __future__ import annotations
@@ -11,22 +22,24 @@ from __future__ import annotations
 import logging
 import time
 import typing
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any, cast
+from typing import Any, Literal, cast
 
 import trio
 
 from node.config import HandoffConfig, NetworkConfig
+from node.handoff.admission import OfferRate, SlotPool
 from node.handoff.journal import AsyncHandoffJournal, HandoffRecord
 from node.p2p import P2PStream
 from protocols import handoff
-from protocols.errors import (
-    ProtocolError,
-    StreamClosedError,
-)
+from protocols.canonical import canonical_json, json_sha256
+from protocols.errors import LocalProtocolError, ProtocolError, StreamClosedError
+from protocols.handoff.machine import Delegatee, DelegateeState
 from protocols.handoff.messages import HandoffMessage
+from protocols.handoff.receipt import receipt_payload, signed_bytes
 from protocols.stream import MessageStream
 from protocols.wire import ErrorMessage
 from workflows.errors import ToolError, ToolInputError, UnknownToolError
@@ -37,45 +50,89 @@ log = logging.getLogger(__name__)
 
 # (tool, version, args, idempotency key) -> outputs
 ToolRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
+Signer = Callable[[bytes], str]
 
 JobOutcome = handoff.StepResult | handoff.StepFailed | handoff.Canceled
+Key = tuple[str, str]  # (offering peer, handoff id)
+
+PRUNE_INTERVAL_S = 60.0
 
 
 @dataclass
 class _Job:
-    done: trio.Event
-    peer: str  # who offered it: only this peer may cancel it
+    peer: str  # who offered it: only this peer may re-attach to it or cancel it
+    handoff_id: str
+    epoch: int
+    tool: str
+    workflow_id: str
+    step: str
+    deadline_ms: int
+    done: trio.Event = field(default_factory=trio.Event)
     outcome: JobOutcome | None = None
     # cancelling it stops the tool (it may be cancelled before the job starts)
     scope: trio.CancelScope = field(default_factory=trio.CancelScope)
     cancel_reason: str | None = None
+    canceled_by: str = "its delegator"
+    accepted_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None  # when it got a slot and began to run
 
 
-def _canceled(handoff_id: str, reason: str | None) -> handoff.Canceled:
-    text = f"handoff {handoff_id} was canceled by its delegator"
-    return handoff.Canceled(handoff_id=handoff_id, message=f"{text}: {reason}" if reason else text)
+@dataclass(frozen=True)
+class JobInfo:
+    """A delegated step on this node, for ``hivemesh handoffs``."""
+
+    peer: str
+    handoff_id: str
+    epoch: int
+    tool: str
+    workflow_id: str
+    step: str
+    state: Literal["waiting", "running", "stopping"]  # waiting: for a slot
+    age_s: float
+    deadline_s: float
+    running_s: float | None
 
 
-def _replay(handoff_id: str, stored: HandoffRecord | None) -> JobOutcome | None:
-    """The stored outcome an offer re-attaching to a finished handoff gets, if any: a
-    result whose outputs are still stored, a failure, or a cancel (canceled stays canceled:
-    never rerun). Anything else (interrupted by a restart, result acknowledged or pruned)
-    runs again."""
-    if stored is None:
-        return None
-    if stored.status == "SUCCESSFUL" and stored.outputs is not None:
-        return handoff.StepResult(handoff_id=handoff_id, outputs=stored.outputs, duration_ms=0)
-    if stored.status == "FAILED" and stored.code in typing.get_args(handoff.FailureCode):
-        return handoff.StepFailed(
-            handoff_id=handoff_id,
-            code=cast(handoff.FailureCode, stored.code),
-            message=stored.error or "failed",
-        )
-    if stored.status == "CANCELED":
-        return handoff.Canceled(
-            handoff_id=handoff_id, message=stored.error or _canceled(handoff_id, None).message
-        )
-    return None
+def _canceled(
+    handoff_id: str, epoch: int, reason: str | None, by: str = "its delegator"
+) -> handoff.Canceled:
+    text = f"handoff {handoff_id} was canceled by {by}"
+    return handoff.Canceled(
+        handoff_id=handoff_id, epoch=epoch, message=f"{text}: {reason}" if reason else text
+    )
+
+
+def _reject(
+    offer: handoff.Offer,
+    code: handoff.RejectCode,
+    message: str,
+    *,
+    retry_after_s: float | None = None,
+    epoch: int | None = None,
+) -> handoff.Reject:
+    return handoff.Reject(
+        handoff_id=offer.handoff_id,
+        code=code,
+        message=message,
+        retry_after_ms=None if retry_after_s is None else max(1, int(retry_after_s * 1000)),
+        epoch=epoch,
+    )
+
+
+def _superseded(offer: handoff.Offer, current: int) -> handoff.Reject:
+    return _reject(
+        offer,
+        "superseded",
+        f"attempt {offer.epoch} of handoff {offer.handoff_id!r} was superseded by attempt "
+        f"{current}; offer a higher epoch to run it again",
+        epoch=current,
+    )
+
+
+def _failed(job: _Job, code: handoff.FailureCode, message: str) -> handoff.StepFailed:
+    return handoff.StepFailed(
+        handoff_id=job.handoff_id, epoch=job.epoch, code=code, message=message[:16384]
+    )
 
 
 def _unknown(handoff_id: str) -> handoff.NotCanceled:
@@ -84,6 +141,41 @@ def _unknown(handoff_id: str) -> handoff.NotCanceled:
         code="unknown_handoff",
         message=f"no handoff {handoff_id!r} from your peer id on this node",
     )
+
+
+def _replay(handoff_id: str, epoch: int, stored: HandoffRecord | None) -> JobOutcome | None:
+    """The stored outcome an offer re-attaching to a finished handoff (same epoch) gets: a
+    result whose outputs and receipt are still stored, a failure, or a cancel (canceled stays
+    canceled: never rerun). Anything else (interrupted by a restart, result acknowledged or
+    pruned) runs again."""
+    if stored is None or stored.epoch != epoch:
+        return None
+    if stored.status == "SUCCESSFUL" and stored.outputs is not None and stored.receipt:
+        try:
+            receipt = handoff.Receipt.model_validate(stored.receipt)
+        except ValueError:
+            return None
+        return handoff.StepResult(
+            handoff_id=handoff_id,
+            epoch=epoch,
+            outputs=stored.outputs,
+            duration_ms=0,
+            receipt=receipt,
+        )
+    if stored.status == "FAILED" and stored.code in typing.get_args(handoff.FailureCode):
+        return handoff.StepFailed(
+            handoff_id=handoff_id,
+            epoch=epoch,
+            code=cast(handoff.FailureCode, stored.code),
+            message=stored.error or "failed",
+        )
+    if stored.status == "CANCELED":
+        return handoff.Canceled(
+            handoff_id=handoff_id,
+            epoch=epoch,
+            message=stored.error or _canceled(handoff_id, epoch, None).message,
+        )
+    return None
 
 
 class HandoffServer:
@@ -96,18 +188,32 @@ class HandoffServer:
         journal: AsyncHandoffJournal,
         network: NetworkConfig,
         config: HandoffConfig,
+        *,
+        peer_id: str,
+        sign: Signer,
+        slots: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.tools = tools
         self.run_tool = run_tool
         self.journal = journal
         self.network = network
         self.config = config
-        self.running = 0
+        self.peer_id = peer_id
+        self._sign = sign
+        self._clock = clock
         self.started_jobs = 0  # steps actually run here (joins and stored results excluded)
-        self.canceled_jobs = 0  # running steps stopped by a delegator's cancel
-        # keyed by (offering peer, handoff id): a handoff belongs to the peer that offered it
-        self._jobs: dict[tuple[str, str], _Job] = {}
+        self.canceled_jobs = 0  # running steps stopped by a cancel
+        self._jobs: dict[Key, _Job] = {}
+        self._per_peer: Counter[str] = Counter()  # jobs per offering peer
+        self._rate = OfferRate(config.max_offers_per_minute, clock=clock)
+        self.slots = SlotPool(slots)
         self._nursery: trio.Nursery | None = None
+
+    @property
+    def running(self) -> int:
+        """Steps of peers accepted here and not finished (running or waiting for a slot)."""
+        return len(self._jobs)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Owns the jobs: a job outlives the stream that offered it (a delegator may re-attach)."""
@@ -116,16 +222,69 @@ class HandoffServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             task_status.started()
-            await trio.sleep_forever()
+            while True:
+                await self._prune()
+                await trio.sleep(min(PRUNE_INTERVAL_S, self.config.retention_s / 4))
+
+    async def _prune(self) -> None:
+        try:
+            await self.journal.call(self.journal.sync.prune, retention_s=self.config.retention_s)
+        except Exception as exc:  # a full disk must not stop the node from serving
+            log.warning("could not prune the handoff journal: %s", exc)
+
+    def jobs(self) -> list[JobInfo]:
+        now = time.monotonic()
+        out = []
+        for job in sorted(self._jobs.values(), key=lambda j: j.accepted_at):
+            state: Literal["waiting", "running", "stopping"]
+            if job.cancel_reason is not None:
+                state = "stopping"
+            elif job.started_at is None:
+                state = "waiting"
+            else:
+                state = "running"
+            out.append(
+                JobInfo(
+                    peer=job.peer,
+                    handoff_id=job.handoff_id,
+                    epoch=job.epoch,
+                    tool=job.tool,
+                    workflow_id=job.workflow_id,
+                    step=job.step,
+                    state=state,
+                    age_s=now - job.accepted_at,
+                    deadline_s=job.deadline_ms / 1000,
+                    running_s=None if job.started_at is None else now - job.started_at,
+                )
+            )
+        return out
+
+    def cancel_by_operator(self, handoff_id: str, peer: str | None = None) -> list[JobInfo]:
+        """Stop the jobs with ``handoff_id`` (of ``peer``, if given); returns those stopped."""
+        stopped = [
+            info
+            for info in self.jobs()
+            if info.handoff_id == handoff_id and (peer is None or info.peer == peer)
+        ]
+        for info in stopped:
+            job = self._jobs.get((info.peer, info.handoff_id))
+            if job is not None:
+                self._cancel_job(job, "stopped by the node's operator", by="this node's operator")
+        return stopped
 
     def _authorised(self, peer: str) -> bool:
         return self.config.allow == "any" or peer in self.config.allow
 
+    # -- a stream ------------------------------------------------------------------------
+
     async def handle(self, stream: P2PStream) -> None:
         ms = MessageStream(stream, handoff.CODEC, max_frame_size=self.network.max_frame_size)
+        machine = Delegatee()
         peer = stream.remote_peer
         try:
             first = await ms.receive_within(self.network.request_timeout_s)
+            assert not isinstance(first, ErrorMessage)  # raised as PeerErrorResponse
+            machine.receive(first)
         except ProtocolError as exc:
             log.info("bad first handoff message from %s: %s", peer, exc)
             try:
@@ -133,66 +292,169 @@ class HandoffServer:
             finally:
                 await ms.reset()
             return
-        if isinstance(first, handoff.Cancel):
-            await self._handle_cancel(ms, first, peer)
-            return
-        if not isinstance(first, handoff.Offer):
-            await ms.send_error(
-                "unexpected_message", f"expected 'offer' or 'cancel', got {first.type!r}"
+        wait_s = self._rate.take(peer)
+        if wait_s > 0:
+            problem = (
+                f"more than {self.config.max_offers_per_minute} handoff requests a minute from "
+                f"your peer id; retry in {wait_s:.1f}s"
             )
-            await ms.reset()
-            return
-        offer = first
-        reject = self._check(offer, peer)
-        if reject is not None:
-            log.info("rejected handoff %s from %s: %s", offer.handoff_id, peer, reject.message)
-            await ms.send(reject)
-            await ms.close()
-            return
-        key = (peer, offer.handoff_id)
-        job = self._jobs.get(key)
-        if job is None:
-            # reserve the id before the first await: a concurrent duplicate offer joins it
-            job = self._jobs[key] = _Job(trio.Event(), peer)
-            try:
-                stored = await self.journal.call(
-                    self.journal.sync.get_handoff, offer.handoff_id, direction="in", peer=peer
+            log.info("refused a handoff request from %s: over its rate", peer)
+            if isinstance(first, handoff.Offer):
+                await self._send_final(
+                    ms, machine, _reject(first, "quota_exceeded", problem, retry_after_s=wait_s)
                 )
-            except BaseException:
-                del self._jobs[key]
-                raise
-            replay = _replay(offer.handoff_id, stored)
+            else:
+                await ms.send_error("quota_exceeded", problem)
+                await ms.close()
+            return
+        if isinstance(first, handoff.Cancel):
+            await self._answer_cancel(ms, machine, first, peer)
+            return
+        assert isinstance(first, handoff.Offer)
+        await self._answer_offer(ms, machine, first, peer)
+
+    async def _answer_offer(
+        self, ms: MessageStream[HandoffMessage], machine: Delegatee, offer: handoff.Offer, peer: str
+    ) -> None:
+        hid = offer.handoff_id
+        reject = self._check(offer, peer)
+        if reject is None:
+            job, reject = await self._job_for(offer, peer)
+        if reject is not None:
+            log.info("rejected handoff %r from %s: %s", hid, peer, reject.message)
+            await self._send_final(ms, machine, reject)
+            return
+        assert job is not None
+        await ms.send(machine.send(handoff.Accept(handoff_id=hid, epoch=offer.epoch)))
+        await self._follow(ms, machine, job)
+
+    async def _job_for(
+        self, offer: handoff.Offer, peer: str
+    ) -> tuple[_Job | None, handoff.Reject | None]:
+        """The job this offer attaches to, started if need be; or why it is refused."""
+        hid, epoch = offer.handoff_id, offer.epoch
+        key = (peer, hid)
+        job = self._jobs.get(key)
+        if job is not None and job.epoch > epoch:
+            return None, _superseded(offer, job.epoch)
+        previous: _Job | None = None
+        if job is not None and job.epoch < epoch:
+            # a new attempt supersedes the running one: stop it; the new one starts when it
+            # has stopped
+            self._cancel_job(job, f"superseded by attempt {epoch}")
+            self._drop(job)
+            previous, job = job, None
+        if job is not None:
+            return job, None  # re-attach to the running attempt
+        # reserve the key before the first await: a concurrent duplicate offer joins it
+        job = _Job(
+            peer=peer,
+            handoff_id=hid,
+            epoch=epoch,
+            tool=offer.tool,
+            workflow_id=offer.workflow_id,
+            step=offer.step,
+            deadline_ms=offer.deadline_ms,
+        )
+        capacity = self._capacity(offer, peer)
+        self._jobs[key] = job
+        self._per_peer[peer] += 1
+        try:
+            stored = await self.journal.call(
+                self.journal.sync.get_handoff, hid, direction="in", peer=peer
+            )
+            if stored is not None and stored.epoch > epoch:
+                self._drop(job)
+                return None, _superseded(offer, stored.epoch)
+            replay = _replay(hid, epoch, stored)
             if replay is not None:
+                self._drop(job)
                 job.outcome = replay
                 job.done.set()
-                del self._jobs[key]
-            else:
-                await self._start(offer, peer, job)
-        await ms.send(handoff.Accept(handoff_id=offer.handoff_id))
-        await self._follow(ms, offer.handoff_id, job, peer)
+                return job, None
+            if capacity is not None:
+                self._drop(job)
+                return None, capacity
+            if await self._journal_full():
+                self._drop(job)
+                return None, _reject(
+                    offer,
+                    "overloaded",
+                    "this node's handoff journal is full; try another peer",
+                    retry_after_s=PRUNE_INTERVAL_S,
+                )
+            await self.journal.call(
+                self.journal.sync.record_handoff,
+                hid,
+                direction="in",
+                peer=peer,
+                tool=offer.tool,
+                workflow_id=offer.workflow_id,
+                step=offer.step,
+                status="ACCEPTED",
+                epoch=epoch,
+            )
+        except BaseException:
+            self._drop(job)
+            # whoever joined the reservation meanwhile (a duplicate offer, a cancel) must not
+            # wait forever
+            job.outcome = handoff.StepFailed(
+                handoff_id=hid, epoch=epoch, code="internal", message="could not journal the step"
+            )
+            job.done.set()
+            raise
+        assert self._nursery is not None, "HandoffServer.serve() is not running"
+        self.started_jobs += 1
+        self._nursery.start_soon(self._run_job, offer, job, previous)
+        return job, None
+
+    def _drop(self, job: _Job) -> None:
+        key = (job.peer, job.handoff_id)
+        if self._jobs.get(key) is job:
+            del self._jobs[key]
+            self._per_peer[job.peer] -= 1
+            if self._per_peer[job.peer] <= 0:
+                del self._per_peer[job.peer]
+
+    async def _journal_full(self) -> bool:
+        size = await self.journal.call(self.journal.sync.file_bytes)
+        if size <= self.config.max_journal_bytes:
+            return False
+        await self._prune()
+        size = await self.journal.call(self.journal.sync.file_bytes)
+        return size > self.config.max_journal_bytes
 
     async def _follow(
-        self, ms: MessageStream[HandoffMessage], handoff_id: str, job: _Job, peer: str
+        self, ms: MessageStream[HandoffMessage], machine: Delegatee, job: _Job
     ) -> None:
-        """After ``accept``: heartbeats until the job ends, then its final message; meanwhile
-        read what the delegator sends (a ``cancel``). A broken stream ends only the stream."""
+        """After ``accept``: heartbeats until the job ends, then its final message, then wait
+        briefly for the delegator's ``ack``; meanwhile read what the delegator sends (a
+        ``cancel``). A broken stream ends only the stream, never the job."""
         lock = trio.Lock()  # one writer at a time: this task and the reader
+        acked = trio.Event()
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._read_after_offer, ms, handoff_id, job, peer, lock, nursery)
+            nursery.start_soon(self._read_after_offer, ms, machine, job, lock, acked, nursery)
             try:
-                await self._beat_until_done(ms, handoff_id, job, lock)
+                await self._beat_until_done(ms, machine, job, lock)
                 assert job.outcome is not None
                 async with lock:
-                    await ms.send(job.outcome)
+                    await ms.send(machine.send(job.outcome))
+                if machine.state is DelegateeState.AWAIT_ACK:
+                    with trio.move_on_after(self.config.ack_wait_s):
+                        await acked.wait()
                 await ms.close()
             except StreamClosedError as exc:
                 goes_on = "it is being canceled" if job.cancel_reason is not None else "it goes on"
-                log.info("delegator of handoff %s went away (%s); %s", handoff_id, exc, goes_on)
+                log.info("delegator of handoff %r went away (%s); %s", job.handoff_id, exc, goes_on)
                 await ms.reset()
             nursery.cancel_scope.cancel()
+        if acked.is_set():
+            await self.journal.call(
+                self.journal.sync.acknowledge, job.handoff_id, peer=job.peer, epoch=job.epoch
+            )
 
     async def _beat_until_done(
-        self, ms: MessageStream[HandoffMessage], handoff_id: str, job: _Job, lock: trio.Lock
+        self, ms: MessageStream[HandoffMessage], machine: Delegatee, job: _Job, lock: trio.Lock
     ) -> None:
         started = time.monotonic()
         while not job.done.is_set():
@@ -200,44 +462,44 @@ class HandoffServer:
                 await job.done.wait()
             if not job.done.is_set():
                 elapsed = int((time.monotonic() - started) * 1000)
+                beat = handoff.Heartbeat(handoff_id=job.handoff_id, elapsed_ms=elapsed)
                 async with lock:
-                    await ms.send(handoff.Heartbeat(handoff_id=handoff_id, elapsed_ms=elapsed))
+                    await ms.send(machine.send(beat))
 
     async def _read_after_offer(
         self,
         ms: MessageStream[HandoffMessage],
-        handoff_id: str,
+        machine: Delegatee,
         job: _Job,
-        peer: str,
         lock: trio.Lock,
+        acked: trio.Event,
         nursery: trio.Nursery,
     ) -> None:
-        """The delegator may send ``cancel`` (for this handoff) after its offer, or close its
-        side. Anything else ends the stream with an ``error``; the step goes on either way."""
+        """The delegator may send ``cancel`` after its offer and ``ack`` after the final
+        message, or close its side. Anything else ends the stream with an ``error``; the step
+        goes on either way."""
         try:
             while True:
                 msg = await ms.receive_or_eof()
                 if msg is None:
                     return  # the delegator closed its side: it will send nothing more
                 if isinstance(msg, ErrorMessage):
-                    log.info("delegator of handoff %s gave up: %s", handoff_id, msg.message)
+                    log.info(
+                        "delegator of handoff %r gave up: %r", job.handoff_id, msg.message[:200]
+                    )
                     break
-                if isinstance(msg, handoff.Cancel) and msg.handoff_id == handoff_id:
+                event = machine.receive(msg)
+                if isinstance(event, handoff.Cancel):
                     # jobs are per offering peer: whoever reads this stream offered the job
-                    self._cancel_job(handoff_id, job, msg.reason, peer)
-                    continue  # the job ends as canceled; _follow sends that
-                if isinstance(msg, handoff.Cancel):
-                    problem = f"a cancel on this stream must be for {handoff_id!r}"
-                else:
-                    problem = f"expected 'cancel' after the offer, got {msg.type!r}"
-                async with lock:
-                    await ms.send_error("unexpected_message", problem)
-                await ms.reset()
-                break
+                    self._cancel_job(job, event.reason)
+                elif isinstance(event, handoff.Ack):
+                    acked.set()
+                    return
         except StreamClosedError:
             await ms.reset()  # reset by the delegator: the stream is gone, the step goes on
+            return
         except ProtocolError as exc:
-            log.info("bad handoff message from %s after the offer: %s", peer, exc)
+            log.info("bad handoff message from %s after the offer: %s", job.peer, exc)
             try:
                 async with lock:
                     await ms.send_error(exc.code, exc.message)
@@ -246,15 +508,26 @@ class HandoffServer:
             await ms.reset()
         nursery.cancel_scope.cancel()  # this stream is over (not the job)
 
-    def _cancel_job(self, handoff_id: str, job: _Job, reason: str, peer: str) -> None:
+    def _cancel_job(self, job: _Job, reason: str, by: str = "its delegator") -> None:
         if job.done.is_set() or job.cancel_reason is not None:
             return
-        log.info("handoff %s canceled by %s: %s", handoff_id, peer, reason or "no reason given")
+        log.info(
+            "handoff %r of %s canceled by %s: %r",
+            job.handoff_id,
+            job.peer,
+            by,
+            reason or "no reason given",
+        )
         job.cancel_reason = reason
+        job.canceled_by = by
         job.scope.cancel()
 
-    async def _handle_cancel(
-        self, ms: MessageStream[HandoffMessage], cancel: handoff.Cancel, peer: str
+    async def _answer_cancel(
+        self,
+        ms: MessageStream[HandoffMessage],
+        machine: Delegatee,
+        cancel: handoff.Cancel,
+        peer: str,
     ) -> None:
         """A ``cancel`` without an offer (the delegator's stream is gone): answer
         ``canceled`` once the step is stopped, or ``not_canceled``."""
@@ -269,9 +542,9 @@ class HandoffServer:
             )
             job = self._jobs.get(key)  # an offer may have started it meanwhile
         if job is not None:
-            self._cancel_job(hid, job, cancel.reason, peer)
+            self._cancel_job(job, cancel.reason)
             try:
-                await self._beat_until_done(ms, hid, job, trio.Lock())
+                await self._beat_until_done(ms, machine, job, trio.Lock())
             except StreamClosedError:
                 await ms.reset()  # the cancel stands; nobody is waiting for the answer
                 return
@@ -287,7 +560,9 @@ class HandoffServer:
             reply = _unknown(hid)
         elif stored.status == "CANCELED":
             reply = handoff.Canceled(
-                handoff_id=hid, message=stored.error or _canceled(hid, None).message
+                handoff_id=hid,
+                epoch=stored.epoch,
+                message=stored.error or _canceled(hid, stored.epoch, None).message,
             )
         elif stored.status in ("SUCCESSFUL", "FAILED"):
             reply = handoff.NotCanceled(
@@ -296,7 +571,7 @@ class HandoffServer:
                 message=f"handoff {hid} already finished ({stored.status.lower()})",
             )
         else:  # accepted, but not running: interrupted by a restart of this node
-            reply = _canceled(hid, cancel.reason)
+            reply = _canceled(hid, stored.epoch, cancel.reason)
             await self.journal.call(
                 self.journal.sync.finish_handoff,
                 hid,
@@ -305,101 +580,186 @@ class HandoffServer:
                 peer=peer,
                 error=reply.message,
             )
-        await ms.send(reply)
+        await self._send_final(ms, machine, reply)
+
+    async def _send_final(
+        self,
+        ms: MessageStream[HandoffMessage],
+        machine: Delegatee,
+        message: handoff.Reject | handoff.Canceled | handoff.NotCanceled,
+    ) -> None:
+        try:
+            await ms.send(machine.send(message))
+        except LocalProtocolError:
+            log.exception("handoff server broke its own protocol")
+            await ms.reset()
+            return
         await ms.close()
 
-    def _check(self, offer: handoff.Offer, peer: str) -> handoff.Reject | None:
-        def rej(code: handoff.RejectCode, message: str) -> handoff.Reject:
-            return handoff.Reject(handoff_id=offer.handoff_id, code=code, message=message)
+    # -- admission -----------------------------------------------------------------------
 
+    def _check(self, offer: handoff.Offer, peer: str) -> handoff.Reject | None:
+        """Checks that do not depend on what runs here now."""
         if not self._authorised(peer):
-            return rej("not_authorised", "this node does not accept steps from your peer id")
+            return _reject(
+                offer, "not_authorised", "this node does not accept steps from your peer id"
+            )
         if offer.hops > self.config.max_hops:
-            return rej("hop_limit", f"hop count {offer.hops} exceeds {self.config.max_hops}")
+            return _reject(
+                offer, "hop_limit", f"hop count {offer.hops} exceeds {self.config.max_hops}"
+            )
         try:
             tool = self.tools.get(offer.tool, offer.version)
         except UnknownToolError as exc:
-            return rej("no_such_tool", str(exc))
+            return _reject(offer, "no_such_tool", str(exc))
         except ToolError as exc:  # a malformed tool name or version requirement
-            return rej("invalid", str(exc))
+            return _reject(offer, "invalid", str(exc))
         if not tool.remote_callable:
-            return rej("no_such_tool", f"tool {offer.tool!r} is not offered to peers")
-        running_here = (peer, offer.handoff_id) in self._jobs
-        if not running_here and self.running >= self.config.max_concurrent:
-            return rej("overloaded", f"{self.running} steps running; try another peer")
+            return _reject(offer, "no_such_tool", f"tool {offer.tool!r} is not offered to peers")
+        if offer.deadline_ms > self.config.max_deadline_s * 1000:
+            return _reject(
+                offer,
+                "limit_exceeded",
+                f"deadline of {offer.deadline_ms} ms exceeds this node's limit of "
+                f"{int(self.config.max_deadline_s * 1000)} ms",
+            )
+        size = len(canonical_json(offer.args))
+        if size > self.config.max_args_bytes:
+            return _reject(
+                offer,
+                "limit_exceeded",
+                f"arguments of {size} bytes exceed this node's limit of "
+                f"{self.config.max_args_bytes} bytes",
+            )
         return None
 
-    async def _start(self, offer: handoff.Offer, peer: str, job: _Job) -> None:
-        assert self._nursery is not None, "HandoffServer.serve() is not running"
-        self.running += 1
-        self.started_jobs += 1
-        try:
-            await self.journal.call(
-                self.journal.sync.record_handoff,
-                offer.handoff_id,
-                direction="in",
-                peer=peer,
-                tool=offer.tool,
-                workflow_id=offer.workflow_id,
-                step=offer.step,
-                status="ACCEPTED",
+    def _capacity(self, offer: handoff.Offer, peer: str) -> handoff.Reject | None:
+        """May one more step of ``peer`` be accepted now? (The offer's key is not counted.)"""
+        mine = self._per_peer[peer]
+        if mine >= self.config.max_inflight_per_peer:
+            return _reject(
+                offer,
+                "quota_exceeded",
+                f"your peer id has {mine} steps in flight here, the most this node accepts "
+                "from one peer",
+                retry_after_s=self.config.heartbeat_interval_s * 5,
             )
-        except BaseException:
-            self.running -= 1
-            self._jobs.pop((peer, offer.handoff_id), None)
-            # whoever joined the reservation meanwhile (a duplicate offer, a cancel) must not
-            # wait forever
-            job.outcome = handoff.StepFailed(
-                handoff_id=offer.handoff_id, code="internal", message="could not journal the step"
+        if self.running >= self.config.max_concurrent:
+            return _reject(
+                offer,
+                "overloaded",
+                f"{self.running} steps of peers in flight here; try another peer",
+                retry_after_s=self.config.heartbeat_interval_s * 5,
             )
-            job.done.set()
-            raise
-        self._nursery.start_soon(self._run_job, offer, peer, job)
+        return None
 
-    async def _run_job(self, offer: handoff.Offer, peer: str, job: _Job) -> None:
-        hid = offer.handoff_id
-        started = time.monotonic()
+    # -- running -------------------------------------------------------------------------
+
+    async def _run_job(self, offer: handoff.Offer, job: _Job, previous: _Job | None) -> None:
+        hid, peer = offer.handoff_id, job.peer
         outcome: JobOutcome
         try:
             # a cancel stops the tool as a local cancel does: the runner cancels its Ray task
             # and kills the worker if it has not stopped after a grace period
             with job.scope:
-                with trio.fail_after(offer.deadline_ms / 1000):
-                    # the step's key, as on the delegator: the same on every node and attempt
-                    key = f"{offer.workflow_id}/{offer.step}"
-                    outputs = await self.run_tool(offer.tool, offer.version, dict(offer.args), key)
+                if previous is not None:  # the attempt this one supersedes is stopping
+                    await previous.done.wait()
+                await self.slots.acquire(peer)
+                try:
+                    job.started_at = time.monotonic()
+                    with trio.fail_after(offer.deadline_ms / 1000):
+                        # the step's key, as on the delegator: the same on every node and attempt
+                        key = f"{offer.workflow_id}/{offer.step}"
+                        outputs = await self.run_tool(
+                            offer.tool, offer.version, dict(offer.args), key
+                        )
+                finally:
+                    self.slots.release(peer)
             if job.scope.cancelled_caught:
-                outcome = _canceled(hid, job.cancel_reason)
+                outcome = _canceled(hid, job.epoch, job.cancel_reason, job.canceled_by)
                 self.canceled_jobs += 1
             else:
-                duration = int((time.monotonic() - started) * 1000)
-                outcome = handoff.StepResult(handoff_id=hid, outputs=outputs, duration_ms=duration)
+                duration = int((time.monotonic() - (job.started_at or job.accepted_at)) * 1000)
+                outcome = self._result(offer, job, outputs, duration)
         except trio.TooSlowError:
             outcome = handoff.StepFailed(
                 handoff_id=hid,
+                epoch=job.epoch,
                 code="deadline_exceeded",
                 message=f"step did not finish within {offer.deadline_ms} ms",
             )
         except ToolInputError as exc:
-            outcome = handoff.StepFailed(handoff_id=hid, code="invalid_input", message=str(exc))
+            outcome = _failed(job, "invalid_input", str(exc))
         except ToolError as exc:
-            outcome = handoff.StepFailed(handoff_id=hid, code="tool_failed", message=str(exc))
+            outcome = _failed(job, "tool_failed", str(exc))
         except Exception as exc:
-            log.exception("handoff %s failed internally", hid)
-            outcome = handoff.StepFailed(
-                handoff_id=hid, code="internal", message=f"{type(exc).__name__}: {exc}"
-            )
-        finish = partial(self.journal.sync.finish_handoff, hid, direction="in", peer=peer)
+            log.exception("handoff %r failed internally", hid)
+            outcome = _failed(job, "internal", f"{type(exc).__name__}: {exc}")
+        # (only this attempt's record: a later attempt may have replaced it meanwhile)
+        finish = partial(
+            self.journal.sync.finish_handoff, hid, direction="in", peer=peer, epoch=job.epoch
+        )
         try:
             if isinstance(outcome, handoff.StepResult):
-                await self.journal.call(finish, "SUCCESSFUL", outputs=outcome.outputs)
+                await self.journal.call(
+                    finish,
+                    "SUCCESSFUL",
+                    outputs=outcome.outputs,
+                    receipt=outcome.receipt.model_dump(),
+                )
             elif isinstance(outcome, handoff.Canceled):
                 await self.journal.call(finish, "CANCELED", error=outcome.message)
             else:
                 await self.journal.call(finish, "FAILED", error=outcome.message, code=outcome.code)
+            stored = await self.journal.call(self.journal.sync.stored_bytes, peer)
+            if stored > self.config.max_stored_bytes_per_peer:
+                await self.journal.call(
+                    self.journal.sync.prune,
+                    retention_s=self.config.retention_s,
+                    max_bytes_per_peer=self.config.max_stored_bytes_per_peer,
+                    peer=peer,
+                )
         finally:
             job.outcome = outcome
             job.done.set()
-            self.running -= 1
             # finished jobs are not kept: a re-attaching delegator finds them in the journal
-            self._jobs.pop((peer, hid), None)
+            self._drop(job)
+
+    def _result(
+        self, offer: handoff.Offer, job: _Job, outputs: dict[str, Any], duration_ms: int
+    ) -> handoff.StepResult | handoff.StepFailed:
+        """The signed result of a step, or a failure if the result is too large to hand back."""
+        size = len(canonical_json(outputs))
+        limit = min(self.config.max_result_bytes, self.network.max_frame_size - 4096)
+        if size > limit:
+            return handoff.StepFailed(
+                handoff_id=offer.handoff_id,
+                epoch=offer.epoch,
+                code="result_too_large",
+                message=f"the step's result is {size} bytes, over this node's limit of "
+                f"{limit} bytes",
+            )
+        tool = self.tools.get(offer.tool, offer.version)
+        payload = receipt_payload(
+            handoff_id=offer.handoff_id,
+            epoch=offer.epoch,
+            delegator=job.peer,
+            delegatee=self.peer_id,
+            tool=offer.tool,
+            tool_version=tool.version,
+            args_sha256=json_sha256(offer.args),
+            outputs_sha256=json_sha256(outputs),
+        )
+        receipt = handoff.Receipt(
+            tool_version=tool.version,
+            args_sha256=payload["args_sha256"],
+            outputs_sha256=payload["outputs_sha256"],
+            signature=self._sign(signed_bytes(payload)),
+        )
+        return handoff.StepResult(
+            handoff_id=offer.handoff_id,
+            epoch=offer.epoch,
+            outputs=outputs,
+            duration_ms=duration_ms,
+            receipt=receipt,
+        )

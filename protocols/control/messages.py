@@ -8,7 +8,7 @@ from pydantic import Field
 
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/control/0.1.0"
+PROTOCOL_ID = "/hivemesh/control/0.2.0"
 MAX_WORKFLOW_TEXT = 1024 * 1024
 
 __all__ = [
@@ -17,6 +17,10 @@ __all__ = [
     "REQUEST_CODEC",
     "RESPONSE_CODEC",
     "CancelRequest",
+    "HandoffCancelRequest",
+    "HandoffEntry",
+    "Handoffs",
+    "HandoffsRequest",
     "Info",
     "InfoRequest",
     "ListRequest",
@@ -81,6 +85,20 @@ class ToolsRequest(WireModel):
     type: Literal["tools"] = "tools"
 
 
+class HandoffsRequest(WireModel):
+    """What peers are running on this node."""
+
+    type: Literal["handoffs"] = "handoffs"
+
+
+class HandoffCancelRequest(WireModel):
+    """Stop a step a peer runs on this node (of ``peer``, or of any peer with that id)."""
+
+    type: Literal["handoff_cancel"] = "handoff_cancel"
+    handoff_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    peer: str | None = Field(default=None, max_length=MAX_ID_LEN)
+
+
 # --- responses ------------------------------------------------------------------------------
 
 
@@ -118,6 +136,11 @@ class StepStatus(WireModel):
     attempts: int = 0
     started_at: float | None = None
     ended_at: float | None = None
+    receipt: dict[str, Any] | None = Field(
+        default=None,
+        description="for a delegated step: the receipt the node that ran it signed (the "
+        "signed object and its signature), as checked and journaled by this node",
+    )
 
 
 class WorkflowStatusReply(WireModel):
@@ -177,6 +200,26 @@ class Tools(WireModel):
     tools: list[ToolEntry]
 
 
+class HandoffEntry(WireModel):
+    peer: str = Field(description="the peer that offered the step")
+    handoff_id: str
+    epoch: int
+    tool: str
+    workflow_id: str
+    step: str
+    state: Literal["waiting", "running", "stopping"]
+    age_s: float = Field(description="since the offer was accepted")
+    deadline_s: float
+    running_s: float | None = Field(description="since it started to run; null while waiting")
+
+
+class Handoffs(WireModel):
+    """Answers ``handoffs`` (all in flight) and ``handoff_cancel`` (those stopped)."""
+
+    type: Literal["handoffs"] = "handoffs"
+    handoffs: list[HandoffEntry]
+
+
 ControlRequest = (
     InfoRequest
     | SubmitRequest
@@ -186,9 +229,18 @@ ControlRequest = (
     | ListRequest
     | PeersRequest
     | ToolsRequest
+    | HandoffsRequest
+    | HandoffCancelRequest
 )
 ControlResponse = (
-    Info | Submitted | WorkflowStatusReply | WorkflowResult | WorkflowList | Peers | Tools
+    Info
+    | Submitted
+    | WorkflowStatusReply
+    | WorkflowResult
+    | WorkflowList
+    | Peers
+    | Tools
+    | Handoffs
 )
 
 REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
@@ -202,10 +254,12 @@ REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
         ListRequest,
         PeersRequest,
         ToolsRequest,
+        HandoffsRequest,
+        HandoffCancelRequest,
     ],
 )
 RESPONSE_CODEC: MessageCodec[ControlResponse] = MessageCodec(
     "control",
-    [Info, Submitted, WorkflowStatusReply, WorkflowResult, WorkflowList, Peers, Tools],
+    [Info, Submitted, WorkflowStatusReply, WorkflowResult, WorkflowList, Peers, Tools, Handoffs],
 )
 CODEC = REQUEST_CODEC

@@ -1,19 +1,23 @@
-"""``/hivemesh/handoff/0.1.0``: delegate one step to a peer.
+"""``/hivemesh/handoff/0.2.0``: delegate one step to a peer.
 
-See docs/protocols.md for the wire specification.
+See docs/protocols.md for the wire specification; :mod:`protocols.handoff.machine` holds the
+protocol's rules (which message may follow which) without I/O.
 """
 
 from protocols.handoff.messages import (
     CODEC,
     PROTOCOL_ID,
     Accept,
+    Ack,
     Cancel,
     Canceled,
     FailureCode,
+    HandoffMessage,
     Heartbeat,
     NotCanceled,
     NotCanceledCode,
     Offer,
+    Receipt,
     Reject,
     RejectCode,
     StepFailed,
@@ -24,13 +28,16 @@ __all__ = [
     "CODEC",
     "PROTOCOL_ID",
     "Accept",
+    "Ack",
     "Cancel",
     "Canceled",
     "FailureCode",
+    "HandoffMessage",
     "Heartbeat",
     "NotCanceled",
     "NotCanceledCode",
     "Offer",
+    "Receipt",
     "Reject",
     "RejectCode",
     "StepFailed",

@@ -1,7 +1,10 @@
-"""Handoff messages: offer → accept|reject → heartbeat* → result|failed|canceled.
+"""Handoff messages: offer → accept|reject → heartbeat* → result|failed|canceled → ack.
 
 The delegator may send ``cancel`` after its offer (on the same stream), or as the first and
 only message of a fresh stream; the latter is answered with ``canceled`` or ``not_canceled``.
+After a ``result`` or ``failed`` the delegator acknowledges it with ``ack`` (the delegatee may
+then forget the stored outcome). Version 0.2.0 added epochs on the final messages, receipts,
+``ack``, and the quota reject codes; see docs/protocols.md §9.
 """
 
 from __future__ import annotations
@@ -12,13 +15,26 @@ from pydantic import Field
 
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/handoff/0.1.0"
+PROTOCOL_ID = "/hivemesh/handoff/0.2.0"
 
-RejectCode = Literal["no_such_tool", "overloaded", "not_authorised", "invalid", "hop_limit"]
-FailureCode = Literal["invalid_input", "tool_failed", "deadline_exceeded", "internal"]
+RejectCode = Literal[
+    "no_such_tool",
+    "overloaded",
+    "quota_exceeded",
+    "limit_exceeded",
+    "not_authorised",
+    "invalid",
+    "hop_limit",
+    "superseded",
+]
+FailureCode = Literal[
+    "invalid_input", "tool_failed", "deadline_exceeded", "result_too_large", "internal"
+]
 NotCanceledCode = Literal["unknown_handoff", "finished"]
 
 MAX_REASON_LEN = 1024
+MAX_EPOCH = 2**31 - 1
+SHA256_HEX = r"^[0-9a-f]{64}$"
 
 
 class Offer(WireModel):
@@ -31,12 +47,13 @@ class Offer(WireModel):
     args: dict[str, Any] = Field(default_factory=dict)
     deadline_ms: int = Field(gt=0, le=7 * 24 * 3600 * 1000)
     hops: int = Field(default=0, ge=0)
-    epoch: int = Field(default=0, ge=0)
+    epoch: int = Field(default=0, ge=0, le=MAX_EPOCH)
 
 
 class Accept(WireModel):
     type: Literal["accept"] = "accept"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
 
 
 class Reject(WireModel):
@@ -44,6 +61,10 @@ class Reject(WireModel):
     handoff_id: str = Field(max_length=MAX_ID_LEN)
     code: RejectCode
     message: str = Field(max_length=4096)
+    retry_after_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
+    epoch: int | None = Field(
+        default=None, ge=0, le=MAX_EPOCH, description="with 'superseded': the current epoch"
+    )
 
 
 class Heartbeat(WireModel):
@@ -52,16 +73,29 @@ class Heartbeat(WireModel):
     elapsed_ms: int = Field(ge=0)
 
 
+class Receipt(WireModel):
+    """What the delegatee signs about a result (docs/protocols.md §9.12). The signed bytes
+    are the canonical JSON of :func:`protocols.handoff.receipt.receipt_payload`."""
+
+    tool_version: str = Field(max_length=64)
+    args_sha256: str = Field(pattern=SHA256_HEX)
+    outputs_sha256: str = Field(pattern=SHA256_HEX)
+    signature: str = Field(min_length=1, max_length=512, description="base64 Ed25519 signature")
+
+
 class StepResult(WireModel):
     type: Literal["result"] = "result"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
     outputs: dict[str, Any]
     duration_ms: int = Field(ge=0)
+    receipt: Receipt
 
 
 class StepFailed(WireModel):
     type: Literal["failed"] = "failed"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
     code: FailureCode
     message: str = Field(max_length=16384)
 
@@ -79,6 +113,7 @@ class Canceled(WireModel):
 
     type: Literal["canceled"] = "canceled"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
     message: str = Field(max_length=4096)
 
 
@@ -91,11 +126,29 @@ class NotCanceled(WireModel):
     message: str = Field(max_length=4096)
 
 
+class Ack(WireModel):
+    """Delegator → delegatee, after a ``result`` or ``failed``: the outcome is recorded;
+    the delegatee may forget it."""
+
+    type: Literal["ack"] = "ack"
+    handoff_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
+    epoch: int = Field(ge=0, le=MAX_EPOCH)
+
+
 HandoffMessage = (
-    Offer | Accept | Reject | Heartbeat | StepResult | StepFailed | Cancel | Canceled | NotCanceled
+    Offer
+    | Accept
+    | Reject
+    | Heartbeat
+    | StepResult
+    | StepFailed
+    | Cancel
+    | Canceled
+    | NotCanceled
+    | Ack
 )
 
 CODEC: MessageCodec[HandoffMessage] = MessageCodec(
     "handoff",
-    [Offer, Accept, Reject, Heartbeat, StepResult, StepFailed, Cancel, Canceled, NotCanceled],
+    [Offer, Accept, Reject, Heartbeat, StepResult, StepFailed, Cancel, Canceled, NotCanceled, Ack],
 )

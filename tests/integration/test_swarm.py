@@ -195,7 +195,7 @@ async def test_silent_peer_times_out_instead_of_hanging(tmp_path: Path) -> None:
     async def accept_then_hang(stream: object) -> None:
         ms = MessageStream(stream, handoff.CODEC)  # type: ignore[arg-type]
         offer = await ms.receive()
-        await ms.send(handoff.Accept(handoff_id=offer.handoff_id))  # type: ignore[union-attr]
+        await ms.send(handoff.Accept(handoff_id=offer.handoff_id, epoch=0))  # type: ignore[union-attr]
         await trio.sleep_forever()
 
     silent.set_handler(handoff.PROTOCOL_ID, accept_then_hang)

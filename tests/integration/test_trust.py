@@ -4,19 +4,27 @@ handoff protocol to real nodes (real libp2p, a real Ray)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
 
-from node.handoff import HandoffCanceledError, cancel_handoff, delegate
-from protocols import handoff
+from node.daemon import Node
+from node.handoff import HandoffCanceledError, HandoffRejectedError, cancel_handoff, delegate
+from node.p2p import P2PHost
+from protocols import discovery, handoff
+from protocols.canonical import json_sha256
+from protocols.stream import MessageStream
+from protocols.wire import ErrorMessage
 from tests.integration.harness import (
     LOOPBACK,
+    launch,
     launch_delegator,
     make_node,
     stranger_host,
     wait_until,
 )
+from tests.integration.test_swarm import _ray_idle
 from workflows.dsl import parse_workflow
 from workflows.status import WorkflowStatus
 
@@ -81,10 +89,21 @@ async def test_a_stranger_cannot_plant_a_result_under_a_guessed_handoff_id(
         assert view.status is WorkflowStatus.SUCCESSFUL, view.error
         assert view.outputs == {"shouted": "MY SENTENCE"}
         assert a.handoff.started_jobs == 2  # the stranger's run and the honest one
-        mine = a.journal.get_handoff(hid, direction="in", peer=c.peer_id)
         theirs = a.journal.get_handoff(hid, direction="in", peer=stranger.peer_id)
-        assert mine is not None and mine.outputs == {"result": "MY SENTENCE"}
-        assert theirs is not None and theirs.outputs == {"result": "FORGED BY A STRANGER"}
+        # each delegator acknowledged its own result (so the outputs are dropped); the
+        # receipts say which result each one got
+        await wait_until(
+            lambda: (
+                (r := a.journal.get_handoff(hid, direction="in", peer=c.peer_id)) is not None
+                and r.acked_at is not None
+            ),
+            what="c's ack",
+        )
+        mine = a.journal.get_handoff(hid, direction="in", peer=c.peer_id)
+        assert mine is not None and mine.receipt is not None and mine.outputs is None
+        assert mine.receipt["outputs_sha256"] == json_sha256({"result": "MY SENTENCE"})
+        assert theirs is not None and theirs.receipt is not None
+        assert theirs.receipt["outputs_sha256"] == json_sha256({"result": "FORGED BY A STRANGER"})
         nursery.cancel_scope.cancel()
 
 
@@ -135,4 +154,282 @@ async def test_a_stranger_can_neither_cancel_nor_join_another_peers_handoff(
         assert view.outputs == {"said": "honest 2.0"}
         mine = a.journal.get_handoff(hid, direction="in", peer=c.peer_id)
         assert mine is not None and mine.status == "SUCCESSFUL"
+        nursery.cancel_scope.cancel()
+
+
+def _offer(hid: str, tool: str, args: dict[str, Any], **kw: Any) -> handoff.Offer:
+    return handoff.Offer(
+        handoff_id=hid,
+        workflow_id="w",
+        step=hid,
+        tool=tool,
+        args=args,
+        deadline_ms=kw.pop("deadline_ms", 60_000),
+        **kw,
+    )
+
+
+async def _raw_offer(host: P2PHost, peer: str, offer: handoff.Offer) -> handoff.HandoffMessage:
+    """Offer without acknowledging anything: the first answer (reject or accept)."""
+    ms = MessageStream(await host.open_stream(peer, handoff.PROTOCOL_ID), handoff.CODEC)
+    await ms.send(offer)
+    with trio.fail_after(10):
+        reply = await ms.receive()
+    assert not isinstance(reply, ErrorMessage)
+    return reply
+
+
+async def test_quotas_refuse_with_typed_reasons_and_retry_hints(tmp_path: Path) -> None:
+    """Per offering peer: argument size, deadline, steps in flight, offers per minute. The
+    node goes on serving its own workflows and other peers."""
+    a = make_node(
+        tmp_path,
+        "a",
+        "util",
+        handoff={
+            "max_inflight_per_peer": 2,
+            "max_args_bytes": 2048,
+            "max_deadline_s": 3600,
+            "max_offers_per_minute": 12,
+        },
+    )
+    stranger = stranger_host()
+    async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
+        c, _ = await launch_delegator(nursery, tmp_path, a)
+        await stranger.connect(a.peer_id, a.host.addrs())
+        big = await _raw_offer(
+            stranger, a.peer_id, _offer("big", "util.echo", {"value": "x" * 3000})
+        )
+        assert isinstance(big, handoff.Reject) and big.code == "limit_exceeded"
+        assert "2048" in big.message and big.retry_after_ms is None
+        slow = await _raw_offer(
+            stranger, a.peer_id, _offer("slow", "util.sleep", {"seconds": 1}, deadline_ms=3_601_000)
+        )
+        assert isinstance(slow, handoff.Reject) and slow.code == "limit_exceeded"
+
+        for i in range(2):
+            accepted = await _raw_offer(
+                stranger, a.peer_id, _offer(f"nap{i}", "util.sleep", {"seconds": 30})
+            )
+            assert isinstance(accepted, handoff.Accept)
+        third = await _raw_offer(stranger, a.peer_id, _offer("nap2", "util.sleep", {"seconds": 1}))
+        assert isinstance(third, handoff.Reject) and third.code == "quota_exceeded"
+        assert third.retry_after_ms is not None and third.retry_after_ms > 0
+
+        # 5 offers so far; a burst of 12 a minute: the 13th request within the minute is refused
+        codes = []
+        for i in range(8):
+            reply = await _raw_offer(
+                stranger, a.peer_id, _offer(f"f{i}", "util.echo", {"value": i})
+            )
+            codes.append(reply.code if isinstance(reply, handoff.Reject) else reply.type)
+        assert codes[-1] == "quota_exceeded" and "a minute" in reply.message  # type: ignore[union-attr]
+        assert reply.retry_after_ms is not None  # type: ignore[union-attr]
+
+        # another peer, and the node's own workflows, are served as before
+        wid, _ = await c.workflows.submit(parse_workflow(NAP), {}, "nap-quota")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        for i in range(2):  # the stranger is over its rate: the operator stops them
+            assert a.handoff.cancel_by_operator(f"nap{i}", stranger.peer_id)
+        nursery.cancel_scope.cancel()
+
+
+async def test_peers_filling_every_slot_do_not_starve_the_nodes_own_workflow(
+    tmp_path: Path,
+) -> None:
+    """A stranger keeps six 30 s steps on a (cpus=1: 4 slots, 3 for peers): three run, three
+    wait for a peer slot. a's own one-step workflow still runs at once, in the reserved slot,
+    and ends while the stranger's steps are still running."""
+    a = make_node(tmp_path, "a", "util")
+    stranger = stranger_host()
+    async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
+        await launch(nursery, a)
+        await stranger.connect(a.peer_id, a.host.addrs())
+        for i in range(6):
+            reply = await _raw_offer(
+                stranger, a.peer_id, _offer(f"nap{i}", "util.sleep", {"seconds": 30})
+            )
+            assert isinstance(reply, handoff.Accept)
+        await wait_until(lambda: a.handoff.slots.used == 3, what="the stranger in 3 slots")
+        assert a.handoff.slots.waiting == 3
+        await wait_until(lambda: not _ray_idle(), what="the stranger's Ray tasks running")
+
+        wf = (
+            "id: mine\nsteps:\n  - name: hi\n    tool: util.echo\n"
+            "    inputs: [{name: value, value: 1}]\n"
+        )
+        wid, _ = await a.workflows.submit(parse_workflow(wf), {}, "mine-1")
+        with trio.fail_after(20):
+            view = await a.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert view.steps[0].node == a.peer_id
+        # the stranger's steps are still where they were: ours did not wait for them
+        assert a.handoff.slots.running == {stranger.peer_id: 3}
+        for i in range(6):
+            await cancel_handoff(
+                stranger,
+                a.peer_id,
+                f"nap{i}",
+                "done",
+                network=a.config.network,
+                config=a.config.handoff,
+            )
+        nursery.cancel_scope.cancel()
+
+
+async def test_results_a_peer_never_acknowledges_stay_under_its_bound(tmp_path: Path) -> None:
+    """Twenty 60 KB echoes whose results the stranger never acknowledges: a keeps at most
+    ``max_stored_bytes_per_peer`` of them; the journal file stays small."""
+    a = make_node(tmp_path, "a", "util", handoff={"max_stored_bytes_per_peer": 256 * 1024})
+    stranger = stranger_host()
+    async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
+        await launch(nursery, a)
+        await stranger.connect(a.peer_id, a.host.addrs())
+        for i in range(20):
+            ms = MessageStream(
+                await stranger.open_stream(a.peer_id, handoff.PROTOCOL_ID), handoff.CODEC
+            )
+            await ms.send(_offer(f"e{i}", "util.echo", {"value": "x" * 60_000}))
+            with trio.fail_after(20):
+                while not isinstance(await ms.receive(), handoff.StepResult):
+                    pass
+            await ms.reset()  # no ack
+        await wait_until(lambda: a.handoff.running == 0, what="a finishing the echoes")
+        stored = a.journal.stored_bytes(stranger.peer_id)
+        assert 0 < stored <= 256 * 1024
+        assert a.journal.file_bytes() < 3 * 1024 * 1024  # 20 results would be 1.2 MB stored
+        # the newest results are kept (a re-attach gets them), the oldest were evicted
+        newest = a.journal.get_handoff("e19", direction="in", peer=stranger.peer_id)
+        oldest = a.journal.get_handoff("e0", direction="in", peer=stranger.peer_id)
+        assert newest is not None and newest.outputs is not None
+        assert oldest is not None and oldest.outputs is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_epochs_reattach_rerun_and_refuse_superseded_attempts(tmp_path: Path) -> None:
+    a = make_node(tmp_path, "a", "util")
+    b = stranger_host()
+    async with trio.open_nursery() as nursery, b.run(LOOPBACK):
+        await launch(nursery, a)
+        await b.connect(a.peer_id, a.host.addrs())
+        net, cfg = a.config.network, a.config.handoff
+
+        async def run(epoch: int, **kw: Any) -> Any:
+            offer = _offer("h", kw.pop("tool", "util.step_key"), kw.pop("args", {}), epoch=epoch)
+            return await delegate(b, a.peer_id, offer, network=net, config=cfg)
+
+        first = await run(0)
+        assert first.epoch == 0 and a.handoff.started_jobs == 1
+        assert first.receipt["epoch"] == 0 and first.receipt["delegator"] == b.peer_id
+        # acknowledged: the same attempt offered again runs again (at-least-once)
+        await wait_until(
+            lambda: (
+                (r := a.journal.get_handoff("h", direction="in", peer=b.peer_id)) is not None
+                and r.acked_at is not None
+            ),
+            what="the ack",
+        )
+        second = await run(2)
+        assert second.epoch == 2 and a.handoff.started_jobs == 2
+        with pytest.raises(HandoffRejectedError) as info:
+            await run(1)
+        assert info.value.code == "superseded" and info.value.epoch == 2
+        assert a.handoff.started_jobs == 2
+
+        # a higher epoch stops the attempt still running and runs anew
+        old_ended: list[BaseException] = []
+
+        async def old() -> None:
+            try:
+                await run(3, tool="util.sleep", args={"seconds": 30})
+            except HandoffCanceledError as exc:
+                old_ended.append(exc)
+
+        nursery.start_soon(old)
+        await wait_until(lambda: a.handoff.running == 1, what="attempt 3 running")
+        newer = await run(4, tool="util.echo", args={"value": "four"})
+        assert newer.outputs == {"result": "four"} and newer.epoch == 4
+        await wait_until(lambda: bool(old_ended), what="attempt 3 told it was superseded")
+        assert "superseded by attempt 4" in str(old_ended[0])
+        nursery.cancel_scope.cancel()
+
+
+async def _announce(host: P2PHost, node: Node, tools: list[str]) -> None:
+    """Tell ``node`` (first-hand, as discovery does) that ``host`` offers ``tools``."""
+    card = discovery.NodeCard(
+        peer_id=host.peer_id,
+        addrs=host.addrs(),
+        version="0.1.0",
+        tools=[discovery.ToolCard(name=t, version="1.0.0") for t in tools],
+        load=discovery.LoadInfo(running=0, capacity=100_000),
+    )
+    ms = MessageStream(await host.open_stream(node.peer_id, discovery.PROTOCOL_ID), discovery.CODEC)
+    await ms.send(discovery.Hello(card=card))
+    with trio.fail_after(10):
+        await ms.receive()
+    await ms.close()
+
+
+async def test_a_result_without_a_valid_receipt_is_a_failed_attempt(tmp_path: Path) -> None:
+    """A malicious member claims text.upper, reads the input and answers with made-up outputs
+    and a receipt it signed for the honest outputs: the delegator checks the receipt against
+    what it received, refuses the result and the step fails naming the bad receipt."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from node import identity
+    from protocols.handoff.receipt import receipt_payload, signed_bytes
+
+    key = create_new_key_pair()
+    liar = P2PHost(key)
+    seen: list[dict[str, Any]] = []
+
+    async def lie(stream: Any) -> None:
+        ms = MessageStream(stream, handoff.CODEC)
+        offer = await ms.receive()
+        assert isinstance(offer, handoff.Offer)
+        seen.append(dict(offer.args))
+        honest = {"result": str(offer.args["text"]).upper()}
+        payload = receipt_payload(
+            handoff_id=offer.handoff_id,
+            epoch=offer.epoch,
+            delegator=stream.remote_peer,
+            delegatee=liar.peer_id,
+            tool=offer.tool,
+            tool_version="1.0.0",
+            args_sha256=json_sha256(offer.args),
+            outputs_sha256=json_sha256(honest),
+        )
+        receipt = handoff.Receipt(
+            tool_version="1.0.0",
+            args_sha256=payload["args_sha256"],
+            outputs_sha256=payload["outputs_sha256"],
+            signature=identity.sign(key, signed_bytes(payload)),
+        )
+        await ms.send(handoff.Accept(handoff_id=offer.handoff_id, epoch=offer.epoch))
+        await ms.send(
+            handoff.StepResult(
+                handoff_id=offer.handoff_id,
+                epoch=offer.epoch,
+                outputs={"result": "FAKE"},
+                duration_ms=1,
+                receipt=receipt,
+            )
+        )
+        await trio.sleep(1)
+
+    liar.set_handler(handoff.PROTOCOL_ID, lie)
+    c = make_node(tmp_path, "c", "none")
+    async with trio.open_nursery() as nursery, liar.run(LOOPBACK):
+        await launch(nursery, c)
+        await liar.connect(c.peer_id, c.host.addrs())
+        await _announce(liar, c, ["text.upper"])
+        assert c.registry.has_fresh_card(liar.peer_id)
+        wid, _ = await c.workflows.submit(parse_workflow(SHOUT), {"text": "secret"}, "liar-1")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert seen == [{"text": "secret"}]  # a member that runs a step sees its inputs
+        assert view.status is WorkflowStatus.FAILED
+        assert "invalid receipt" in (view.error or "") and "other outputs" in (view.error or "")
         nursery.cancel_scope.cancel()

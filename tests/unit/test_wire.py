@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import typing
 from typing import Any
 
 import pydantic
@@ -62,16 +63,22 @@ OFFER = handoff.Offer(
     hops=1,
     epoch=2,
 )
+RECEIPT = handoff.Receipt(
+    tool_version="1.0.0", args_sha256="a" * 64, outputs_sha256="b" * 64, signature="c2ln"
+)
 HANDOFF_MESSAGES: list[BaseModel] = [
     OFFER,
-    handoff.Accept(handoff_id="h1"),
+    handoff.Accept(handoff_id="h1", epoch=0),
     handoff.Reject(handoff_id="h1", code="overloaded", message="64 steps running"),
     handoff.Heartbeat(handoff_id="h1", elapsed_ms=1000),
-    handoff.StepResult(handoff_id="h1", outputs={"result": "HELLO"}, duration_ms=12),
-    handoff.StepFailed(handoff_id="h1", code="tool_failed", message="boom"),
+    handoff.StepResult(
+        handoff_id="h1", epoch=0, outputs={"result": "HELLO"}, duration_ms=12, receipt=RECEIPT
+    ),
+    handoff.StepFailed(handoff_id="h1", epoch=0, code="tool_failed", message="boom"),
     handoff.Cancel(handoff_id="h1", reason="workflow canceled"),
-    handoff.Canceled(handoff_id="h1", message="handoff h1 was canceled by its delegator"),
+    handoff.Canceled(handoff_id="h1", epoch=0, message="handoff h1 was canceled by its delegator"),
     handoff.NotCanceled(handoff_id="h1", code="unknown_handoff", message="no handoff 'h1'"),
+    handoff.Ack(handoff_id="h1", epoch=0),
 ]
 
 STEP = control.StepStatus(
@@ -151,6 +158,7 @@ def test_codecs_know_exactly_their_message_types() -> None:
     assert discovery.CODEC.types == ["hello"]
     assert handoff.CODEC.types == [
         "accept",
+        "ack",
         "cancel",
         "canceled",
         "failed",
@@ -161,9 +169,11 @@ def test_codecs_know_exactly_their_message_types() -> None:
         "result",
     ]
     expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
-    assert control.REQUEST_CODEC.types == expected
-    # cancel is answered with a status
-    assert control.RESPONSE_CODEC.types == sorted({*expected, "submitted"} - {"submit", "cancel"})
+    assert control.REQUEST_CODEC.types == sorted([*expected, "handoffs", "handoff_cancel"])
+    # cancel is answered with a status, handoff_cancel with the handoffs it stopped
+    assert control.RESPONSE_CODEC.types == sorted(
+        {*expected, "submitted", "handoffs"} - {"submit", "cancel"}
+    )
     assert control.CODEC is control.REQUEST_CODEC
 
 
@@ -202,7 +212,7 @@ def test_defaults_fill_in_optional_fields() -> None:
 
 def test_messages_are_frozen() -> None:
     with pytest.raises(pydantic.ValidationError, match="frozen"):
-        handoff.Accept(handoff_id="h").handoff_id = "other"
+        handoff.Accept(handoff_id="h", epoch=0).handoff_id = "other"
 
 
 @pytest.mark.parametrize(
@@ -292,9 +302,9 @@ def test_every_reject_code_is_accepted(code: str) -> None:
     assert handoff.CODEC.decode(obj) == handoff.Reject.model_validate(obj)
 
 
-@pytest.mark.parametrize("code", ["invalid_input", "tool_failed", "deadline_exceeded", "internal"])
+@pytest.mark.parametrize("code", typing.get_args(handoff.FailureCode))
 def test_every_failure_code_is_accepted(code: str) -> None:
-    obj = {"type": "failed", "handoff_id": "h", "code": code, "message": ""}
+    obj = {"type": "failed", "handoff_id": "h", "epoch": 0, "code": code, "message": ""}
     assert handoff.CODEC.decode(obj) == handoff.StepFailed.model_validate(obj)
 
 
@@ -506,7 +516,7 @@ async def test_receive_reassembles_frames_split_across_reads() -> None:
 
 
 async def test_receive_after_eof_raises_stream_closed() -> None:
-    ms = MessageStream(MemoryStream(frames(handoff.Accept(handoff_id="h"))), handoff.CODEC)
+    ms = MessageStream(MemoryStream(frames(handoff.Accept(handoff_id="h", epoch=0))), handoff.CODEC)
     await ms.receive()
     with pytest.raises(StreamClosedError, match="handoff stream closed"):
         await ms.receive()
@@ -558,7 +568,7 @@ async def test_malformed_error_frame_becomes_invalid_message(bad: dict[str, Any]
 
 
 async def test_partial_frame_at_eof_is_a_decode_error() -> None:
-    data = frames(handoff.Accept(handoff_id="h"))
+    data = frames(handoff.Accept(handoff_id="h", epoch=0))
     ms = MessageStream(MemoryStream(data[:-2]), handoff.CODEC)
     with pytest.raises(FrameDecodeError, match="stream ended inside a frame"):
         await ms.receive()
@@ -582,10 +592,10 @@ async def test_oversized_frame_is_refused_before_its_body() -> None:
 async def test_send_writes_frames() -> None:
     stream = MemoryStream()
     ms = MessageStream(stream, handoff.CODEC)
-    await ms.send(handoff.Accept(handoff_id="h"))
+    await ms.send(handoff.Accept(handoff_id="h", epoch=0))
     await ms.send_error("invalid_message", "bad offer")
     assert bytes(stream.written) == frames(
-        handoff.Accept(handoff_id="h"),
+        handoff.Accept(handoff_id="h", epoch=0),
         {"type": "error", "code": "invalid_message", "message": "bad offer"},
     )
 
@@ -593,7 +603,9 @@ async def test_send_writes_frames() -> None:
 async def test_send_refuses_a_message_over_the_limit() -> None:
     stream = MemoryStream()
     ms = MessageStream(stream, handoff.CODEC, max_frame_size=1024)
-    big = handoff.StepResult(handoff_id="h", outputs={"x": "y" * 2000}, duration_ms=1)
+    big = handoff.StepResult(
+        handoff_id="h", epoch=0, outputs={"x": "y" * 2000}, duration_ms=1, receipt=RECEIPT
+    )
     with pytest.raises(LocalProtocolError):
         await ms.send(big)
     assert stream.written == b""
@@ -620,8 +632,8 @@ async def test_receive_within_times_out_when_the_peer_is_silent(
 
 
 async def test_receive_within_returns_a_message_that_is_there() -> None:
-    ms = MessageStream(MemoryStream(frames(handoff.Accept(handoff_id="h"))), handoff.CODEC)
-    assert await ms.receive_within(0.05) == handoff.Accept(handoff_id="h")
+    ms = MessageStream(MemoryStream(frames(handoff.Accept(handoff_id="h", epoch=0))), handoff.CODEC)
+    assert await ms.receive_within(0.05) == handoff.Accept(handoff_id="h", epoch=0)
 
 
 async def test_receive_within_reports_eof_not_timeout() -> None:
