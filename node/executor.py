@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,13 +14,16 @@ from node.errors import NodeError, PlacementError
 from node.handoff.delegator import (
     HandoffError,
     HandoffFailedError,
+    HandoffProtocolError,
     HandoffRejectedError,
     delegate,
 )
+from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
-from node.scheduler import Candidate, Decision, place
+from node.scheduler import Candidate, Decision, Evidence, Policy, place
 from protocols import handoff
+from protocols.discovery import ToolCard
 from workflows.errors import ToolError
 from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall, ToolOutcome
 from workflows.tools import ToolRegistry
@@ -28,6 +32,10 @@ log = logging.getLogger(__name__)
 
 # (tool, version, args, idempotency key) -> outputs
 LocalRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
+
+
+class InvalidResultError(HandoffError):
+    """A peer's result for a step does not match the tool's output schema."""
 
 
 class SwarmExecutor:
@@ -43,6 +51,7 @@ class SwarmExecutor:
         local_capacity: int,
         network: NetworkConfig,
         config: HandoffConfig,
+        policy: Policy | None = None,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -51,6 +60,7 @@ class SwarmExecutor:
         self.local_capacity = local_capacity
         self.network = network
         self.config = config
+        self.policy = policy or Policy()
         self.local_running = 0
 
     def candidates(self, tool: str, version: str | None) -> list[Candidate]:
@@ -62,17 +72,32 @@ class SwarmExecutor:
                     self.host.peer_id, True, t.version, self.local_running, self.local_capacity
                 )
             )
+        now = self.registry.now()
         for state, card in self.registry.providers(tool, version):
             load = state.card.load if state.card else None
+            exclusion = self.registry.exclusion(state.peer_id)
             out.append(
                 Candidate(
                     state.peer_id,
                     False,
                     card.version,
-                    running=(load.running if load else 0) + state.inflight,
+                    # the card's claims; place() caps them by the evidence below
+                    running=load.running if load else 0,
                     capacity=load.capacity if load else 1,
                     rtt_ms=state.rtt_ms,
                     recent_failures=self.registry.recent_failures(state.peer_id),
+                    evidence=Evidence(
+                        done=state.done,
+                        failed=state.failed,
+                        outstanding=state.outstanding,
+                        sustained=state.sustained,
+                        run_ms=state.run_ms.get(tool),
+                    ),
+                    excluded=(
+                        f"{exclusion.reason} (for {exclusion.until - now:.0f} s more)"
+                        if exclusion is not None
+                        else None
+                    ),
                 )
             )
         return out
@@ -106,6 +131,16 @@ class SwarmExecutor:
             except HandoffRejectedError as exc:
                 last_error = exc.message
                 log.info("step %s: %s; trying another node", request.idempotency_key, exc)
+            except (HandoffProtocolError, InvalidResultError) as exc:
+                last_error = str(exc)
+                self.registry.record_failure(decision.node)
+                self.registry.exclude(decision.node, _one_line(exc.message))
+                log.warning(
+                    "step %s: %s; peer excluded for %g s; trying another node",
+                    request.idempotency_key,
+                    exc,
+                    self.registry.exclude_s,
+                )
             except (HandoffError, NodeError) as exc:
                 last_error = str(exc)
                 self.registry.record_failure(decision.node)
@@ -129,7 +164,12 @@ class SwarmExecutor:
             if not waiting_for_previous or trio.current_time() >= deadline:
                 try:
                     return place(
-                        request.tool, request.version, candidates, exclude=tried, previous=previous
+                        request.tool,
+                        request.version,
+                        candidates,
+                        exclude=tried,
+                        previous=previous,
+                        policy=self.policy,
                     )
                 except PlacementError:
                     if tried or trio.current_time() >= deadline:
@@ -166,14 +206,44 @@ class SwarmExecutor:
             deadline_ms=int(self.config.default_deadline_s * 1000),
             hops=1,
         )
-        if state is not None:
-            state.inflight += 1
+        tool_card = (
+            state.tool(request.tool, request.version, self.registry.now()) if state else None
+        )
+        self.registry.step_started(peer)
         try:
+            started = time.monotonic()
             outcome = await delegate(
                 self.host, peer, offer, network=self.network, config=self.config
             )
+            run_ms = (time.monotonic() - started) * 1000
+            problem = self._check_result(request, outcome.outputs, tool_card)
+            if problem is not None:
+                raise InvalidResultError(
+                    peer,
+                    f"peer {peer} returned a result for {request.tool} that fails the tool's "
+                    f"output schema: {problem}",
+                )
+            # while the step still counts as outstanding: that is what the peer sustained
+            self.registry.record_success(peer, outcome.rtt_ms, tool=request.tool, run_ms=run_ms)
         finally:
-            if state is not None:
-                state.inflight -= 1
-        self.registry.record_success(peer, outcome.rtt_ms)
+            self.registry.step_ended(peer)
         return ToolOutcome(outcome.outputs, peer, decision.reason)
+
+    def _check_result(
+        self, request: ToolCall, outputs: dict[str, Any], tool_card: ToolCard | None
+    ) -> str | None:
+        """Check a peer's outputs against the tool's output model if this node has the same
+        tool (name and version), else against the output schema of the peer's card."""
+        version = tool_card.version if tool_card is not None else request.version
+        if self.tools.has(request.tool, version):
+            local = self.tools.get(request.tool, version)
+            if tool_card is None or local.version == tool_card.version:
+                return check_outputs(outputs, model=local.output_model)
+        if tool_card is not None:
+            return check_outputs(outputs, schema=tool_card.output_schema)
+        return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

@@ -81,6 +81,11 @@ class HandoffLostError(HandoffError):
     """The stream ended or went silent before a final message: outcome unknown."""
 
 
+class HandoffProtocolError(HandoffLostError):
+    """The peer broke the protocol (a garbled or out-of-place message, or one about another
+    handoff): outcome unknown, and a reason not to trust that peer for a while."""
+
+
 # How long a delegator that gives up on a step because the peer is silent or too slow spends
 # telling it so (best effort: such a peer may not be listening any more).
 GIVE_UP_CANCEL_S = 1.0
@@ -154,7 +159,7 @@ async def delegate(
             if isinstance(first, handoff.Reject) and first.handoff_id == offer.handoff_id:
                 raise HandoffRejectedError(peer_id, first.code, first.message)
             if not isinstance(first, handoff.Accept) or first.handoff_id != offer.handoff_id:
-                raise HandoffLostError(
+                raise HandoffProtocolError(
                     peer_id, f"peer {peer_id} answered the offer with {first.type!r}"
                 )
             while True:
@@ -167,7 +172,7 @@ async def delegate(
                         "outcome unknown",
                     ) from None
                 if getattr(msg, "handoff_id", None) != offer.handoff_id:
-                    raise HandoffLostError(
+                    raise HandoffProtocolError(
                         peer_id, f"peer {peer_id} answered about another handoff: outcome unknown"
                     )
                 if isinstance(msg, handoff.Heartbeat):
@@ -181,7 +186,7 @@ async def delegate(
                 if isinstance(msg, handoff.Canceled):
                     await ms.close()
                     raise HandoffCanceledError(peer_id, msg.message)
-                raise HandoffLostError(peer_id, f"unexpected {msg.type!r} from {peer_id}")
+                raise HandoffProtocolError(peer_id, f"unexpected {msg.type!r} from {peer_id}")
     except trio.TooSlowError:
         with trio.move_on_after(GIVE_UP_CANCEL_S):
             await _cancel_on_stream(
@@ -212,7 +217,7 @@ async def delegate(
         raise HandoffRejectedError(peer_id, "invalid", f"{exc.code}: {exc.message}") from None
     except ProtocolError as exc:
         await ms.reset()
-        raise HandoffLostError(peer_id, f"peer {peer_id} broke the protocol: {exc}") from None
+        raise HandoffProtocolError(peer_id, f"peer {peer_id} broke the protocol: {exc}") from None
     except trio.Cancelled:
         abandon = _ABANDON.get()
         if offered and abandon is not None and abandon.reason is not None:
