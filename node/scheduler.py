@@ -163,12 +163,12 @@ def place(
     allowed = [c for c in candidates if c.excluded is None]
     usable = [c for c in allowed if c.node not in exclude]
     if not usable:
-        barred = [c for c in candidates if c.excluded is not None and c.node not in exclude]
+        barred = [c for c in candidates if c.excluded is not None]
         if barred:
             why = "; ".join(f"peer {short(c.node)} is excluded: {c.excluded}" for c in barred)
             tried = f" (tried: {', '.join(short(n) for n in sorted(exclude))})" if exclude else ""
             raise PlacementError(f"no node can run tool '{label}' now{tried}; {why}")
-        if allowed:
+        if candidates:
             tried = ", ".join(short(n) for n in sorted(exclude))
             raise PlacementError(
                 f"no node left to run tool '{label}': every node offering it failed ({tried})"

@@ -258,3 +258,12 @@ def test_previous_node_is_asked_again_first() -> None:
     assert d.local and not d.reason.startswith("re-attach")
     d = place("util.sleep", None, peers, previous="12D3KooWGoneGGGGGGGGGGGGGGGGGGGG")
     assert d.local
+
+
+def test_an_excluded_peer_already_tried_is_named_with_its_reason() -> None:
+    candidates = [remote(PEER_A, excluded="answered about another handoff")]
+    with pytest.raises(PlacementError) as info:
+        place("t", None, candidates, exclude=[PEER_A])
+    text = str(info.value)
+    assert f"(tried: {short(PEER_A)})" in text
+    assert "is excluded: answered about another handoff" in text
