@@ -180,7 +180,7 @@ class ControlService:
                         excluded=self._exclusion(peer_id, now, wall),
                     )
                 )
-        return control.Peers(peers=entries)
+        return control.Peers(peers=sorted(entries, key=lambda e: e.peer_id))
 
     def _evidence(self, p: PeerState) -> control.PeerEvidence:
         mean = p.mean_run_ms()
