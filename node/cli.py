@@ -446,13 +446,35 @@ def _duration(seconds: float) -> str:
     return f"{hours} h {minutes} min"
 
 
+def peer_lines(p: Any) -> list[str]:
+    """``hivemesh peers``' lines for one control ``PeerEntry``."""
+    import time
+
+    from node.scheduler import short
+
+    state = "connected" if p.connected else "not connected"
+    lines = [f"{p.peer_id}  ({state})"]
+    lines += [f"    addr:     {a}" for a in p.addrs[:3]]
+    lines.append(f"    tools:    {', '.join(p.tools) or '(none)'}")
+    if p.load is not None:
+        lines.append(f"    card:     load {p.load} (its own claim)")
+    if p.learned_from is not None:
+        lines.append(f"    heard of: from peer {short(p.learned_from)} only")
+    if p.evidence is not None:
+        lines.append(f"    record:   {_evidence_line(p.evidence)}")
+    if p.excluded is not None:
+        until = time.strftime("%H:%M:%S", time.localtime(p.excluded.until))
+        lines.append(
+            f"    EXCLUDED: for {_duration(p.excluded.remaining_s)} more "
+            f"(until {until}): {p.excluded.reason}"
+        )
+    return lines
+
+
 @main.command()
 @target_options
 def peers(home: Path | None, node: str | None, as_json: bool) -> None:
     """Peers this node knows: addresses, tools, what they did for it, and exclusions."""
-    import time
-
-    from node.scheduler import short
     from protocols import control
 
     reply = _call(home, node, control.PeersRequest())
@@ -462,23 +484,7 @@ def peers(home: Path | None, node: str | None, as_json: bool) -> None:
         if not reply.peers:
             click.echo("no known peers")
         for p in reply.peers:
-            state = "connected" if p.connected else "not connected"
-            click.echo(f"{p.peer_id}  ({state})")
-            for a in p.addrs[:3]:
-                click.echo(f"    addr:     {a}")
-            click.echo(f"    tools:    {', '.join(p.tools) or '(none)'}")
-            if p.load is not None:
-                click.echo(f"    card:     load {p.load} (its own claim)")
-            if p.learned_from is not None:
-                click.echo(f"    heard of: from peer {short(p.learned_from)} only")
-            if p.evidence is not None:
-                click.echo(f"    record:   {_evidence_line(p.evidence)}")
-            if p.excluded is not None:
-                until = time.strftime("%H:%M:%S", time.localtime(p.excluded.until))
-                click.echo(
-                    f"    EXCLUDED: for {_duration(p.excluded.remaining_s)} more "
-                    f"(until {until}): {p.excluded.reason}"
-                )
+            click.echo("\n".join(peer_lines(p)))
 
     _emit(as_json, data, human)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -13,13 +14,14 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from libp2p.crypto.keys import KeyPair
 from libp2p.peer.id import ID
 
-from node.addr_record import sign_addr_record
+from node.addr_record import sign_addr_record, verify_addr_record
 from node.client import request
 from node.daemon import Node
 from node.handoff import delegate
 from node.home import Home
 from node.p2p import P2PHost, P2PStream
 from protocols import control, discovery, handoff
+from protocols.framing import FrameDecoder, encode_frame
 from protocols.handoff.messages import HandoffMessage
 from protocols.stream import MessageStream
 from tests.integration.harness import launch, make_node, wait_until
@@ -319,4 +321,57 @@ async def test_a_peer_that_breaks_the_handoff_protocol_is_excluded(tmp_path: Pat
         assert "is excluded: peer" in (view.error or "")
         exclusion = c.registry.exclusion(garbler.peer_id)
         assert exclusion is not None and "answered about another handoff" in exclusion.reason
+        nursery.cancel_scope.cancel()
+
+
+async def _raw_exchange(host: P2PHost, peer_id: str, protocol: str, obj: dict[str, Any]) -> Any:
+    """Send one JSON object on a fresh ``protocol`` stream; return the decoded answer."""
+    stream = await host.open_stream(peer_id, protocol)
+    await stream.write(encode_frame(obj))
+    decoder = FrameDecoder(4 * 1024 * 1024)
+    with trio.fail_after(10):
+        while True:
+            data = await stream.read(65536)
+            assert data, "the stream ended before the answer"
+            frames = decoder.feed(data)
+            if frames:
+                await stream.close()
+                return frames[0]
+
+
+async def test_cards_carry_signed_records_and_0_1_peers_get_the_0_1_messages(
+    tmp_path: Path,
+) -> None:
+    """Discovery 0.2.0 cards carry the node's signed address record; a peer speaking 0.1.0
+    (and a 0.1.0 client) is still served, with no member it would reject."""
+    a = make_node(tmp_path, "a", "text")
+    old = Impostor([])
+    async with trio.open_nursery() as nursery, old.host.run(LISTEN):
+        await launch(nursery, a)
+        await old.host.connect(a.peer_id, a.host.addrs())
+        card = old.card().model_dump(mode="json", exclude={"addr_record"})
+
+        new_reply = await _raw_exchange(
+            old.host, a.peer_id, discovery.PROTOCOL_ID, {"type": "hello", "card": card}
+        )
+        record = verify_addr_record(new_reply["card"]["addr_record"], a.peer_id)
+        assert {f"{addr}/p2p/{a.peer_id}" for addr in record.addrs} == set(a.host.addrs())
+
+        old_reply = await _raw_exchange(
+            old.host, a.peer_id, "/hivemesh/discovery/0.1.0", {"type": "hello", "card": card}
+        )
+        assert old_reply["type"] == "hello" and "addr_record" not in old_reply["card"]
+        assert old_reply["card"]["peer_id"] == a.peer_id
+        assert a.registry.has_fresh_card(old.peer_id)  # its 0.1.0 card was taken
+
+        client = P2PHost(Home(tmp_path / "a").load_client_key())
+        async with client.run(LISTEN):
+            await client.connect(a.peer_id, a.host.addrs())
+            peers = await _raw_exchange(
+                client, a.peer_id, "/hivemesh/control/0.1.0", {"type": "peers"}
+            )
+        assert peers["type"] == "peers"
+        assert [set(p) for p in peers["peers"]] == [
+            {"peer_id", "addrs", "tools", "connected", "version", "last_seen"}
+        ]
         nursery.cancel_scope.cancel()
