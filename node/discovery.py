@@ -193,8 +193,9 @@ class DiscoveryService:
     def _learn_peers(self, refs: list[discovery.PeerRef], source: str) -> None:
         """Peer exchange: believe only records the peers signed themselves; dial at most
         ``max_dials_per_exchange`` new ones now (the refresh picks up the rest, within the
-        same limit per tick); remember at most ``max_peers_per_source`` on ``source``'s word."""
-        dials = unsigned = invalid = refused = 0
+        same limit per tick); remember at most ``max_peers_per_source`` on ``source``'s word,
+        and verify at most that many records per hello (signatures cost CPU)."""
+        dials = unsigned = invalid = refused = verified = 0
         for ref in refs:
             if ref.peer_id in (self.host.peer_id, source) or not valid_peer_id(ref.peer_id):
                 continue
@@ -207,6 +208,10 @@ class DiscoveryService:
                 continue
             if known is not None and known.record and known.record.encoded == ref.addr_record:
                 continue
+            if verified >= self.config.max_peers_per_source:
+                refused += 1  # bounded CPU per hello; the next hello brings the rest
+                continue
+            verified += 1
             try:
                 record = verify_addr_record(ref.addr_record, ref.peer_id)
             except InvalidAddrRecordError as exc:
@@ -226,7 +231,7 @@ class DiscoveryService:
         if unsigned or invalid or refused:
             log.info(
                 "peer exchange with %s: ignored %d peer(s) without a signed address record, "
-                "%d with an invalid one, %d over its quota of %d",
+                "%d with an invalid one, %d over its quota of %d or this hello's",
                 source,
                 unsigned,
                 invalid,
