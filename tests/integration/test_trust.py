@@ -185,7 +185,8 @@ async def test_one_hello_listing_256_made_up_peers_causes_at_most_a_few_dials(
         assert len(a.registry) <= 1 + limits.max_peers_per_source
         assert a.registry.hearsay_from(attacker.peer_id) == limits.max_peers_per_source
         backoff = a.registry.backoff(victim)
-        assert backoff is not None and backoff.failures == attempts
+        # the address is backed off after each failure (a dial may be under way right now)
+        assert backoff is not None and attempts - 1 <= backoff.failures <= attempts
         # and the node passes none of them on
         assert a.registry.peer_refs(256) == []
         nursery.cancel_scope.cancel()
