@@ -430,10 +430,60 @@ def list_(home: Path | None, node: str | None, as_json: bool) -> None:
     _emit(as_json, data, human)
 
 
+def _evidence_line(ev: Any) -> str:
+    if ev.done == 0 and ev.failed == 0:
+        text = "has not run a step for this node yet"
+    else:
+        text = f"{ev.done} step(s) done for this node, {ev.failed} failed"
+    if ev.mean_run_ms is not None:
+        text += f", mean run {ev.mean_run_ms:.0f} ms"
+    if ev.rtt_ms is not None:
+        text += f", rtt {ev.rtt_ms:.0f} ms"
+    if ev.outstanding:
+        text += f", {ev.outstanding} running now"
+    return text
+
+
+def _duration(seconds: float) -> str:
+    whole = round(seconds)
+    if whole < 60:
+        return f"{whole} s"
+    minutes, secs = divmod(whole, 60)
+    if minutes < 60:
+        return f"{minutes} min {secs} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min"
+
+
+def peer_lines(p: Any) -> list[str]:
+    """``hivemesh peers``' lines for one control ``PeerEntry``."""
+    import time
+
+    from node.scheduler import short
+
+    state = "connected" if p.connected else "not connected"
+    lines = [f"{p.peer_id}  ({state})"]
+    lines += [f"    addr:     {a}" for a in p.addrs[:3]]
+    lines.append(f"    tools:    {', '.join(p.tools) or '(none)'}")
+    if p.load is not None:
+        lines.append(f"    card:     load {p.load} (its own claim)")
+    if p.learned_from is not None:
+        lines.append(f"    heard of: from peer {short(p.learned_from)} only")
+    if p.evidence is not None:
+        lines.append(f"    record:   {_evidence_line(p.evidence)}")
+    if p.excluded is not None:
+        until = time.strftime("%H:%M:%S", time.localtime(p.excluded.until))
+        lines.append(
+            f"    EXCLUDED: for {_duration(p.excluded.remaining_s)} more "
+            f"(until {until}): {p.excluded.reason}"
+        )
+    return lines
+
+
 @main.command()
 @target_options
 def peers(home: Path | None, node: str | None, as_json: bool) -> None:
-    """Peers this node knows, their addresses and tools."""
+    """Peers this node knows: addresses, tools, what they did for it, and exclusions."""
     from protocols import control
 
     reply = _call(home, node, control.PeersRequest())
@@ -443,11 +493,7 @@ def peers(home: Path | None, node: str | None, as_json: bool) -> None:
         if not reply.peers:
             click.echo("no known peers")
         for p in reply.peers:
-            state = "connected" if p.connected else "not connected"
-            click.echo(f"{p.peer_id}  ({state})")
-            for a in p.addrs[:3]:
-                click.echo(f"    addr:  {a}")
-            click.echo(f"    tools: {', '.join(p.tools) or '(none)'}")
+            click.echo("\n".join(peer_lines(p)))
 
     _emit(as_json, data, human)
 

@@ -52,6 +52,11 @@ class DiscoveryConfig(_Section):
     refresh_interval_s: float = Field(default=5.0, gt=0)
     card_ttl_s: float = Field(default=30.0, gt=0)
     max_peers: int = Field(default=256, ge=1)
+    # peer exchange: what one hello (or one refresh tick) may make this node do
+    max_dials_per_exchange: int = Field(default=3, ge=0)
+    max_peers_per_source: int = Field(default=16, ge=0)
+    dial_backoff_s: float = Field(default=5.0, gt=0)
+    dial_backoff_max_s: float = Field(default=300.0, gt=0)
 
 
 class HandoffConfig(_Section):
@@ -84,6 +89,14 @@ class HandoffConfig(_Section):
         return value if value == "any" else _split_list(value)
 
 
+class PlacementConfig(_Section):
+    """How far this node trusts what peers say about themselves when placing steps."""
+
+    exclude_s: float = Field(default=600.0, ge=0)
+    unknown_peer_capacity: int = Field(default=1, ge=1)
+    capacity_slack: int = Field(default=2, ge=0)
+
+
 class ControlConfig(_Section):
     allowed_clients: list[str] = Field(default_factory=list)
     allow_any_client: bool = False
@@ -110,6 +123,7 @@ class NodeConfig(BaseModel):
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
+    placement: PlacementConfig = Field(default_factory=PlacementConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
@@ -134,6 +148,10 @@ network:
 discovery:
   refresh_interval_s: 5
   card_ttl_s: 30
+  max_dials_per_exchange: 3  # new peers one hello (or one refresh) may make this node dial
+  max_peers_per_source: 16   # peers remembered on the word of any one other peer
+  dial_backoff_s: 5          # wait after a failed dial of an address, doubled per failure,
+  dial_backoff_max_s: 300    # up to this
 handoff:
   allow: any               # or a list of peer ids allowed to delegate steps here
   delegate_to: any         # or a list of peer ids this node may hand its own steps to
@@ -151,6 +169,11 @@ handoff:
   retention_s: 86400       # stored results of peers' steps are kept until acknowledged or this old
   max_stored_bytes_per_peer: 33554432
   max_journal_bytes: 536870912
+placement:
+  exclude_s: 600           # a peer that broke the protocol or returned an invalid result
+                           # gets no steps from this node for this long
+  unknown_peer_capacity: 1 # steps at once for a peer that never ran one for this node
+  capacity_slack: 2        # beyond the most steps at once a peer has completed for us
 control:
   allowed_clients: []      # peer ids of client keys allowed besides this home's client.key
   allow_any_client: false

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from node.config import ControlConfig, NetworkConfig
 from node.handoff.journal import AsyncHandoffJournal, JournalError
 from node.handoff.server import HandoffServer, JobInfo
 from node.p2p import P2PHost, P2PStream
-from node.registry import PeerRegistry
+from node.registry import PeerRegistry, PeerState
 from node.workflow_service import WorkflowService
 from protocols import control
 from protocols.errors import ProtocolError
+from protocols.framing import encode_frame
 from protocols.stream import MessageStream
+from protocols.versioning import dump_for, version_of
 from workflows._storage import StorageError
 from workflows.dsl import parse_workflow
 from workflows.errors import WorkflowError, WorkflowNotFoundError
@@ -58,6 +62,18 @@ class ControlService:
         return self.allow_any or peer in self.allowed
 
     async def handle(self, stream: P2PStream) -> None:
+        await self._serve(stream, version_of(control.PROTOCOL_ID))
+
+    def legacy_handler(self, protocol_id: str) -> Callable[[P2PStream], Awaitable[None]]:
+        """A handler for an older minor version of the protocol (docs/protocols.md §3.1)."""
+        version = version_of(protocol_id)
+
+        async def handle(stream: P2PStream) -> None:
+            await self._serve(stream, version)
+
+        return handle
+
+    async def _serve(self, stream: P2PStream, version: str) -> None:
         ms = MessageStream(
             stream, control.REQUEST_CODEC, max_frame_size=self.network.max_frame_size
         )
@@ -89,7 +105,8 @@ class ControlService:
         except WorkflowError as exc:
             await ms.send_error("invalid_workflow", str(exc))
         else:
-            await ms.send(reply)
+            obj = dump_for(reply, version)  # only the members the client's version knows
+            await ms.stream.write(encode_frame(obj, self.network.max_frame_size))
         await ms.close()
 
     async def dispatch(self, request: Any) -> Any:
@@ -137,20 +154,7 @@ class ControlService:
                 ]
             )
         if isinstance(request, control.PeersRequest):
-            connected = self.host.connected_peers()
-            return control.Peers(
-                peers=[
-                    control.PeerEntry(
-                        peer_id=p.peer_id,
-                        addrs=p.addrs,
-                        tools=[t.name for t in p.card.tools] if p.card else [],
-                        connected=p.peer_id in connected,
-                        version=p.card.version if p.card else None,
-                        last_seen=p.last_seen,
-                    )
-                    for p in self.registry.all()
-                ]
-            )
+            return self._peers()
         if isinstance(request, control.ToolsRequest):
             return control.Tools(tools=self._tools())
         if isinstance(request, control.HandoffsRequest):
@@ -174,6 +178,60 @@ class ControlService:
             if r.step is not None and r.receipt is not None:
                 found.setdefault((r.step, r.peer), r.receipt)
         return found
+
+    def _peers(self) -> control.Peers:
+        connected = self.host.connected_peers()
+        now, wall = self.registry.now(), time.time()
+        entries = []
+        for p in self.registry.all():
+            entries.append(
+                control.PeerEntry(
+                    peer_id=p.peer_id,
+                    addrs=p.addrs,
+                    tools=[t.name for t in p.card.tools] if p.card else [],
+                    connected=p.peer_id in connected,
+                    version=p.card.version if p.card else None,
+                    last_seen=p.last_seen,
+                    load=f"{p.card.load.running}/{p.card.load.capacity}" if p.card else None,
+                    learned_from=p.learned_from,
+                    evidence=self._evidence(p),
+                    excluded=self._exclusion(p.peer_id, now, wall),
+                )
+            )
+        listed = {e.peer_id for e in entries}
+        for peer_id in self.registry.excluded_peers():
+            if peer_id not in listed:  # forgotten since, but still kept out of placement
+                entries.append(
+                    control.PeerEntry(
+                        peer_id=peer_id,
+                        addrs=[],
+                        tools=[],
+                        connected=peer_id in connected,
+                        excluded=self._exclusion(peer_id, now, wall),
+                    )
+                )
+        return control.Peers(peers=sorted(entries, key=lambda e: e.peer_id))
+
+    def _evidence(self, p: PeerState) -> control.PeerEvidence:
+        mean = p.mean_run_ms()
+        return control.PeerEvidence(
+            done=p.done,
+            failed=p.failed,
+            recent_failures=self.registry.recent_failures(p.peer_id),
+            outstanding=p.outstanding,
+            sustained=p.sustained,
+            mean_run_ms=round(mean, 1) if mean is not None else None,
+            rtt_ms=round(p.rtt_ms, 1) if p.rtt_ms is not None else None,
+        )
+
+    def _exclusion(self, peer_id: str, now: float, wall: float) -> control.PeerExclusion | None:
+        entry = self.registry.exclusion(peer_id)
+        if entry is None:
+            return None
+        remaining = max(0.0, entry.until - now)
+        return control.PeerExclusion(
+            reason=entry.reason, remaining_s=round(remaining, 1), until=wall + remaining
+        )
 
     @staticmethod
     def _status_reply(

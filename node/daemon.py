@@ -29,6 +29,7 @@ from node.handoff.server import HandoffServer
 from node.home import Home
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
+from node.scheduler import Policy
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
 from workflows._storage import Storage
@@ -106,7 +107,15 @@ class Node:
             key, dial_timeout_s=net.dial_timeout_s, shutdown_timeout_s=net.shutdown_timeout_s
         )
         self.peer_id = self.host.peer_id
-        self.registry = PeerRegistry(self.peer_id, max_peers=config.discovery.max_peers)
+        disc, placement = config.discovery, config.placement
+        self.registry = PeerRegistry(
+            self.peer_id,
+            max_peers=disc.max_peers,
+            max_per_source=disc.max_peers_per_source,
+            backoff_s=disc.dial_backoff_s,
+            backoff_max_s=disc.dial_backoff_max_s,
+            exclude_s=placement.exclude_s,
+        )
         # Slots: tool steps that run at once on this node's Ray, each with an equal share of
         # its CPUs. Peers' steps get at most the slots not reserved for this node's own.
         self.local_capacity = max(4, cpus * 4)
@@ -134,11 +143,15 @@ class Node:
             network=net,
             config=config.handoff,
             journal=self.async_journal,
+            policy=Policy(
+                unknown_capacity=placement.unknown_peer_capacity,
+                capacity_slack=placement.capacity_slack,
+            ),
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(self.storage, self.executor)
         self.discovery = DiscoveryService(
-            self.host, self.registry, self.card, net, config.discovery
+            self.host, self.registry, self._card, net, config.discovery, key=key
         )
         self.control = ControlService(
             host=self.host,
@@ -157,10 +170,22 @@ class Node:
         self.host.set_handler(
             discovery.PROTOCOL_ID, self.discovery.handle, timeout_s=net.request_timeout_s * 2
         )
+        for legacy in discovery.LEGACY_PROTOCOL_IDS:
+            self.host.set_handler(
+                legacy,
+                self.discovery.legacy_handler(legacy),
+                timeout_s=net.request_timeout_s * 2,
+            )
         self.host.set_handler(handoff.PROTOCOL_ID, self.handoff.handle)
         self.host.set_handler(control.PROTOCOL_ID, self.control.handle)
+        for legacy in control.LEGACY_PROTOCOL_IDS:
+            self.host.set_handler(legacy, self.control.legacy_handler(legacy))
 
     def card(self) -> discovery.NodeCard:
+        """This node's card as peers get it (with its signed address record)."""
+        return self.discovery.card()
+
+    def _card(self) -> discovery.NodeCard:
         return discovery.NodeCard(
             peer_id=self.peer_id,
             addrs=self.host.addrs(),

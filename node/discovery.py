@@ -1,6 +1,11 @@
 """Discovery service: card exchange on connect and on refresh, and peer exchange.
 
-A node that bootstrapped only to A learns of B from A's ``hello`` and dials B itself.
+A node that bootstrapped only to A learns of B from A's ``hello`` and dials B itself — but
+only at addresses B signed (B's address record, which A relays verbatim), only a few new
+peers per exchange (``max_dials_per_exchange``), only as many peers on A's word as
+``max_peers_per_source`` allows, and never an address that failed recently (each failure
+doubles its wait, up to ``dial_backoff_max_s``). One hostile hello cannot make the node
+dial anywhere more than a handful of times, nor fill its peer table.
 """
 
 from __future__ import annotations
@@ -11,22 +16,32 @@ from collections.abc import Callable
 from typing import Any
 
 import trio
+from libp2p.crypto.keys import KeyPair
 
+from node.addr_record import (
+    AddrRecord,
+    AddrRecordSigner,
+    InvalidAddrRecordError,
+    verify_addr_record,
+)
 from node.config import DiscoveryConfig, NetworkConfig
 from node.errors import NodeError
 from node.p2p import P2PHost, P2PStream, split_p2p_addr, valid_peer_id
-from node.registry import CardMismatchError, PeerRegistry
+from node.registry import CardMismatchError, Learned, PeerRegistry
 from protocols import discovery
 from protocols.errors import ProtocolError, RemoteProtocolError
+from protocols.framing import encode_frame
 from protocols.stream import MessageStream
+from protocols.versioning import dump_for, version_of
 
 log = logging.getLogger(__name__)
 
 MAX_CONCURRENT_EXCHANGES = 16
+CURRENT_VERSION = version_of(discovery.PROTOCOL_ID)
 
 
 class InvalidCardError(RemoteProtocolError):
-    """The peer's card describes another node."""
+    """The peer's card describes another node, or carries an invalid address record."""
 
     code = "invalid_card"
 
@@ -39,20 +54,41 @@ class DiscoveryService:
         card: Callable[[], discovery.NodeCard],
         network: NetworkConfig,
         config: DiscoveryConfig,
+        *,
+        key: KeyPair,
     ) -> None:
         self.host = host
         self.registry = registry
-        self.card = card
+        self._base_card = card
         self.network = network
         self.config = config
+        self._signer = AddrRecordSigner(key)
         self._wanted_send, self._wanted = trio.open_memory_channel[str](1024)
         self._limiter = trio.CapacityLimiter(MAX_CONCURRENT_EXCHANGES)
         self._inflight: set[str] = set()
+        self.ticks = 0  # refresh ticks done (tests wait for them instead of for time)
         host.on_connection_change(self._on_connection)
+
+    def card(self) -> discovery.NodeCard:
+        """This node's card, with its signed address record."""
+        record = self._signer.current(self.host.transport_addrs())
+        return self._base_card().model_copy(update={"addr_record": record.encoded})
 
     # -- inbound -------------------------------------------------------------------------
 
     async def handle(self, stream: P2PStream) -> None:
+        await self._serve(stream, CURRENT_VERSION)
+
+    def legacy_handler(self, protocol_id: str) -> Callable[[P2PStream], Any]:
+        """A handler for an older minor version of the protocol (docs/protocols.md §3.1)."""
+        version = version_of(protocol_id)
+
+        async def handle(stream: P2PStream) -> None:
+            await self._serve(stream, version)
+
+        return handle
+
+    async def _serve(self, stream: P2PStream, version: str) -> None:
         ms = MessageStream(stream, discovery.CODEC, max_frame_size=self.network.max_frame_size)
         try:
             hello = await ms.receive_within(self.network.request_timeout_s)
@@ -63,11 +99,16 @@ class DiscoveryService:
         assert isinstance(hello, discovery.Hello)
         try:
             self._absorb(hello, stream.remote_peer)
-        except CardMismatchError as exc:
-            await ms.send_error("invalid_card", str(exc))
+        except InvalidCardError as exc:
+            await ms.send_error(exc.code, exc.message)
             await ms.close()
             return
-        await ms.send(self._hello(exclude=stream.remote_peer))
+        reply = self._hello(exclude=stream.remote_peer)
+        if version == CURRENT_VERSION:
+            await ms.send(reply)
+        else:
+            obj = dump_for(reply, version)
+            await ms.stream.write(encode_frame(obj, self.network.max_frame_size))
         await ms.close()
 
     # -- outbound ------------------------------------------------------------------------
@@ -80,10 +121,7 @@ class DiscoveryService:
             await ms.send(self._hello(exclude=peer_id))
             reply = await ms.receive_within(self.network.request_timeout_s)
             assert isinstance(reply, discovery.Hello)
-            try:
-                self._absorb(reply, peer_id)
-            except CardMismatchError as exc:
-                raise InvalidCardError(str(exc)) from None
+            self._absorb(reply, peer_id)
         except BaseException:
             await ms.reset()
             raise
@@ -101,8 +139,7 @@ class DiscoveryService:
                 return
             self.registry.learn(peer_id, [addr])
             try:
-                await self.host.connect(peer_id, [addr])
-                self.registry.mark_dialed(peer_id)
+                await self._dial(peer_id, [addr])
                 await self.exchange(peer_id)
                 reached.append(peer_id)
             except (NodeError, ProtocolError) as exc:
@@ -123,6 +160,7 @@ class DiscoveryService:
             task_status.started()
             while True:
                 self._refresh()
+                self.ticks += 1
                 await trio.sleep(self.config.refresh_interval_s)
 
     # -- internals -----------------------------------------------------------------------
@@ -131,15 +169,75 @@ class DiscoveryService:
         peers = self.registry.peer_refs(discovery.messages.MAX_PEERS, exclude=exclude)
         return discovery.Hello(card=self.card(), peers=peers)
 
+    def _check_card(self, card: discovery.NodeCard, from_peer: str) -> AddrRecord | None:
+        if card.peer_id != from_peer:
+            # the registry refuses it too; checked first so no record is verified for it
+            raise CardMismatchError(
+                f"peer {from_peer} sent a card for {card.peer_id}; cards are accepted only "
+                "from the node they describe"
+            )
+        if card.addr_record is None:
+            return None  # a 0.1.0 peer: its card's addresses are its own word, first-hand
+        return verify_addr_record(card.addr_record, from_peer)
+
     def _absorb(self, hello: discovery.Hello, from_peer: str) -> None:
-        self.registry.accept_card(hello.card, from_peer)
+        try:
+            record = self._check_card(hello.card, from_peer)
+        except (CardMismatchError, InvalidAddrRecordError) as exc:
+            self.registry.exclude(from_peer, f"sent an invalid card: {exc}")
+            raise InvalidCardError(str(exc)) from None
+        self.registry.accept_card(hello.card, from_peer, record)
         self.registry.set_connected(from_peer, self.host.is_connected(from_peer))
-        for ref in hello.peers:
-            if ref.peer_id == self.host.peer_id or not valid_peer_id(ref.peer_id):
+        self._learn_peers(hello.peers, from_peer)
+
+    def _learn_peers(self, refs: list[discovery.PeerRef], source: str) -> None:
+        """Peer exchange: believe only records the peers signed themselves; dial at most
+        ``max_dials_per_exchange`` new ones now (the refresh picks up the rest, within the
+        same limit per tick); remember at most ``max_peers_per_source`` on ``source``'s word,
+        and verify at most that many records per hello (signatures cost CPU)."""
+        dials = unsigned = invalid = refused = verified = 0
+        for ref in refs:
+            if ref.peer_id in (self.host.peer_id, source) or not valid_peer_id(ref.peer_id):
                 continue
-            if self.registry.learn(ref.peer_id, list(ref.addrs)):
-                log.info("learned of peer %s from %s", ref.peer_id, from_peer)
-                self._want(ref.peer_id)
+            if ref.addr_record is None:
+                unsigned += 1
+                continue
+            known = self.registry.get(ref.peer_id)
+            if known is None and not self.registry.can_learn_from(source):
+                refused += 1  # checked before the signature: verifying costs CPU
+                continue
+            if known is not None and known.record and known.record.encoded == ref.addr_record:
+                continue
+            if verified >= self.config.max_peers_per_source:
+                refused += 1  # bounded CPU per hello; the next hello brings the rest
+                continue
+            verified += 1
+            try:
+                record = verify_addr_record(ref.addr_record, ref.peer_id)
+            except InvalidAddrRecordError as exc:
+                invalid += 1
+                log.debug("peer %s relayed an invalid record: %s", source, exc)
+                continue
+            learned = self.registry.learn_record(record, source)
+            if learned is Learned.REFUSED:
+                refused += 1
+            elif learned is Learned.NEW:
+                log.info("learned of peer %s from %s", ref.peer_id, source)
+                if dials < self.config.max_dials_per_exchange and not self.host.is_connected(
+                    ref.peer_id
+                ):
+                    self._want(ref.peer_id)
+                    dials += 1
+        if unsigned or invalid or refused:
+            log.info(
+                "peer exchange with %s: ignored %d peer(s) without a signed address record, "
+                "%d with an invalid one, %d over its quota of %d or this hello's",
+                source,
+                unsigned,
+                invalid,
+                refused,
+                self.config.max_peers_per_source,
+            )
 
     def _on_connection(self, peer_id: str, up: bool) -> None:
         self.registry.set_connected(peer_id, up)
@@ -162,8 +260,25 @@ class DiscoveryService:
             state.connected = state.peer_id in connected
             if state.connected and self.registry.card_age_fraction(state.peer_id) > 0.5:
                 self._want(state.peer_id)
+        # peers only heard of are dialled a few per tick; known ones as their backoff allows
+        new_dials = 0
         for state in self.registry.to_dial(retry_after_s=self.config.refresh_interval_s * 2):
+            if state.hearsay:
+                if new_dials >= self.config.max_dials_per_exchange:
+                    continue
+                new_dials += 1
             self._want(state.peer_id)
+
+    async def _dial(self, peer_id: str, addrs: list[str]) -> None:
+        """Dial ``peer_id`` at ``addrs``, recording the outcome per address (backoff)."""
+        self.registry.dial_started(peer_id, addrs)
+        ok = False
+        try:
+            await self.host.connect(peer_id, addrs)
+            ok = True
+        finally:
+            if self.registry.dial_ended(peer_id, addrs, ok=ok):
+                log.info("forgot peer %s: unreachable and its card expired", peer_id)
 
     async def _exchange_worker(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -173,17 +288,11 @@ class DiscoveryService:
 
     async def _exchange_one(self, peer_id: str) -> None:
         try:
-            state = self.registry.get(peer_id)
             if not self.host.is_connected(peer_id):
-                if state is None or not state.addrs:
-                    return
-                self.registry.mark_dialed(peer_id)
-                try:
-                    await self.host.connect(peer_id, state.addrs)
-                except NodeError:
-                    if self.registry.dial_failed(peer_id):
-                        log.info("forgot peer %s: unreachable and its card expired", peer_id)
-                    raise
+                addrs = self.registry.dialable_addrs(peer_id)
+                if not addrs:
+                    return  # unknown, no address, or every address backed off
+                await self._dial(peer_id, addrs)
             elif self.registry.has_fresh_card(peer_id) and (
                 self.registry.card_age_fraction(peer_id) < 0.5
             ):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -28,12 +29,15 @@ from node.handoff.errors import (
     HandoffProtocolError,
     HandoffRejectedError,
     InvalidReceiptError,
+    InvalidResultError,
 )
 from node.handoff.journal import AsyncHandoffJournal
+from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
-from node.scheduler import Candidate, Decision, place
+from node.scheduler import Candidate, Decision, Evidence, Policy, place
 from protocols import handoff
+from protocols.discovery import ToolCard
 from workflows.errors import ToolError
 from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall, ToolOutcome
 from workflows.tools import ToolRegistry
@@ -58,6 +62,7 @@ class SwarmExecutor:
         network: NetworkConfig,
         config: HandoffConfig,
         journal: AsyncHandoffJournal,
+        policy: Policy | None = None,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -67,6 +72,7 @@ class SwarmExecutor:
         self.network = network
         self.config = config
         self.journal = journal
+        self.policy = policy or Policy()
         self.local_running = 0
         self._nursery: trio.Nursery | None = None
 
@@ -90,19 +96,34 @@ class SwarmExecutor:
                     self.host.peer_id, True, t.version, self.local_running, self.local_capacity
                 )
             )
+        now = self.registry.now()
         for state, card in self.registry.providers(tool, version):
             if not self.may_delegate_to(state.peer_id):
                 continue
             load = state.card.load if state.card else None
+            exclusion = self.registry.exclusion(state.peer_id)
             out.append(
                 Candidate(
                     state.peer_id,
                     False,
                     card.version,
-                    running=(load.running if load else 0) + state.inflight,
+                    # the card's claims; place() caps them by the evidence below
+                    running=load.running if load else 0,
                     capacity=load.capacity if load else 1,
                     rtt_ms=state.rtt_ms,
                     recent_failures=self.registry.recent_failures(state.peer_id),
+                    evidence=Evidence(
+                        done=state.done,
+                        failed=state.failed,
+                        outstanding=state.outstanding,
+                        sustained=state.sustained,
+                        run_ms=state.run_ms.get(tool),
+                    ),
+                    excluded=(
+                        f"{exclusion.reason} (for {exclusion.until - now:.0f} s more)"
+                        if exclusion is not None
+                        else None
+                    ),
                 )
             )
         return out
@@ -136,10 +157,16 @@ class SwarmExecutor:
             except HandoffRejectedError as exc:
                 last_error = exc.message
                 log.info("step %s: %s; trying another node", request.idempotency_key, exc)
-            except (InvalidReceiptError, HandoffProtocolError) as exc:
+            except (HandoffProtocolError, InvalidResultError, InvalidReceiptError) as exc:
                 last_error = str(exc)
-                self._distrust(decision.node, str(exc))
-                log.warning("step %s: %s; trying another node", request.idempotency_key, exc)
+                self.registry.record_failure(decision.node)
+                self.registry.exclude(decision.node, _one_line(exc.message))
+                log.warning(
+                    "step %s: %s; peer excluded for %g s; trying another node",
+                    request.idempotency_key,
+                    exc,
+                    self.registry.exclude_s,
+                )
             except (HandoffError, NodeError) as exc:
                 last_error = str(exc)
                 self.registry.record_failure(decision.node)
@@ -163,7 +190,12 @@ class SwarmExecutor:
             if not waiting_for_previous or trio.current_time() >= deadline:
                 try:
                     return place(
-                        request.tool, request.version, candidates, exclude=tried, previous=previous
+                        request.tool,
+                        request.version,
+                        candidates,
+                        exclude=tried,
+                        previous=previous,
+                        policy=self.policy,
                     )
                 except PlacementError:
                     if tried or trio.current_time() >= deadline:
@@ -183,10 +215,6 @@ class SwarmExecutor:
             self.local_running -= 1
         return ToolOutcome(outputs, decision.node, decision.reason)
 
-    def _distrust(self, peer: str, reason: str) -> None:
-        """A peer that broke the protocol or vouched for a result falsely."""
-        self.registry.record_failure(peer)
-
     async def _run_remote(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         peer = decision.node
         hid = f"{request.idempotency_key}@{peer}"
@@ -202,24 +230,44 @@ class SwarmExecutor:
         state = self.registry.get(peer)
         if not self.host.is_connected(peer):
             await self.host.connect(peer, state.addrs if state else [])
-        if state is not None:
-            state.inflight += 1
+        tool_card = (
+            state.tool(request.tool, request.version, self.registry.now()) if state else None
+        )
+
+        def check(outputs: dict[str, Any]) -> None:
+            problem = self._check_result(request, outputs, tool_card)
+            if problem is not None:
+                raise InvalidResultError(
+                    peer,
+                    f"peer {peer} returned a result for {request.tool} that fails the tool's "
+                    f"output schema: {problem}",
+                )
+
+        self.registry.step_started(peer)
         try:
+            started = time.monotonic()
             try:
-                outcome = await self._offer(request, peer, hid, epoch, stored is not None)
+                outcome = await self._offer(request, peer, hid, epoch, stored is not None, check)
             except HandoffRejectedError as exc:
                 if exc.code != "superseded" or exc.epoch is None:
                     raise
                 # the peer remembers a later attempt than we do (our record was pruned)
-                outcome = await self._offer(request, peer, hid, exc.epoch + 1, True)
+                outcome = await self._offer(request, peer, hid, exc.epoch + 1, True, check)
+            run_ms = (time.monotonic() - started) * 1000
+            # while the step still counts as outstanding: that is what the peer sustained
+            self.registry.record_success(peer, outcome.rtt_ms, tool=request.tool, run_ms=run_ms)
         finally:
-            if state is not None:
-                state.inflight -= 1
-        self.registry.record_success(peer, outcome.rtt_ms)
+            self.registry.step_ended(peer)
         return ToolOutcome(outcome.outputs, peer, decision.reason)
 
     async def _offer(
-        self, request: ToolCall, peer: str, hid: str, epoch: int, journal_first: bool
+        self,
+        request: ToolCall,
+        peer: str,
+        hid: str,
+        epoch: int,
+        journal_first: bool,
+        check: Callable[[dict[str, Any]], None],
     ) -> HandoffOutcome:
         """Offer one attempt (``epoch``) of the step to ``peer``; journal how it ended."""
         journal = self.journal
@@ -263,6 +311,7 @@ class SwarmExecutor:
                 offer,
                 network=self.network,
                 config=self.config,
+                check=check,
                 record=recorded,
                 background=self._nursery,
             )
@@ -276,7 +325,26 @@ class SwarmExecutor:
             elif isinstance(exc, HandoffLostError):
                 status, code = "LOST", "lost"
             else:
-                status, code = "FAILED", "invalid_receipt"
+                status, code = "FAILED", "invalid_result"
             with trio.CancelScope(shield=True):
                 await journal.call(record, status=status, error=exc.message[:4096], code=code)
             raise
+
+    def _check_result(
+        self, request: ToolCall, outputs: dict[str, Any], tool_card: ToolCard | None
+    ) -> str | None:
+        """Check a peer's outputs against the tool's output model if this node has the same
+        tool (name and version), else against the output schema of the peer's card."""
+        version = tool_card.version if tool_card is not None else request.version
+        if self.tools.has(request.tool, version):
+            local = self.tools.get(request.tool, version)
+            if tool_card is None or local.version == tool_card.version:
+                return check_outputs(outputs, model=local.output_model)
+        if tool_card is not None:
+            return check_outputs(outputs, schema=tool_card.output_schema)
+        return None
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 1] + "…"

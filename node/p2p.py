@@ -27,7 +27,8 @@ from libp2p.abc import INetConn, INetStream, INetwork, INotifee
 from libp2p.crypto.keys import KeyPair
 from libp2p.crypto.x25519 import create_new_key_pair as create_x25519_key_pair
 from libp2p.custom_types import TProtocol
-from libp2p.network.config import ConnectionConfig
+from libp2p.network.auto_connector import AutoConnector
+from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
@@ -126,6 +127,18 @@ def split_p2p_addr(addr: str) -> tuple[str, str]:
     return str(info.peer_id), addr
 
 
+class _NoAutoConnector(AutoConnector):
+    """libp2p's auto-connector, switched off: it would dial every peer that ever entered the
+    peerstore (a peer exchange can put anyone there) whenever the node has fewer than its
+    target of connections (200), on its own schedule and per peer id."""
+
+    async def run_background_task(self, nursery: trio.Nursery) -> None:
+        return None
+
+    async def maybe_connect(self) -> None:
+        return None
+
+
 class P2PHost:
     """A libp2p host configured the hivemesh way."""
 
@@ -146,6 +159,12 @@ class P2PHost:
                 max_connections_per_peer=1, dial_timeout=dial_timeout_s
             ),
         )
+        # hivemesh's discovery decides whom to dial, and backs off per address; libp2p must
+        # not dial on its own: its swarm retries every failed dial 3 times (4 connection
+        # attempts each) and its auto-connector redials every peer in the peerstore
+        network = self._host.get_network()
+        network.retry_config = RetryConfig(max_retries=0)  # type: ignore[attr-defined]
+        network.auto_connector = _NoAutoConnector(network)  # type: ignore[attr-defined,arg-type]
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s

@@ -40,7 +40,6 @@ from node.handoff.errors import (
     HandoffLostError,
     HandoffProtocolError,
     HandoffRejectedError,
-    InvalidReceiptError,
 )
 from node.handoff.receipts import check_receipt
 from node.p2p import P2PHost
@@ -122,12 +121,15 @@ async def delegate(
     *,
     network: NetworkConfig,
     config: HandoffConfig,
+    check: Callable[[dict[str, Any]], None] | None = None,
     record: ResultRecorder | None = None,
     background: trio.Nursery | None = None,
 ) -> HandoffOutcome:
     """Send ``offer`` to ``peer_id`` and wait for its final message.
 
-    A ``result`` is accepted only with a valid receipt (else :class:`InvalidReceiptError`).
+    A ``result`` is accepted only with a valid receipt (else :class:`InvalidReceiptError`)
+    and outputs that ``check`` accepts (it raises a :class:`HandoffError`, e.g.
+    :class:`InvalidResultError`, to refuse them).
     It is then acknowledged: at once, or — given ``record`` and a ``background`` nursery —
     after ``record`` has stored it, in the background, so the caller gets the outputs first
     and the delegatee keeps its copy until ours is safe."""
@@ -175,7 +177,9 @@ async def delegate(
         assert isinstance(final, handoff.StepResult)
         try:
             receipt = check_receipt(final, offer, delegator=host.peer_id, delegatee=peer_id)
-        except InvalidReceiptError:
+            if check is not None:
+                check(final.outputs)
+        except HandoffError:
             await ms.reset()  # not acknowledged: it is not a result we accept
             raise
         outcome = HandoffOutcome(final.outputs, final.duration_ms, rtt_ms, offer.epoch, receipt)

@@ -8,7 +8,8 @@
     │   └── HandoffCanceledError  the step was stopped by a cancel and has no result
     ├── HandoffLostError          the exchange ended before a final message: outcome unknown
     │   └── HandoffProtocolError  … because the peer broke the protocol (garbage, wrong epoch)
-    └── InvalidReceiptError       a result whose signed receipt does not check out
+    ├── InvalidReceiptError       a result whose signed receipt does not check out
+    └── InvalidResultError        a result that fails the tool's output schema
 """
 
 from __future__ import annotations
@@ -73,3 +74,7 @@ class HandoffProtocolError(HandoffLostError):
 class InvalidReceiptError(HandoffError):
     """The peer's result came with a receipt that is not its signature over what was offered
     and what it returned: the result is not accepted."""
+
+
+class InvalidResultError(HandoffError):
+    """A peer's result for a step does not match the tool's output schema."""

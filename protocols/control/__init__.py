@@ -1,4 +1,4 @@
-"""``/hivemesh/control/0.2.0``: what a client (the CLI) speaks to a node.
+"""``/hivemesh/control/0.2.0`` (and 0.1.0): what a client (the CLI) speaks to a node.
 
 One request per stream, answered by exactly one response (or an ``error``).
 See docs/protocols.md for the wire specification.

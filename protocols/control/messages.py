@@ -6,13 +6,17 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
 PROTOCOL_ID = "/hivemesh/control/0.2.0"
+LEGACY_PROTOCOL_IDS = ("/hivemesh/control/0.1.0",)
+"""Older minor versions a node still serves (docs/protocols.md §3.1)."""
 MAX_WORKFLOW_TEXT = 1024 * 1024
 
 __all__ = [
     "CODEC",
+    "LEGACY_PROTOCOL_IDS",
     "PROTOCOL_ID",
     "REQUEST_CODEC",
     "RESPONSE_CODEC",
@@ -25,6 +29,8 @@ __all__ = [
     "InfoRequest",
     "ListRequest",
     "PeerEntry",
+    "PeerEvidence",
+    "PeerExclusion",
     "Peers",
     "PeersRequest",
     "RayInfo",
@@ -174,6 +180,30 @@ class WorkflowList(WireModel):
     workflows: list[WorkflowSummary]
 
 
+class PeerEvidence(WireModel):
+    """What the node measured of a peer running its steps (not what the peer claims)."""
+
+    done: int = Field(description="steps it completed for this node with a valid result")
+    failed: int = Field(description="steps it lost, broke or answered with an invalid result")
+    recent_failures: int = Field(description="failures in a row, if the last was recent")
+    outstanding: int = Field(description="this node's steps it runs now")
+    sustained: int = Field(
+        description="the most of this node's steps it had at once when one succeeded"
+    )
+    mean_run_ms: float | None = Field(
+        default=None, description="mean observed run time (offer to result), over its tools"
+    )
+    rtt_ms: float | None = Field(default=None, description="smoothed offer-to-accept time")
+
+
+class PeerExclusion(WireModel):
+    """Why and until when the node gives the peer no steps."""
+
+    reason: str
+    remaining_s: float = Field(description="seconds until the exclusion ends")
+    until: float = Field(description="when it ends (Unix time)")
+
+
 class PeerEntry(WireModel):
     peer_id: str
     addrs: list[str]
@@ -181,6 +211,18 @@ class PeerEntry(WireModel):
     connected: bool
     version: str | None = None
     last_seen: float | None = None
+    load: str | None = Field(
+        default=None,
+        description="the load its card claims, 'running/capacity' (a hint only)",
+        json_schema_extra=since("0.2.0"),
+    )
+    learned_from: str | None = Field(
+        default=None,
+        description="the peer whose word alone it is known on (peer exchange), if any",
+        json_schema_extra=since("0.2.0"),
+    )
+    evidence: PeerEvidence | None = Field(default=None, json_schema_extra=since("0.2.0"))
+    excluded: PeerExclusion | None = Field(default=None, json_schema_extra=since("0.2.0"))
 
 
 class Peers(WireModel):

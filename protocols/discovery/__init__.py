@@ -1,10 +1,11 @@
-"""``/hivemesh/discovery/0.1.0``: node cards and peer exchange.
+"""``/hivemesh/discovery/0.2.0`` (and 0.1.0): node cards and peer exchange.
 
 See docs/protocols.md for the wire specification.
 """
 
 from protocols.discovery.messages import (
     CODEC,
+    LEGACY_PROTOCOL_IDS,
     PROTOCOL_ID,
     Hello,
     LoadInfo,
@@ -13,4 +14,13 @@ from protocols.discovery.messages import (
     ToolCard,
 )
 
-__all__ = ["CODEC", "PROTOCOL_ID", "Hello", "LoadInfo", "NodeCard", "PeerRef", "ToolCard"]
+__all__ = [
+    "CODEC",
+    "LEGACY_PROTOCOL_IDS",
+    "PROTOCOL_ID",
+    "Hello",
+    "LoadInfo",
+    "NodeCard",
+    "PeerRef",
+    "ToolCard",
+]

@@ -6,12 +6,23 @@ from typing import Any, Literal
 
 from pydantic import Field
 
+from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/discovery/0.1.0"
+PROTOCOL_ID = "/hivemesh/discovery/0.2.0"
+LEGACY_PROTOCOL_IDS = ("/hivemesh/discovery/0.1.0",)
+"""Older minor versions a node still serves (docs/protocols.md §3.1)."""
+
 MAX_TOOLS = 1024
 MAX_ADDRS = 32
 MAX_PEERS = 256
+MAX_ADDR_RECORD_BYTES = 4096
+MAX_ADDR_RECORD_LEN = 4 * ((MAX_ADDR_RECORD_BYTES + 2) // 3)  # its base64 text
+
+_ADDR_RECORD_DOC = (
+    "the node's signed address record: a libp2p signed envelope (domain "
+    "'libp2p-peer-record') holding a peer record, base64 (RFC 4648, padded)"
+)
 
 
 class ToolCard(WireModel):
@@ -23,6 +34,8 @@ class ToolCard(WireModel):
 
 
 class LoadInfo(WireModel):
+    """What the node says about its load: a hint, capped by what its peers measured."""
+
     running: int = Field(default=0, ge=0)
     capacity: int = Field(default=1, ge=0)
 
@@ -36,11 +49,25 @@ class NodeCard(WireModel):
     tools: list[ToolCard] = Field(default_factory=list, max_length=MAX_TOOLS)
     load: LoadInfo = Field(default_factory=LoadInfo)
     ttl_s: float = Field(default=60.0, gt=0, le=86400)
+    addr_record: str | None = Field(
+        default=None,
+        max_length=MAX_ADDR_RECORD_LEN,
+        description=_ADDR_RECORD_DOC,
+        json_schema_extra=since("0.2.0"),
+    )
 
 
 class PeerRef(WireModel):
+    """A peer the sender knows. Only the addresses inside ``addr_record`` may be dialled."""
+
     peer_id: str = Field(max_length=MAX_ID_LEN)
     addrs: list[str] = Field(default_factory=list, max_length=MAX_ADDRS)
+    addr_record: str | None = Field(
+        default=None,
+        max_length=MAX_ADDR_RECORD_LEN,
+        description=_ADDR_RECORD_DOC + ", relayed verbatim from the peer's own card",
+        json_schema_extra=since("0.2.0"),
+    )
 
 
 class Hello(WireModel):

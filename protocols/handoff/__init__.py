@@ -1,4 +1,4 @@
-"""``/hivemesh/handoff/0.2.0``: delegate one step to a peer.
+"""``/hivemesh/handoff/1.0.0``: delegate one step to a peer.
 
 See docs/protocols.md for the wire specification; :mod:`protocols.handoff.machine` holds the
 protocol's rules (which message may follow which) without I/O.

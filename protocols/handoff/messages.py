@@ -3,7 +3,7 @@
 The delegator may send ``cancel`` after its offer (on the same stream), or as the first and
 only message of a fresh stream; the latter is answered with ``canceled`` or ``not_canceled``.
 After a ``result`` or ``failed`` the delegator acknowledges it with ``ack`` (the delegatee may
-then forget the stored outcome). Version 0.2.0 added epochs on the final messages, receipts,
+then forget the stored outcome). Version 1.0.0 added epochs on the final messages, receipts,
 ``ack``, and the quota reject codes; see docs/protocols.md §9.
 """
 
@@ -15,7 +15,7 @@ from pydantic import Field
 
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/handoff/0.2.0"
+PROTOCOL_ID = "/hivemesh/handoff/1.0.0"
 
 RejectCode = Literal[
     "no_such_tool",

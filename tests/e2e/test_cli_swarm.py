@@ -96,6 +96,14 @@ def test_workflow_submitted_to_toolless_node_runs_where_the_tools_are(swarm: Swa
     assert info["ray"]["address"].startswith("127.0.0.1:") and info["ray"]["cpus"] >= 1
     peers = json.loads(swarm.local.cli("peers", "--home", home, "--json").stdout)
     assert {p["peer_id"] for p in peers} == {swarm.text.peer_id, swarm.math.peer_id}
+    # what each peer did for this node: the evidence placement goes by
+    by_id = {p["peer_id"]: p for p in peers}
+    assert by_id[swarm.text.peer_id]["evidence"]["done"] == 3  # shout, count, reversed
+    assert by_id[swarm.math.peer_id]["evidence"]["done"] == 1
+    assert all(p["evidence"]["failed"] == 0 and p["excluded"] is None for p in peers)
+    human = swarm.local.cli("peers", "--home", home).stdout
+    assert "record:   3 step(s) done for this node, 0 failed" in human
+    assert "EXCLUDED" not in human
 
 
 def test_unknown_tool_fails_naming_it(swarm: Swarm, tmp_path: Path) -> None:

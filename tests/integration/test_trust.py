@@ -432,4 +432,6 @@ async def test_a_result_without_a_valid_receipt_is_a_failed_attempt(tmp_path: Pa
         assert seen == [{"text": "secret"}]  # a member that runs a step sees its inputs
         assert view.status is WorkflowStatus.FAILED
         assert "invalid receipt" in (view.error or "") and "other outputs" in (view.error or "")
+        exclusion = c.registry.exclusion(liar.peer_id)  # and it gets no more steps for a while
+        assert exclusion is not None and "invalid receipt" in exclusion.reason
         nursery.cancel_scope.cancel()
