@@ -1,6 +1,4 @@
-"""The one adapter between hivemesh and py-libp2p 0.8.1.
-
-Everything libp2p-specific lives here, with the fixes from LIBP2P_NOTES.md:
+"""The libp2p host configured the hivemesh way, with the fixes from LIBP2P_NOTES.md:
 
 * Noise only and yamux only (a default host also accepts plaintext and mplex);
 * ``max_connections_per_peer=1`` (otherwise every dial waits an extra 250 ms);
