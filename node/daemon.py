@@ -24,7 +24,7 @@ from node.executor import SwarmExecutor
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
 from node.handoff.server import HandoffServer
 from node.home import Home
-from node.p2p import P2PHost
+from node.p2p import P2PHost, quiet_libp2p_logging
 from node.registry import PeerRegistry
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
@@ -202,9 +202,7 @@ def run_daemon(config: NodeConfig, home: Home) -> None:
     )
     # py-libp2p logs expected events (a CLI client without our protocols, a peer going
     # away) as multi-line errors; hivemesh logs what matters itself.
-    quiet = logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL
-    for noisy in ("libp2p", "multiaddr", "async_service"):
-        logging.getLogger(noisy).setLevel(quiet)
+    quiet_libp2p_logging(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
     cpus, ray_address = start_ray(config.ray)
     try:
         node = Node(config, home, cpus=cpus, ray_address=ray_address)

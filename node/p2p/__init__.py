@@ -8,6 +8,7 @@ from node.p2p.host import (
     P2PHost,
     P2PStream,
     StreamHandler,
+    quiet_libp2p_logging,
     split_p2p_addr,
     valid_peer_id,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "P2PHost",
     "P2PStream",
     "StreamHandler",
+    "quiet_libp2p_logging",
     "split_p2p_addr",
     "valid_peer_id",
 ]
