@@ -39,7 +39,11 @@ class NodeUnreachableError(NodeError):
 
 class NotInSwarmError(NodeUnreachableError):
     """The connection failed in the private-network handshake: the two sides do not hold
-    the same swarm key (or one of them holds none)."""
+    the same swarm key (or one of them holds none). ``reason`` says how it failed."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotAuthorisedError(NodeError):

@@ -327,7 +327,8 @@ class P2PHost:
         if refusal is not None:
             raise NotInSwarmError(
                 f"peer {peer_id} is not a member of this swarm: it did not complete the "
-                f"private-network handshake ({refusal})"
+                f"private-network handshake ({refusal})",
+                reason=refusal,
             )
         detail = "; ".join(errors) or "no addresses known"
         raise NodeUnreachableError(f"cannot reach peer {peer_id}: {detail}")
