@@ -208,7 +208,7 @@ class Node:
                 "addresses may connect; run 'hivemesh init' on a fresh home for a private one"
             )
             return
-        log.info("private swarm: %s", self.swarm.describe())
+        log.info("swarm: %s", self.swarm.describe())
         if self.swarm.key_file is not None and loosely_readable(self.swarm.key_file):
             log.warning(
                 "swarm key %s is readable by other users: run 'chmod 600 %s'",

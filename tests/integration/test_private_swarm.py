@@ -186,7 +186,7 @@ async def test_an_open_node_and_a_private_one_do_not_mix(
             await launch(nursery, opened)
         starts = [r for r in refusals.records if r.name == "hivemesh.node"]
         assert [r.levelname for r in starts if "OPEN swarm" in r.getMessage()] == ["WARNING"]
-        assert any(r.getMessage() == f"private swarm: {private.swarm.describe()}" for r in starts)
+        assert any(r.getMessage() == f"swarm: {private.swarm.describe()}" for r in starts)
         with trio.fail_after(10):
             with pytest.raises(NotInSwarmError) as info:
                 await opened.host.connect(private.peer_id, private.host.addrs())
