@@ -38,7 +38,29 @@ def home_option(f: F) -> F:
     )(f)
 
 
+def _remember_swarm_key(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+    ctx.meta["hivemesh.swarm_key"] = value
+
+
+def swarm_key_option(help_text: str, *, expose: bool) -> Callable[[F], F]:
+    return click.option(
+        "--swarm-key",
+        "swarm_key",
+        type=click.Path(path_type=Path, dir_okay=False),
+        default=None,
+        metavar="FILE",
+        help=help_text,
+        expose_value=expose,
+        callback=None if expose else _remember_swarm_key,
+    )
+
+
 def target_options(f: F) -> F:
+    f = swarm_key_option(
+        "Swarm key to reach the node with (default: the key the home's node runs with, "
+        "else HOME/swarm.key).",
+        expose=False,
+    )(f)
     f = click.option(
         "--node",
         "node",
@@ -63,8 +85,11 @@ def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
 
 def _call(home: Path | None, node: str | None, message: Any, timeout_s: float | None = 30.0) -> Any:
     from node.client import call
+    from node.p2p import quiet_libp2p_logging
 
-    return call(_home(home), node, message, timeout_s=timeout_s)
+    quiet_libp2p_logging()  # again: importing libp2p resets its loggers
+    swarm_key = click.get_current_context().meta.get("hivemesh.swarm_key")
+    return call(_home(home), node, message, timeout_s=timeout_s, swarm_key_file=swarm_key)
 
 
 class _Group(click.Group):
@@ -89,13 +114,35 @@ def main() -> None:
 
 @main.command()
 @home_option
-def init(home: Path | None) -> None:
-    """Create an identity key, a client key and a default config in the home folder."""
+@swarm_key_option(
+    "Join the swarm of this swarm.key file (it is copied into the home). "
+    "Default: create a new swarm.",
+    expose=True,
+)
+@click.option(
+    "--open",
+    "open_swarm",
+    is_flag=True,
+    help="An open swarm: no swarm key, anyone who can reach the node may connect.",
+)
+def init(home: Path | None, swarm_key: Path | None, open_swarm: bool) -> None:
+    """Create an identity key, a client key, a default config and a swarm key (a new private
+    swarm, unless --swarm-key joins one or --open) in the home folder."""
+    if swarm_key is not None and open_swarm:
+        fail("--swarm-key joins a private swarm and --open makes an open one: choose one", 2)
     h = _home(home)
-    created, peer_id = h.init()
-    click.echo(f"{'initialised' if created else 'already initialised'} {h.path}")
-    click.echo(f"peer id: {peer_id}")
+    report = h.init(join=swarm_key, open_swarm=open_swarm)
+    click.echo(f"{'initialised' if report.created else 'already initialised'} {h.path}")
+    click.echo(f"peer id: {report.peer_id}")
     click.echo(f"config:  {h.config_file}")
+    click.echo(f"swarm:   {report.swarm_note}")
+    if report.swarm.key is None:
+        click.echo("warning: an open swarm: anyone who can reach this node may connect to it")
+    elif report.swarm.created:
+        click.echo(
+            "         copy this file to every machine that should join this swarm "
+            "('hivemesh init --swarm-key FILE')"
+        )
 
 
 @main.group("node")
@@ -125,6 +172,10 @@ def node_group() -> None:
     default=None,
     help="Config file (default: HOME/config.yaml).",
 )
+@swarm_key_option(
+    "Run in the swarm of this swarm.key file (default: swarm.key_file, else HOME/swarm.key).",
+    expose=True,
+)
 @click.option("--num-cpus", type=int, default=None, help="CPUs for the node's local Ray.")
 @click.option("--ray-address", default=None, help="Join this Ray cluster instead.")
 @click.option(
@@ -138,6 +189,7 @@ def node_start(
     bootstrap: tuple[str, ...],
     tools: str | None,
     config_file: Path | None,
+    swarm_key: Path | None,
     num_cpus: int | None,
     ray_address: str | None,
     log_level: str | None,
@@ -148,7 +200,7 @@ def node_start(
 
     h = _home(home)
     if not h.node_key.exists():
-        h.init()
+        h.init_identity()  # the swarm is settled below, once the config is known
     running = h.read_runtime()
     if running and isinstance(running.get("pid"), int):
         from node.client import pid_alive
@@ -174,6 +226,8 @@ def node_start(
         flags["ray"] = ray
     if log_level is not None:
         flags["log_level"] = log_level.upper()
+    if swarm_key is not None:
+        flags["swarm"] = {"key_file": swarm_key.expanduser().absolute(), "open": False}
     cfg_path = config_file if config_file is not None else h.config_file
     if config_file is not None and not config_file.exists():
         fail(f"config file {config_file} does not exist")
@@ -184,7 +238,16 @@ def node_start(
         ToolRegistry.from_entry_points(config.tools)
     except ValueError as exc:
         fail(str(exc))
-    run_daemon(config, h)
+    # A home without a key that is not open starts a new private swarm, and says so.
+    swarm = h.membership(config.swarm, create=True)
+    if swarm.created:
+        click.echo(
+            f"created a new swarm key at {swarm.key_file}: this node starts a new private "
+            "swarm; copy that file to machines that should join it "
+            "('hivemesh init --swarm-key FILE')",
+            err=True,
+        )
+    run_daemon(config, h, swarm)
 
 
 @node_group.command("info")

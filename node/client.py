@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 import trio
 from libp2p.crypto.keys import KeyPair
 
+from node.config import load_config
 from node.errors import (
-    HomeError,
     NodeError,
     NodeUnreachableError,
     NotAuthorisedError,
+    NotInSwarmError,
     RequestFailedError,
 )
-from node.home import Home
+from node.home import Home, SwarmMembership
 from node.p2p import P2PHost, split_p2p_addr
+from node.p2p.pnet import KEYED_PEER, NO_KEY
+from node.swarmkey import SwarmKey
 from protocols import control
 from protocols.errors import PeerErrorResponse, ProtocolError, ProtocolTimeoutError
 from protocols.stream import MessageStream
@@ -64,14 +68,16 @@ async def request(
     node_addr: str,
     message: Any,
     *,
+    swarm_key: SwarmKey | None = None,
     timeout_s: float | None = 30.0,
     dial_timeout_s: float = 5.0,
 ) -> Any:
     """Send one control request and return the response model.
 
+    ``swarm_key``: the key of the node's swarm (None for an open swarm).
     ``timeout_s=None`` waits as long as the node keeps the stream open (``result --wait``).
     """
-    host = P2PHost(key, dial_timeout_s=dial_timeout_s, shutdown_timeout_s=2.0)
+    host = P2PHost(key, swarm_key=swarm_key, dial_timeout_s=dial_timeout_s, shutdown_timeout_s=2.0)
     reply: Any = None
     error: NodeError | None = None
     # Errors are carried out of host.run() by hand: raised inside, libp2p's nurseries
@@ -107,11 +113,67 @@ async def _exchange(host: P2PHost, node_addr: str, message: Any, timeout_s: floa
         await ms.close()
 
 
-def call(home: Home, node: str | None, message: Any, *, timeout_s: float | None = 30.0) -> Any:
+def client_swarm(home: Home, node: str | None, swarm_key_file: Path | None) -> SwarmMembership:
+    """The swarm key the CLI talks to a node with: ``--swarm-key`` if given; else, for the
+    node running from ``home``, the key it runs with; else the home's own (per its config).
+    A home without a key gives an open client (which a private node refuses, saying why)."""
+    if swarm_key_file is not None:
+        return SwarmMembership(SwarmKey.load(swarm_key_file), swarm_key_file)
+    if node is None:
+        info = home.read_runtime() or {}
+        if "swarm_key_file" in info:
+            recorded = info["swarm_key_file"]
+            if recorded is None:
+                return SwarmMembership(None, None)
+            return SwarmMembership(SwarmKey.load(Path(recorded)), Path(recorded))
+    config = load_config(config_file=home.config_file)
+    if config.swarm.open:
+        return SwarmMembership(None, None)
+    path = home.swarm_key_path(config.swarm)
+    if config.swarm.key_file is not None or path.exists():
+        return SwarmMembership(SwarmKey.load(path), path)
+    return SwarmMembership(None, None)
+
+
+def explain_refusal(addr: str, reason: str, swarm: SwarmMembership) -> str:
+    """One line for a user whose command reached a node of another swarm."""
+    if swarm.key is None:
+        what = (
+            "is in a private swarm"
+            if reason == KEYED_PEER
+            else f"refused this client ({reason}); it may be in a private swarm"
+        )
+        return (
+            f"the node at {addr} {what} and this client has no swarm key: "
+            "pass --swarm-key FILE with the swarm.key of the node's swarm"
+        )
+    used = f"the swarm key {swarm.key_file} (fingerprint {swarm.key.fingerprint})"
+    if reason == NO_KEY:
+        return (
+            f"the node at {addr} is in an open swarm (it has no swarm key) but this client "
+            f"used {used}: use a home without a swarm key (--home DIR)"
+        )
+    return (
+        f"the node at {addr} is in another swarm ({reason}); this client used {used}: "
+        "pass --swarm-key FILE with the key of the node's swarm"
+    )
+
+
+def call(
+    home: Home,
+    node: str | None,
+    message: Any,
+    *,
+    timeout_s: float | None = 30.0,
+    swarm_key_file: Path | None = None,
+) -> Any:
     """Synchronous wrapper for the CLI."""
     addr = resolve_node_addr(home, node)
+    swarm = client_swarm(home, node, swarm_key_file)
+    key = home.load_client_key(create=node is not None)
     try:
-        key = home.load_client_key(create=node is not None)
-    except HomeError:
-        raise
-    return trio.run(lambda: request(key, addr, message, timeout_s=timeout_s))
+        return trio.run(
+            lambda: request(key, addr, message, swarm_key=swarm.key, timeout_s=timeout_s)
+        )
+    except NotInSwarmError as exc:
+        raise NotInSwarmError(explain_refusal(addr, exc.reason, swarm), exc.reason) from None

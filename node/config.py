@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 import pydantic
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from node.errors import ConfigError
 
@@ -115,6 +115,21 @@ class JournalConfig(_Section):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
+class SwarmConfig(_Section):
+    """Membership. A node is in a private swarm (the nodes that hold the same swarm key)
+    unless ``open`` is true."""
+
+    # null: HOME/swarm.key; a relative path is relative to the home folder
+    key_file: Path | None = None
+    open: bool = False
+    # bound of the private-network handshake (nonces and the peer's first bytes)
+    handshake_timeout_s: float = Field(default=1.5, gt=0, le=60)
+
+
+def _is_quic(addr: str) -> bool:
+    return any(part in ("quic", "quic-v1") for part in addr.split("/"))
+
+
 class NodeConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -127,6 +142,22 @@ class NodeConfig(BaseModel):
     control: ControlConfig = Field(default_factory=ControlConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    swarm: SwarmConfig = Field(default_factory=SwarmConfig)
+
+    @model_validator(mode="after")
+    def _membership(self) -> NodeConfig:
+        if self.swarm.open and self.swarm.key_file is not None:
+            raise ValueError(
+                "swarm.open is true and swarm.key_file is set: an open swarm has no key; "
+                "remove one of them"
+            )
+        quic = [a for a in self.network.listen if _is_quic(a)]
+        if quic and not self.swarm.open:
+            raise ValueError(
+                f"network.listen: {quic[0]} is a QUIC address, which cannot be used in a "
+                "private swarm (py-libp2p's QUIC ignores the swarm key); listen on /tcp"
+            )
+        return self
 
     @field_validator("tools", mode="before")
     @classmethod
@@ -136,8 +167,12 @@ class NodeConfig(BaseModel):
         return value
 
 
-DEFAULT_CONFIG_YAML = """\
+_DEFAULT_CONFIG_YAML = """\
 # hivemesh node configuration. Flags and HIVEMESH_* environment variables override it.
+swarm:
+  key_file: null           # the swarm key (libp2p swarm.key format); null: HOME/swarm.key
+  open: {open}              # true: no swarm key: anyone who can reach the node may connect
+  handshake_timeout_s: 1.5 # a peer must complete the private-network handshake in this time
 tools: all                 # tool groups this node offers: all, none, or e.g. "text,math"
 log_level: INFO
 network:
@@ -184,6 +219,14 @@ ray:
 journal:
   synchronous: FULL        # FULL survives power loss; NORMAL is faster
 """
+
+
+def default_config_yaml(*, open_swarm: bool = False) -> str:
+    """The commented config file ``hivemesh init`` writes."""
+    return _DEFAULT_CONFIG_YAML.format(open="true " if open_swarm else "false")
+
+
+DEFAULT_CONFIG_YAML = default_config_yaml()
 
 
 def _deep_merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -263,7 +306,8 @@ def load_config(
         problems = []
         for err in exc.errors()[:5]:
             where = ".".join(str(p) for p in err["loc"])
-            problems.append(f"{where}: {err['msg']}")
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            problems.append(f"{where}: {msg}" if where else msg)
         raise ConfigError(
             f"invalid configuration ({source}, environment, flags): " + "; ".join(problems)
         ) from None

@@ -26,10 +26,11 @@ from node.executor import SwarmExecutor
 from node.handoff.admission import split_slots
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
 from node.handoff.server import HandoffServer
-from node.home import Home
-from node.p2p import P2PHost
+from node.home import Home, SwarmMembership
+from node.p2p import P2PHost, quiet_libp2p_logging
 from node.registry import PeerRegistry
 from node.scheduler import Policy
+from node.swarmkey import loosely_readable
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
 from workflows._storage import Storage
@@ -86,7 +87,13 @@ class Node:
     """All of a node's parts, wired together. ``run`` serves until cancelled."""
 
     def __init__(
-        self, config: NodeConfig, home: Home, *, cpus: int, ray_address: str | None = None
+        self,
+        config: NodeConfig,
+        home: Home,
+        *,
+        cpus: int,
+        ray_address: str | None = None,
+        swarm: SwarmMembership | None = None,
     ) -> None:
         from workflows.ray_tools import RayToolRunner
 
@@ -102,9 +109,16 @@ class Node:
         owner_client = str(_peer_id(home.load_client_key(create=True)))
         self.journal = HandoffJournal(home.journal, synchronous=config.journal.synchronous)
         self.async_journal = AsyncHandoffJournal(self.journal)
+        # the swarm: given, or from the config and the home (SwarmKeyError if the key is
+        # missing or invalid)
+        self.swarm = swarm if swarm is not None else home.membership(config.swarm)
         net = config.network
         self.host = P2PHost(
-            key, dial_timeout_s=net.dial_timeout_s, shutdown_timeout_s=net.shutdown_timeout_s
+            key,
+            swarm_key=self.swarm.key,
+            handshake_timeout_s=config.swarm.handshake_timeout_s,
+            dial_timeout_s=net.dial_timeout_s,
+            shutdown_timeout_s=net.shutdown_timeout_s,
         )
         self.peer_id = self.host.peer_id
         disc, placement = config.discovery, config.placement
@@ -217,7 +231,13 @@ class Node:
                     "pid": os.getpid(),
                     "version": self.version,
                     "ray": self.ray_info.model_dump(),
+                    # the CLI reaches this node with the same key (null: an open swarm)
+                    "swarm_key_file": (
+                        str(self.swarm.key_file) if self.swarm.key_file is not None else None
+                    ),
+                    "swarm": self.swarm.describe(),
                 }
+                self._log_membership()
                 self.home.write_runtime(info)
                 log.info("node %s ready on %s", self.peer_id, ", ".join(info["addrs"]))
                 if on_ready is not None:
@@ -227,6 +247,21 @@ class Node:
             self.home.clear_runtime(os.getpid())
             self.journal.close()
             self.storage.close()
+
+    def _log_membership(self) -> None:
+        if self.swarm.key is None:
+            log.warning(
+                "this node is in an OPEN swarm (swarm.open: true): anyone who can reach its "
+                "addresses may connect; run 'hivemesh init' on a fresh home for a private one"
+            )
+            return
+        log.info("swarm: %s", self.swarm.describe())
+        if self.swarm.key_file is not None and loosely_readable(self.swarm.key_file):
+            log.warning(
+                "swarm key %s is readable by other users: run 'chmod 600 %s'",
+                self.swarm.key_file,
+                self.swarm.key_file,
+            )
 
 
 async def _serve_until_signal(node: Node, on_ready: Callable[[dict[str, Any]], None]) -> None:
@@ -239,7 +274,7 @@ async def _serve_until_signal(node: Node, on_ready: Callable[[dict[str, Any]], N
                 break
 
 
-def run_daemon(config: NodeConfig, home: Home) -> None:
+def run_daemon(config: NodeConfig, home: Home, swarm: SwarmMembership | None = None) -> None:
     """Foreground daemon for ``hivemesh node start``: stdout gets the ready lines."""
     logging.basicConfig(
         level=config.log_level,
@@ -249,12 +284,10 @@ def run_daemon(config: NodeConfig, home: Home) -> None:
     )
     # py-libp2p logs expected events (a CLI client without our protocols, a peer going
     # away) as multi-line errors; hivemesh logs what matters itself.
-    quiet = logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL
-    for noisy in ("libp2p", "multiaddr", "async_service"):
-        logging.getLogger(noisy).setLevel(quiet)
+    quiet_libp2p_logging(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
     cpus, ray_address = start_ray(config.ray)
     try:
-        node = Node(config, home, cpus=cpus, ray_address=ray_address)
+        node = Node(config, home, cpus=cpus, ray_address=ray_address, swarm=swarm)
 
         def ready(info: dict[str, Any]) -> None:
             lines = [
@@ -263,6 +296,7 @@ def run_daemon(config: NodeConfig, home: Home) -> None:
             ]
             lines += [f"addr:    {a}" for a in info["addrs"]]
             lines.append(f"tools:   {', '.join(info['tools']) or '(none)'}")
+            lines.append(f"swarm:   {info['swarm']}")
             ray_info = info["ray"]
             how = "joined cluster" if ray_info["joined"] else "own Ray"
             lines.append(f"ray:     {how} at {ray_info['address']}, {ray_info['cpus']} CPUs")

@@ -4,8 +4,11 @@
 
     NodeError                      root of everything in ``node``
     ├── ConfigError                invalid config file, environment or flag
+    │   └── SwarmKeyError          a swarm.key file missing, unreadable or not in the pnet format
     ├── HomeError                  home folder missing, not initialised, or unreadable
     ├── NodeUnreachableError       no node at the address, or it did not answer in time
+    │   └── NotInSwarmError        the private-network handshake failed: the node is in
+    │                              another swarm (or none), or we are
     ├── NotAuthorisedError         the node refused our client key
     ├── RequestFailedError         the node answered a request with an error
     └── PlacementError             no node in the swarm can run a step
@@ -22,12 +25,25 @@ class ConfigError(NodeError):
     pass
 
 
+class SwarmKeyError(ConfigError):
+    pass
+
+
 class HomeError(NodeError):
     pass
 
 
 class NodeUnreachableError(NodeError):
     pass
+
+
+class NotInSwarmError(NodeUnreachableError):
+    """The connection failed in the private-network handshake: the two sides do not hold
+    the same swarm key (or one of them holds none). ``reason`` says how it failed."""
+
+    def __init__(self, message: str, reason: str = "") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class NotAuthorisedError(NodeError):

@@ -6,26 +6,48 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from libp2p.crypto.ed25519 import create_new_key_pair
-from libp2p.crypto.keys import KeyPair
-from libp2p.identity_utils import load_identity, save_identity
-from libp2p.peer.id import ID
+from node.config import SwarmConfig, default_config_yaml, read_config_file
+from node.errors import HomeError, SwarmKeyError
+from node.swarmkey import SwarmKey
 
-from node.config import DEFAULT_CONFIG_YAML
-from node.errors import HomeError
+if TYPE_CHECKING:
+    from libp2p.crypto.keys import KeyPair
 
 NODE_KEY = "node.key"
 CLIENT_KEY = "client.key"
 CONFIG_FILE = "config.yaml"
 JOURNAL_FILE = "journal.db"
 RUNTIME_FILE = "node.json"
+SWARM_KEY = "swarm.key"
 
 
 def default_home() -> Path:
     env = os.environ.get("HIVEMESH_HOME")
     return Path(env).expanduser() if env else Path.home() / ".hivemesh"
+
+
+@dataclass(frozen=True)
+class SwarmMembership:
+    """Which swarm a home's node belongs to: ``key`` None means an open swarm."""
+
+    key: SwarmKey | None
+    key_file: Path | None
+    created: bool = False  # the key was created just now (a new swarm)
+
+    def describe(self) -> str:
+        if self.key is None:
+            return "OPEN (no swarm key: anyone who can reach the node may connect)"
+        return f"private (key {self.key_file}, fingerprint {self.key.fingerprint})"
+
+
+@dataclass(frozen=True)
+class InitReport:
+    created: bool  # a new node identity
+    peer_id: str
+    swarm: SwarmMembership
+    swarm_note: str  # what init did about the swarm, for the user
 
 
 @dataclass(frozen=True)
@@ -52,8 +74,34 @@ class Home:
     def runtime_file(self) -> Path:
         return self.path / RUNTIME_FILE
 
-    def init(self) -> tuple[bool, str]:
-        """Create keys and a default config where missing. Returns (created, peer id)."""
+    @property
+    def swarm_key(self) -> Path:
+        """Where the home's swarm key lives unless the config says otherwise."""
+        return self.path / SWARM_KEY
+
+    def init(self, *, join: Path | None = None, open_swarm: bool = False) -> InitReport:
+        """Create keys and a default config where missing, and make the home a member of a
+        swarm: a new one (a new ``swarm.key``), the one whose key file is ``join`` (copied
+        in, mode 0600), or an open one (``open_swarm``: no key, recorded in the config)."""
+        if join is not None and open_swarm:
+            raise HomeError("a swarm is either joined with a key or open, not both")
+        joined = SwarmKey.load(join) if join is not None else None  # before writing anything
+        created = self.init_identity(open_swarm=open_swarm)
+        if open_swarm:
+            config = self._file_swarm_config()
+            path = self.swarm_key_path(config)
+            if not config.open and path.exists():
+                raise HomeError(
+                    f"{self.path} already belongs to a private swarm ({path}); to make it "
+                    f"open, remove that file and set swarm.open: true in {self.config_file}"
+                )
+            self._record_open_swarm()
+        membership, note = self._init_swarm(joined, join, open_swarm)
+        return InitReport(created, peer_id_of(self.load_node_key()), membership, note)
+
+    def init_identity(self, *, open_swarm: bool = False) -> bool:
+        """Create the folder, the node and client keys and a default config where missing
+        (not the swarm key). Returns whether a new node identity was made."""
         try:
             self.path.mkdir(parents=True, exist_ok=True)
             os.chmod(self.path, 0o700)
@@ -61,13 +109,92 @@ class Home:
             raise HomeError(f"cannot create home folder {self.path}: {exc.strerror}") from None
         created = False
         if not self.node_key.exists():
-            save_identity(create_new_key_pair(), self.node_key)
+            _new_key(self.node_key)
             created = True
         if not self.client_key.exists():
-            save_identity(create_new_key_pair(), self.client_key)
+            _new_key(self.client_key)
         if not self.config_file.exists():
-            self.config_file.write_text(DEFAULT_CONFIG_YAML)
-        return created, peer_id_of(self.load_node_key())
+            self.config_file.write_text(default_config_yaml(open_swarm=open_swarm))
+        return created
+
+    def _file_swarm_config(self) -> SwarmConfig:
+        """The swarm section of the home's config file (defaults if it has none)."""
+        if not self.config_file.exists():
+            return SwarmConfig()
+        section = read_config_file(self.config_file).get("swarm") or {}
+        try:
+            return SwarmConfig.model_validate(section)
+        except ValueError as exc:
+            raise HomeError(f"{self.config_file}: invalid swarm section: {exc}") from None
+
+    def _record_open_swarm(self) -> None:
+        data = read_config_file(self.config_file)
+        swarm = data.get("swarm")
+        if isinstance(swarm, dict) and swarm.get("open") is True:
+            return
+        if swarm is None:  # an older config without the section: add it
+            with open(self.config_file, "a") as f:
+                f.write("\nswarm:\n  open: true  # no swarm key: anyone may connect\n")
+            return
+        raise HomeError(
+            f"{self.config_file} has a swarm section without open: true; "
+            "set swarm.open: true there to make this node's swarm open"
+        )
+
+    def _init_swarm(
+        self, joined: SwarmKey | None, join: Path | None, open_swarm: bool
+    ) -> tuple[SwarmMembership, str]:
+        config = self._file_swarm_config()
+        path = self.swarm_key_path(config)
+        if config.open:
+            if joined is not None:
+                raise HomeError(
+                    f"{self.path} is configured as an open swarm (swarm.open: true in "
+                    f"{self.config_file}); set it to false to join a private swarm"
+                )
+            return SwarmMembership(None, None), "open swarm: no swarm key (swarm.open: true)"
+        if path.exists():
+            current = SwarmKey.load(path)
+            if joined is not None and joined != current:
+                raise HomeError(
+                    f"{self.path} already belongs to another swarm ({path}, fingerprint "
+                    f"{current.fingerprint}); remove that file first to join the swarm of {join}"
+                )
+            return SwarmMembership(current, path), f"swarm key: {path} (kept)"
+        if joined is not None:
+            joined.write_new(path)
+            return SwarmMembership(joined, path), f"swarm key: {path} (copied from {join})"
+        key = SwarmKey.generate()
+        key.write_new(path)
+        return SwarmMembership(key, path, created=True), f"swarm key: {path} (a new swarm)"
+
+    def swarm_key_path(self, config: SwarmConfig) -> Path:
+        """The key file of ``config`` (relative paths are relative to the home)."""
+        if config.key_file is None:
+            return self.swarm_key
+        return self.path / config.key_file.expanduser()
+
+    def membership(self, config: SwarmConfig, *, create: bool = False) -> SwarmMembership:
+        """The swarm ``config`` puts this home's node in. Raises SwarmKeyError if the key
+        file is missing or invalid; with ``create``, a missing key at the default place
+        is created instead (a new swarm), never one at a configured place."""
+        if config.open:
+            return SwarmMembership(None, None)
+        path = self.swarm_key_path(config)
+        if create and config.key_file is None and not path.exists():
+            self.path.mkdir(parents=True, exist_ok=True)
+            key = SwarmKey.generate()
+            try:
+                key.write_new(path)
+            except SwarmKeyError:  # created meanwhile by someone else: use theirs
+                return SwarmMembership(SwarmKey.load(path), path)
+            return SwarmMembership(key, path, created=True)
+        if config.key_file is None and not path.exists():
+            raise SwarmKeyError(
+                f"no swarm key at {path}: run 'hivemesh init --home {self.path}' (a new "
+                f"swarm) or 'hivemesh init --home {self.path} --swarm-key FILE' (join one)"
+            )
+        return SwarmMembership(SwarmKey.load(path), path)
 
     def load_node_key(self) -> KeyPair:
         return _load_key(self.node_key, "node")
@@ -75,7 +202,7 @@ class Home:
     def load_client_key(self, *, create: bool = False) -> KeyPair:
         if create and not self.client_key.exists():
             self.path.mkdir(parents=True, exist_ok=True)
-            save_identity(create_new_key_pair(), self.client_key)
+            _new_key(self.client_key)
         return _load_key(self.client_key, "client")
 
     def write_runtime(self, info: dict[str, Any]) -> None:
@@ -98,7 +225,20 @@ class Home:
             self.runtime_file.unlink(missing_ok=True)
 
 
+# libp2p is imported where keys are made or read: importing it costs about a second, which
+# commands that need no key (``--help``) should not pay.
+
+
+def _new_key(path: Path) -> None:
+    from libp2p.crypto.ed25519 import create_new_key_pair
+    from libp2p.identity_utils import save_identity
+
+    save_identity(create_new_key_pair(), path)
+
+
 def _load_key(path: Path, what: str) -> KeyPair:
+    from libp2p.identity_utils import load_identity
+
     if not path.exists():
         raise HomeError(f"no {what} key at {path}: run 'hivemesh init --home {path.parent}' first")
     try:
@@ -108,4 +248,6 @@ def _load_key(path: Path, what: str) -> KeyPair:
 
 
 def peer_id_of(key: KeyPair) -> str:
+    from libp2p.peer.id import ID
+
     return str(ID.from_pubkey(key.public_key))

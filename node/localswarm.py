@@ -1,8 +1,9 @@
 """Start and stop a swarm of real ``hivemesh node start`` processes on loopback.
 
-Used by ``scripts/demo`` and the end-to-end tests. Every process it starts is stopped by
-:meth:`LocalSwarm.stop_all` (also called on context exit, whatever the exit reason):
-SIGTERM first, SIGKILL after a grace period.
+Used by ``scripts/demo`` and the end-to-end tests. The nodes form one private swarm (one
+``swarm.key`` in the root folder, given to each with ``--swarm-key``). Every process it
+starts is stopped by :meth:`LocalSwarm.stop_all` (also called on context exit, whatever the
+exit reason): SIGTERM first, SIGKILL after a grace period.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
+
+from node.swarmkey import SwarmKey
 
 
 def cli_command() -> list[str]:
@@ -90,6 +93,8 @@ class LocalSwarm:
         self.num_cpus = num_cpus
         self.env = {**os.environ, **(env or {})}
         self.extra_args = list(extra_args)
+        # one private swarm: every node started here runs with this key
+        self.swarm_key_file = root / "swarm.key"
         self.nodes: list[NodeProcess] = []
         self._logs: list[IO[bytes]] = []
 
@@ -109,6 +114,8 @@ class LocalSwarm:
     ) -> NodeProcess:
         home = home or self.root / name
         home.mkdir(parents=True, exist_ok=True)
+        if not self.swarm_key_file.exists():
+            SwarmKey.generate().write_new(self.swarm_key_file)
         (home / "node.json").unlink(missing_ok=True)
         cmd = [
             *cli_command(),
@@ -120,6 +127,8 @@ class LocalSwarm:
             tools,
             "--num-cpus",
             str(self.num_cpus),
+            "--swarm-key",
+            str(self.swarm_key_file),
             *self.extra_args,
         ]
         for addr in bootstrap:

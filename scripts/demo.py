@@ -1,6 +1,7 @@
 """Local swarm demo: three ``hivemesh node start`` daemons on loopback.
 
 * ``text`` offers the text tools, ``math`` the math tools, ``none`` no tools at all;
+* the three form one private swarm (one swarm key, given to each with ``--swarm-key``);
 * ``math`` and ``none`` join the swarm through ``text`` only (``none`` learns of ``math``
   by peer exchange);
 * a workflow that needs both text and math tools is submitted to ``none`` with the CLI,
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 from node.localswarm import LocalSwarm, NodeProcess
+from node.swarmkey import SwarmKey
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_WORKFLOW = ROOT / "workflows" / "examples" / "text_math.yaml"
@@ -57,6 +59,8 @@ def main() -> int:
     try:
         say(f"hivemesh demo: three nodes on 127.0.0.1 (homes and logs in {root})")
         text = swarm.wait_ready(swarm.start("text", "text"))
+        fingerprint = SwarmKey.load(swarm.swarm_key_file).fingerprint
+        say(f"  a private swarm: every node runs with {swarm.swarm_key_file} ({fingerprint})")
         say(f"  node text  {text.peer_id}  tools: text.*   {text.addr}")
         math = swarm.start("math", "math", bootstrap=[text.addr])
         none = swarm.start("none", "none", bootstrap=[text.addr])

@@ -19,11 +19,13 @@ from typing import Any
 
 import psutil
 import trio
+from libp2p.crypto.keys import KeyPair
 
 from node.config import NodeConfig
 from node.daemon import Node
 from node.home import Home
 from node.p2p import P2PHost
+from node.swarmkey import SwarmKey
 
 FAST = {
     "discovery": {"refresh_interval_s": 0.2, "card_ttl_s": 10},
@@ -32,16 +34,43 @@ FAST = {
 }
 
 
+def swarm_key_file(tmp: Path) -> Path:
+    """The key of the test swarm of ``tmp``, created on first use: the nodes that
+    :func:`make_node` makes in ``tmp`` are its members."""
+    path = tmp / "swarm.key"
+    if not path.exists():
+        SwarmKey.generate().write_new(path)
+    return path
+
+
+def swarm_key(tmp: Path) -> SwarmKey:
+    return SwarmKey.load(swarm_key_file(tmp))
+
+
+def member_host(tmp: Path, key_pair: KeyPair | None = None) -> P2PHost:
+    """A bare libp2p host in the test swarm of ``tmp`` (a member, e.g. a rogue one)."""
+    if key_pair is None:
+        from libp2p.crypto.ed25519 import create_new_key_pair
+
+        key_pair = create_new_key_pair()
+    return P2PHost(key_pair, swarm_key=swarm_key(tmp))
+
+
 def make_node(
     tmp: Path, name: str, tools: str, bootstrap: list[str] | None = None, **overrides: Any
 ) -> Node:
+    """A node in the test swarm of ``tmp`` (``swarm={...}`` replaces that membership)."""
     home = Home(tmp / name)
-    home.init()
+    home.init_identity()
     raw: dict[str, Any] = {k: dict(v) for k, v in FAST.items()}
     raw["tools"] = tools
     raw["network"]["bootstrap"] = bootstrap or []
+    raw["swarm"] = {"key_file": str(swarm_key_file(tmp))}
     for section, values in overrides.items():
-        raw.setdefault(section, {}).update(values)
+        if section == "swarm":
+            raw["swarm"] = dict(values)
+        else:
+            raw.setdefault(section, {}).update(values)
     return Node(NodeConfig.model_validate(raw), home, cpus=1)
 
 
@@ -209,17 +238,6 @@ def _running(proc: psutil.Process) -> bool:
         return proc.is_running() and proc.status() != psutil.STATUS_ZOMBIE
     except psutil.Error:
         return False
-
-
-# -- attackers -------------------------------------------------------------------------------
-
-
-def stranger_host() -> P2PHost:
-    """A separate libp2p host with a key of its own (not any node's, not a client key): the
-    attacker of the trust tests. Run it with ``async with host.run(LOOPBACK)``."""
-    from libp2p.crypto.ed25519 import create_new_key_pair
-
-    return P2PHost(create_new_key_pair())
 
 
 LOOPBACK = ["/ip4/127.0.0.1/tcp/0"]

@@ -27,7 +27,7 @@ from protocols.framing import FrameDecoder, encode_frame
 from protocols.handoff.messages import HandoffMessage
 from protocols.handoff.receipt import receipt_payload, signed_bytes
 from protocols.stream import MessageStream
-from tests.integration.harness import launch, make_node, wait_until
+from tests.integration.harness import launch, make_node, member_host, swarm_key, wait_until
 from workflows.dsl import parse_workflow
 from workflows.status import WorkflowStatus
 from workflows.tools import ToolRegistry
@@ -77,13 +77,14 @@ class Impostor:
 
     def __init__(
         self,
+        tmp: Path,
         tools: list[str],
         *,
         load: tuple[int, int] = (0, 100_000),
         reply: Reply | None = None,
     ) -> None:
         self.key = create_new_key_pair()
-        self.host = P2PHost(self.key)
+        self.host = member_host(tmp, self.key)
         self.peer_id = self.host.peer_id
         self.tools = tools
         self.load = load
@@ -183,7 +184,7 @@ async def test_one_hello_listing_256_made_up_peers_causes_at_most_a_few_dials(
         attempts += 1
         await conn.aclose()
 
-    attacker = Impostor([])
+    attacker = Impostor(tmp_path, [])
     async with trio.open_nursery() as nursery, attacker.host.run(LISTEN):
         await launch(nursery, a)
         listeners = await nursery.start(partial(trio.serve_tcp, count, 0, host="127.0.0.1"))
@@ -230,7 +231,7 @@ async def test_a_strangers_huge_idle_card_does_not_attract_the_next_workflow(
     a step for this node, against a peer with a record whose card says it is busy."""
     slow_cards = {"discovery": {"card_ttl_s": 600}}  # no refresh unless the test asks
     a = make_node(tmp_path, "a", "text,util", **slow_cards)
-    stranger = Impostor(["text.upper", "text.word_count"], load=(0, 100_000))
+    stranger = Impostor(tmp_path, ["text.upper", "text.word_count"], load=(0, 100_000))
     async with trio.open_nursery() as nursery, stranger.host.run(LISTEN):
         await launch(nursery, a)
         c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs(), **slow_cards)
@@ -288,6 +289,7 @@ async def test_a_peer_whose_result_fails_the_output_schema_is_excluded(tmp_path:
     """A peer answering text.upper with a number: a failed attempt, the peer excluded (the
     control protocol's ``peers`` says why), and its next offer goes to an honest peer."""
     liar = Impostor(
+        tmp_path,
         ["text.upper"],
         load=(0, 4),
         reply=lambda me, o, by: me.result(o, by, {"result": 5}),
@@ -306,7 +308,9 @@ async def test_a_peer_whose_result_fails_the_output_schema_is_excluded(tmp_path:
         assert c.registry.is_excluded(liar.peer_id)
 
         key = Home(tmp_path / "c").load_client_key()
-        reply = await request(key, c.host.addrs()[0], control.PeersRequest())
+        reply = await request(
+            key, c.host.addrs()[0], control.PeersRequest(), swarm_key=swarm_key(tmp_path)
+        )
         assert isinstance(reply, control.Peers)
         (entry,) = [p for p in reply.peers if p.peer_id == liar.peer_id]
         assert entry.excluded is not None
@@ -332,6 +336,7 @@ async def test_a_peer_that_breaks_the_handoff_protocol_is_excluded(tmp_path: Pat
     """A peer answering an offer with a result for another handoff: a failed attempt, and
     the peer is excluded with the reason."""
     garbler = Impostor(
+        tmp_path,
         ["text.upper"],
         load=(0, 4),
         reply=lambda me, o, by: me.result(
@@ -375,7 +380,7 @@ async def test_cards_carry_signed_records_and_0_1_peers_get_the_0_1_messages(
     """Discovery 0.2.0 cards carry the node's signed address record; a peer speaking 0.1.0
     (and a 0.1.0 client) is still served, with no member it would reject."""
     a = make_node(tmp_path, "a", "text")
-    old = Impostor([])
+    old = Impostor(tmp_path, [])
     async with trio.open_nursery() as nursery, old.host.run(LISTEN):
         await launch(nursery, a)
         await old.host.connect(a.peer_id, a.host.addrs())
@@ -394,7 +399,7 @@ async def test_cards_carry_signed_records_and_0_1_peers_get_the_0_1_messages(
         assert old_reply["card"]["peer_id"] == a.peer_id
         assert a.registry.has_fresh_card(old.peer_id)  # its 0.1.0 card was taken
 
-        client = P2PHost(Home(tmp_path / "a").load_client_key())
+        client = member_host(tmp_path, Home(tmp_path / "a").load_client_key())
         async with client.run(LISTEN):
             await client.connect(a.peer_id, a.host.addrs())
             peers = await _raw_exchange(

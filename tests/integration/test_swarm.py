@@ -21,7 +21,6 @@ from node.handoff import (
     delegate,
 )
 from node.home import Home
-from node.p2p import P2PHost
 from protocols import control, discovery, handoff
 from protocols.framing import encode_frame, encode_uvarint
 from protocols.stream import MessageStream
@@ -30,6 +29,8 @@ from tests.integration.harness import (
     launch_delegator,
     launch_demo_swarm,
     make_node,
+    member_host,
+    swarm_key,
     wait_until,
 )
 from workflows.dsl import parse_workflow
@@ -190,7 +191,7 @@ async def test_handoff_to_a_peer_killed_mid_step_is_a_typed_error(tmp_path: Path
 async def test_silent_peer_times_out_instead_of_hanging(tmp_path: Path) -> None:
     a = make_node(tmp_path, "a", "none")
     key = Home(tmp_path / "a").load_client_key()
-    silent = P2PHost(key)
+    silent = member_host(tmp_path, key)
 
     async def accept_then_hang(stream: object) -> None:
         ms = MessageStream(stream, handoff.CODEC)  # type: ignore[arg-type]
@@ -264,13 +265,18 @@ async def test_control_requires_an_authorised_client_key(tmp_path: Path) -> None
         await launch(nursery, a)
         addr = a.host.addrs()[0]
         own = Home(tmp_path / "a").load_client_key()
-        info = await request(own, addr, control.InfoRequest())
+        info = await request(own, addr, control.InfoRequest(), swarm_key=swarm_key(tmp_path))
         assert info.peer_id == a.peer_id and "text.upper" in info.tools
 
         stranger = Home(tmp_path / "stranger")
         stranger.init()
         with pytest.raises(NotAuthorisedError, match="not authorised"):
-            await request(stranger.load_client_key(), addr, control.InfoRequest())
+            await request(
+                stranger.load_client_key(),
+                addr,
+                control.InfoRequest(),
+                swarm_key=swarm_key(tmp_path),
+            )
         nursery.cancel_scope.cancel()
 
 
@@ -280,7 +286,7 @@ async def test_rogue_peer_cards_and_peer_ids_do_not_take_the_node_down(tmp_path:
     from node.discovery import InvalidCardError
 
     a = make_node(tmp_path, "a", "math")
-    rogue = P2PHost(create_new_key_pair())
+    rogue = member_host(tmp_path, create_new_key_pair())
 
     async def lying_hello(stream: object) -> None:
         ms = MessageStream(stream, discovery.CODEC)  # type: ignore[arg-type]
@@ -312,7 +318,9 @@ async def test_rogue_peer_cards_and_peer_ids_do_not_take_the_node_down(tmp_path:
             await trio.sleep(0.5)  # let the refresh loop run over the rogue entries
         # the node still serves: its own client can talk to it
         own = Home(tmp_path / "a").load_client_key()
-        info = await request(own, a.host.addrs()[0], control.InfoRequest())
+        info = await request(
+            own, a.host.addrs()[0], control.InfoRequest(), swarm_key=swarm_key(tmp_path)
+        )
         assert info.peer_id == a.peer_id
         nursery.cancel_scope.cancel()
 
@@ -325,7 +333,9 @@ async def test_only_noise_and_yamux_are_accepted(tmp_path: Path) -> None:
     from libp2p.peer.peerinfo import info_from_p2p_addr
     from libp2p.stream_muxer.mplex.mplex import MPLEX_PROTOCOL_ID, Mplex
 
-    a = make_node(tmp_path, "a", "none")
+    # An open node: py-libp2p's own host cannot do the private-network handshake, and the
+    # muxer is what this test is about.
+    a = make_node(tmp_path, "a", "none", swarm={"open": True})
     async with trio.open_nursery() as nursery:
         await launch(nursery, a)
         # (libp2p's create_mplex_muxer_option() also offers yamux; this host does not)
@@ -348,25 +358,32 @@ async def test_cancel_through_the_control_protocol(tmp_path: Path) -> None:
         await launch(nursery, a)
         key = Home(tmp_path / "a").load_client_key()
         addr = a.host.addrs()[0]
+        psk = swarm_key(tmp_path)
         wf = (
             "id: long\nsteps:\n  - name: nap\n    tool: util.sleep\n"
             "    inputs: [{name: seconds, value: 60}]\n"
         )
-        sub = await request(key, addr, control.SubmitRequest(workflow=wf, workflow_id="long-1"))
+        sub = await request(
+            key, addr, control.SubmitRequest(workflow=wf, workflow_id="long-1"), swarm_key=psk
+        )
         assert sub.created
         with trio.fail_after(20):
             while True:
-                st = await request(key, addr, control.StatusRequest(workflow_id="long-1"))
+                st = await request(
+                    key, addr, control.StatusRequest(workflow_id="long-1"), swarm_key=psk
+                )
                 if st.steps[0].status == "RUNNING":
                     break
                 await trio.sleep(0.05)
-        reply = await request(key, addr, control.CancelRequest(workflow_id="long-1"))
+        reply = await request(key, addr, control.CancelRequest(workflow_id="long-1"), swarm_key=psk)
         assert reply.status == "CANCELED"
         assert reply.steps[0].status == "CANCELED"
-        res = await request(key, addr, control.ResultRequest(workflow_id="long-1", wait=True))
+        res = await request(
+            key, addr, control.ResultRequest(workflow_id="long-1", wait=True), swarm_key=psk
+        )
         assert res.status == "CANCELED" and res.outputs is None
         with pytest.raises(RequestFailedError, match="no workflow"):
-            await request(key, addr, control.CancelRequest(workflow_id="nope"))
+            await request(key, addr, control.CancelRequest(workflow_id="nope"), swarm_key=psk)
         nursery.cancel_scope.cancel()
 
 
@@ -519,7 +536,7 @@ async def test_handoff_cancel_on_the_offer_stream_on_a_fresh_stream_and_bad_canc
 
     a = make_node(tmp_path, "a", "util")
     b = make_node(tmp_path, "b", "none")
-    other = P2PHost(create_new_key_pair())
+    other = member_host(tmp_path, create_new_key_pair())
 
     def nap(hid: str) -> handoff.Offer:
         return handoff.Offer(

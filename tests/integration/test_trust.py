@@ -21,7 +21,7 @@ from tests.integration.harness import (
     launch,
     launch_delegator,
     make_node,
-    stranger_host,
+    member_host,
     wait_until,
 )
 from tests.integration.test_swarm import _ray_idle
@@ -63,7 +63,7 @@ async def test_a_stranger_cannot_plant_a_result_under_a_guessed_handoff_id(
     first with its own arguments; the real delegator later gets its own run, not the
     stranger's stored result."""
     a = make_node(tmp_path, "a", "text")
-    stranger = stranger_host()
+    stranger = member_host(tmp_path)
     async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
         c, _ = await launch_delegator(nursery, tmp_path, a)
         wid = "confidential-1"
@@ -114,7 +114,7 @@ async def test_a_stranger_can_neither_cancel_nor_join_another_peers_handoff(
     ``unknown_handoff``, nothing stops), then offers the same id and cancels that: it only
     ever reaches a handoff of its own; c's workflow ends SUCCESSFUL with c's result."""
     a = make_node(tmp_path, "a", "util")
-    stranger = stranger_host()
+    stranger = member_host(tmp_path)
     async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
         c, _ = await launch_delegator(nursery, tmp_path, a)
         net, cfg = c.config.network, c.config.handoff
@@ -193,7 +193,7 @@ async def test_quotas_refuse_with_typed_reasons_and_retry_hints(tmp_path: Path) 
             "max_offers_per_minute": 12,
         },
     )
-    stranger = stranger_host()
+    stranger = member_host(tmp_path)
     async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
         c, _ = await launch_delegator(nursery, tmp_path, a)
         await stranger.connect(a.peer_id, a.host.addrs())
@@ -243,7 +243,7 @@ async def test_peers_filling_every_slot_do_not_starve_the_nodes_own_workflow(
     wait for a peer slot. a's own one-step workflow still runs at once, in the reserved slot,
     and ends while the stranger's steps are still running."""
     a = make_node(tmp_path, "a", "util")
-    stranger = stranger_host()
+    stranger = member_host(tmp_path)
     async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
         await launch(nursery, a)
         await stranger.connect(a.peer_id, a.host.addrs())
@@ -283,7 +283,7 @@ async def test_results_a_peer_never_acknowledges_stay_under_its_bound(tmp_path: 
     """Twenty 60 KB echoes whose results the stranger never acknowledges: a keeps at most
     ``max_stored_bytes_per_peer`` of them; the journal file stays small."""
     a = make_node(tmp_path, "a", "util", handoff={"max_stored_bytes_per_peer": 256 * 1024})
-    stranger = stranger_host()
+    stranger = member_host(tmp_path)
     async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
         await launch(nursery, a)
         await stranger.connect(a.peer_id, a.host.addrs())
@@ -310,7 +310,7 @@ async def test_results_a_peer_never_acknowledges_stay_under_its_bound(tmp_path: 
 
 async def test_epochs_reattach_rerun_and_refuse_superseded_attempts(tmp_path: Path) -> None:
     a = make_node(tmp_path, "a", "util")
-    b = stranger_host()
+    b = member_host(tmp_path)
     async with trio.open_nursery() as nursery, b.run(LOOPBACK):
         await launch(nursery, a)
         await b.connect(a.peer_id, a.host.addrs())
@@ -382,7 +382,7 @@ async def test_a_result_without_a_valid_receipt_is_a_failed_attempt(tmp_path: Pa
     from protocols.handoff.receipt import receipt_payload, signed_bytes
 
     key = create_new_key_pair()
-    liar = P2PHost(key)
+    liar = member_host(tmp_path, key)
     seen: list[dict[str, Any]] = []
 
     async def lie(stream: Any) -> None:

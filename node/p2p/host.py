@@ -1,6 +1,4 @@
-"""The one adapter between hivemesh and py-libp2p 0.8.1.
-
-Everything libp2p-specific lives here, with the fixes from LIBP2P_NOTES.md:
+"""The libp2p host configured the hivemesh way, with the fixes from LIBP2P_NOTES.md:
 
 * Noise only and yamux only (a default host also accepts plaintext and mplex);
 * ``max_connections_per_peer=1`` (otherwise every dial waits an extra 250 ms);
@@ -8,7 +6,11 @@ Everything libp2p-specific lives here, with the fixes from LIBP2P_NOTES.md:
   allowed to escape into ``host.run()`` (which would tear the host down);
 * handlers are registered before anything dials, services start before dialling;
 * on shutdown all peers are disconnected concurrently, then ``close()``, under a timeout;
-* every dial and stream open has a timeout; EOF is reported distinctly from a final message.
+* every dial and stream open has a timeout; EOF is reported distinctly from a final message;
+* a dial is one attempt per address (py-libp2p's own retries would repeat a refused
+  private-network handshake three times); callers decide when to dial again;
+* the private-network layer (:mod:`node.p2p.pnet`) in front of Noise when a swarm key is
+  given, and QUIC refused then (py-libp2p's QUIC bypasses it).
 
 libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
 """
@@ -16,6 +18,7 @@ libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,6 +33,7 @@ from libp2p.custom_types import TProtocol
 from libp2p.network.auto_connector import AutoConnector
 from libp2p.network.config import ConnectionConfig, RetryConfig
 from libp2p.network.stream.exceptions import StreamEOF
+from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
@@ -37,7 +41,9 @@ from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
-from node.errors import NodeUnreachableError
+from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
+from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
+from node.swarmkey import SwarmKey
 from protocols.errors import StreamClosedError
 
 log = logging.getLogger(__name__)
@@ -110,6 +116,15 @@ class _Notifee(INotifee):
             log.exception("connection listener failed")
 
 
+def quiet_libp2p_logging(level: int = logging.CRITICAL) -> None:
+    """Set py-libp2p's loggers to ``level``.
+
+    py-libp2p logs expected events (a peer going away, a refused handshake) as errors, and
+    ``import libp2p`` resets its loggers, so this is called after libp2p is imported."""
+    for name in ("libp2p", "multiaddr", "async_service"):
+        logging.getLogger(name).setLevel(level)
+
+
 def valid_peer_id(peer_id: str) -> bool:
     try:
         ID.from_base58(peer_id)
@@ -137,34 +152,60 @@ class _NoAutoConnector(AutoConnector):
 
     async def maybe_connect(self) -> None:
         return None
+def uses_quic(addr: str) -> bool:
+    """Whether a multiaddr is a QUIC address."""
+    return any(part in ("quic", "quic-v1") for part in addr.split("/"))
 
 
 class P2PHost:
-    """A libp2p host configured the hivemesh way."""
+    """A libp2p host configured the hivemesh way.
+
+    ``swarm_key``: the private swarm this host belongs to (``None``: an open swarm). A peer
+    without the same key cannot complete a connection in either direction; the handshake
+    is bounded by ``handshake_timeout_s``."""
 
     def __init__(
         self,
         key_pair: KeyPair,
         *,
+        swarm_key: SwarmKey | None = None,
+        handshake_timeout_s: float = 1.5,
         dial_timeout_s: float = 5.0,
         shutdown_timeout_s: float = 5.0,
+        refusal_log: RefusalLog | None = None,
     ) -> None:
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
+        sec_opt = {NOISE_PROTOCOL_ID: noise}
+        # yamux only: libp2p's yamux option also offers mplex (no flow control)
+        muxer_opt = {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
         self._host = new_host(
             key_pair=key_pair,
-            sec_opt={NOISE_PROTOCOL_ID: noise},
-            # yamux only: libp2p's yamux option also offers mplex (no flow control)
-            muxer_opt={TProtocol(YAMUX_PROTOCOL_ID): Yamux},
+            sec_opt=sec_opt,
+            muxer_opt=muxer_opt,
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1, dial_timeout=dial_timeout_s
             ),
         )
+        swarm = self._host.get_network()
+        if not isinstance(swarm, Swarm):  # new_host always builds a Swarm in 0.8.1
+            raise TypeError(f"unexpected libp2p network {type(swarm).__name__}")
+        # The private-network layer goes where py-libp2p secures raw connections (both
+        # directions, and the responder side of hole punching); its own psk stays unset.
+        self._upgrader = PrivateNetworkUpgrader(
+            sec_opt,
+            muxer_opt,
+            swarm_key=swarm_key,
+            handshake_timeout_s=handshake_timeout_s,
+            refusal_log=refusal_log,
+        )
+        swarm.upgrader = self._upgrader
         # hivemesh's discovery decides whom to dial, and backs off per address; libp2p must
         # not dial on its own: its swarm retries every failed dial 3 times (4 connection
-        # attempts each) and its auto-connector redials every peer in the peerstore
-        network = self._host.get_network()
-        network.retry_config = RetryConfig(max_retries=0)  # type: ignore[attr-defined]
-        network.auto_connector = _NoAutoConnector(network)  # type: ignore[attr-defined,arg-type]
+        # attempts each, and a refused handshake logged four times) and its auto-connector
+        # redials every peer in the peerstore
+        swarm.retry_config = RetryConfig(max_retries=0)
+        swarm.auto_connector = _NoAutoConnector(swarm)
+        self.swarm_key = swarm_key
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
@@ -204,6 +245,13 @@ class P2PHost:
         when the body ends (or is cancelled) the host first disconnects every peer and closes,
         under ``shutdown_timeout_s``, instead of having its connection tasks cancelled under
         it (which leaves peers believing we are still there)."""
+        if self.swarm_key is not None:
+            quic = [a for a in listen if uses_quic(a)]
+            if quic:
+                raise ConfigError(
+                    f"cannot listen on {quic[0]} in a private swarm: py-libp2p's QUIC skips "
+                    "the swarm key; listen on a /tcp address"
+                )
         addrs = [multiaddr.Multiaddr(a) for a in listen]
         self._running = True
         stop = trio.Event()
@@ -267,8 +315,13 @@ class P2PHost:
         except Exception:
             raise NodeUnreachableError(f"invalid peer id {peer_id!r}") from None
         errors = []
+        refusal: str | None = None
         for addr in addrs:
             base = addr.split("/p2p/")[0]
+            if self.swarm_key is not None and uses_quic(base):
+                errors.append(f"{base}: QUIC is not used in a private swarm")
+                continue
+            started = time.monotonic()
             try:
                 info = PeerInfo(pid, [multiaddr.Multiaddr(base)])
                 with trio.fail_after(self.dial_timeout_s):
@@ -277,11 +330,22 @@ class P2PHost:
                 errors.append(f"{base}: no answer within {self.dial_timeout_s:g}s")
                 continue
             except Exception as exc:
+                # a refused handshake is also remembered when libp2p's negative cache
+                # answers a later dial without trying (for 60 s)
+                since = started if "negative cache" not in str(exc) else started - 60.0
+                refusal = self._upgrader.refusal_since(peer_id, since) or refusal
                 errors.append(f"{base}: {_first_line(exc)}")
                 continue
             if self.is_connected(peer_id):
+                self._upgrader.forget(peer_id)
                 return
             errors.append(f"{base}: connection dropped by the remote")
+        if refusal is not None:
+            raise NotInSwarmError(
+                f"peer {peer_id} is not a member of this swarm: it did not complete the "
+                f"private-network handshake ({refusal})",
+                reason=refusal,
+            )
         detail = "; ".join(errors) or "no addresses known"
         raise NodeUnreachableError(f"cannot reach peer {peer_id}: {detail}")
 
