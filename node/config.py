@@ -95,6 +95,16 @@ class PlacementConfig(_Section):
     exclude_s: float = Field(default=600.0, ge=0)
     unknown_peer_capacity: int = Field(default=1, ge=1)
     capacity_slack: int = Field(default=2, ge=0)
+    # tool name -> nodes each of its steps runs on (outputs compared); deterministic tools only
+    replicas: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("replicas")
+    @classmethod
+    def _replicas(cls, value: dict[str, int]) -> dict[str, int]:
+        for tool, n in value.items():
+            if not 1 <= n <= 8:
+                raise ValueError(f"replicas for {tool!r} must be 1 to 8, not {n}")
+        return value
 
 
 class ControlConfig(_Section):
@@ -209,6 +219,8 @@ placement:
                            # gets no steps from this node for this long
   unknown_peer_capacity: 1 # steps at once for a peer that never ran one for this node
   capacity_slack: 2        # beyond the most steps at once a peer has completed for us
+  replicas: {{}}           # e.g. {{"math.add": 3}}: run each step of these tools on 3 nodes
+                           # and accept the output only if all agree (deterministic tools)
 control:
   allowed_clients: []      # peer ids of client keys allowed besides this home's client.key
   allow_any_client: false

@@ -161,6 +161,7 @@ class Node:
                 unknown_capacity=placement.unknown_peer_capacity,
                 capacity_slack=placement.capacity_slack,
             ),
+            replicas=placement.replicas,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(self.storage, self.executor)

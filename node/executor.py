@@ -13,7 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
 
 import trio
@@ -35,8 +35,9 @@ from node.handoff.journal import AsyncHandoffJournal
 from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
-from node.scheduler import Candidate, Decision, Evidence, Policy, place
+from node.scheduler import Candidate, Decision, Evidence, Policy, place, short
 from protocols import handoff
+from protocols.canonical import canonical_json
 from protocols.discovery import ToolCard
 from workflows.errors import ToolError
 from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall, ToolOutcome
@@ -63,6 +64,7 @@ class SwarmExecutor:
         config: HandoffConfig,
         journal: AsyncHandoffJournal,
         policy: Policy | None = None,
+        replicas: Mapping[str, int] | None = None,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -73,6 +75,7 @@ class SwarmExecutor:
         self.config = config
         self.journal = journal
         self.policy = policy or Policy()
+        self.replicas = dict(replicas or {})  # tool -> nodes each of its steps runs on
         self.local_running = 0
         self._nursery: trio.Nursery | None = None
 
@@ -87,9 +90,13 @@ class SwarmExecutor:
         allowed = self.config.delegate_to
         return allowed == "any" or peer_id in allowed
 
-    def candidates(self, tool: str, version: str | None) -> list[Candidate]:
+    def candidates(
+        self, tool: str, version: str | None, peers: Collection[str] = ()
+    ) -> list[Candidate]:
+        """Nodes that may run ``tool``: this one and peers with fresh cards offering it, within
+        ``handoff.delegate_to`` and, if given, ``peers`` (a step's ``placement.peers``)."""
         out = []
-        if self.tools.has(tool, version):
+        if self.tools.has(tool, version) and (not peers or self.host.peer_id in peers):
             t = self.tools.get(tool, version)
             out.append(
                 Candidate(
@@ -98,7 +105,7 @@ class SwarmExecutor:
             )
         now = self.registry.now()
         for state, card in self.registry.providers(tool, version):
-            if not self.may_delegate_to(state.peer_id):
+            if not self.may_delegate_to(state.peer_id) or (peers and state.peer_id not in peers):
                 continue
             load = state.card.load if state.card else None
             exclusion = self.registry.exclusion(state.peer_id)
@@ -129,6 +136,9 @@ class SwarmExecutor:
         return out
 
     async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        replicas = max(request.replicas, self.replicas.get(request.tool, 1))
+        if replicas > 1:
+            return await self._execute_replicated(request, placed, replicas)
         tried: list[str] = []
         last_error: str | None = None
         decision: Decision | None = None
@@ -136,7 +146,8 @@ class SwarmExecutor:
             try:
                 decision = await self._place(request, tried)
             except PlacementError as exc:
-                message = str(exc) if last_error is None else f"{exc}; last error: {last_error}"
+                message = _placement_problem(exc, request)
+                message = message if last_error is None else f"{message}; last error: {last_error}"
                 raise StepExecutionError(
                     message,
                     node=decision.node if decision else None,
@@ -157,24 +168,152 @@ class SwarmExecutor:
             except HandoffRejectedError as exc:
                 last_error = exc.message
                 log.info("step %s: %s; trying another node", request.idempotency_key, exc)
-            except (HandoffProtocolError, InvalidResultError, InvalidReceiptError) as exc:
-                last_error = str(exc)
-                self.registry.record_failure(decision.node)
-                self.registry.exclude(decision.node, _one_line(exc.message))
-                log.warning(
-                    "step %s: %s; peer excluded for %g s; trying another node",
-                    request.idempotency_key,
-                    exc,
-                    self.registry.exclude_s,
-                )
             except (HandoffError, NodeError) as exc:
                 last_error = str(exc)
-                self.registry.record_failure(decision.node)
-                log.warning("step %s: %s; trying another node", request.idempotency_key, exc)
+                self._count_failure(request, decision.node, exc)
         raise StepExecutionError(
             f"tool {request.tool!r} failed on {len(tried)} node(s); last error: {last_error}",
             node=decision.node if decision else None,
             reason=decision.reason if decision else None,
+        )
+
+    def _count_failure(self, request: ToolCall, peer: str, exc: Exception) -> None:
+        """A peer did not produce a result: a recent failure; excluded for a while if it broke
+        the protocol or vouched for an invalid result."""
+        self.registry.record_failure(peer)
+        if isinstance(exc, (HandoffProtocolError, InvalidResultError, InvalidReceiptError)):
+            self.registry.exclude(peer, _one_line(exc.message))
+            log.warning(
+                "step %s: %s; peer excluded for %g s; trying another node",
+                request.idempotency_key,
+                exc,
+                self.registry.exclude_s,
+            )
+        else:
+            log.warning("step %s: %s; trying another node", request.idempotency_key, exc)
+
+    async def _execute_replicated(
+        self, request: ToolCall, placed: PlacementCallback, replicas: int
+    ) -> ToolOutcome:
+        """Run the step on ``replicas`` distinct nodes at once and accept its output only if
+        they all return the same (canonical JSON). Nodes that fail to answer are replaced, up to
+        ``handoff.max_attempts`` rounds; a disagreement fails the step, naming every node and
+        its output, and excludes the nodes a strict majority outvoted."""
+        tool = request.tool
+        tried: list[str] = []
+        results: dict[str, dict[str, Any]] = {}
+        order: list[str] = []  # placement order of the nodes that answered
+        problems: list[str] = []
+        first: Decision | None = None
+        failed: list[StepExecutionError] = []
+
+        async def run_one(decision: Decision) -> None:
+            try:
+                if decision.local:
+                    outcome = await self._run_here(request, decision)
+                else:
+                    outcome = await self._run_remote(request, decision)
+            except HandoffFailedError as exc:  # the tool ran and failed there
+                failed.append(
+                    StepExecutionError(exc.message, node=decision.node, reason=decision.reason)
+                )
+            except StepExecutionError as exc:  # the tool failed here
+                failed.append(exc)
+            except (HandoffError, NodeError) as exc:
+                problems.append(f"{short(decision.node)}: {_one_line(str(exc))}")
+                self._count_failure(request, decision.node, exc)
+            else:
+                results[decision.node] = outcome.outputs
+                order.append(decision.node)
+
+        for _round in range(self.config.max_attempts):
+            chosen: list[Decision] = []
+            while len(results) + len(chosen) < replicas:
+                try:
+                    decision = await self._place(request, tried)
+                except PlacementError:
+                    break
+                tried.append(decision.node)
+                if not self._deterministic(request, decision):
+                    where = "this node" if decision.local else f"peer {short(decision.node)}"
+                    raise StepExecutionError(
+                        f"step {request.step!r} asks for {replicas} replicas, but tool {tool!r} "
+                        f"on {where} is not declared deterministic (only deterministic tools "
+                        "can be replicated and compared)",
+                        node=decision.node,
+                        reason=decision.reason,
+                    )
+                chosen.append(decision)
+            if not chosen:
+                break
+            if first is None:
+                first = chosen[0]
+                names = ", ".join(short(d.node) for d in chosen)
+                await placed(
+                    first.node, f"replicated on {len(chosen)} nodes ({names}); {first.reason}"
+                )
+            async with trio.open_nursery() as nursery:
+                for decision in chosen:
+                    nursery.start_soon(run_one, decision)
+            if failed:
+                raise failed[0]
+            if len(results) >= replicas:
+                break
+        if len(results) < replicas:
+            detail = "; ".join(problems) or "no other node offers it"
+            raise StepExecutionError(
+                f"step {request.step!r} needs {replicas} nodes running {tool!r} to compare "
+                f"(verify.replicas), but only {len(results)} returned a result: {detail}",
+                node=first.node if first else None,
+                reason=first.reason if first else None,
+            )
+        return self._compare(request, results, order, first)
+
+    def _deterministic(self, request: ToolCall, decision: Decision) -> bool:
+        if decision.local:
+            return self.tools.get(request.tool, request.version).deterministic
+        state = self.registry.get(decision.node)
+        card = state.tool(request.tool, request.version, self.registry.now()) if state else None
+        return bool(card is not None and card.deterministic)
+
+    def _compare(
+        self,
+        request: ToolCall,
+        results: dict[str, dict[str, Any]],
+        order: list[str],
+        first: Decision | None,
+    ) -> ToolOutcome:
+        groups: dict[bytes, list[str]] = {}
+        for node in order:
+            groups.setdefault(canonical_json(results[node]), []).append(node)
+        n = len(order)
+        if len(groups) == 1:
+            names = ", ".join(short(x) for x in order)
+            reason = f"verified: {n} nodes returned the same output ({names})"
+            if first is not None:
+                reason += f"; first placed: {first.reason}"
+            return ToolOutcome(results[order[0]], order[0], reason)
+        largest = max(groups.values(), key=len)
+        outvoted = [x for x in order if x not in largest] if len(largest) * 2 > n else []
+        for node in outvoted:
+            if node != self.host.peer_id:
+                self.registry.record_failure(node)
+                self.registry.exclude(
+                    node,
+                    f"its output for {request.tool} disagreed with {len(largest)} of {n} nodes "
+                    f"running the same step ({request.idempotency_key})",
+                )
+        said = "; ".join(
+            f"{', '.join(short(x) for x in nodes)} returned {_preview(results[nodes[0]])}"
+            for nodes in groups.values()
+        )
+        verdict = (
+            f"; outvoted and excluded: {', '.join(short(x) for x in outvoted)}" if outvoted else ""
+        )
+        raise StepExecutionError(
+            f"the {n} replicas of step {request.step!r} ({request.tool}) disagree: {said}{verdict}",
+            node=first.node if first else None,
+            reason=first.reason if first else None,
         )
 
     async def _place(self, request: ToolCall, tried: list[str]) -> Decision:
@@ -183,7 +322,7 @@ class SwarmExecutor:
         deadline = trio.current_time() + self.config.placement_wait_s
         previous = request.previous_node if not tried else None
         while True:
-            candidates = self.candidates(request.tool, request.version)
+            candidates = self.candidates(request.tool, request.version, request.peers)
             waiting_for_previous = previous is not None and all(
                 c.node != previous for c in candidates
             )
@@ -348,3 +487,15 @@ class SwarmExecutor:
 def _one_line(text: str, limit: int = 300) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 1] + "…"
+
+
+def _placement_problem(exc: PlacementError, request: ToolCall) -> str:
+    if not request.peers:
+        return str(exc)
+    allowed = ", ".join(short(p) for p in request.peers)
+    return f"{exc} (the step's placement.peers allows only: {allowed})"
+
+
+def _preview(outputs: dict[str, Any], limit: int = 200) -> str:
+    text = canonical_json(outputs).decode("utf-8", errors="replace")
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -420,7 +420,14 @@ def graph_from_spec(spec: Any) -> Graph:
             task_id=s.name,
             kind="tool",
             func=None,
-            args=(s.tool, s.version, s.args_template(), [o.name for o in s.outputs]),
+            # (a 5th member, the run options, since hivemesh 0.2: stored graphs may lack it)
+            args=(
+                s.tool,
+                s.version,
+                s.args_template(),
+                [o.name for o in s.outputs],
+                s.run_options(),
+            ),
             kwargs={},
             deps=tuple(sorted(s.dependencies())),
             metadata={"tool": s.tool},

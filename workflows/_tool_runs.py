@@ -39,7 +39,8 @@ class ToolSteps:
                 template = step.args[0]
                 value = dict(values) if template is None else resolve(template, run.kwargs, values)
             else:
-                tool, version, template, declared = step.args
+                tool, version, template, declared = step.args[:4]
+                options: dict[str, Any] = step.args[4] if len(step.args) > 4 else {}
                 call_args = resolve(template, run.kwargs, values)
         except Exception as exc:
             engine._fail(run, exc, step.task_id)
@@ -76,9 +77,18 @@ class ToolSteps:
             engine._write(write)
 
         previous = task.node
-        fut = self.runner(
-            ToolCall(wid, tid, tool, version, call_args, tuple(declared), previous), placed
+        call = ToolCall(
+            wid,
+            tid,
+            tool,
+            version,
+            call_args,
+            tuple(declared),
+            previous,
+            peers=tuple(options.get("peers", ())),
+            replicas=int(options.get("replicas", 1)),
         )
+        fut = self.runner(call, placed)
 
         run.tool_calls[tid] = fut
 

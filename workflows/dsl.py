@@ -36,6 +36,7 @@ from typing import Any
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Field,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -60,8 +61,10 @@ __all__ = [
     "InputSpec",
     "OutputDecl",
     "OutputSpec",
+    "PlacementSpec",
     "StepSpec",
     "ValueBinding",
+    "VerifySpec",
     "WorkflowSpec",
     "check_tools",
     "load_workflow",
@@ -69,6 +72,7 @@ __all__ = [
 ]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,128}$")  # base58
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
 
@@ -162,11 +166,49 @@ class OutputSpec(BaseModel):
         return _check_name(value, "output")
 
 
+MAX_REPLICAS = 8
+MAX_PLACEMENT_PEERS = 64
+
+
+class PlacementSpec(BaseModel):
+    """Where a step may run: ``peers`` lists the node ids allowed (a node's own id included);
+    the scheduler places the step on none other."""
+
+    model_config = _FROZEN
+
+    peers: tuple[str, ...] = Field(min_length=1, max_length=MAX_PLACEMENT_PEERS)
+
+    @field_validator("peers", mode="before")
+    @classmethod
+    def _list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            raise ValueError("'peers' must be a list of peer ids, e.g. [12D3KooW...]")
+        return value
+
+    @field_validator("peers")
+    @classmethod
+    def _peer_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for peer in value:
+            if not _PEER_ID_RE.match(peer):
+                raise ValueError(f"{peer!r} is not a peer id (base58, like 12D3KooW...)")
+        return value
+
+
+class VerifySpec(BaseModel):
+    """Run the step on ``replicas`` distinct nodes and accept its output only if they all
+    agree (canonical JSON equality). Only for tools declared deterministic."""
+
+    model_config = _FROZEN
+
+    replicas: int = Field(ge=1, le=MAX_REPLICAS)
+
+
 class StepSpec(BaseModel):
     """One step: call ``tool`` (bare name; ``version`` from ``tool: name@version``).
 
     ``outputs`` is optional; when given, only those outputs may be referenced. ``line`` is
-    where the step starts in its source file, when parsed from one.
+    where the step starts in its source file, when parsed from one. ``placement`` restricts
+    where it may run; ``verify`` replicates it.
     """
 
     model_config = _FROZEN
@@ -176,6 +218,8 @@ class StepSpec(BaseModel):
     version: str | None = None
     inputs: tuple[ValueBinding, ...] = ()
     outputs: tuple[OutputDecl, ...] = ()
+    placement: PlacementSpec | None = None
+    verify: VerifySpec | None = None
     line: int | None = None
 
     @model_validator(mode="before")
@@ -243,6 +287,15 @@ class StepSpec(BaseModel):
     def args_template(self) -> dict[str, Any]:
         """The tool arguments, references not yet resolved."""
         return {binding.name: binding.value for binding in self.inputs}
+
+    def run_options(self) -> dict[str, Any]:
+        """How the step is run beyond its tool and arguments (empty: anywhere, once)."""
+        options: dict[str, Any] = {}
+        if self.placement is not None:
+            options["peers"] = list(self.placement.peers)
+        if self.verify is not None and self.verify.replicas > 1:
+            options["replicas"] = self.verify.replicas
+        return options
 
 
 class WorkflowSpec(BaseModel):

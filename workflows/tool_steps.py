@@ -25,6 +25,8 @@ class ToolCall:
     args: dict[str, Any]
     declared_outputs: tuple[str, ...] = ()
     previous_node: str | None = None  # where it was running before an interruption
+    peers: tuple[str, ...] = ()  # if given, the only nodes it may run on
+    replicas: int = 1  # >1: run on that many nodes; accept the output only if all agree
 
     @property
     def idempotency_key(self) -> str:

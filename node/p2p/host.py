@@ -152,6 +152,8 @@ class _NoAutoConnector(AutoConnector):
 
     async def maybe_connect(self) -> None:
         return None
+
+
 def uses_quic(addr: str) -> bool:
     """Whether a multiaddr is a QUIC address."""
     return any(part in ("quic", "quic-v1") for part in addr.split("/"))

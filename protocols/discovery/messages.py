@@ -31,6 +31,11 @@ class ToolCard(WireModel):
     description: str = Field(default="", max_length=4096)
     input_schema: dict[str, Any] = Field(default_factory=dict)
     output_schema: dict[str, Any] = Field(default_factory=dict)
+    deterministic: bool = Field(
+        default=False,
+        description="equal arguments always give equal outputs (steps may be replicated)",
+        json_schema_extra=since("0.2.0"),
+    )
 
 
 class LoadInfo(WireModel):

@@ -356,13 +356,17 @@ async def test_epochs_reattach_rerun_and_refuse_superseded_attempts(tmp_path: Pa
         nursery.cancel_scope.cancel()
 
 
-async def _announce(host: P2PHost, node: Node, tools: list[str]) -> None:
+async def _announce(
+    host: P2PHost, node: Node, tools: list[str], *, deterministic: bool = False
+) -> None:
     """Tell ``node`` (first-hand, as discovery does) that ``host`` offers ``tools``."""
     card = discovery.NodeCard(
         peer_id=host.peer_id,
         addrs=host.addrs(),
         version="0.1.0",
-        tools=[discovery.ToolCard(name=t, version="1.0.0") for t in tools],
+        tools=[
+            discovery.ToolCard(name=t, version="1.0.0", deterministic=deterministic) for t in tools
+        ],
         load=discovery.LoadInfo(running=0, capacity=100_000),
     )
     ms = MessageStream(await host.open_stream(node.peer_id, discovery.PROTOCOL_ID), discovery.CODEC)
@@ -434,4 +438,228 @@ async def test_a_result_without_a_valid_receipt_is_a_failed_attempt(tmp_path: Pa
         assert "invalid receipt" in (view.error or "") and "other outputs" in (view.error or "")
         exclusion = c.registry.exclusion(liar.peer_id)  # and it gets no more steps for a while
         assert exclusion is not None and "invalid receipt" in exclusion.reason
+        nursery.cancel_scope.cancel()
+
+
+def _signed_liar(tmp: Path, outputs: Any) -> P2PHost:
+    """A member that answers every offer with ``outputs(offer)`` and a receipt it really
+    signed for them: its results pass every check but the truth."""
+    from libp2p.crypto.ed25519 import create_new_key_pair
+
+    from node import identity
+    from protocols.handoff.receipt import receipt_payload, signed_bytes
+
+    key = create_new_key_pair()
+    liar = member_host(tmp, key)
+
+    async def lie(stream: Any) -> None:
+        ms = MessageStream(stream, handoff.CODEC)
+        offer = await ms.receive()
+        assert isinstance(offer, handoff.Offer)
+        made_up = outputs(offer)
+        payload = receipt_payload(
+            handoff_id=offer.handoff_id,
+            epoch=offer.epoch,
+            delegator=stream.remote_peer,
+            delegatee=liar.peer_id,
+            tool=offer.tool,
+            tool_version="1.0.0",
+            args_sha256=json_sha256(offer.args),
+            outputs_sha256=json_sha256(made_up),
+        )
+        await ms.send(handoff.Accept(handoff_id=offer.handoff_id, epoch=offer.epoch))
+        await ms.send(
+            handoff.StepResult(
+                handoff_id=offer.handoff_id,
+                epoch=offer.epoch,
+                outputs=made_up,
+                duration_ms=1,
+                receipt=handoff.Receipt(
+                    tool_version="1.0.0",
+                    args_sha256=payload["args_sha256"],
+                    outputs_sha256=payload["outputs_sha256"],
+                    signature=identity.sign(key, signed_bytes(payload)),
+                ),
+            )
+        )
+        with trio.move_on_after(2):
+            await ms.receive_or_eof()  # the ack
+
+    liar.set_handler(handoff.PROTOCOL_ID, lie)
+    return liar
+
+
+ADD = """
+id: add
+steps:
+  - name: add
+    tool: math.add
+    inputs: [{name: a, value: 2}, {name: b, value: 40}]
+    verify: {replicas: 3}
+outputs:
+  - {name: sum, value: "{{steps.add.outputs.result}}"}
+"""
+
+
+async def _math_swarm(nursery: trio.Nursery, tmp: Path) -> tuple[Node, Node, Node, Node]:
+    """a and b (math), then c (no tools) bootstrapped to both, and d (math) that c knows
+    only through peer exchange."""
+    a = make_node(tmp, "a", "math")
+    await launch(nursery, a)
+    b = make_node(tmp, "b", "math")
+    await launch(nursery, b)
+    c = make_node(tmp, "c", "none", bootstrap=[*a.host.addrs(), *b.host.addrs()])
+    await launch(nursery, c)
+    d = make_node(tmp, "d", "math", bootstrap=a.host.addrs())
+    await launch(nursery, d)
+    for x in (a, b, d):
+        await wait_until(lambda x=x: c.registry.has_fresh_card(x.peer_id), what="c's peers")
+    return a, b, c, d
+
+
+async def test_a_replicated_step_runs_on_distinct_nodes_and_agrees(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        a, b, c, d = await _math_swarm(nursery, tmp_path)
+        wid, _ = await c.workflows.submit(parse_workflow(ADD), {}, "add-3")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert view.outputs == {"sum": 42}
+        reason = view.steps[0].reason or ""
+        assert reason.startswith("verified: 3 nodes returned the same output"), reason
+        ran = {n.peer_id for n in (a, b, d) if n.handoff.started_jobs == 1}
+        assert ran == {a.peer_id, b.peer_id, d.peer_id}  # each ran it once
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_replica_that_lies_fails_the_step_and_is_outvoted(tmp_path: Path) -> None:
+    """Two honest nodes and a member that signs a wrong sum: the replicas disagree, the step
+    fails naming every node and what it returned, and the outvoted liar is excluded."""
+    liar = _signed_liar(tmp_path, lambda offer: {"result": 41})
+    a = make_node(tmp_path, "a", "math")
+    b = make_node(tmp_path, "b", "math")
+    c = make_node(tmp_path, "c", "none")
+    async with trio.open_nursery() as nursery, liar.run(LOOPBACK):
+        for node in (a, b, c):
+            await launch(nursery, node)
+        for node in (a, b):
+            await c.host.connect(node.peer_id, node.host.addrs())
+            await c.discovery.exchange(node.peer_id)
+        await liar.connect(c.peer_id, c.host.addrs())
+        await _announce(liar, c, ["math.add"], deterministic=True)
+        wid, _ = await c.workflows.submit(parse_workflow(ADD), {}, "add-liar")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED
+        error = view.error or ""
+        assert "the 3 replicas of step 'add' (math.add) disagree" in error, error
+        assert '{"result":42}' in error and '{"result":41}' in error
+        assert "outvoted and excluded" in error
+        exclusion = c.registry.exclusion(liar.peer_id)
+        assert exclusion is not None and "disagreed with 2 of 3" in exclusion.reason
+        assert c.registry.exclusion(a.peer_id) is None and c.registry.exclusion(b.peer_id) is None
+        nursery.cancel_scope.cancel()
+
+
+async def test_replication_needs_a_deterministic_tool_and_enough_nodes(tmp_path: Path) -> None:
+    liar = _signed_liar(tmp_path, lambda offer: {"result": 42})
+    a = make_node(tmp_path, "a", "math")
+    c = make_node(tmp_path, "c", "none")
+    async with trio.open_nursery() as nursery, liar.run(LOOPBACK):
+        for node in (a, c):
+            await launch(nursery, node)
+        await c.host.connect(a.peer_id, a.host.addrs())
+        await c.discovery.exchange(a.peer_id)
+        wid, _ = await c.workflows.submit(parse_workflow(ADD), {}, "add-short")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED
+        assert "needs 3 nodes running 'math.add'" in (view.error or ""), view.error
+
+        # a peer that does not declare the tool deterministic cannot be a replica
+        await liar.connect(c.peer_id, c.host.addrs())
+        await _announce(liar, c, ["math.add"], deterministic=False)
+        wid, _ = await c.workflows.submit(parse_workflow(ADD), {}, "add-nondet")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED
+        assert "not declared deterministic" in (view.error or ""), view.error
+        nursery.cancel_scope.cancel()
+
+
+async def test_placement_peers_restricts_where_a_step_runs(tmp_path: Path) -> None:
+    async with trio.open_nursery() as nursery:
+        a, b, c, d = await _math_swarm(nursery, tmp_path)
+        only_d = ADD.replace("verify: {replicas: 3}", f"placement: {{peers: [{d.peer_id}]}}")
+        for i in range(3):
+            wid, _ = await c.workflows.submit(parse_workflow(only_d), {}, f"only-d-{i}")
+            with trio.fail_after(30):
+                view = await c.workflows.wait(wid)
+            assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+            assert view.steps[0].node == d.peer_id
+        assert a.handoff.started_jobs == b.handoff.started_jobs == 0
+
+        # a node that does not offer the tool: the step fails, saying what placement allowed
+        only_c = ADD.replace("verify: {replicas: 3}", f"placement: {{peers: [{c.peer_id}]}}")
+        wid, _ = await c.workflows.submit(parse_workflow(only_c), {}, "only-c")
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED
+        assert "placement.peers allows only" in (view.error or ""), view.error
+        nursery.cancel_scope.cancel()
+
+
+async def test_the_operator_lists_and_stops_what_peers_run_on_the_node(tmp_path: Path) -> None:
+    """``hivemesh handoffs`` / ``handoffs cancel`` through the control protocol, with the
+    node's own client key: a stranger's two steps are listed (peer, tool, state), one is
+    stopped and its delegator is told it was canceled by the node's operator."""
+    from node.client import request
+    from node.errors import RequestFailedError
+    from node.home import Home
+    from protocols import control
+    from tests.integration.harness import swarm_key
+
+    a = make_node(tmp_path, "a", "util", handoff={"reserved_share": 0.5})  # 2 peer slots
+    stranger = member_host(tmp_path)
+    key, psk = Home(tmp_path / "a").load_client_key(), swarm_key(tmp_path)
+    async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
+        await launch(nursery, a)
+        await stranger.connect(a.peer_id, a.host.addrs())
+        ended: list[BaseException] = []
+
+        async def offer(hid: str) -> None:
+            try:
+                await delegate(
+                    stranger,
+                    a.peer_id,
+                    _offer(hid, "util.sleep", {"seconds": 30}),
+                    network=a.config.network,
+                    config=a.config.handoff,
+                )
+            except HandoffCanceledError as exc:
+                ended.append(exc)
+
+        for hid in ("nap-1", "nap-2", "nap-3"):
+            nursery.start_soon(offer, hid)
+        await wait_until(lambda: a.handoff.running == 3, what="three steps accepted")
+        addr = a.host.addrs()[0]
+        listed = await request(key, addr, control.HandoffsRequest(), swarm_key=psk)
+        assert isinstance(listed, control.Handoffs)
+        assert {(h.peer, h.tool) for h in listed.handoffs} == {(stranger.peer_id, "util.sleep")}
+        states = sorted(h.state for h in listed.handoffs)
+        assert states == ["running", "running", "waiting"]  # two peer slots of four
+        assert all(h.deadline_s == 60 and h.epoch == 0 for h in listed.handoffs)
+
+        stopped = await request(
+            key, addr, control.HandoffCancelRequest(handoff_id="nap-2"), swarm_key=psk
+        )
+        assert [h.handoff_id for h in stopped.handoffs] == ["nap-2"]
+        await wait_until(lambda: bool(ended), what="the stranger told of the cancel")
+        assert "canceled by this node's operator" in str(ended[0])
+        with pytest.raises(RequestFailedError) as info:
+            await request(key, addr, control.HandoffCancelRequest(handoff_id="nope"), swarm_key=psk)
+        assert info.value.code == "not_found" and "hivemesh handoffs" in info.value.message
+        for hid in ("nap-1", "nap-3"):
+            a.handoff.cancel_by_operator(hid)
+        await wait_until(lambda: a.handoff.running == 0, timeout_s=15, what="all stopped")
         nursery.cancel_scope.cancel()

@@ -609,3 +609,35 @@ def test_check_tools_respects_the_selected_groups():
     check_tools(spec, ToolRegistry.from_entry_points("text,math"))
     with pytest.raises(WorkflowDefinitionError, match=re.escape("unknown tool 'math.multiply'")):
         check_tools(spec, ToolRegistry.from_entry_points("text"))
+
+
+PEER = "12D3KooWBsa4ZrY9mNuLpxoQ7Lq2cfXt5hdeF7b3PkWgsmcR8Y1z"
+
+
+def test_placement_peers_and_verify_replicas_become_run_options() -> None:
+    spec = parse_workflow(
+        "id: x\nsteps:\n  - name: a\n    tool: math.add\n"
+        f"    placement: {{peers: [{PEER}]}}\n    verify: {{replicas: 3}}\n"
+    )
+    step = spec.steps[0]
+    assert step.run_options() == {"peers": [PEER], "replicas": 3}
+    plain = parse_workflow("id: y\nsteps:\n  - name: a\n    tool: math.add\n").steps[0]
+    assert plain.run_options() == {}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("placement: {peers: []}", "'placement.peers' must not be empty"),
+        ("placement: {peers: nope}", "must be a list of peer ids"),
+        ('placement: {peers: ["not an id"]}', "is not a peer id"),
+        ("verify: {replicas: 9}", "less than or equal to 8"),
+        ("verify: {replicas: 0}", "greater than or equal to 1"),
+    ],
+)
+def test_bad_placement_and_verify_point_at_the_step(text: str, message: str) -> None:
+    with pytest.raises(WorkflowDefinitionError) as info:
+        parse_workflow(
+            f"id: x\nsteps:\n  - name: a\n    tool: math.add\n    {text}\n", source="w.yaml"
+        )
+    assert str(info.value).startswith("w.yaml:5: step 'a'") and message in str(info.value)

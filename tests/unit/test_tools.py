@@ -150,8 +150,15 @@ def test_decorator_builds_models_from_the_signature():
     assert schema["additionalProperties"] is False
     assert greet.output_schema()["required"] == ["result"]
     spec = greet.spec()
-    assert set(spec) == {"name", "version", "description", "input_schema", "output_schema"}
-    assert spec["version"] == "2.1.0"
+    assert set(spec) == {
+        "name",
+        "version",
+        "description",
+        "input_schema",
+        "output_schema",
+        "deterministic",
+    }
+    assert spec["version"] == "2.1.0" and spec["deterministic"] is False  # unless declared
     json.dumps(spec)
 
 

@@ -64,6 +64,9 @@ class Tool:
     fn: Callable[..., Any]
     remote_callable: bool = True
     bare_result: bool = False
+    # the same arguments always give the same outputs: its steps may be replicated on several
+    # nodes and their outputs compared (``verify: {replicas: N}``)
+    deterministic: bool = False
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)
@@ -109,6 +112,7 @@ class Tool:
             "description": self.description,
             "input_schema": self.input_schema(),
             "output_schema": self.output_schema(),
+            "deterministic": self.deterministic,
         }
 
     def invoke(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -160,6 +164,7 @@ def tool(
     description: str | None = None,
     output: Any = Any,
     remote_callable: bool = True,
+    deterministic: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Turn a function into a :class:`Tool`.
 
@@ -168,6 +173,7 @@ def tool(
     defaults to the first line of the docstring. ``output`` is either a pydantic model class
     (the function returns a mapping or an instance of it) or a plain type ``T``, in which case
     the outputs are ``{"result": T}`` and the function returns the bare value.
+    ``deterministic`` declares that equal arguments always give equal outputs.
     """
     check_tool_name(name)
 
@@ -194,6 +200,7 @@ def tool(
             fn=fn,
             remote_callable=remote_callable,
             bare_result=bare,
+            deterministic=deterministic,
         )
 
     return decorate

@@ -13,19 +13,19 @@ from workflows.tools._tool import tool
 Number = StrictInt | StrictFloat
 
 
-@tool("math.add", output=Number)
+@tool("math.add", output=Number, deterministic=True)
 def add(a: Number, b: Number) -> Number:
     """Add two numbers."""
     return a + b
 
 
-@tool("math.multiply", output=Number)
+@tool("math.multiply", output=Number, deterministic=True)
 def multiply(a: Number, b: Number) -> Number:
     """Multiply two numbers."""
     return a * b
 
 
-@tool("math.sum_list", output=Number)
+@tool("math.sum_list", output=Number, deterministic=True)
 def sum_list(values: list[Number]) -> Number:
     """Sum a list of numbers (0 for an empty list)."""
     return sum(values)

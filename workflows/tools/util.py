@@ -13,20 +13,20 @@ from workflows.tools._tool import tool
 MAX_SLEEP_SECONDS = 3600.0
 
 
-@tool("util.echo", output=Any)
+@tool("util.echo", output=Any, deterministic=True)
 def echo(value: Any) -> Any:
     """Return the value it is given."""
     return value
 
 
-@tool("util.sleep", output=float)
+@tool("util.sleep", output=float, deterministic=True)
 def sleep(seconds: Annotated[float, Field(ge=0, le=MAX_SLEEP_SECONDS)]) -> float:
     """Sleep for a number of seconds (0 to 3600) and return how long it slept."""
     time.sleep(seconds)
     return float(seconds)
 
 
-@tool("util.step_key", output=str)
+@tool("util.step_key", output=str, deterministic=True)
 def step_key() -> str:
     """Return the idempotency key of the step that calls it ("<workflow_id>/<step>"): what a
     tool with external side effects keys them on. Empty outside a workflow step."""
