@@ -1,27 +1,5 @@
-"""The workflow YAML DSL: parse, validate and query workflow definitions.
-
-A workflow is a DAG of steps; each step calls one tool with arguments that may reference
-workflow inputs and other steps' outputs (see :mod:`workflows.refs`). Dependencies are
-implied by those references, so independent steps can run in parallel::
-
-    id: text-and-math
-    inputs:
-      - name: text
-        default: "hello swarm"
-    steps:
-      - name: shout
-        tool: text.upper            # or text.upper@1.0.0
-        inputs:
-          - name: text
-            value: "{{inputs.text}}"
-    outputs:
-      - name: shouted
-        value: "{{steps.shout.outputs.result}}"
-
-:func:`parse_workflow` and :func:`load_workflow` raise :class:`WorkflowDefinitionError` with
-``"source:line: message"`` for every problem: YAML syntax, shape, names, references, cycles.
-:func:`check_tools` additionally checks the steps against the tools a node offers.
-"""
+"""The workflow models (:class:`WorkflowSpec` and its parts) and the functions that parse
+YAML into them; re-exported by :mod:`workflows.dsl`."""
 
 from __future__ import annotations
 
@@ -43,8 +21,8 @@ from pydantic import (
     model_validator,
 )
 
-from workflows._dsl_checks import check_tools, check_workflow, unique_names
-from workflows._dsl_source import (
+from workflows.dsl._checks import check_tools, check_workflow, unique_names
+from workflows.dsl._source import (
     Problem,
     kind_of,
     listing,

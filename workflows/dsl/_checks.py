@@ -7,13 +7,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
-from workflows._dsl_source import Loc, Problem, listing, suggest
+from workflows.dsl._source import Loc, Problem, listing, suggest
 from workflows.errors import UnknownToolError, WorkflowDefinitionError
 from workflows.refs import find_refs
 from workflows.tools import ToolRegistry
 
 if TYPE_CHECKING:
-    from workflows.dsl import WorkflowSpec
+    from workflows.dsl._spec import WorkflowSpec
 
 
 def unique_names(items: Iterable[Any], key: str, what: str) -> None:
