@@ -9,6 +9,7 @@
     ├── WorkflowNotFoundError           no workflow with that id in the storage
     ├── WorkflowStillActiveError        the workflow is running or pending
     ├── WorkflowDefinitionError         the workflow YAML (or its inputs) is invalid: fix the file
+    │   └── WorkflowLimitError          the file breaks a parsing bound (size, depth, aliases, ...)
     ├── ReferenceResolutionError        a ``{{...}}`` reference has no value at run time
     └── ToolError                       anything about tools
         ├── UnknownToolError            no such tool (or no matching version) on this node
@@ -50,6 +51,48 @@ class WorkflowDefinitionError(WorkflowError):
     def located(self, source: str | None, line: int | None = None) -> WorkflowDefinitionError:
         """The same error with ``source``/``line`` filled in where they were unknown."""
         return type(self)(self.message, self.source or source, self.line or line)
+
+
+class WorkflowLimitError(WorkflowDefinitionError):
+    """A workflow file breaks one of the bounds it is parsed within (a hostile or runaway file).
+
+    ``bound`` names the bound as a key of :class:`workflows.dsl.ParseLimits` (the node's
+    ``workflow_limits`` config section), e.g. ``"max_depth"``, and ``limit`` is its value;
+    ``detail`` says what was found. ``str(error)`` adds where and names the bound, e.g.
+    ``"flow.yaml:12: nested deeper than 64 levels (workflow_limits.max_depth)"``.
+    """
+
+    def __init__(
+        self,
+        detail: str,
+        source: str | None = None,
+        line: int | None = None,
+        *,
+        bound: str,
+        limit: float,
+    ) -> None:
+        self.detail = detail
+        self.bound = bound
+        self.limit = limit
+        super().__init__(f"{detail} (workflow_limits.{bound})", source, line)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_limit_error, (self.detail, self.source, self.line, self.bound, self.limit))
+
+    def located(self, source: str | None, line: int | None = None) -> WorkflowLimitError:
+        return type(self)(
+            self.detail,
+            self.source or source,
+            self.line or line,
+            bound=self.bound,
+            limit=self.limit,
+        )
+
+
+def _limit_error(
+    detail: str, source: str | None, line: int | None, bound: str, limit: float
+) -> WorkflowLimitError:
+    return WorkflowLimitError(detail, source, line, bound=bound, limit=limit)
 
 
 class ReferenceResolutionError(WorkflowError):

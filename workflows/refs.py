@@ -20,7 +20,6 @@ from workflows.errors import ReferenceResolutionError, WorkflowDefinitionError
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 """Names of workflow inputs, steps and outputs that references can point to."""
 
-_BRACES_RE = re.compile(r"\{\{(.*?)\}\}", re.DOTALL)
 _EXACT_RE = re.compile(r"^\s*\{\{((?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 _INPUT_RE = re.compile(rf"^\s*inputs\.({NAME_PATTERN})\s*$")
 _STEP_RE = re.compile(rf"^\s*steps\.({NAME_PATTERN})\.outputs\.({NAME_PATTERN})\s*$")
@@ -65,12 +64,25 @@ def find_refs(value: Any) -> list[Ref]:
     """
     refs: list[Ref] = []
     for text in _strings(value):
-        for match in _BRACES_RE.finditer(text):
-            ref = parse_ref(match.group(1))
+        for start, end in _braces(text):
+            ref = parse_ref(text[start + 2 : end - 2])
             if ref is None:
-                raise WorkflowDefinitionError(_malformed_message(match.group(0)))
+                raise WorkflowDefinitionError(_malformed_message(text[start:end]))
             refs.append(ref)
     return refs
+
+
+def _braces(text: str) -> Iterator[tuple[int, int]]:
+    """The spans of the ``{{ ... }}`` in ``text``: each from a ``{{`` to the first ``}}``
+    after it. (Found with ``str.find``, in linear time: a lazy regex would retry from every
+    ``{{`` of a string that never closes one, quadratic in its length.)"""
+    at = text.find("{{")
+    while at >= 0:
+        close = text.find("}}", at + 2)
+        if close < 0:
+            return
+        yield at, close + 2
+        at = text.find("{{", close + 2)
 
 
 def resolve(
@@ -103,11 +115,17 @@ def _resolve_string(
     if exact := _EXACT_RE.match(text):
         return _lookup(exact.group(1), inputs, step_outputs)
 
-    def interpolate(match: re.Match[str]) -> str:
-        found = _lookup(match.group(1), inputs, step_outputs)
-        return found if isinstance(found, str) else json.dumps(found, default=str)
-
-    return _BRACES_RE.sub(interpolate, text)
+    parts: list[str] = []
+    done = 0
+    for start, end in _braces(text):
+        found = _lookup(text[start + 2 : end - 2], inputs, step_outputs)
+        parts += [
+            text[done:start],
+            found if isinstance(found, str) else json.dumps(found, default=str),
+        ]
+        done = end
+    parts.append(text[done:])
+    return "".join(parts)
 
 
 def _lookup(
@@ -158,6 +176,8 @@ def _names(mapping: Mapping[str, Any]) -> str:
 
 
 def _malformed_message(text: str) -> str:
+    if len(text) > 80:  # (the message is one line to show a user, not the whole value)
+        text = text[:38] + "..." + text[-38:]
     return (
         f"malformed reference {text!r}: use '{{{{inputs.<name>}}}}' or "
         "'{{steps.<step>.outputs.<name>}}'"

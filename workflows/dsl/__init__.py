@@ -20,9 +20,19 @@ implied by those references, so independent steps can run in parallel::
 
 :func:`parse_workflow` and :func:`load_workflow` raise :class:`WorkflowDefinitionError` with
 ``"source:line: message"`` for every problem: YAML syntax, shape, names, references, cycles.
+They parse within :class:`ParseLimits` (bytes, nesting, YAML nodes and bytes with aliases
+expanded, steps, any one value's size, time; safe defaults), so that a hostile file costs
+bounded time and memory: a bound broken is a :class:`WorkflowLimitError` naming it.
 :func:`check_tools` additionally checks the steps against the tools a node offers.
 """
 
+from workflows.dsl._limits import ParseLimits
+from workflows.dsl._parse import (
+    load_workflow,
+    parse_workflow,
+    read_workflow_file,
+    workflow_bytes,
+)
 from workflows.dsl._spec import (
     InputSpec,
     OutputDecl,
@@ -33,20 +43,24 @@ from workflows.dsl._spec import (
     VerifySpec,
     WorkflowSpec,
     check_tools,
-    load_workflow,
-    parse_workflow,
 )
+from workflows.errors import WorkflowDefinitionError, WorkflowLimitError
 
 __all__ = [
     "InputSpec",
     "OutputDecl",
     "OutputSpec",
+    "ParseLimits",
     "PlacementSpec",
     "StepSpec",
     "ValueBinding",
     "VerifySpec",
+    "WorkflowDefinitionError",
+    "WorkflowLimitError",
     "WorkflowSpec",
     "check_tools",
     "load_workflow",
     "parse_workflow",
+    "read_workflow_file",
+    "workflow_bytes",
 ]

@@ -13,7 +13,7 @@ from workflows.refs import find_refs
 from workflows.tools import ToolRegistry
 
 if TYPE_CHECKING:
-    from workflows.dsl._spec import WorkflowSpec
+    from workflows.dsl._spec import StepSpec, WorkflowSpec
 
 
 def unique_names(items: Iterable[Any], key: str, what: str) -> None:
@@ -28,12 +28,16 @@ def check_workflow(spec: WorkflowSpec) -> None:
     unique_names(spec.inputs, "inputs", "workflow input")
     unique_names(spec.steps, "steps", "step")
     unique_names(spec.outputs, "outputs", "workflow output")
+    # (built once: per reference they would make the check quadratic in the steps)
+    inputs = [i.name for i in spec.inputs]
+    steps = {s.name: s for s in spec.steps}
     for i, step in enumerate(spec.steps):
         for j, binding in enumerate(step.inputs):
             loc: Loc = ("steps", i, "inputs", j, "value")
-            _check_refs(spec, binding.value, loc, f"step {step.name!r}")
+            _check_refs(inputs, steps, binding.value, loc, f"step {step.name!r}")
     for k, output in enumerate(spec.outputs):
-        _check_refs(spec, output.value, ("outputs", k, "value"), f"workflow output {output.name!r}")
+        who = f"workflow output {output.name!r}"
+        _check_refs(inputs, steps, output.value, ("outputs", k, "value"), who)
     cycle = _find_cycle(spec)
     if cycle:
         index = [s.name for s in spec.steps].index(cycle[0])
@@ -44,13 +48,13 @@ def check_workflow(spec: WorkflowSpec) -> None:
         raise Problem(message + " -> ".join(cycle) + ")", ("steps", index))
 
 
-def _check_refs(spec: WorkflowSpec, value: Any, loc: Loc, who: str) -> None:
+def _check_refs(
+    declared_inputs: list[str], steps: dict[str, StepSpec], value: Any, loc: Loc, who: str
+) -> None:
     try:
         refs = find_refs(value)
     except WorkflowDefinitionError as exc:
         raise Problem(f"{who} has a {exc.message}", loc) from None
-    declared_inputs = [i.name for i in spec.inputs]
-    steps = {s.name: s for s in spec.steps}
     for ref in refs:
         if ref.step is None:
             if ref.name not in declared_inputs:

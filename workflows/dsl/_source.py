@@ -5,14 +5,17 @@ the file."""
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import yaml
 from pydantic import BaseModel, ValidationError
 from pydantic_core import ErrorDetails
 
-from workflows.errors import WorkflowDefinitionError
+from workflows.dsl._compose import BoundedComposer, new_parser, reader_error_line
+from workflows.dsl._limits import ParseLimits
+from workflows.errors import WorkflowDefinitionError, WorkflowLimitError
 
 Loc = tuple[str | int, ...]
 """A position inside the parsed document: keys and list indexes from the top."""
@@ -32,23 +35,64 @@ class Problem(ValueError):
         self.loc = loc
 
 
-def load_yaml(text: str, source: str) -> tuple[Any, dict[Loc, int]]:
-    """Parse YAML safely; also return the line of every key and list item."""
-    loader = yaml.SafeLoader(text)
+def load_yaml(
+    text: str,
+    source: str,
+    limits: ParseLimits,
+    *,
+    deadline: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> tuple[Any, dict[Loc, int]]:
+    """Parse YAML within ``limits`` into JSON-like data; also return the line of every key
+    and list item. Errors are :class:`WorkflowDefinitionError` (or its
+    :class:`WorkflowLimitError`) of one line."""
+    parser: Any = None
     try:
-        node = loader.get_single_node()
+        parser = new_parser(text)  # (PyYAML's own reader checks every character here)
+        node = BoundedComposer(source, limits, deadline=deadline, clock=clock).compose(parser)
         if node is None:
             return None, {}
         lines: dict[Loc, int] = {}
         # before constructing: construction flattens merge keys ('<<') in place
         _record_lines(node, (), lines, set(), source)
-        return loader.construct_document(node), lines
+        return yaml.constructor.SafeConstructor().construct_document(node), lines
+    except yaml.reader.ReaderError as exc:
+        raise _reader_error(exc, text, source) from None
     except yaml.MarkedYAMLError as exc:
+        if "maximum nesting depth" in (exc.problem or ""):  # libyaml's own bound (1000)
+            mark = exc.problem_mark
+            raise WorkflowLimitError(
+                f"nested deeper than {limits.max_depth} levels",
+                source,
+                mark.line + 1 if mark else None,
+                bound="max_depth",
+                limit=limits.max_depth,
+            ) from None
         raise _yaml_error(exc, source) from None
     except yaml.YAMLError as exc:
         raise WorkflowDefinitionError(f"invalid YAML: {exc}", source) from None
+    except RecursionError:  # not expected within max_depth: a last line of defence
+        raise WorkflowLimitError(
+            "the document nests too deeply to be read",
+            source,
+            bound="max_depth",
+            limit=limits.max_depth,
+        ) from None
     finally:
-        loader.dispose()
+        if parser is not None:
+            parser.dispose()
+
+
+def _reader_error(exc: yaml.reader.ReaderError, text: str, source: str) -> WorkflowDefinitionError:
+    char = exc.character
+    code = ord(char) if isinstance(char, str) else int(char)
+    return WorkflowDefinitionError(
+        f"invalid YAML: character U+{code:04X} is not allowed in YAML text (a control "
+        "character: remove it, or write it as an escape such as \\x07 in a double-quoted "
+        "string)",
+        source,
+        reader_error_line(exc, text),
+    )
 
 
 def _yaml_error(exc: yaml.MarkedYAMLError, source: str) -> WorkflowDefinitionError:

@@ -7,8 +7,6 @@ import copy
 import json
 import re
 from collections.abc import Collection, Mapping
-from os import PathLike
-from pathlib import Path
 from typing import Any
 
 from pydantic import (
@@ -22,15 +20,7 @@ from pydantic import (
 )
 
 from workflows.dsl._checks import check_tools, check_workflow, unique_names
-from workflows.dsl._source import (
-    Problem,
-    kind_of,
-    listing,
-    load_yaml,
-    suggest,
-    translate,
-    with_internal_fields,
-)
+from workflows.dsl._source import Problem, listing, suggest, translate
 from workflows.errors import WorkflowDefinitionError
 from workflows.refs import NAME_PATTERN, find_refs
 from workflows.tools import check_tool_name, split_tool_ref
@@ -45,8 +35,6 @@ __all__ = [
     "VerifySpec",
     "WorkflowSpec",
     "check_tools",
-    "load_workflow",
-    "parse_workflow",
 ]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
@@ -400,12 +388,12 @@ class WorkflowSpec(BaseModel):
                 data = None
             source = data.get("source") if isinstance(data, dict) else None
             raise translate(
-                exc, data, {}, source if isinstance(source, str) else None, _MODELS
+                exc, data, {}, source if isinstance(source, str) else None, MODELS
             ) from None
 
 
 # where each model sits in the document: for error messages that list allowed keys
-_MODELS: dict[tuple[str, ...], type[BaseModel]] = {
+MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     (): WorkflowSpec,
     ("inputs",): InputSpec,
     ("steps",): StepSpec,
@@ -413,41 +401,3 @@ _MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     ("steps", "inputs"): ValueBinding,
     ("steps", "outputs"): OutputDecl,
 }
-
-
-# ---------------------------------------------------------------------------------------
-# Parsing
-
-
-def load_workflow(path: str | PathLike[str]) -> WorkflowSpec:
-    """Read and parse a workflow file; errors name the file as given."""
-    source = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise WorkflowDefinitionError("the file is not UTF-8 text", source) from None
-    except OSError as exc:
-        raise WorkflowDefinitionError(
-            f"cannot read the workflow file: {exc.strerror or exc}", source
-        ) from None
-    return parse_workflow(text, source=source)
-
-
-def parse_workflow(text: str, *, source: str = "<string>") -> WorkflowSpec:
-    """Parse and validate workflow YAML. ``source`` names it in error messages."""
-    data, lines = load_yaml(text, source)
-    if data is None:
-        raise WorkflowDefinitionError(
-            "the workflow is empty: it needs at least an 'id' and a list of 'steps'", source
-        )
-    if not isinstance(data, dict):
-        raise WorkflowDefinitionError(
-            f"a workflow must be a mapping with 'id' and 'steps' keys, not {kind_of(data)}",
-            source,
-            lines.get((), 1),
-        )
-    data = with_internal_fields(data, lines, source, _MODELS)
-    try:
-        return WorkflowSpec.model_validate(data)
-    except ValidationError as exc:
-        raise translate(exc, data, lines, source, _MODELS) from None
