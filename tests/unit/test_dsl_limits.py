@@ -216,6 +216,10 @@ def test_files_are_read_no_further_than_the_limit(tmp_path: Path):
         ("!!bool maybe", "'maybe' is not a valid !!bool"),
         ("[*nowhere]", "alias *nowhere refers to no anchor"),
         ("[&a 1, &a 2]", "anchor &a is defined twice (first on line 8)"),
+        (".nan", "'.nan' is not a finite number: JSON has no NaN or infinity"),
+        ("[-.inf]", "'-.inf' is not a finite number"),
+        ("1.0e+999", "'1.0e+999' is not a finite number"),
+        ("{[a]: b}", "found unhashable key"),
     ],
 )
 def test_only_json_data_is_accepted(value: str, message: str):
@@ -225,6 +229,17 @@ def test_only_json_data_is_accepted(value: str, message: str):
     assert not isinstance(info.value, WorkflowLimitError)
     assert str(info.value).startswith("f.yaml:8: ")
     assert message in str(info.value)
+
+
+def test_mapping_keys_are_their_text():
+    text = (
+        hostile.invalid_yaml()
+        .decode()
+        .replace("[1, 2, 3", "[{1: a, true: b, null: c, 1.5: d, x: e}, {&k 2: f}, {*k : g}]")
+    )
+    value = parse_workflow(text).steps[0].inputs[0].value
+    first = {"1": "a", "true": "b", "null": "c", "1.5": "d", "x": "e"}
+    assert value == [first, {"2": "f"}, {"2": "g"}]
 
 
 def test_json_like_values_keep_their_types_and_dates_stay_text():

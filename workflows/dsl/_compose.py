@@ -18,6 +18,7 @@ Only JSON data is accepted: strings, numbers, booleans, null, lists and mappings
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,13 +43,14 @@ from workflows.errors import WorkflowDefinitionError, WorkflowLimitError
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
+_MERGE = "tag:yaml.org,2002:merge"
 _SCALAR_TAGS = {
     _STR,
     _INT,
     _FLOAT,
     "tag:yaml.org,2002:bool",
     "tag:yaml.org,2002:null",
-    "tag:yaml.org,2002:merge",
+    _MERGE,
 }
 _SEQ = "tag:yaml.org,2002:seq"
 _MAP = "tag:yaml.org,2002:map"
@@ -130,6 +132,7 @@ class BoundedComposer:
         self.deadline = deadline
         self.clock = clock
         self.resolver = JsonResolver()
+        self.numbers = yaml.constructor.SafeConstructor()  # to read floats as PyYAML will
         self.anchors: dict[str, _Anchor] = {}
         self.stack: list[_Open] = []
         self.anchored: list[_Open] = []  # the open collections that have an anchor
@@ -186,6 +189,8 @@ class BoundedComposer:
         tag = event.tag
         if tag is None or tag == "!":
             tag = self.resolver.resolve(ScalarNode, value, event.implicit)
+            if tag != _MERGE and self._at_key():
+                tag = _STR  # a mapping key is its text, as JSON's keys are strings
         elif tag != _STR:  # an explicit tag: the text must be what it claims to be
             if tag not in _SCALAR_TAGS:
                 self._unsupported(tag, event)
@@ -197,19 +202,34 @@ class BoundedComposer:
                 )
         if tag not in _SCALAR_TAGS:
             self._unsupported(tag, event)
-        if tag in (_INT, _FLOAT) and len(value) > MAX_NUMBER_DIGITS:
-            raise WorkflowDefinitionError(
-                f"a number of {len(value)} characters: numbers may have at most "
-                f"{MAX_NUMBER_DIGITS} digits (quote it to make it a string)",
-                self.source,
-                _line(event),
-            )
         node = ScalarNode(tag, value, event.start_mark, event.end_mark, event.style)
+        if tag in (_INT, _FLOAT):
+            self._check_number(node, event)
         self._count(1, size, event, None)
         anchor = self._anchor(event, node)
         if anchor is not None:
             anchor.closed, anchor.size = True, size
         self._attach(node, 1, size, 0, event)
+
+    def _check_number(self, node: ScalarNode, event: Any) -> None:
+        if len(node.value) > MAX_NUMBER_DIGITS:
+            raise WorkflowDefinitionError(
+                f"a number of {len(node.value)} characters: numbers may have at most "
+                f"{MAX_NUMBER_DIGITS} digits (quote it to make it a string)",
+                self.source,
+                _line(event),
+            )
+        if node.tag == _FLOAT and not math.isfinite(self.numbers.construct_yaml_float(node)):
+            raise WorkflowDefinitionError(
+                f"{_clip(node.value)!r} is not a finite number: JSON has no NaN or infinity "
+                "(quote it to make it a string)",
+                self.source,
+                _line(event),
+            )
+
+    def _at_key(self) -> bool:
+        top = self.stack[-1] if self.stack else None
+        return top is not None and top.key is _NO_KEY and isinstance(top.node, MappingNode)
 
     def _open(self, event: Any, mapping: bool) -> None:
         if len(self.stack) >= self.limits.max_depth:
@@ -280,7 +300,10 @@ class BoundedComposer:
                 self.limits.max_depth,
             )
         self._count(anchor.nodes, anchor.size, event, event.anchor)
-        self._attach(anchor.node, anchor.nodes, anchor.size, anchor.height, event)
+        node = anchor.node
+        if isinstance(node, ScalarNode) and node.tag not in (_STR, _MERGE) and self._at_key():
+            node = ScalarNode(_STR, node.value, node.start_mark, node.end_mark, node.style)
+        self._attach(node, anchor.nodes, anchor.size, anchor.height, event)
 
     # -- bookkeeping -----------------------------------------------------------------------
 

@@ -38,7 +38,7 @@ class ParseLimits(BaseModel):
     max_steps: int = Field(default=1000, ge=1, le=100_000)
     max_value_bytes: int = Field(default=256 * 1024, ge=64, le=64 * 1024 * 1024)
     max_expanded_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, le=256 * 1024 * 1024)
-    timeout_s: float = Field(default=10.0, gt=0, le=600)
+    timeout_s: float = Field(default=5.0, gt=0, le=600)
 
 
 def line_at(data: bytes | str, offset: int) -> int:
