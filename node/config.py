@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from node.errors import ConfigError
+from workflows.dsl import ParseLimits
 
 ENV_PREFIX = "HIVEMESH_"
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
@@ -110,8 +111,22 @@ class PlacementConfig(_Section):
 class ControlConfig(_Section):
     allowed_clients: list[str] = Field(default_factory=list)
     allow_any_client: bool = False
+    # a submit is answered after at most this long creating the workflow (else: PENDING)
+    submit_wait_s: float = Field(default=5.0, ge=0, le=60)
 
     _lists = field_validator("allowed_clients", mode="before")(_split_list)
+
+
+class WorkflowLimitsConfig(ParseLimits):
+    """The bounds of parsing a workflow file sent to this node (:class:`ParseLimits`), and
+    the worker processes that parse them (node.parse_pool)."""
+
+    workers: int = Field(default=2, ge=1, le=16)
+    worker_memory_mb: int = Field(default=256, ge=64, le=64 * 1024)
+
+    def parse_limits(self) -> ParseLimits:
+        """The parsing bounds alone."""
+        return ParseLimits.model_validate(self.model_dump(include=set(ParseLimits.model_fields)))
 
 
 class RayConfig(_Section):
@@ -153,6 +168,7 @@ class NodeConfig(BaseModel):
     ray: RayConfig = Field(default_factory=RayConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
+    workflow_limits: WorkflowLimitsConfig = Field(default_factory=WorkflowLimitsConfig)
 
     @model_validator(mode="after")
     def _membership(self) -> NodeConfig:
@@ -224,6 +240,18 @@ placement:
 control:
   allowed_clients: []      # peer ids of client keys allowed besides this home's client.key
   allow_any_client: false
+  submit_wait_s: 5         # a submit is answered within this long of creating the workflow;
+                           # past it the answer is PENDING and the creation goes on
+workflow_limits:           # bounds of parsing a workflow file sent to this node (and the CLI's)
+  max_bytes: 1048576       # the file
+  max_depth: 64            # nesting of lists and mappings
+  max_nodes: 100000        # YAML nodes, each alias counted as a copy of what it points at
+  max_expanded_bytes: 4194304  # bytes of values, likewise
+  max_value_bytes: 262144  # any one value
+  max_steps: 1000
+  timeout_s: 5             # wall-clock time of one parse
+  workers: 2               # processes that parse (one file at a time each)
+  worker_memory_mb: 256    # address space of each of them
 ray:
   address: null            # null: start a local Ray; "auto" or host:port: join a cluster
   num_cpus: null

@@ -1,16 +1,34 @@
-"""Control service: what the CLI (or any authorised client) asks a node."""
+"""Control service: what the CLI (or any authorised client) asks a node.
+
+A ``submit`` is answered in bounded time whatever the file: the YAML is parsed in a worker
+process within ``workflow_limits`` (node.parse_pool), and the workflow is created by a
+task of this service that outlives the request. The node waits ``control.submit_wait_s``
+for the creation; past that it answers ``PENDING`` with the workflow's id (chosen by the
+client, or by the node before it answers), and the creation goes on. Until it ends, a
+``status`` of that id answers ``PENDING``, a ``result`` with ``wait`` and a ``cancel``
+wait for it, and a ``submit`` with the same id joins it; if it fails, they get the
+failure as an ``internal`` error, and a new ``submit`` with the id tries again
+(docs/protocols.md §10.3).
+"""
 
 from __future__ import annotations
 
 import logging
 import time
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from node.config import ControlConfig, NetworkConfig
+import trio
+
+from node.config import ControlConfig, NetworkConfig, WorkflowLimitsConfig
+from node.errors import ParserBusyError, ParseWorkerError
 from node.handoff.journal import AsyncHandoffJournal, JournalError
 from node.handoff.server import HandoffServer, JobInfo
 from node.p2p import P2PHost, P2PStream
+from node.parse_pool import ParsePool
 from node.registry import PeerRegistry, PeerState
 from node.workflow_service import WorkflowService
 from protocols import control
@@ -19,7 +37,7 @@ from protocols.framing import encode_frame
 from protocols.stream import MessageStream
 from protocols.versioning import dump_for, version_of
 from workflows._storage import StorageError
-from workflows.dsl import parse_workflow
+from workflows.dsl import WorkflowSpec
 from workflows.errors import WorkflowError, WorkflowNotFoundError
 from workflows.tools import ToolRegistry
 
@@ -28,6 +46,25 @@ log = logging.getLogger(__name__)
 
 class _NotFound(Exception):
     """A request about something this node does not have (wire code ``not_found``)."""
+
+
+class _CreationFailed(Exception):
+    """A workflow accepted with ``PENDING`` could not be created (wire code ``internal``)."""
+
+
+_FAILED_KEPT = 256  # failed creations remembered, for the clients that were told PENDING
+
+
+@dataclass
+class _Creation:
+    """A workflow being created: the submits that asked for it wait on ``done``."""
+
+    workflow_id: str
+    spec: WorkflowSpec
+    accepted_at: float  # Unix time
+    done: trio.Event = field(default_factory=trio.Event)
+    created: bool = False
+    error: Exception | None = None
 
 
 class ControlService:
@@ -45,6 +82,7 @@ class ControlService:
         handoffs: HandoffServer,
         journal: AsyncHandoffJournal,
         ray_info: control.RayInfo | None = None,
+        workflow_limits: WorkflowLimitsConfig | None = None,
     ) -> None:
         self.host = host
         self.handoffs = handoffs
@@ -57,6 +95,25 @@ class ControlService:
         self.allowed = {owner_client, *config.allowed_clients}
         self.allow_any = config.allow_any_client
         self.network = network
+        self.submit_wait_s = config.submit_wait_s
+        limits = workflow_limits or WorkflowLimitsConfig()
+        self.parser = ParsePool(
+            limits.parse_limits(), workers=limits.workers, memory_mb=limits.worker_memory_mb
+        )
+        self._creations: dict[str, _Creation] = {}
+        self._failed: OrderedDict[str, str] = OrderedDict()
+        self._nursery: trio.Nursery | None = None
+
+    async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the parse workers and the creations of submitted workflows until cancelled."""
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.parser.serve)
+                self._nursery = nursery
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            self._nursery = None
 
     def authorised(self, peer: str) -> bool:
         return self.allow_any or peer in self.allowed
@@ -104,6 +161,10 @@ class ControlService:
             await ms.send_error("internal", f"the node could not read its journal: {exc}")
         except WorkflowError as exc:
             await ms.send_error("invalid_workflow", str(exc))
+        except ParserBusyError as exc:
+            await ms.send_error("busy", str(exc))
+        except (ParseWorkerError, _CreationFailed) as exc:
+            await ms.send_error("internal", str(exc))
         else:
             obj = dump_for(reply, version)  # only the members the client's version knows
             await ms.stream.write(encode_frame(obj, self.network.max_frame_size))
@@ -119,14 +180,19 @@ class ControlService:
                 ray=self.ray_info,
             )
         if isinstance(request, control.SubmitRequest):
-            spec = parse_workflow(request.workflow, source=request.source or "<submitted>")
-            wid, created = await self.workflows.submit(spec, request.inputs, request.workflow_id)
-            view = await self.workflows.view(wid)
-            return control.Submitted(workflow_id=wid, status=view.status.value, created=created)
+            return await self._submit(request)
         if isinstance(request, control.StatusRequest):
+            creation = self._pending(request.workflow_id)
+            if creation is not None:
+                return self._pending_status(creation)
             view = await self.workflows.view(request.workflow_id)
             return self._status_reply(view, await self._receipts(view.workflow_id))
         if isinstance(request, control.ResultRequest):
+            creation = self._pending(request.workflow_id)
+            if creation is not None and not request.wait:
+                return control.WorkflowResult(workflow_id=creation.workflow_id, status="PENDING")
+            if creation is not None:
+                await self._created(creation)
             if request.wait:
                 view = await self.workflows.wait(request.workflow_id)
             else:
@@ -138,6 +204,9 @@ class ControlService:
                 error=view.error,
             )
         if isinstance(request, control.CancelRequest):
+            creation = self._pending(request.workflow_id)
+            if creation is not None:
+                await self._created(creation)
             view = await self.workflows.cancel(request.workflow_id)
             return self._status_reply(view)
         if isinstance(request, control.ListRequest):
@@ -169,6 +238,77 @@ class ControlService:
                 )
             return control.Handoffs(handoffs=[_entry(j) for j in stopped])
         raise AssertionError(f"unhandled control request {request!r}")
+
+    # -- submit ---------------------------------------------------------------------------
+
+    async def _submit(self, request: control.SubmitRequest) -> control.Submitted:
+        spec = await self.parser.parse(request.workflow, request.source or "<submitted>")
+        # (in a thread: binding deep-copies defaults, which may be large)
+        bound = await trio.to_thread.run_sync(spec.bind_inputs, request.inputs)
+        wid = request.workflow_id or f"{spec.id}-{uuid.uuid4().hex[:12]}"
+        creation = self._creations.get(wid)
+        joined = creation is not None
+        if creation is None:
+            if self._nursery is None:
+                raise ParserBusyError("the node is starting or stopping; try again in a moment")
+            creation = _Creation(wid, spec, time.time())
+            self._creations[wid] = creation
+            self._failed.pop(wid, None)
+            self._nursery.start_soon(self._create, creation, bound)
+        with trio.move_on_after(self.submit_wait_s):
+            await creation.done.wait()
+        if not creation.done.is_set():
+            log.info("workflow %r accepted; still being created after %gs", wid, self.submit_wait_s)
+            return control.Submitted(workflow_id=wid, status="PENDING", created=not joined)
+        if creation.error is not None:
+            raise creation.error
+        view = await self.workflows.view(wid)
+        return control.Submitted(
+            workflow_id=wid, status=view.status.value, created=creation.created and not joined
+        )
+
+    async def _create(self, creation: _Creation, inputs: dict[str, Any]) -> None:
+        wid = creation.workflow_id
+        try:
+            _, creation.created = await self.workflows.submit(creation.spec, inputs, wid)
+        except Exception as exc:  # recorded whatever it is: a client may have been told PENDING
+            creation.error = exc
+            if not isinstance(exc, WorkflowError | JournalError | StorageError):
+                log.exception("creating workflow %r failed", wid)
+            self._failed[wid] = f"{type(exc).__name__}: {exc}"
+            while len(self._failed) > _FAILED_KEPT:
+                self._failed.popitem(last=False)
+        finally:
+            if self._creations.get(wid) is creation:
+                del self._creations[wid]
+            creation.done.set()
+
+    def _pending(self, workflow_id: str) -> _Creation | None:
+        """The creation of ``workflow_id`` if it is under way; raises if it failed."""
+        creation = self._creations.get(workflow_id)
+        if creation is None and workflow_id in self._failed:
+            raise _CreationFailed(
+                f"workflow {workflow_id!r} was accepted but could not be created "
+                f"({self._failed[workflow_id]}); submit it again with the same id"
+            )
+        return creation
+
+    async def _created(self, creation: _Creation) -> None:
+        await creation.done.wait()
+        self._pending(creation.workflow_id)  # raises if it failed
+
+    @staticmethod
+    def _pending_status(creation: _Creation) -> control.WorkflowStatusReply:
+        return control.WorkflowStatusReply(
+            workflow_id=creation.workflow_id,
+            name=creation.spec.name,
+            status="PENDING",
+            created_at=creation.accepted_at,
+            steps=[
+                control.StepStatus(name=s.name, tool=s.tool, status="PENDING")
+                for s in creation.spec.steps
+            ],
+        )
 
     async def _receipts(self, workflow_id: str) -> dict[tuple[str, str], dict[str, Any]]:
         """The checked receipts of the workflow's delegated steps, by (step, peer)."""

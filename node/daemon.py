@@ -180,6 +180,7 @@ class Node:
             handoffs=self.handoff,
             journal=self.async_journal,
             ray_info=self.ray_info,
+            workflow_limits=config.workflow_limits,
         )
         # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
         self.host.set_handler(
@@ -224,6 +225,7 @@ class Node:
                 await n.start(self.handoff.serve)
                 await n.start(self.executor.serve)
                 await n.start(self.workflows.serve)
+                await n.start(self.control.serve)  # (its parse workers, and submits' creations)
                 await n.start(self.discovery.serve)
                 info: dict[str, Any] = {
                     "peer_id": self.peer_id,

@@ -11,7 +11,9 @@
     │                              another swarm (or none), or we are
     ├── NotAuthorisedError         the node refused our client key
     ├── RequestFailedError         the node answered a request with an error
-    └── PlacementError             no node in the swarm can run a step
+    ├── PlacementError             no node in the swarm can run a step
+    ├── ParserBusyError            every workflow-parse worker stayed busy: try again soon
+    └── ParseWorkerError           a workflow-parse worker failed (not the file's fault)
 """
 
 from __future__ import annotations
@@ -58,4 +60,12 @@ class RequestFailedError(NodeError):
 
 
 class PlacementError(NodeError):
+    pass
+
+
+class ParserBusyError(NodeError):
+    pass
+
+
+class ParseWorkerError(NodeError):
     pass
