@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -22,6 +23,7 @@ from node import identity
 from node.config import NodeConfig, RayConfig
 from node.control import ControlService
 from node.discovery import DiscoveryService
+from node.errors import ConfigError
 from node.executor import SwarmExecutor
 from node.handoff.admission import split_slots
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
@@ -46,11 +48,36 @@ def hivemesh_version() -> str:
         return "0.0.0+unknown"
 
 
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Raise ConfigError (one line) if the cluster at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``) does not accept a TCP connection within ``timeout_s``.
+
+    ``ray.init`` retries an unreachable address for minutes, printing Ray's own warnings;
+    a node that cannot join its cluster should say so at once. Other forms (``auto``,
+    ``local``, none) are left to Ray."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({reason.lower()}): start it, or "
+            "fix ray.address (--ray-address)"
+        ) from None
+
+
 def start_ray(config: RayConfig) -> tuple[int, str]:
     """Start a local Ray (bound to 127.0.0.1) or join ``config.address``.
 
     Returns the cluster's CPUs and its GCS address."""
     from workflows._loopback import is_loopback_address, keep_ray_on_loopback
+
+    check_ray_address(config.address)
 
     if is_loopback_address(config.address):
         # a node's private Ray (or a cluster on loopback) stays on 127.0.0.1

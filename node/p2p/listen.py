@@ -38,20 +38,18 @@ _REASONS = {
 }
 
 
-def tcp_endpoint(addr: str) -> tuple[socket.AddressFamily, str, int] | None:
-    """(family, host, port) of a TCP listen address that :class:`ExclusiveTCP` serves, or
-    None for an address of another transport (WebSocket, QUIC, …). Raises ListenError for
-    a TCP address it cannot listen on (not /ip4 or /ip6, invalid)."""
+def tcp_endpoint(addr: str) -> tuple[socket.AddressFamily, str, int]:
+    """(family, host, port) of a listen address. Raises ListenError for anything but
+    /ip4/HOST/tcp/PORT or /ip6/HOST/tcp/PORT: the node's host has no other transport
+    (libp2p would skip such an address and leave the node without it, silently)."""
     try:
         ma = multiaddr.Multiaddr(addr)
         names = [p.name for p in ma.protocols()]
     except Exception as exc:  # multiaddr's parse errors: translated once, here
         raise ListenError(f"cannot listen on {addr}: not a valid multiaddr ({exc})") from None
-    if "tcp" not in names or {"ws", "wss", "quic", "quic-v1"} & set(names):
-        return None
     if len(names) != 2 or names[0] not in ("ip4", "ip6") or names[1] != "tcp":
         raise ListenError(
-            f"cannot listen on {addr}: give a TCP listen address as /ip4/HOST/tcp/PORT "
+            f"cannot listen on {addr}: a node listens on TCP only: give /ip4/HOST/tcp/PORT "
             "or /ip6/HOST/tcp/PORT"
         )
     family = socket.AF_INET if names[0] == "ip4" else socket.AF_INET6
@@ -62,10 +60,7 @@ def bind_tcp(addr: str) -> socket.socket:
     """A listening socket for the TCP address ``addr``, without ``SO_REUSEPORT``.
 
     Raises ListenError (``cannot listen on ADDR: address already in use``, …)."""
-    endpoint = tcp_endpoint(addr)
-    if endpoint is None:
-        raise ListenError(f"cannot listen on {addr}: not a TCP address")
-    family, host, port = endpoint
+    family, host, port = tcp_endpoint(addr)
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         # SO_REUSEADDR (trio sets it too) lets a restarted node take its port back while
@@ -86,10 +81,9 @@ def bind_tcp(addr: str) -> socket.socket:
 class ListenSockets:
     """The TCP listen sockets of a host, bound (and listening) before libp2p starts.
 
-    :meth:`bind` binds every TCP address of a listen list or none (ListenError naming the
-    first that failed); addresses of other transports are left to libp2p. The host's
-    transport takes each socket when libp2p listens on its address; :meth:`close` closes
-    those not taken."""
+    :meth:`bind` binds every address of a listen list or none (ListenError naming the first
+    that failed). The host's transport takes each socket when libp2p listens on its
+    address; :meth:`close` closes those not taken."""
 
     def __init__(self, sockets: dict[str, socket.socket]) -> None:
         self._sockets = sockets
@@ -100,9 +94,8 @@ class ListenSockets:
         try:
             for addr in listen:
                 key = _key(addr)
-                if key in bound or tcp_endpoint(addr) is None:
-                    continue
-                bound[key] = bind_tcp(addr)
+                if key not in bound:
+                    bound[key] = bind_tcp(addr)
         except BaseException:
             for sock in bound.values():
                 sock.close()

@@ -84,18 +84,27 @@ def test_a_refused_address_releases_the_ports_bound_before_it(plain_listener: in
 @pytest.mark.parametrize(
     ("addr", "message"),
     [
-        ("/dns4/localhost/tcp/0", "give a TCP listen address as /ip4/HOST/tcp/PORT"),
+        ("/dns4/localhost/tcp/0", "a node listens on TCP only: give /ip4/HOST/tcp/PORT"),
+        ("/ip4/127.0.0.1/tcp/0/ws", "a node listens on TCP only"),
+        ("/ip4/127.0.0.1/udp/0/quic-v1", "a node listens on TCP only"),
         ("/ip4/127.0.0.1/tcp/99999", "not a valid multiaddr"),
+        ("garbage", "not a valid multiaddr"),
     ],
 )
 def test_an_address_that_cannot_be_listened_on_is_one_line(addr: str, message: str) -> None:
     with pytest.raises(ListenError) as err:
-        ListenSockets.bind([addr])
+        ListenSockets.bind(["/ip4/127.0.0.1/tcp/0", addr])
     assert str(err.value).startswith(f"cannot listen on {addr}: ")
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
-def test_addresses_of_other_transports_are_left_to_libp2p() -> None:
-    assert tcp_endpoint("/ip4/127.0.0.1/tcp/0/ws") is None
-    assert tcp_endpoint("/ip4/127.0.0.1/udp/0/quic-v1") is None
+async def test_an_address_libp2p_would_skip_fails_the_host_instead_of_a_silent_start() -> None:
+    # the host has one transport, TCP: py-libp2p would skip a WebSocket address and run
+    # without it
+    with pytest.raises(ListenError, match="a node listens on TCP only"):
+        async with host().run(["/ip4/127.0.0.1/tcp/0/ws"]):
+            pass
+
+
+def test_ip6_addresses_are_tcp_addresses_too() -> None:
     assert tcp_endpoint("/ip6/::1/tcp/0") == (socket.AF_INET6, "::1", 0)
