@@ -23,6 +23,7 @@ import pytest
 from node.home import Home
 from node.home_lock import lock_holder
 from node.localswarm import LocalSwarm, cli_command
+from node.p2p import ListenSockets
 
 pytestmark = pytest.mark.e2e
 
@@ -115,6 +116,8 @@ def test_a_running_nodes_home_and_port_are_refused_and_kill_9_frees_the_home(
         node.proc.wait(30)
         assert lock_holder(home) is None
         assert (home / "node.json").exists()
+        with ListenSockets.bind([addr]):  # nor does its port outlive it
+            pass
         gone = cli("node", "info", "--home", str(home))
         cli.refused(
             gone,
