@@ -253,9 +253,11 @@ class Home:
                 stale = self.read_runtime()
             except HomeError:
                 stale = {}  # unreadable: stale all the same
-            if stale is not None:
-                self.runtime_file.unlink(missing_ok=True)
-            self.runtime_file.with_suffix(".tmp").unlink(missing_ok=True)
+            for leftover in (self.runtime_file, self.runtime_file.with_suffix(".tmp")):
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise HomeError(f"cannot remove the stale {leftover}: {_why(exc)}") from None
             self.check_journal_files()
         except BaseException:
             lock.release()
