@@ -160,9 +160,11 @@ class Node:
             backoff_max_s=disc.dial_backoff_max_s,
             exclude_s=placement.exclude_s,
         )
-        # Slots: tool steps that run at once on this node's Ray, each with an equal share of
-        # its CPUs. Peers' steps get at most the slots not reserved for this node's own.
-        self.local_capacity = max(4, cpus * 4)
+        # Slots: tool steps that run at once on this node's Ray, half a CPU each (two per
+        # CPU, as the node's card always said; smaller shares make Ray start and stop worker
+        # processes all the time: a fan-out of quick steps ran 5-10x slower with a quarter
+        # CPU each). Peers' steps get at most the slots not reserved for this node's own.
+        self.local_capacity = max(2, cpus * 2)
         peer_slots, _reserved = split_slots(self.local_capacity, config.handoff.reserved_share)
         run_local = RayToolRunner(
             max_concurrent=self.local_capacity + peer_slots,
