@@ -94,6 +94,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--node-cpus", type=int, default=1, help="CPUs each node is given")
     parser.add_argument("--open", action="store_true", help="(new tree) an open swarm, no key")
     parser.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        help="both nodes' journal.synchronous (default: the config's default, FULL)",
+    )
+    parser.add_argument(
         "--default-quotas",
         action="store_true",
         help="(new tree) keep a's per-peer quotas at their defaults (else lifted, see LIFTED)",
@@ -164,6 +169,7 @@ def main() -> dict[str, Any]:
         swarm="private" if private else "open",
         ray_cpus=cpus,
         node_cpus=args.node_cpus,
+        synchronous=args.synchronous or "FULL (default)",
         quotas=None if swarm_key_cls is None else "default" if args.default_quotas else LIFTED,
     )
     return result
@@ -190,6 +196,8 @@ async def _measure(
     def make_node(name: str, tools: str, bootstrap: list[str]) -> Any:
         home = home_cls(tmp / name)
         raw: dict[str, Any] = {"tools": tools, "network": {"bootstrap": bootstrap}}
+        if args.synchronous:
+            raw["journal"] = {"synchronous": args.synchronous}
         if swarm_key_cls is None:
             home.init()  # the old home: identity only
         else:

@@ -167,7 +167,8 @@ def report(variants: list[str], labels: dict[str, str], rounds: list[dict[str, R
         quota_text = "" if quotas is None else f"; a's per-peer quotas: {quotas}"
         print(
             f"  {variant:<12} {labels[variant]}: {rec['swarm']} swarm, node cpus "
-            f"{rec['node_cpus']}, Ray CPUs {rec['ray_cpus']}{quota_text}"
+            f"{rec['node_cpus']}, Ray CPUs {rec['ray_cpus']}, journal.synchronous "
+            f"{rec['synchronous']}{quota_text}"
         )
 
 
@@ -176,6 +177,11 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3, help="driver runs per tree")
     parser.add_argument("--reps", type=int, default=3, help="timed runs per workload per driver")
     parser.add_argument("--node-cpus", type=int, default=1, help="CPUs each node is given")
+    parser.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        help="the nodes' journal.synchronous, both trees (default: the config's, FULL)",
+    )
     parser.add_argument(
         "--also-open", action="store_true", help="also the working tree in an open swarm (no key)"
     )
@@ -187,6 +193,8 @@ def main() -> int:
     args = parser.parse_args()
 
     common = ["--reps", str(args.reps), "--node-cpus", str(args.node_cpus)]
+    if args.synchronous:
+        common += ["--synchronous", args.synchronous]
     load_before = os.getloadavg()
     before_tree = add_worktree(BEFORE_COMMIT)
     labels = {"before": f"{BEFORE_COMMIT} (before issue 8)", "after": after_label()}
