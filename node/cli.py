@@ -7,6 +7,7 @@ and exit 1; usage errors exit 2; no tracebacks.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -195,59 +196,70 @@ def node_start(
     log_level: str | None,
 ) -> None:
     """Run a node in the foreground until SIGINT or SIGTERM."""
-    from node.config import load_config
-    from node.daemon import run_daemon
-
     h = _home(home)
-    if not h.node_key.exists():
-        h.init_identity()  # the swarm is settled below, once the config is known
-    running = h.read_runtime()
-    if running and isinstance(running.get("pid"), int):
-        from node.client import pid_alive
+    # First, in milliseconds (before libp2p, Ray or any tool is imported): the home is
+    # writable and its journal files openable, no node runs from it (its lock, held until
+    # this process ends), and a stale node.json is removed.
+    with contextlib.ExitStack() as stack:
+        claim = stack.enter_context(h.claim_for_node())
+        from node.config import load_config
+        from node.p2p.listen import ListenSockets
 
-        if pid_alive(running["pid"]):
-            fail(f"a node is already running from {h.path} (pid {running['pid']})")
-    flags: dict[str, Any] = {}
-    network: dict[str, Any] = {}
-    if listen:
-        network["listen"] = list(listen)
-    if bootstrap:
-        network["bootstrap"] = list(bootstrap)
-    if network:
-        flags["network"] = network
-    if tools is not None:
-        flags["tools"] = tools
-    ray: dict[str, Any] = {}
-    if num_cpus is not None:
-        ray["num_cpus"] = num_cpus
-    if ray_address is not None:
-        ray["address"] = ray_address
-    if ray:
-        flags["ray"] = ray
-    if log_level is not None:
-        flags["log_level"] = log_level.upper()
-    if swarm_key is not None:
-        flags["swarm"] = {"key_file": swarm_key.expanduser().absolute(), "open": False}
-    cfg_path = config_file if config_file is not None else h.config_file
-    if config_file is not None and not config_file.exists():
-        fail(f"config file {config_file} does not exist")
-    config = load_config(config_file=cfg_path, flags=flags)
-    from workflows.tools import ToolRegistry
+        if claim.stale_runtime is not None:
+            pid = claim.stale_runtime.get("pid")
+            click.echo(
+                f"removed {h.runtime_file}: left by a node that is no longer running"
+                + (f" (pid {pid})" if isinstance(pid, int) else ""),
+                err=True,
+            )
+        if not h.node_key.exists():
+            h.init_identity()  # the swarm is settled below, once the config is known
+        flags: dict[str, Any] = {}
+        network: dict[str, Any] = {}
+        if listen:
+            network["listen"] = list(listen)
+        if bootstrap:
+            network["bootstrap"] = list(bootstrap)
+        if network:
+            flags["network"] = network
+        if tools is not None:
+            flags["tools"] = tools
+        ray: dict[str, Any] = {}
+        if num_cpus is not None:
+            ray["num_cpus"] = num_cpus
+        if ray_address is not None:
+            ray["address"] = ray_address
+        if ray:
+            flags["ray"] = ray
+        if log_level is not None:
+            flags["log_level"] = log_level.upper()
+        if swarm_key is not None:
+            flags["swarm"] = {"key_file": swarm_key.expanduser().absolute(), "open": False}
+        cfg_path = config_file if config_file is not None else h.config_file
+        if config_file is not None and not config_file.exists():
+            fail(f"config file {config_file} does not exist")
+        config = load_config(config_file=cfg_path, flags=flags)
+        # the ports next, still before libp2p, Ray and the tools are imported
+        listen_sockets = ListenSockets.bind(config.network.listen)
+        stack.callback(listen_sockets.close)
+        from workflows.tools import ToolRegistry
 
-    try:
-        ToolRegistry.from_entry_points(config.tools)
-    except ValueError as exc:
-        fail(str(exc))
-    # A home without a key that is not open starts a new private swarm, and says so.
-    swarm = h.membership(config.swarm, create=True)
-    if swarm.created:
-        click.echo(
-            f"created a new swarm key at {swarm.key_file}: this node starts a new private "
-            "swarm; copy that file to machines that should join it "
-            "('hivemesh init --swarm-key FILE')",
-            err=True,
-        )
-    run_daemon(config, h, swarm)
+        try:
+            ToolRegistry.from_entry_points(config.tools)
+        except ValueError as exc:
+            fail(str(exc))
+        # A home without a key that is not open starts a new private swarm, and says so.
+        swarm = h.membership(config.swarm, create=True)
+        if swarm.created:
+            click.echo(
+                f"created a new swarm key at {swarm.key_file}: this node starts a new private "
+                "swarm; copy that file to machines that should join it "
+                "('hivemesh init --swarm-key FILE')",
+                err=True,
+            )
+        from node.daemon import run_daemon
+
+        run_daemon(config, h, swarm, listen_sockets)
 
 
 @node_group.command("info")

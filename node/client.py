@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ from node.errors import (
     RequestFailedError,
 )
 from node.home import Home, SwarmMembership
+from node.home_lock import lock_holder, start_hint
 from node.p2p import P2PHost, split_p2p_addr
 from node.p2p.pnet import KEYED_PEER, NO_KEY
 from node.swarmkey import SwarmKey
@@ -37,30 +37,22 @@ def resolve_node_addr(home: Home, node: str | None) -> str:
         except ValueError as exc:
             raise NodeUnreachableError(f"{exc} (expected /ip4/HOST/tcp/PORT/p2p/PEER_ID)") from None
         return node
+    # Whether a node runs from the home is the lock's answer: a recorded pid may be dead,
+    # or reused by an unrelated process.
+    holder = lock_holder(home.path)
+    if holder is None:
+        raise NodeUnreachableError(
+            f"no node running from {home.path} "
+            f"(start one with '{start_hint(home.path)}', or pass --node)"
+        )
     info = home.read_runtime()
     if not info or not info.get("addrs"):
         raise NodeUnreachableError(
-            f"no running node recorded in {home.path} "
-            f"(start one with 'hivemesh node start --home {home.path}' or pass --node)"
-        )
-    pid = info.get("pid")
-    if isinstance(pid, int) and not pid_alive(pid):
-        raise NodeUnreachableError(
-            f"the node recorded in {home.path} (pid {pid}) is not running "
-            f"(start it with 'hivemesh node start --home {home.path}')"
+            f"the node running from {home.path} (pid {holder or 'unknown'}) is still "
+            "starting: try again when it has printed its addresses"
         )
     addrs = [a for a in info["addrs"] if "/ip4/127.0.0.1/" in a] or info["addrs"]
     return str(addrs[0])
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 async def request(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -22,12 +23,13 @@ from node import identity
 from node.config import NodeConfig, RayConfig
 from node.control import ControlService
 from node.discovery import DiscoveryService
+from node.errors import ConfigError
 from node.executor import SwarmExecutor
 from node.handoff.admission import split_slots
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
 from node.handoff.server import HandoffServer
 from node.home import Home, SwarmMembership
-from node.p2p import P2PHost, quiet_libp2p_logging
+from node.p2p import ListenSockets, P2PHost, quiet_libp2p_logging
 from node.registry import PeerRegistry
 from node.scheduler import Policy
 from node.swarmkey import loosely_readable
@@ -46,11 +48,36 @@ def hivemesh_version() -> str:
         return "0.0.0+unknown"
 
 
+def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
+    """Raise ConfigError (one line) if the cluster at ``address`` (``HOST:PORT`` or
+    ``ray://HOST:PORT``) does not accept a TCP connection within ``timeout_s``.
+
+    ``ray.init`` retries an unreachable address for minutes, printing Ray's own warnings;
+    a node that cannot join its cluster should say so at once. Other forms (``auto``,
+    ``local``, none) are left to Ray."""
+    if address is None or address in ("auto", "local"):
+        return
+    host, sep, port = address.split("://")[-1].rpartition(":")
+    if not sep or not port.isdigit():
+        return
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        reason = "no answer" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ConfigError(
+            f"cannot reach the Ray cluster at {address} ({reason.lower()}): start it, or "
+            "fix ray.address (--ray-address)"
+        ) from None
+
+
 def start_ray(config: RayConfig) -> tuple[int, str]:
     """Start a local Ray (bound to 127.0.0.1) or join ``config.address``.
 
     Returns the cluster's CPUs and its GCS address."""
     from workflows._loopback import is_loopback_address, keep_ray_on_loopback
+
+    check_ray_address(config.address)
 
     if is_loopback_address(config.address):
         # a node's private Ray (or a cluster on loopback) stays on 127.0.0.1
@@ -94,10 +121,13 @@ class Node:
         cpus: int,
         ray_address: str | None = None,
         swarm: SwarmMembership | None = None,
+        listen_sockets: ListenSockets | None = None,
     ) -> None:
         from workflows.ray_tools import RayToolRunner
 
         self.config = config
+        # TCP listen sockets bound before Ray started (None: bound when the host starts)
+        self.listen_sockets = listen_sockets
         # the Ray this node runs steps on: its own (started here) or a cluster it joined
         self.ray_info = control.RayInfo(
             address=ray_address, joined=config.ray.address is not None, cpus=cpus
@@ -130,9 +160,11 @@ class Node:
             backoff_max_s=disc.dial_backoff_max_s,
             exclude_s=placement.exclude_s,
         )
-        # Slots: tool steps that run at once on this node's Ray, each with an equal share of
-        # its CPUs. Peers' steps get at most the slots not reserved for this node's own.
-        self.local_capacity = max(4, cpus * 4)
+        # Slots: tool steps that run at once on this node's Ray, half a CPU each (two per
+        # CPU, as the node's card always said; smaller shares make Ray start and stop worker
+        # processes all the time: a fan-out of quick steps ran 5-10x slower with a quarter
+        # CPU each). Peers' steps get at most the slots not reserved for this node's own.
+        self.local_capacity = max(2, cpus * 2)
         peer_slots, _reserved = split_slots(self.local_capacity, config.handoff.reserved_share)
         run_local = RayToolRunner(
             max_concurrent=self.local_capacity + peer_slots,
@@ -221,7 +253,11 @@ class Node:
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
         try:
-            async with self.host.run(self.config.network.listen), trio.open_nursery() as n:
+            listen = self.config.network.listen
+            async with (
+                self.host.run(listen, sockets=self.listen_sockets),
+                trio.open_nursery() as n,
+            ):
                 await n.start(self.handoff.serve)
                 await n.start(self.executor.serve)
                 await n.start(self.workflows.serve)
@@ -277,8 +313,30 @@ async def _serve_until_signal(node: Node, on_ready: Callable[[dict[str, Any]], N
                 break
 
 
-def run_daemon(config: NodeConfig, home: Home, swarm: SwarmMembership | None = None) -> None:
-    """Foreground daemon for ``hivemesh node start``: stdout gets the ready lines."""
+def run_daemon(
+    config: NodeConfig,
+    home: Home,
+    swarm: SwarmMembership | None = None,
+    listen_sockets: ListenSockets | None = None,
+) -> None:
+    """Foreground daemon for ``hivemesh node start``: stdout gets the ready lines.
+
+    The caller holds the home's lock (:meth:`Home.claim_for_node`). The TCP listen sockets
+    are bound before Ray starts (by the caller, or here), so a port in use costs
+    milliseconds, not a Ray start; the caller closes the sockets it gave."""
+    if listen_sockets is not None:
+        _run_daemon(config, home, swarm, listen_sockets)
+        return
+    with ListenSockets.bind(config.network.listen) as sockets:  # ListenError: port in use
+        _run_daemon(config, home, swarm, sockets)
+
+
+def _run_daemon(
+    config: NodeConfig,
+    home: Home,
+    swarm: SwarmMembership | None,
+    listen_sockets: ListenSockets,
+) -> None:
     logging.basicConfig(
         level=config.log_level,
         stream=sys.stderr,
@@ -290,7 +348,14 @@ def run_daemon(config: NodeConfig, home: Home, swarm: SwarmMembership | None = N
     quiet_libp2p_logging(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
     cpus, ray_address = start_ray(config.ray)
     try:
-        node = Node(config, home, cpus=cpus, ray_address=ray_address, swarm=swarm)
+        node = Node(
+            config,
+            home,
+            cpus=cpus,
+            ray_address=ray_address,
+            swarm=swarm,
+            listen_sockets=listen_sockets,
+        )
 
         def ready(info: dict[str, Any]) -> None:
             lines = [

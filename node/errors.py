@@ -5,7 +5,9 @@
     NodeError                      root of everything in ``node``
     ├── ConfigError                invalid config file, environment or flag
     │   └── SwarmKeyError          a swarm.key file missing, unreadable or not in the pnet format
-    ├── HomeError                  home folder missing, not initialised, or unreadable
+    ├── HomeError                  home folder missing, not initialised, unreadable or unwritable
+    │   └── HomeLockedError        a node is already running from the home (it holds its lock)
+    ├── ListenError                a listen address cannot be listened on (in use, not local)
     ├── NodeUnreachableError       no node at the address, or it did not answer in time
     │   └── NotInSwarmError        the private-network handshake failed: the node is in
     │                              another swarm (or none), or we are
@@ -33,6 +35,19 @@ class SwarmKeyError(ConfigError):
 
 class HomeError(NodeError):
     pass
+
+
+class HomeLockedError(HomeError):
+    """Another process holds the home's lock: a node is running from it. ``pid`` is the
+    pid that process recorded (None if it could not be read)."""
+
+    def __init__(self, message: str, pid: int | None = None) -> None:
+        super().__init__(message)
+        self.pid = pid
+
+
+class ListenError(NodeError):
+    """A listen address could not be listened on; the message names the address."""
 
 
 class NodeUnreachableError(NodeError):

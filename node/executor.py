@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import Any
@@ -44,6 +45,10 @@ from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
+
+# rejections that mean "busy now": the step waits and asks again instead of failing
+BACKPRESSURE = ("quota_exceeded", "overloaded")
+MAX_BACKOFF_S = 30.0
 
 # (tool, version, args, idempotency key) -> outputs
 LocalRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
@@ -78,6 +83,7 @@ class SwarmExecutor:
         self.replicas = dict(replicas or {})  # tool -> nodes each of its steps runs on
         self.local_running = 0
         self._nursery: trio.Nursery | None = None
+        self._gates: dict[str, trio.Semaphore] = {}  # per peer: steps in flight there
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Owns background work: recording delegated results, then acknowledging them."""
@@ -142,7 +148,11 @@ class SwarmExecutor:
         tried: list[str] = []
         last_error: str | None = None
         decision: Decision | None = None
-        for _attempt in range(self.config.max_attempts):
+        failures = 0
+        # a busy peer is backpressure, not a failure: wait and ask again, as long as the step
+        # may take
+        patience = trio.current_time() + self.config.default_deadline_s
+        while failures < self.config.max_attempts:
             try:
                 decision = await self._place(request, tried)
             except PlacementError as exc:
@@ -167,8 +177,22 @@ class SwarmExecutor:
                 ) from None
             except HandoffRejectedError as exc:
                 last_error = exc.message
+                if exc.code in BACKPRESSURE and trio.current_time() < patience:
+                    tried.remove(decision.node)  # it may be asked again once it has room
+                    wait = min(max(exc.retry_after_s or 1.0, 0.05), MAX_BACKOFF_S)
+                    wait *= 1 + random.random() / 2  # spread the retries of a fan-out
+                    log.info(
+                        "step %s: %s; asking again in %.1fs",
+                        request.idempotency_key,
+                        exc,
+                        wait,
+                    )
+                    await trio.sleep(wait)
+                    continue
+                failures += 1
                 log.info("step %s: %s; trying another node", request.idempotency_key, exc)
             except (HandoffError, NodeError) as exc:
+                failures += 1
                 last_error = str(exc)
                 self._count_failure(request, decision.node, exc)
         raise StepExecutionError(
@@ -382,16 +406,24 @@ class SwarmExecutor:
                     f"output schema: {problem}",
                 )
 
+        gate = self._gates.get(peer)
+        if gate is None:
+            gate = self._gates[peer] = trio.Semaphore(self.config.max_inflight_per_peer)
         self.registry.step_started(peer)
         try:
-            started = time.monotonic()
-            try:
-                outcome = await self._offer(request, peer, hid, epoch, stored is not None, check)
-            except HandoffRejectedError as exc:
-                if exc.code != "superseded" or exc.epoch is None:
-                    raise
-                # the peer remembers a later attempt than we do (our record was pruned)
-                outcome = await self._offer(request, peer, hid, exc.epoch + 1, True, check)
+            # no more steps in flight at one peer than a node accepts from one peer (our own
+            # limit, the default everywhere): beyond, they wait here instead of being refused
+            async with gate:
+                started = time.monotonic()
+                try:
+                    outcome = await self._offer(
+                        request, peer, hid, epoch, stored is not None, check
+                    )
+                except HandoffRejectedError as exc:
+                    if exc.code != "superseded" or exc.epoch is None:
+                        raise
+                    # the peer remembers a later attempt than we do (our record was pruned)
+                    outcome = await self._offer(request, peer, hid, exc.epoch + 1, True, check)
             run_ms = (time.monotonic() - started) * 1000
             # while the step still counts as outstanding: that is what the peer sustained
             self.registry.record_success(peer, outcome.rtt_ms, tool=request.tool, run_ms=run_ms)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import stat
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from node.config import SwarmConfig, default_config_yaml, read_config_file
 from node.errors import HomeError, SwarmKeyError
+from node.home_lock import HomeLock
 from node.swarmkey import SwarmKey
 
 if TYPE_CHECKING:
@@ -21,6 +25,11 @@ CONFIG_FILE = "config.yaml"
 JOURNAL_FILE = "journal.db"
 RUNTIME_FILE = "node.json"
 SWARM_KEY = "swarm.key"
+# What the workflow engine keeps in the home (workflows._storage.Storage): checked before a
+# node starts, so that a home the node cannot write fails in milliseconds, not after Ray.
+WORKFLOWS_DB = "workflows.db"
+OBJECTS_DIR = "objects"
+_SQLITE_SIDE_FILES = ("-wal", "-shm", "-journal")
 
 
 def default_home() -> Path:
@@ -48,6 +57,24 @@ class InitReport:
     peer_id: str
     swarm: SwarmMembership
     swarm_note: str  # what init did about the swarm, for the user
+
+
+@dataclass(frozen=True)
+class NodeClaim:
+    """What :meth:`Home.claim_for_node` holds and found: the home's lock (keep it for the
+    node's lifetime) and the stale ``node.json`` it removed, if any."""
+
+    lock: HomeLock
+    stale_runtime: dict[str, Any] | None = None
+
+    def release(self) -> None:
+        self.lock.release()
+
+    def __enter__(self) -> NodeClaim:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
 
 
 @dataclass(frozen=True)
@@ -205,6 +232,69 @@ class Home:
             _new_key(self.client_key)
         return _load_key(self.client_key, "client")
 
+    def claim_for_node(self) -> NodeClaim:
+        """Make the home ready for a node about to start, in milliseconds and before Ray:
+        create the folder if missing, check that it is writable and that the journal files
+        in it can be opened (:class:`HomeError`), take its lock (:class:`HomeLockedError` if
+        a node runs from it), and remove a ``node.json`` left by a node that is gone (the
+        lock was free, so whatever pid it names is not a node of this home)."""
+        try:
+            self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            raise HomeError(f"cannot create home folder {self.path}: {_why(exc)}") from None
+        if not self.path.is_dir():
+            raise HomeError(f"home {self.path} is not a folder: use another --home")
+        self.check_writable()
+        lock = HomeLock(self.path)
+        lock.acquire()
+        try:
+            stale: dict[str, Any] | None = None
+            try:
+                stale = self.read_runtime()
+            except HomeError:
+                stale = {}  # unreadable: stale all the same
+            for leftover in (self.runtime_file, self.runtime_file.with_suffix(".tmp")):
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError as exc:
+                    raise HomeError(f"cannot remove the stale {leftover}: {_why(exc)}") from None
+            self.check_journal_files()
+        except BaseException:
+            lock.release()
+            raise
+        return NodeClaim(lock, stale)
+
+    def check_writable(self) -> None:
+        """Raise :class:`HomeError` (one line) unless a file can be created in the home."""
+        try:
+            fd, probe = tempfile.mkstemp(prefix=".write-check-", dir=self.path)
+        except OSError as exc:
+            raise HomeError(
+                f"home {self.path} is not writable ({_why(exc)}): a node keeps its journal "
+                "there; fix its permissions or use another --home"
+            ) from None
+        os.close(fd)
+        os.unlink(probe)
+
+    def check_journal_files(self) -> None:
+        """Raise :class:`HomeError` (one line) if a journal file of the home (or its object
+        folder) exists but cannot be opened for writing, e.g. a folder where a file belongs."""
+        for name in (JOURNAL_FILE, WORKFLOWS_DB):
+            for path in [self.path / name] + [self.path / (name + s) for s in _SQLITE_SIDE_FILES]:
+                _check_writable_file(path)
+        objects = self.path / OBJECTS_DIR
+        if objects.exists() or objects.is_symlink():
+            if not objects.is_dir():
+                raise HomeError(
+                    f"{objects} is not a folder: the node keeps workflow results there; "
+                    "move it away or use another --home"
+                )
+            if not os.access(objects, os.W_OK | os.X_OK):
+                raise HomeError(
+                    f"{objects} is not writable: the node keeps workflow results there; "
+                    "fix its permissions or use another --home"
+                )
+
     def write_runtime(self, info: dict[str, Any]) -> None:
         tmp = self.runtime_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2))
@@ -223,6 +313,33 @@ class Home:
         info = self.read_runtime()
         if info is not None and info.get("pid") == pid:
             self.runtime_file.unlink(missing_ok=True)
+
+
+def _check_writable_file(path: Path) -> None:
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise HomeError(f"cannot inspect {path}: {_why(exc)}") from None
+    if stat.S_ISDIR(st.st_mode):
+        raise HomeError(
+            f"{path} is a folder, not a journal file: move it away or use another --home"
+        )
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+    except OSError as exc:
+        raise HomeError(
+            f"cannot open the journal file {path} for writing ({_why(exc)}): fix its "
+            "permissions or use another --home"
+        ) from None
+    os.close(fd)
+
+
+def _why(exc: OSError) -> str:
+    if exc.errno == errno.EROFS:
+        return "read-only file system"
+    return (exc.strerror or str(exc)).lower()
 
 
 # libp2p is imported where keys are made or read: importing it costs about a second, which

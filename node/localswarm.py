@@ -116,7 +116,6 @@ class LocalSwarm:
         home.mkdir(parents=True, exist_ok=True)
         if not self.swarm_key_file.exists():
             SwarmKey.generate().write_new(self.swarm_key_file)
-        (home / "node.json").unlink(missing_ok=True)
         cmd = [
             *cli_command(),
             "node",

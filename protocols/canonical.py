@@ -10,33 +10,17 @@ this way, so a JavaScript or Go peer can check it.
 from __future__ import annotations
 
 import hashlib
+import json
+import json.encoder
 import math
 from typing import Any
 
 from protocols.errors import LocalProtocolError
 
-_ESCAPES = {
-    '"': '\\"',
-    "\\": "\\\\",
-    "\b": "\\b",
-    "\f": "\\f",
-    "\n": "\\n",
-    "\r": "\\r",
-    "\t": "\\t",
-}
-
-
-def _string(text: str) -> str:
-    out = ['"']
-    for ch in text:
-        if ch in _ESCAPES:
-            out.append(_ESCAPES[ch])
-        elif ord(ch) < 0x20:
-            out.append(f"\\u{ord(ch):04x}")
-        else:
-            out.append(ch)
-    out.append('"')
-    return "".join(out)
+# ECMAScript's JSON.stringify escapes exactly what json's C string encoder (without
+# ensure_ascii) escapes: '"', '\\', \b \f \n \r \t by name, other control characters as
+# \u00xx, nothing else (checked code point by code point).
+_string = json.encoder.encode_basestring
 
 
 def _number(value: int | float) -> str:
@@ -119,9 +103,29 @@ def canonical_json(value: Any) -> bytes:
     """The RFC 8785 canonical form of a JSON value, as UTF-8 bytes."""
     out: list[str] = []
     _emit(value, out)
-    return "".join(out).encode("utf-8")
+    try:
+        return "".join(out).encode("utf-8")
+    except UnicodeEncodeError:
+        raise LocalProtocolError(
+            "a string holds a lone surrogate, which has no JSON form"
+        ) from None
 
 
 def json_sha256(value: Any) -> str:
     """Hex SHA-256 of the canonical JSON of ``value``."""
     return hashlib.sha256(canonical_json(value)).hexdigest()
+
+
+def json_size_and_sha256(value: Any) -> tuple[int, str]:
+    """The length of the canonical JSON of ``value`` and its hex SHA-256, in one pass."""
+    data = canonical_json(value)
+    return len(data), hashlib.sha256(data).hexdigest()
+
+
+def rough_json_size(value: Any) -> int:
+    """About how long ``value`` is as JSON (json's C encoder; for deciding where to do the
+    canonical work, not for anything signed)."""
+    try:
+        return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")))
+    except (TypeError, ValueError):
+        return 0

@@ -105,6 +105,13 @@ def main() -> int:
                 f"({step['status']})"
             )
             say(f"  {'':<{width}}  why: {step['reason']}")
+            receipt = step.get("receipt")
+            if receipt:  # signed by the node that ran it, checked by the delegator (none)
+                signer = names.get(receipt["delegatee"], receipt["delegatee"])
+                say(
+                    f"  {'':<{width}}  receipt: signed by node {signer} "
+                    f"(outputs sha256 {receipt['outputs_sha256'][:16]}…), checked by node none"
+                )
         ok = result["status"] == "SUCCESSFUL"
         say()
         say(

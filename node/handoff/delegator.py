@@ -27,6 +27,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import trio
@@ -44,6 +45,7 @@ from node.handoff.errors import (
 from node.handoff.receipts import check_receipt
 from node.p2p import P2PHost
 from protocols import handoff
+from protocols.canonical import rough_json_size
 from protocols.errors import (
     LocalProtocolError,
     PeerErrorResponse,
@@ -112,6 +114,8 @@ class HandoffOutcome:
 # Records a verified result durably before it is acknowledged to the delegatee.
 ResultRecorder = Callable[[HandoffOutcome], Awaitable[None]]
 ACK_SEND_S = 5.0
+# results larger than this (as JSON) have their receipt checked in a worker thread
+OFFLOAD_BYTES = 64 * 1024
 
 
 async def delegate(
@@ -176,7 +180,13 @@ async def delegate(
             raise HandoffFailedError(peer_id, final.code, final.message)
         assert isinstance(final, handoff.StepResult)
         try:
-            receipt = check_receipt(final, offer, delegator=host.peer_id, delegatee=peer_id)
+            work = rough_json_size(final.outputs) + rough_json_size(offer.args)
+            if work > OFFLOAD_BYTES:  # do not hold up the event loop
+                receipt = await trio.to_thread.run_sync(
+                    partial(check_receipt, final, offer, delegator=host.peer_id, delegatee=peer_id)
+                )
+            else:
+                receipt = check_receipt(final, offer, delegator=host.peer_id, delegatee=peer_id)
             if check is not None:
                 check(final.outputs)
         except HandoffError:

@@ -35,7 +35,11 @@ from node.handoff.admission import OfferRate, SlotPool
 from node.handoff.journal import AsyncHandoffJournal, HandoffRecord
 from node.p2p import P2PStream
 from protocols import handoff
-from protocols.canonical import canonical_json, json_sha256
+from protocols.canonical import (
+    json_sha256,
+    json_size_and_sha256,
+    rough_json_size,
+)
 from protocols.errors import LocalProtocolError, ProtocolError, StreamClosedError
 from protocols.handoff.machine import Delegatee, DelegateeState
 from protocols.handoff.messages import HandoffMessage
@@ -56,6 +60,9 @@ JobOutcome = handoff.StepResult | handoff.StepFailed | handoff.Canceled
 Key = tuple[str, str]  # (offering peer, handoff id)
 
 PRUNE_INTERVAL_S = 60.0
+# results larger than this (as JSON) are hashed and signed in a worker thread: canonical JSON
+# is built in Python (about 0.2-0.5 s a megabyte)
+OFFLOAD_BYTES = 64 * 1024
 
 
 @dataclass
@@ -590,11 +597,12 @@ class HandoffServer:
     ) -> None:
         try:
             await ms.send(machine.send(message))
+            await ms.close()
         except LocalProtocolError:
             log.exception("handoff server broke its own protocol")
             await ms.reset()
-            return
-        await ms.close()
+        except ProtocolError:  # the delegator is gone: nothing to tell it
+            await ms.reset()
 
     # -- admission -----------------------------------------------------------------------
 
@@ -623,7 +631,7 @@ class HandoffServer:
                 f"deadline of {offer.deadline_ms} ms exceeds this node's limit of "
                 f"{int(self.config.max_deadline_s * 1000)} ms",
             )
-        size = len(canonical_json(offer.args))
+        size = rough_json_size(offer.args)
         if size > self.config.max_args_bytes:
             return _reject(
                 offer,
@@ -680,7 +688,13 @@ class HandoffServer:
                 self.canceled_jobs += 1
             else:
                 duration = int((time.monotonic() - (job.started_at or job.accepted_at)) * 1000)
-                outcome = self._result(offer, job, outputs, duration)
+                work = rough_json_size(outputs) + rough_json_size(offer.args)
+                if work > OFFLOAD_BYTES:  # do not hold up the event loop
+                    outcome = await trio.to_thread.run_sync(
+                        self._result, offer, job, outputs, duration
+                    )
+                else:
+                    outcome = self._result(offer, job, outputs, duration)
         except trio.TooSlowError:
             outcome = handoff.StepFailed(
                 handoff_id=hid,
@@ -729,7 +743,7 @@ class HandoffServer:
         self, offer: handoff.Offer, job: _Job, outputs: dict[str, Any], duration_ms: int
     ) -> handoff.StepResult | handoff.StepFailed:
         """The signed result of a step, or a failure if the result is too large to hand back."""
-        size = len(canonical_json(outputs))
+        size, outputs_sha256 = json_size_and_sha256(outputs)
         limit = min(self.config.max_result_bytes, self.network.max_frame_size - 4096)
         if size > limit:
             return handoff.StepFailed(
@@ -748,7 +762,7 @@ class HandoffServer:
             tool=offer.tool,
             tool_version=tool.version,
             args_sha256=json_sha256(offer.args),
-            outputs_sha256=json_sha256(outputs),
+            outputs_sha256=outputs_sha256,
         )
         receipt = handoff.Receipt(
             tool_version=tool.version,

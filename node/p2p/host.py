@@ -10,7 +10,9 @@
 * a dial is one attempt per address (py-libp2p's own retries would repeat a refused
   private-network handshake three times); callers decide when to dial again;
 * the private-network layer (:mod:`node.p2p.pnet`) in front of Noise when a swarm key is
-  given, and QUIC refused then (py-libp2p's QUIC bypasses it).
+  given, and QUIC refused then (py-libp2p's QUIC bypasses it);
+* TCP listen sockets bound by hivemesh without ``SO_REUSEPORT`` (:mod:`node.p2p.listen`),
+  before libp2p starts: a port in use is an error naming it, never a shared port.
 
 libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
 """
@@ -42,7 +44,9 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
+from node.p2p.listen import ListenSockets
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
+from node.p2p.tcp import ExclusiveTCP
 from node.swarmkey import SwarmKey
 from protocols.errors import StreamClosedError
 
@@ -180,10 +184,13 @@ class P2PHost:
         sec_opt = {NOISE_PROTOCOL_ID: noise}
         # yamux only: libp2p's yamux option also offers mplex (no flow control)
         muxer_opt = {TProtocol(YAMUX_PROTOCOL_ID): Yamux}
+        # TCP only, with listen sockets bound by us: py-libp2p's own sets SO_REUSEPORT
+        self._tcp = ExclusiveTCP()
         self._host = new_host(
             key_pair=key_pair,
             sec_opt=sec_opt,
             muxer_opt=muxer_opt,
+            transports=[self._tcp],
             connection_config=ConnectionConfig(
                 max_connections_per_peer=1, dial_timeout=dial_timeout_s
             ),
@@ -240,8 +247,14 @@ class P2PHost:
         self._host.get_network().register_notifee(_Notifee(listener))
 
     @asynccontextmanager
-    async def run(self, listen: list[str]) -> AsyncIterator[None]:
+    async def run(
+        self, listen: list[str], *, sockets: ListenSockets | None = None
+    ) -> AsyncIterator[None]:
         """Listen and serve while the ``async with`` body runs.
+
+        TCP addresses are listened on with ``sockets`` (bound earlier by the caller, who
+        keeps them; see :class:`ListenSockets`) or with sockets bound here, before libp2p
+        starts: a port in use raises :class:`ListenError` naming the address.
 
         The libp2p host lives in its own task, shielded from the caller's cancellation:
         when the body ends (or is cancelled) the host first disconnects every peer and closes,
@@ -254,6 +267,17 @@ class P2PHost:
                     f"cannot listen on {quic[0]} in a private swarm: py-libp2p's QUIC skips "
                     "the swarm key; listen on a /tcp address"
                 )
+        own_sockets = ListenSockets.bind(listen) if sockets is None else None
+        self._tcp.sockets = sockets if sockets is not None else own_sockets
+        try:
+            async with self._serve(listen):
+                yield
+        finally:
+            if own_sockets is not None:
+                own_sockets.close()
+
+    @asynccontextmanager
+    async def _serve(self, listen: list[str]) -> AsyncIterator[None]:
         addrs = [multiaddr.Multiaddr(a) for a in listen]
         self._running = True
         stop = trio.Event()

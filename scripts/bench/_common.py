@@ -191,12 +191,17 @@ def kill_tree(pid: int) -> None:
         os.killpg(pid, signal.SIGKILL)
 
 
-def run_child(cmd: list[str], env: dict[str, str], timeout_s: float) -> ChildRun:
-    """Run ``cmd`` in its own session; on timeout kill it and everything it started."""
+def run_child(
+    cmd: list[str], env: dict[str, str], timeout_s: float, *, cwd: Path = ROOT
+) -> ChildRun:
+    """Run ``cmd`` in its own session; on timeout kill it and everything it started.
+
+    ``cwd`` matters to Ray: its workers put the driver's working directory early on
+    ``sys.path``, so packages there win over PYTHONPATH."""
     started = time.monotonic()
     proc = subprocess.Popen(
         cmd,
-        cwd=ROOT,
+        cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,

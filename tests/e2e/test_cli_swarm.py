@@ -83,6 +83,21 @@ def test_workflow_submitted_to_toolless_node_runs_where_the_tools_are(swarm: Swa
         "reversed": swarm.text.peer_id,
     }
     assert all(s["status"] == "SUCCESSFUL" and s["reason"] for s in steps.values())
+    # every step ran on a peer: each has the receipt that peer signed, as none checked it
+    for name, s in steps.items():
+        receipt = s["receipt"]
+        assert receipt["delegatee"] == s["node"] and receipt["delegator"] == swarm.none.peer_id
+        assert receipt["tool"] == s["tool"] and receipt["handoff_id"].startswith(
+            f"{result['workflow_id']}/{name}@"
+        )
+    explained = swarm.local.cli("status", result["workflow_id"], "--home", home, "--explain")
+    assert explained.stdout.count("receipt: signed by") == 4
+    # nothing of a peer's is left running on text; nothing to cancel there
+    text_home = str(swarm.text.home)
+    running = swarm.local.cli("handoffs", "--home", text_home, "--json")
+    assert running.returncode == 0 and json.loads(running.stdout) == [], running.stderr
+    gone = swarm.local.cli("handoffs", "--home", text_home, "cancel", "nope")
+    assert gone.returncode == 1 and gone.stderr.startswith("error: no handoff 'nope'")
 
     res = swarm.local.cli("result", result["workflow_id"], "--home", home, "--json")
     assert json.loads(res.stdout) == result["outputs"]

@@ -57,7 +57,13 @@ def member_host(tmp: Path, key_pair: KeyPair | None = None) -> P2PHost:
 
 
 def make_node(
-    tmp: Path, name: str, tools: str, bootstrap: list[str] | None = None, **overrides: Any
+    tmp: Path,
+    name: str,
+    tools: str,
+    bootstrap: list[str] | None = None,
+    *,
+    cpus: int = 2,  # the session's Ray has 2 CPUs (tests/conftest.py)
+    **overrides: Any,
 ) -> Node:
     """A node in the test swarm of ``tmp`` (``swarm={...}`` replaces that membership)."""
     home = Home(tmp / name)
@@ -71,7 +77,7 @@ def make_node(
             raw["swarm"] = dict(values)
         else:
             raw.setdefault(section, {}).update(values)
-    return Node(NodeConfig.model_validate(raw), home, cpus=1)
+    return Node(NodeConfig.model_validate(raw), home, cpus=cpus)
 
 
 async def launch(nursery: trio.Nursery, node: Node) -> trio.CancelScope:

@@ -186,6 +186,7 @@ async def test_quotas_refuse_with_typed_reasons_and_retry_hints(tmp_path: Path) 
         tmp_path,
         "a",
         "util",
+        # cpus=2: 4 slots, 3 for peers; the stranger's two naps leave one for c
         handoff={
             "max_inflight_per_peer": 2,
             "max_args_bytes": 2048,
@@ -239,10 +240,10 @@ async def test_quotas_refuse_with_typed_reasons_and_retry_hints(tmp_path: Path) 
 async def test_peers_filling_every_slot_do_not_starve_the_nodes_own_workflow(
     tmp_path: Path,
 ) -> None:
-    """A stranger keeps six 30 s steps on a (cpus=1: 4 slots, 3 for peers): three run, three
-    wait for a peer slot. a's own one-step workflow still runs at once, in the reserved slot,
-    and ends while the stranger's steps are still running."""
-    a = make_node(tmp_path, "a", "util")
+    """A stranger keeps six 30 s steps on a (cpus=1: 2 slots, 1 for peers): one runs, five
+    wait for the peer slot. a's own one-step workflow still runs at once, in the reserved
+    slot, and ends while the stranger's steps are still running."""
+    a = make_node(tmp_path, "a", "util", cpus=1)
     stranger = member_host(tmp_path)
     async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
         await launch(nursery, a)
@@ -252,8 +253,8 @@ async def test_peers_filling_every_slot_do_not_starve_the_nodes_own_workflow(
                 stranger, a.peer_id, _offer(f"nap{i}", "util.sleep", {"seconds": 30})
             )
             assert isinstance(reply, handoff.Accept)
-        await wait_until(lambda: a.handoff.slots.used == 3, what="the stranger in 3 slots")
-        assert a.handoff.slots.waiting == 3
+        await wait_until(lambda: a.handoff.slots.used == 1, what="the stranger in its slot")
+        assert a.handoff.slots.slots == 1 and a.handoff.slots.waiting == 5
         await wait_until(lambda: not _ray_idle(), what="the stranger's Ray tasks running")
 
         wf = (
@@ -266,7 +267,7 @@ async def test_peers_filling_every_slot_do_not_starve_the_nodes_own_workflow(
         assert view.status is WorkflowStatus.SUCCESSFUL, view.error
         assert view.steps[0].node == a.peer_id
         # the stranger's steps are still where they were: ours did not wait for them
-        assert a.handoff.slots.running == {stranger.peer_id: 3}
+        assert a.handoff.slots.running == {stranger.peer_id: 1}
         for i in range(6):
             await cancel_handoff(
                 stranger,
@@ -619,7 +620,7 @@ async def test_the_operator_lists_and_stops_what_peers_run_on_the_node(tmp_path:
     from protocols import control
     from tests.integration.harness import swarm_key
 
-    a = make_node(tmp_path, "a", "util", handoff={"reserved_share": 0.5})  # 2 peer slots
+    a = make_node(tmp_path, "a", "util", cpus=1)  # 2 slots, 1 for peers
     stranger = member_host(tmp_path)
     key, psk = Home(tmp_path / "a").load_client_key(), swarm_key(tmp_path)
     async with trio.open_nursery() as nursery, stranger.run(LOOPBACK):
@@ -647,7 +648,7 @@ async def test_the_operator_lists_and_stops_what_peers_run_on_the_node(tmp_path:
         assert isinstance(listed, control.Handoffs)
         assert {(h.peer, h.tool) for h in listed.handoffs} == {(stranger.peer_id, "util.sleep")}
         states = sorted(h.state for h in listed.handoffs)
-        assert states == ["running", "running", "waiting"]  # two peer slots of four
+        assert states == ["running", "waiting", "waiting"]  # one peer slot of two
         assert all(h.deadline_s == 60 and h.epoch == 0 for h in listed.handoffs)
 
         stopped = await request(
@@ -662,4 +663,26 @@ async def test_the_operator_lists_and_stops_what_peers_run_on_the_node(tmp_path:
         for hid in ("nap-1", "nap-3"):
             a.handoff.cancel_by_operator(hid)
         await wait_until(lambda: a.handoff.running == 0, timeout_s=15, what="all stopped")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_fan_out_beyond_a_peers_quota_waits_instead_of_failing(tmp_path: Path) -> None:
+    """24 independent steps for the only peer that offers the tool, which accepts 4 at a time
+    from one peer: its quota_exceeded rejections are backpressure (the steps wait and ask
+    again), not failures; the workflow succeeds."""
+    a = make_node(tmp_path, "a", "util", handoff={"max_inflight_per_peer": 4})
+    steps = "".join(
+        f"  - name: s{i}\n    tool: util.echo\n    inputs: [{{name: value, value: {i}}}]\n"
+        for i in range(24)
+    )
+    wf = f"id: fan\nsteps:\n{steps}"  # no outputs: the workflow waits for every step
+    async with trio.open_nursery() as nursery:
+        c, _ = await launch_delegator(nursery, tmp_path, a)
+        wid, _ = await c.workflows.submit(parse_workflow(wf), {}, "fan-24")
+        with trio.fail_after(90):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert all(s.status == "SUCCESSFUL" and s.node == a.peer_id for s in view.steps)
+        assert len(view.steps) == 24
+        assert a.handoff.started_jobs == 24  # each ran once: refused offers never ran
         nursery.cancel_scope.cancel()

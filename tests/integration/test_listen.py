@@ -1,0 +1,110 @@
+"""One node per port: real libp2p hosts on 127.0.0.1 never share a listen port.
+
+py-libp2p 0.8.1 binds its TCP listeners with SO_REUSEPORT, so a second host on a port in
+use used to listen too (and the kernel split connections between the two), and a port held
+by a socket without the flag left the host running with no address at all."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Iterator
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from node.errors import ListenError
+from node.p2p import ListenSockets, P2PHost
+from node.p2p.listen import tcp_endpoint
+
+
+def host() -> P2PHost:
+    return P2PHost(create_new_key_pair(), dial_timeout_s=5.0, shutdown_timeout_s=2.0)
+
+
+@pytest.fixture
+def plain_listener() -> Iterator[int]:
+    """A port held by an ordinary listening socket (no SO_REUSEPORT)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield int(sock.getsockname()[1])
+
+
+async def test_a_second_host_on_a_port_in_use_is_refused_and_the_first_keeps_it() -> None:
+    first, second, client = host(), host(), host()
+    with trio.fail_after(30):
+        async with first.run(["/ip4/127.0.0.1/tcp/0"]):
+            (addr,) = first.transport_addrs()
+            with pytest.raises(ListenError) as err:
+                async with second.run([addr]):
+                    pass
+            assert str(err.value) == f"cannot listen on {addr}: address already in use"
+            # every connection to the port still reaches the first host
+            async with client.run(["/ip4/127.0.0.1/tcp/0"]):
+                assert await client.connect_addr(first.addrs()[0]) == first.peer_id
+
+
+async def test_a_port_held_by_another_socket_is_refused(plain_listener: int) -> None:
+    addr = f"/ip4/127.0.0.1/tcp/{plain_listener}"
+    with pytest.raises(ListenError, match=f"^cannot listen on {addr}: address already in use$"):
+        async with host().run([addr]):
+            pass
+
+
+async def test_port_zero_gives_each_host_a_port_of_its_own() -> None:
+    a, b = host(), host()
+    with trio.fail_after(30):
+        async with a.run(["/ip4/127.0.0.1/tcp/0"]), b.run(["/ip4/127.0.0.1/tcp/0"]):
+            (a_addr,), (b_addr,) = a.transport_addrs(), b.transport_addrs()
+            assert a_addr != b_addr and not a_addr.endswith("/tcp/0")
+            assert await b.connect_addr(a.addrs()[0]) == a.peer_id
+            assert b.peer_id in a.connected_peers()
+
+
+def test_listen_sockets_are_bound_without_so_reuseport() -> None:
+    with ListenSockets.bind(["/ip4/127.0.0.1/tcp/0"]) as sockets:
+        sock = sockets.take("/ip4/127.0.0.1/tcp/0")
+        assert sock is not None
+        with sock:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT) == 0
+
+
+def test_a_refused_address_releases_the_ports_bound_before_it(plain_listener: int) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        free = int(probe.getsockname()[1])
+    first = f"/ip4/127.0.0.1/tcp/{free}"
+    with pytest.raises(ListenError, match=f"tcp/{plain_listener}: address already in use"):
+        ListenSockets.bind([first, f"/ip4/127.0.0.1/tcp/{plain_listener}"])
+    with ListenSockets.bind([first]):  # nothing of the refused set is left behind
+        pass
+
+
+@pytest.mark.parametrize(
+    ("addr", "message"),
+    [
+        ("/dns4/localhost/tcp/0", "a node listens on TCP only: give /ip4/HOST/tcp/PORT"),
+        ("/ip4/127.0.0.1/tcp/0/ws", "a node listens on TCP only"),
+        ("/ip4/127.0.0.1/udp/0/quic-v1", "a node listens on TCP only"),
+        ("/ip4/127.0.0.1/tcp/99999", "not a valid multiaddr"),
+        ("garbage", "not a valid multiaddr"),
+    ],
+)
+def test_an_address_that_cannot_be_listened_on_is_one_line(addr: str, message: str) -> None:
+    with pytest.raises(ListenError) as err:
+        ListenSockets.bind(["/ip4/127.0.0.1/tcp/0", addr])
+    assert str(err.value).startswith(f"cannot listen on {addr}: ")
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+async def test_an_address_libp2p_would_skip_fails_the_host_instead_of_a_silent_start() -> None:
+    # the host has one transport, TCP: py-libp2p would skip a WebSocket address and run
+    # without it
+    with pytest.raises(ListenError, match="a node listens on TCP only"):
+        async with host().run(["/ip4/127.0.0.1/tcp/0/ws"]):
+            pass
+
+
+def test_ip6_addresses_are_tcp_addresses_too() -> None:
+    assert tcp_endpoint("/ip6/::1/tcp/0") == (socket.AF_INET6, "::1", 0)
