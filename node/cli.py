@@ -25,7 +25,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"error: {message}", err=True)
+    # one line, whatever the message: a stray newline must not split or forge output lines
+    click.echo(f"error: {' | '.join(message.splitlines()) or message}", err=True)
     sys.exit(code)
 
 
@@ -326,40 +327,71 @@ def submit(
     workflow_id: str | None,
     wait: bool,
 ) -> None:
-    """Submit a workflow YAML file to a node."""
-    from protocols import control
-    from workflows.dsl import parse_workflow
+    """Submit a workflow YAML file to a node.
 
-    try:
-        text = file.read_text()
-    except FileNotFoundError:
-        fail(f"workflow file {file} does not exist")
-    except OSError as exc:
-        fail(f"cannot read {file}: {exc.strerror}")
-    spec = parse_workflow(text, source=str(file))
+    The file is read and parsed here first, within the home's workflow_limits, so that a
+    bad file fails at once with its line. The workflow's id is chosen here (unless --id),
+    so that a submit whose answer is lost can be asked about, or repeated, by that id.
+    """
+    import uuid
+
+    import pydantic
+
+    from node.config import load_config
+    from protocols import control
+    from workflows.dsl import parse_workflow, read_workflow_file
+
+    h = _home(home)
+    limits = load_config(config_file=h.config_file).workflow_limits.parse_limits()
+    data = read_workflow_file(file, limits)  # (bounded: never more than max_bytes + 1)
+    spec = parse_workflow(data, source=str(file), limits=limits)
     bound = _parse_inputs(inputs)
     spec.bind_inputs(bound)  # unknown or missing inputs fail here, before any network
-    submitted = _call(
-        home,
-        node,
-        control.SubmitRequest(
-            workflow=text, source=file.name, inputs=bound, workflow_id=workflow_id
-        ),
-    )
-    wid = submitted.workflow_id
-    if not wait:
-        data = {"workflow_id": wid, "status": submitted.status, "created": submitted.created}
-        _emit(
-            as_json,
-            data,
-            lambda: click.echo(
-                f"{'submitted' if submitted.created else 'already submitted'} {wid} "
-                f"({submitted.status})"
-            ),
+    wid = workflow_id or f"{spec.id[:200]}-{uuid.uuid4().hex[:12]}"
+    try:
+        request = control.SubmitRequest(
+            workflow=data.decode(), source=file.name, inputs=bound, workflow_id=wid
         )
+    except pydantic.ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        fail(f"cannot send this workflow: {where}: {problem['msg']}")
+    submitted = _submit_once_or_twice(home, node, request, wid)
+    if not wait:
+        done = {"workflow_id": wid, "status": submitted.status, "created": submitted.created}
+
+        def human() -> None:
+            said = "submitted" if submitted.created else "already submitted"
+            if submitted.status == "PENDING":
+                click.echo(
+                    f"{said} {wid} (PENDING: the node is still creating it; "
+                    f"'hivemesh status {wid}' shows when it runs)"
+                )
+            else:
+                click.echo(f"{said} {wid} ({submitted.status})")
+
+        _emit(as_json, done, human)
         return
     result = _call(home, node, control.ResultRequest(workflow_id=wid, wait=True), timeout_s=None)
     _print_result(result, as_json, full=True)
+
+
+def _submit_once_or_twice(home: Path | None, node: str | None, request: Any, wid: str) -> Any:
+    """Send a submit; if no answer comes, send it again (same id: the node creates the
+    workflow once); if none comes again, say how to find out what happened."""
+    from node.errors import NoAnswerError
+
+    try:
+        return _call(home, node, request)
+    except NoAnswerError:
+        pass
+    try:
+        return _call(home, node, request)
+    except NoAnswerError as exc:
+        fail(
+            f"{exc}; the workflow may have been submitted as {wid}: see 'hivemesh status "
+            f"{wid}', or submit again with --id {wid} (the same id is never created twice)"
+        )
 
 
 def _print_result(result: Any, as_json: bool, *, full: bool) -> None:

@@ -11,6 +11,7 @@ from libp2p.crypto.keys import KeyPair
 
 from node.config import load_config
 from node.errors import (
+    NoAnswerError,
     NodeError,
     NodeUnreachableError,
     NotAuthorisedError,
@@ -98,9 +99,9 @@ async def _exchange(host: P2PHost, node_addr: str, message: Any, timeout_s: floa
             raise NotAuthorisedError(exc.message) from None
         raise RequestFailedError(exc.code, exc.message) from None
     except ProtocolTimeoutError:
-        raise NodeUnreachableError(f"node {peer_id} did not answer within {timeout_s:g}s") from None
-    except ProtocolError as exc:
-        raise NodeUnreachableError(f"node {peer_id}: {exc}") from None
+        raise NoAnswerError(f"node {peer_id} did not answer within {timeout_s:g}s") from None
+    except ProtocolError as exc:  # (sent, or partly: the node may have acted on it)
+        raise NoAnswerError(f"node {peer_id}: {exc}") from None
     finally:
         await ms.close()
 

@@ -22,6 +22,7 @@ from node.errors import ConfigError
 from workflows.dsl import ParseLimits
 
 ENV_PREFIX = "HIVEMESH_"
+MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a page or two
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
 
 
@@ -307,13 +308,23 @@ def _env_value(raw: str) -> Any:
 
 def read_config_file(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text()
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{path}:{line}: the config file is not UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
+    except RecursionError:
+        raise ConfigError(f"{path}: the config nests too deeply to be read") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f":{mark.line + 1}" if mark is not None else ""

@@ -9,8 +9,9 @@
     │   └── HomeLockedError        a node is already running from the home (it holds its lock)
     ├── ListenError                a listen address cannot be listened on (in use, not local)
     ├── NodeUnreachableError       no node at the address, or it did not answer in time
-    │   └── NotInSwarmError        the private-network handshake failed: the node is in
-    │                              another swarm (or none), or we are
+    │   ├── NotInSwarmError        the private-network handshake failed: the node is in
+    │   │                          another swarm (or none), or we are
+    │   └── NoAnswerError          the request was sent but no answer came: outcome unknown
     ├── NotAuthorisedError         the node refused our client key
     ├── RequestFailedError         the node answered a request with an error
     ├── PlacementError             no node in the swarm can run a step
@@ -52,6 +53,11 @@ class ListenError(NodeError):
 
 class NodeUnreachableError(NodeError):
     pass
+
+
+class NoAnswerError(NodeUnreachableError):
+    """The request went out but no answer came (timeout, reset, end of stream): the node
+    may or may not have acted on it."""
 
 
 class NotInSwarmError(NodeUnreachableError):
