@@ -34,7 +34,14 @@ import trio
 import workflows
 from node.errors import ParserBusyError, ParseWorkerError
 from workflows.dsl import ParseLimits, WorkflowSpec, workflow_bytes
-from workflows.dsl.worker import LENGTH, MAX_HEADER, READY, error_from_fields, frame
+from workflows.dsl.worker import (
+    EXIT_MEMORY,
+    LENGTH,
+    MAX_HEADER,
+    READY,
+    error_from_fields,
+    frame,
+)
 from workflows.errors import WorkflowLimitError
 
 log = logging.getLogger(__name__)
@@ -279,7 +286,7 @@ class ParsePool:
                 bound="timeout_s",
                 limit=self.limits.timeout_s,
             )
-        if status in (-signal.SIGABRT, 3):  # an allocation refused in C aborts
+        if status in (-signal.SIGABRT, EXIT_MEMORY):  # (an allocation refused in C aborts)
             return self._memory_error(source)
         return ParseWorkerError(
             f"the node's workflow-parse worker failed (exit status {status}) while parsing "

@@ -33,6 +33,8 @@ LENGTH = struct.Struct(">I")
 MAX_HEADER = 64 * 1024
 READY = b'{"ready": true}'
 """The frame a worker sends once, when it is ready for requests."""
+EXIT_MEMORY = 3
+"""The exit status of a worker that ran out of its address space."""
 
 
 class FrameError(Exception):
@@ -135,7 +137,7 @@ def serve(requests: BinaryIO, replies: BinaryIO) -> int:
             reply = {"ok": False, "error": {"type": "memory"}}
             replies.write(frame(json.dumps(reply).encode()))
             replies.flush()
-            return 3  # its heap may be in pieces: let the host start a fresh worker
+            return EXIT_MEMORY  # its heap may be in pieces: let the host start a fresh one
         reply = {
             "ok": True,
             "cpu_s": round(_cpu_seconds() - started, 4),
@@ -157,7 +159,10 @@ def main(argv: list[str] | None = None) -> int:
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())
     replies.write(frame(READY))  # imported and limited: the host may send requests
     replies.flush()
-    return serve(sys.stdin.buffer, replies)
+    try:
+        return serve(sys.stdin.buffer, replies)
+    except MemoryError:  # wherever it struck, even while answering: say so by the status
+        os._exit(EXIT_MEMORY)
 
 
 if __name__ == "__main__":
