@@ -260,8 +260,13 @@ class ControlService:
         if not creation.done.is_set():
             log.info("workflow %r accepted; still being created after %gs", wid, self.submit_wait_s)
             return control.Submitted(workflow_id=wid, status="PENDING", created=not joined)
+        if isinstance(creation.error, WorkflowError | JournalError | StorageError):
+            raise creation.error  # (answered with its own code)
         if creation.error is not None:
-            raise creation.error
+            raise _CreationFailed(
+                f"workflow {wid!r} could not be created "
+                f"({type(creation.error).__name__}: {creation.error})"
+            )
         view = await self.workflows.view(wid)
         return control.Submitted(
             workflow_id=wid, status=view.status.value, created=creation.created and not joined
