@@ -169,6 +169,19 @@ def test_limits_are_configurable_and_name_themselves():
         parse_workflow(flow, limits=ParseLimits(max_nodes=100))
 
 
+def test_steps_behind_an_alias_count_too():
+    step = "{name: s, tool: util.echo, inputs: [{name: value, value: 1}]}"
+    text = (
+        "id: x\ninputs:\n  - name: p\n    default: &s\n"
+        + "".join(f"      - {step.replace('name: s', f'name: s{i}', 1)}\n" for i in range(5))
+        + "steps: *s\n"
+    )
+    assert len(parse_workflow(text, limits=ParseLimits(max_steps=5)).steps) == 5
+    with pytest.raises(WorkflowLimitError) as info:
+        parse_workflow(text, limits=ParseLimits(max_steps=4))
+    assert (info.value.bound, info.value.line) == ("max_steps", 9)
+
+
 def test_the_deadline_stops_reading(monkeypatch: pytest.MonkeyPatch):
     ticks = iter(range(1000))
 

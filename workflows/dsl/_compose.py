@@ -172,6 +172,7 @@ class BoundedComposer:
                         _line(event),
                     )
             elif kind is StreamEndEvent:
+                self._check_steps()
                 return self.root
 
     # -- events ----------------------------------------------------------------------------
@@ -373,6 +374,22 @@ class BoundedComposer:
                 bound="max_steps",
                 limit=self.limits.max_steps,
             )
+
+    def _check_steps(self) -> None:
+        """The steps counted once more on the whole document: an alias may stand for them."""
+        if not isinstance(self.root, MappingNode):
+            return
+        limit = self.limits.max_steps
+        for key, steps in self.root.value:
+            listed = steps.value if isinstance(steps, SequenceNode) else ()
+            if key.value == "steps" and len(listed) > limit:
+                raise WorkflowLimitError(
+                    f"more than {limit} steps",
+                    self.source,
+                    listed[limit].start_mark.line + 1,
+                    bound="max_steps",
+                    limit=limit,
+                )
 
     def _unsupported(self, tag: str, event: Any) -> None:
         shown = tag.replace("tag:yaml.org,2002:", "!!")
