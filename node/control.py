@@ -242,7 +242,9 @@ class ControlService:
     # -- submit ---------------------------------------------------------------------------
 
     async def _submit(self, request: control.SubmitRequest) -> control.Submitted:
-        spec = await self.parser.parse(request.workflow, request.source or "<submitted>")
+        # (the client's name for the file is quoted in errors and logs: printable only)
+        source = "".join(c if c.isprintable() else "?" for c in request.source or "<submitted>")
+        spec = await self.parser.parse(request.workflow, source)
         # (in a thread: binding deep-copies defaults, which may be large)
         bound = await trio.to_thread.run_sync(spec.bind_inputs, request.inputs)
         wid = request.workflow_id or f"{spec.id}-{uuid.uuid4().hex[:12]}"

@@ -40,10 +40,10 @@ class WorkflowDefinitionError(WorkflowError):
     """
 
     def __init__(self, message: str, source: str | None = None, line: int | None = None) -> None:
-        self.message = message
+        self.message = _one_line(message)
         self.source = source
         self.line = line
-        super().__init__(_locate(message, source, line))
+        super().__init__(_locate(self.message, source, line))
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.message, self.source, self.line), self.__dict__)
@@ -161,6 +161,21 @@ class ToolConfigError(ToolError, ValueError):
     Also a ``ValueError`` so that it reads naturally where a bad value was passed in (and so
     that pydantic validators can raise it).
     """
+
+
+MAX_MESSAGE = 1000
+"""Longest message of a definition error: it quotes the file, which may be hostile."""
+
+
+def _one_line(message: str) -> str:
+    """``message`` on one line and at most :data:`MAX_MESSAGE` characters (the middle of a
+    longer one is cut: a name quoted from the file may be 200 KB long)."""
+    if "\n" in message or "\r" in message:
+        message = " ".join(message.split())
+    if len(message) > MAX_MESSAGE:
+        half = (MAX_MESSAGE - 5) // 2
+        message = f"{message[:half]} ... {message[-half:]}"
+    return message
 
 
 def _locate(message: str, source: str | None, line: int | None) -> str:

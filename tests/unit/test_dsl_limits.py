@@ -328,3 +328,15 @@ def test_the_pure_python_parser_is_bounded_too(name: str):
     assert info.value.line == line
     assert text in str(info.value)
     assert getattr(info.value, "bound", None) == bound
+
+
+def test_messages_quoting_the_file_stay_short():
+    long = "a" * 200_000
+    flow = hostile.many_steps(3).decode()
+    text = flow.replace("value: t0\n", "value: '{{steps." + long + ".outputs.x}}'\n", 1)
+    with pytest.raises(WorkflowDefinitionError) as info:
+        parse_workflow(text, source="f")
+    message = str(info.value)
+    assert len(message) < 1100 and "\n" not in message
+    assert message.startswith("f:8: step 's0' references unknown step 'aaaa")
+    assert " ... " in message
