@@ -194,9 +194,15 @@ class ParsePool:
         self._all.discard(worker)
         self._start_soon(self._spawn)
 
-    def _start_soon(self, fn: Any, *args: Any) -> None:
-        if self._nursery is not None:
+    def _start_soon(self, fn: Any, *args: Any) -> bool:
+        """Start a task of the pool; False when the pool is stopping (or stopped)."""
+        if self._nursery is None:
+            return False
+        try:
             self._nursery.start_soon(fn, *args)
+        except RuntimeError:  # "Nursery is closed to new arrivals": serve() is ending
+            return False
+        return True
 
     # -- parsing -------------------------------------------------------------------------
 
@@ -205,6 +211,13 @@ class ParsePool:
         raises (a one-line :class:`~workflows.errors.WorkflowDefinitionError`), plus
         :class:`ParserBusyError` and :class:`ParseWorkerError`."""
         data = workflow_bytes(text, source=source, limits=self.limits)  # no worker needed
+        spec_json = await self._parse_in_worker(data, source)
+        # the spec was validated in the worker, within the bounds: building it again here
+        # costs about a tenth of the parse (in a thread, off the loop)
+        return await trio.to_thread.run_sync(WorkflowSpec.from_json, spec_json)
+
+    async def _parse_in_worker(self, data: bytes, source: str) -> bytes:
+        """The spec's JSON, from a worker."""
         worker = await self._acquire()
         header = json.dumps({"source": source, "limits": self.limits.model_dump()}).encode()
         reusable = False
@@ -222,8 +235,8 @@ class ParsePool:
                 )
             worker.served += 1
             if reply.get("ok"):
-                reusable = True
-                return await trio.to_thread.run_sync(WorkflowSpec.from_json, body)
+                reusable = True  # (given back before the spec is built, below)
+                return body
             error = reply.get("error") or {}
             if error.get("type") == "memory":
                 raise self._memory_error(source)
@@ -237,8 +250,10 @@ class ParsePool:
         finally:
             if reusable:
                 self._send.send_nowait(worker)
-            else:  # (also when the caller was cancelled: its reply would still come)
-                self._start_soon(self._retire, worker)
+            elif not self._start_soon(self._retire, worker):
+                # (also when the caller was cancelled: its reply would still come) and, when
+                # the pool is stopping, killed here and reaped by serve()
+                worker.kill()
 
     async def _acquire(self) -> _Worker:
         with trio.move_on_after(self.limits.timeout_s):
