@@ -26,6 +26,7 @@ from protocols.framing import FrameDecoder, encode_frame, encode_uvarint
 from protocols.handoff.messages import MAX_REASON_LEN
 from protocols.stream import MessageStream
 from protocols.wire import MAX_ID_LEN, ErrorMessage, MessageCodec, WireModel
+from tests.unit.memory_stream import MemoryStream, SilentStream
 
 PEER_A = "12D3KooWA1111111111111111111111111111111111111111111"
 PEER_B = "12D3KooWB2222222222222222222222222222222222222222222"
@@ -445,44 +446,6 @@ def test_codec_needs_models_with_a_default_type() -> None:
 
 
 # -- MessageStream over an in-memory stream --------------------------------------------------
-
-
-class MemoryStream:
-    """A ByteStream over a fixed inbound buffer, delivered ``chunk`` bytes per read."""
-
-    def __init__(self, inbound: bytes = b"", *, chunk: int = 1 << 20) -> None:
-        self.inbound = bytearray(inbound)
-        self.chunk = chunk
-        self.written = bytearray()
-        self.closed = False
-        self.was_reset = False
-
-    async def read(self, n: int) -> bytes:
-        if self.was_reset:
-            raise StreamClosedError("stream was reset")
-        size = min(n, self.chunk)
-        data = bytes(self.inbound[:size])
-        del self.inbound[:size]
-        return data
-
-    async def write(self, data: bytes) -> None:
-        if self.closed or self.was_reset:
-            raise StreamClosedError("stream is closed")
-        self.written += data
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def reset(self) -> None:
-        self.was_reset = True
-
-
-class SilentStream(MemoryStream):
-    """A peer that never sends anything (and never closes)."""
-
-    async def read(self, n: int) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
 
 
 def frames(*messages: BaseModel | dict[str, Any]) -> bytes:
