@@ -27,7 +27,7 @@ import functools
 import json
 import math
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 from protocols.errors import (
     FrameDecodeError,
@@ -35,6 +35,7 @@ from protocols.errors import (
     NestingTooDeepError,
     NumberOutOfRangeError,
     NumberTooLongError,
+    TooManyContainersError,
     TooManyMembersError,
 )
 from protocols.limits import DEFAULT_LIMITS, FrameLimits
@@ -47,12 +48,9 @@ __all__ = ["check_bounds", "parse_json"]
 _BRACKETS = bytes.maketrans(b"{}", b"[]")
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b"[]{},")
 _NOT_STRUCTURE_OR_QUOTE = bytes(c for c in range(256) if c not in b'[]{},"')
-# digits -> "0", e/E -> "e", "+" stays, the rest -> " ": runs of "0" are digit runs, and
-# "e000" / "e+000" are exponents of three or more digits, the only way past 1.8e308
-_NUMBERS = bytes(
-    0x30 if 0x30 <= c <= 0x39 else 0x65 if c in b"eE" else 0x2B if c == 0x2B else 0x20
-    for c in range(256)
-)
+# digits -> "0", e/E -> "e", the rest -> " " ("+" is deleted): runs of "0" are digit runs,
+# and "e000" is an exponent of three or more digits, the only way past 1.8e308
+_NUMBERS = bytes(0x30 if 0x30 <= c <= 0x39 else 0x65 if c in b"eE" else 0x20 for c in range(256))
 _INNERMOST = re.compile(rb"\[,*\]")
 # A frame whose first 8 KiB holds fewer than one string per 256 bytes is cut by jumping
 # from quote to quote (memchr speed, a little Python per string); others are translated.
@@ -93,13 +91,12 @@ def _outside_strings(text: bytes, budget: int) -> bytes | None:
 def _dense_skeleton(text: bytes) -> bytes:
     """Brackets and commas of ``text`` outside its strings (quotes are delimiters only)."""
     skeleton = text.translate(_BRACKETS, _NOT_STRUCTURE_OR_QUOTE)
-    if b'"' not in skeleton:
-        return skeleton
-    # Most strings hold no bracket or comma and shrink to "": drop the pairs. If no quote is
-    # left, the pairs were the strings (pairing runs left to right from the first quote).
-    paired = skeleton.replace(b'""', b"")
-    if b'"' not in paired:
-        return paired
+    quotes = skeleton.count(b'"')
+    # Most strings hold no bracket or comma and shrink to "". If pairing the quotes left to
+    # right as "" covers them all, those pairs are the strings (the first quote opens one,
+    # and so on), and there is nothing inside them to remove.
+    if 2 * skeleton.count(b'""') == quotes:
+        return skeleton.translate(None, b'"') if quotes else skeleton
     return b"".join(skeleton.split(b'"')[::2])
 
 
@@ -173,29 +170,52 @@ def _skeleton_pattern(depth: int, members: int) -> re.Pattern[bytes]:
     return re.compile(rb"(?:\[%s\])*+" % content)
 
 
-def _quick_check(payload: bytes, limits: FrameLimits) -> tuple[bool, bool, bool]:
-    """(structure suspect, digits suspect, big exponent).
+class _Suspicion(NamedTuple):
+    """What the quick check could not rule out."""
 
-    The structure flag is exact for valid JSON (strings are cut out exactly), so only a
-    broken bound or unbalanced brackets raise it; the digits flag also counts digits inside
-    strings; the exponent flag says a number may be too big for a float.
-    """
-    text = _unescape_quotes(payload)
+    structure: bool  # nesting or members (exact for valid JSON: strings are cut out exactly)
+    containers: bool  # too many arrays/objects in all (exact too)
+    digits: bool  # a long digit run (counting digits inside strings: conservative)
+    big_exponent: bool  # an exponent of three digits or more: parse with the float check
+
+
+def _quick_check(payload: bytes, limits: FrameLimits, escapes: bool) -> _Suspicion:
+    """The quick check of a payload (that holds a backslash if ``escapes``)."""
+    if len(payload) <= _SMALL:
+        # Most frames are small: if counting the strings' brackets and commas too keeps
+        # the bounds, there is nothing to cut out.
+        everything = payload.translate(_BRACKETS, _NOT_STRUCTURE)
+        if everything.count(b"[") <= limits.max_depth and (
+            everything.count(b",") < limits.max_members
+        ):
+            return _Suspicion(False, False, *_number_flags(payload, limits))
+    text = _unescape_quotes(payload) if escapes else payload
     sample = min(len(text), _SAMPLE)
     outside = None
     if text.count(b'"', 0, sample) * _SPARSE_GAP <= sample:
         outside = _outside_strings(text, len(text) // _SPARSE_GAP + 16)
-    if outside is not None:
-        skeleton = outside.translate(_BRACKETS, _NOT_STRUCTURE)
-        numbers = outside.translate(_NUMBERS)
-    else:
+    if outside is None:
         skeleton = _dense_skeleton(text)
-        numbers = text.translate(_NUMBERS)  # with the strings' digits: conservative
-    return (
+        numbers = _number_flags(text, limits)  # the strings' digits count too
+    else:
+        skeleton = outside.translate(_BRACKETS, _NOT_STRUCTURE)
+        numbers = _number_flags(outside, limits)
+    return _Suspicion(
         _too_deep_or_wide(skeleton, limits),
-        b"0" * (limits.max_number_digits + 1) in numbers,
-        b"e000" in numbers or b"e+000" in numbers,
+        skeleton.count(b"[") > limits.max_containers,
+        *numbers,
     )
+
+
+def _number_flags(text: bytes, limits: FrameLimits) -> tuple[bool, bool]:
+    """(a digit run may be too long, an exponent has three digits or more)."""
+    # "+" is dropped, so e+300 and e300 look alike (and 1+2 in a string looks like 12:
+    # merely conservative)
+    numbers = text.translate(_NUMBERS, b"+")
+    return b"0" * (limits.max_number_digits + 1) in numbers, b"e000" in numbers
+
+
+_SMALL = 1024
 
 
 # -- the exact scan --------------------------------------------------------------------------
@@ -304,6 +324,27 @@ def _number_too_long(pos: int, digits: int) -> NumberTooLongError:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def _past_containers(count: int) -> re.Pattern[bytes]:
+    """Matches up to the opening bracket of container number ``count + 1`` (strings
+    skipped): each iteration ends with one opening bracket."""
+    other = rb'(?:[^\[{"]++|%s)*+' % _STRING
+    return re.compile(rb"(?:%s[\[{]){%d}+%s" % (other, count, other), re.DOTALL)
+
+
+def _too_many_containers(payload: bytes, limit: int) -> TooManyContainersError | None:
+    pos = _end(_past_containers(limit), payload)
+    if pos < len(payload) and payload[pos] in b"[{":
+        return TooManyContainersError(
+            f"frame JSON has more than {limit} arrays and objects in all "
+            f"(number {limit + 1} at byte {pos})",
+            bound="max_containers",
+            limit=limit,
+            offset=pos,
+        )
+    return None
+
+
 # -- text checks json.loads does not make ----------------------------------------------------
 
 # Stops at the first \uD800-\uDFFF escape that is not half of a high+low pair: json.loads
@@ -363,15 +404,23 @@ def check_bounds(payload: bytes, limits: FrameLimits = DEFAULT_LIMITS) -> bool:
     """Raise the :class:`FrameLimitError` for the first bound ``payload`` breaks (depth,
     members, digits). Returns whether a number may be too big for a float, which only
     parsing can tell (:func:`parse_json` does)."""
-    structure, digits, big_exponent = _quick_check(payload, limits)
+    return _check_bounds(payload, limits, payload.find(b"\\") >= 0)
+
+
+def _check_bounds(payload: bytes, limits: FrameLimits, escapes: bool) -> bool:
+    suspicion = _quick_check(payload, limits, escapes)
     error: FrameLimitError | None = None
-    if structure:
+    # The container count first: its scan is flat and fast, and it bounds what the nested
+    # scan (about 100 ns a byte inside containers) has to go through.
+    if suspicion.containers:
+        error = _too_many_containers(payload, limits.max_containers)
+    if error is None and suspicion.structure:
         error = _exact_scan(payload, limits)
-    elif digits:
+    elif error is None and suspicion.digits:
         error = _long_number(payload, limits.max_number_digits)
     if error is not None:
         raise error
-    return big_exponent
+    return suspicion.big_exponent
 
 
 def parse_json(payload: bytes, limits: FrameLimits = DEFAULT_LIMITS) -> Any:
@@ -381,8 +430,10 @@ def parse_json(payload: bytes, limits: FrameLimits = DEFAULT_LIMITS) -> Any:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FrameDecodeError(f"frame is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    big_exponent = check_bounds(payload, limits)
-    _check_surrogates(payload)
+    escapes = payload.find(b"\\") >= 0  # memchr: most payloads have none
+    big_exponent = _check_bounds(payload, limits, escapes)
+    if escapes:
+        _check_surrogates(payload)
     try:
         return json.loads(
             text,

@@ -10,6 +10,7 @@
         │   └── FrameLimitError       the JSON breaks a bound of FrameLimits (before parsing)
         │       ├── NestingTooDeepError       arrays/objects nested deeper than max_depth
         │       ├── TooManyMembersError       an array/object with more than max_members
+        │       ├── TooManyContainersError    more than max_containers arrays/objects in all
         │       ├── NumberTooLongError        a digit run longer than max_number_digits
         │       └── NumberOutOfRangeError     a number beyond the 64-bit float range
         ├── UnknownMessageTypeError   a well-formed frame whose ``type`` we do not know here
@@ -75,6 +76,10 @@ class NestingTooDeepError(FrameLimitError):
 
 
 class TooManyMembersError(FrameLimitError):
+    pass
+
+
+class TooManyContainersError(FrameLimitError):
     pass
 
 

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
 DEFAULT_MAX_DEPTH = 32
 DEFAULT_MAX_NUMBER_DIGITS = 64
-DEFAULT_MAX_MEMBERS = 10_000
+DEFAULT_MAX_MEMBERS = 100_000
+DEFAULT_MAX_CONTAINERS = 200_000
 
 # At most 200 digits: a mantissa below 1e200 with a two-digit exponent stays a finite float,
 # so only three-digit exponents can overflow (that is what the float check looks for); it
@@ -32,6 +33,9 @@ class FrameLimits:
     - ``max_number_digits``: digits in any run of a number (integer part, fraction or
       exponent); with ``max_depth`` this keeps int conversion and float parsing cheap.
     - ``max_members``: elements of any one array, members of any one object.
+    - ``max_containers``: arrays and objects in the whole frame. Each costs a Python
+      object of 56-250 bytes, so this is what keeps a frame within a few times its size
+      in memory (4 MiB of ``[[[0]]],`` would otherwise be 2 million lists, 200 MB).
 
     Numbers must also be finite as 64-bit floats (``1e999`` is refused); that is not
     configurable.
@@ -41,6 +45,7 @@ class FrameLimits:
     max_depth: int = DEFAULT_MAX_DEPTH
     max_number_digits: int = DEFAULT_MAX_NUMBER_DIGITS
     max_members: int = DEFAULT_MAX_MEMBERS
+    max_containers: int = DEFAULT_MAX_CONTAINERS
 
     def __post_init__(self) -> None:
         if self.max_frame_size < 1:
@@ -55,6 +60,12 @@ class FrameLimits:
             )
         if self.max_members < 1:
             raise ValueError(f"max_members must be at least 1, not {self.max_members}")
+        # a frame nested max_depth deep holds that many containers
+        if self.max_containers < self.max_depth:
+            raise ValueError(
+                f"max_containers must be at least max_depth ({self.max_depth}), "
+                f"not {self.max_containers}"
+            )
 
 
 DEFAULT_LIMITS = FrameLimits()

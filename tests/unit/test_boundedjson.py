@@ -19,6 +19,7 @@ from protocols.errors import (
     NumberOutOfRangeError,
     NumberTooLongError,
     RemoteProtocolError,
+    TooManyContainersError,
     TooManyMembersError,
 )
 from protocols.framing import FrameDecoder, encode_uvarint
@@ -102,13 +103,13 @@ def test_nesting_without_closing_brackets_is_refused_as_too_deep() -> None:
 
 
 def test_members_at_the_limit_are_accepted_and_one_more_is_not() -> None:
-    assert len(parse_json(members(10_000))["x"]) == 10_000
+    assert len(parse_json(members(100_000))["x"]) == 100_000
     with pytest.raises(TooManyMembersError) as info:
-        parse_json(members(10_001))
+        parse_json(members(100_001))
     error = info.value
-    assert (error.bound, error.limit) == ("max_members", 10_000)
-    assert error.offset == members(10_001).index(b"[") + 1 + 2 * 10_000 - 1  # the 10,000th comma
-    assert "more than 10000 members (member 10001 at byte" in str(error)
+    assert (error.bound, error.limit) == ("max_members", 100_000)
+    assert error.offset == 17 + 2 * 100_000 - 1  # the 100,000th comma
+    assert "more than 100000 members (member 100001 at byte 200016)" in str(error)
 
 
 def test_object_members_count_too() -> None:
@@ -126,6 +127,26 @@ def test_members_are_counted_per_container_not_per_frame() -> None:
         parse_json(b'{"type":"t","x":[[1,2,3],[4,[5,6,7],6,0],[7,8,9]]}', limits)
 
 
+def test_containers_at_the_limit_are_accepted_and_one_more_is_not() -> None:
+    inner = b"[" + b",".join([b"[]"] * 99_998) + b"]"
+    at_limit = b'{"type":"t","x":[' + inner + b"," + inner + b"]}"  # 1 + 1 + 2 + 199,996
+    assert len(parse_json(at_limit)["x"]) == 2
+    over = at_limit[:-2] + b",[]]}"
+    with pytest.raises(TooManyContainersError) as info:
+        parse_json(over)
+    error = info.value
+    assert (error.bound, error.limit) == ("max_containers", 200_000)
+    assert error.offset == over.rindex(b"[")
+    assert "more than 200000 arrays and objects in all (number 200001 at byte" in str(error)
+
+
+def test_containers_count_objects_and_skip_strings() -> None:
+    limits = FrameLimits(max_depth=3, max_containers=4)
+    assert parse_json(b'{"type":"t","s":"[[[{{{","x":[{},{}]}', limits)["s"] == "[[[{{{"
+    with pytest.raises(TooManyContainersError, match="at byte 36"):
+        parse_json(b'{"type":"t","s":"[[[{{{","x":[{},{},{}]}', limits)
+
+
 def test_digits_at_the_limit_are_accepted_and_one_more_is_not() -> None:
     assert parse_json(number(64))["x"] == int("7" * 64)
     with pytest.raises(NumberTooLongError, match="at byte 17"):
@@ -141,11 +162,12 @@ def test_every_digit_run_of_a_number_is_bounded(prefix: bytes, suffix: bytes) ->
 
 
 def test_limits_are_configurable() -> None:
-    limits = FrameLimits(max_depth=2, max_number_digits=20, max_members=2)
+    limits = FrameLimits(max_depth=2, max_number_digits=20, max_members=2, max_containers=3)
     assert parse_json(b'{"type":"t","x":[1,2]}', limits)["x"] == [1, 2]
     for payload, error in [
         (b'{"type":"t","x":[[1]]}', NestingTooDeepError),
         (b'{"type":"t","x":[1,2,3]}', TooManyMembersError),
+        (b'{"type":"t","x":[],"y":[],"z":[]}', TooManyContainersError),
         (b'{"type":"t","x":' + b"1" * 21 + b"}", NumberTooLongError),
     ]:
         with pytest.raises(error):
@@ -163,6 +185,7 @@ def test_limits_are_configurable() -> None:
         {"max_number_digits": 201},
         {"max_members": 0},
         {"max_frame_size": 0},
+        {"max_containers": 31},
     ],
 )
 def test_nonsense_limits_are_refused(kwargs: dict[str, int]) -> None:
@@ -289,15 +312,15 @@ JSON_VALUES = st.recursive(
 )
 
 
-def reference_bounds(value: Any, level: int = 1) -> tuple[int, int]:
-    """(depth, most members) of a container ``value`` at nesting ``level``."""
+def reference_bounds(value: Any, level: int = 1) -> tuple[int, int, int]:
+    """(depth, most members, containers) of a container ``value`` at nesting ``level``."""
     children = value.values() if isinstance(value, dict) else value
-    depth, widest = level, len(value)
+    depth, widest, count = level, len(value), 1
     for child in children:
         if isinstance(child, (dict, list)):
-            d, w = reference_bounds(child, level + 1)
-            depth, widest = max(depth, d), max(widest, w)
-    return depth, widest
+            d, w, c = reference_bounds(child, level + 1)
+            depth, widest, count = max(depth, d), max(widest, w), count + c
+    return depth, widest, count
 
 
 def longest_digit_run(payload: bytes) -> int:
@@ -319,18 +342,28 @@ def longest_digit_run(payload: bytes) -> int:
     depth=st.integers(1, 6),
     width=st.integers(2, 6),
     digits=st.integers(20, 24),
+    containers=st.integers(6, 30),
 )
 def test_parse_json_refuses_exactly_what_breaks_a_bound(
-    value: Any, ensure_ascii: bool, indent: int | None, depth: int, width: int, digits: int
+    value: Any,
+    ensure_ascii: bool,
+    indent: int | None,
+    depth: int,
+    width: int,
+    digits: int,
+    containers: int,
 ) -> None:
     message = {"type": "t", "x": value}
     payload = json.dumps(message, ensure_ascii=ensure_ascii, indent=indent).encode()
-    limits = FrameLimits(max_depth=depth, max_members=width, max_number_digits=digits)
-    got_depth, got_width = reference_bounds(message)
+    limits = FrameLimits(
+        max_depth=depth, max_members=width, max_number_digits=digits, max_containers=containers
+    )
+    got_depth, got_width, got_containers = reference_bounds(message)
     broken = {
         "max_depth": got_depth > depth,
         "max_members": got_width > width,
         "max_number_digits": longest_digit_run(payload) > digits,
+        "max_containers": got_containers > containers,
     }
     try:
         parsed = parse_json(payload, limits)

@@ -17,6 +17,7 @@ from protocols.errors import (
     FrameTooLargeError,
     LocalProtocolError,
     MessageValidationError,
+    NestingTooDeepError,
     PeerErrorResponse,
     ProtocolTimeoutError,
     StreamClosedError,
@@ -24,6 +25,7 @@ from protocols.errors import (
 )
 from protocols.framing import FrameDecoder, encode_frame, encode_uvarint
 from protocols.handoff.messages import MAX_REASON_LEN
+from protocols.limits import FrameLimits
 from protocols.stream import MessageStream
 from protocols.wire import MAX_ID_LEN, ErrorMessage, MessageCodec, WireModel
 from tests.unit.memory_stream import MemoryStream, SilentStream
@@ -598,3 +600,47 @@ async def test_malformed_cancel_on_a_stream_is_a_typed_error() -> None:
     ms = MessageStream(MemoryStream(frame), handoff.CODEC)
     with pytest.raises(MessageValidationError, match="invalid handoff 'cancel' message: reason"):
         await ms.receive()
+
+
+async def test_validation_errors_escape_peer_chosen_keys() -> None:
+    key = "evil\nINFO forged" + "k" * 500
+    frame = encode_frame({"type": "accept", "handoff_id": "h", key: 1})
+    ms = MessageStream(MemoryStream(frame), handoff.CODEC)
+    with pytest.raises(MessageValidationError) as info:
+        await ms.receive()
+    assert "\n" not in info.value.message
+    assert "evil\\nINFO forged" in info.value.message
+    assert len(info.value.message) < 400
+
+
+async def test_unknown_type_names_are_escaped_and_bounded() -> None:
+    frame = encode_frame({"type": "x\n" * 10_000})
+    ms = MessageStream(MemoryStream(frame), handoff.CODEC)
+    with pytest.raises(UnknownMessageTypeError) as info:
+        await ms.receive()
+    assert "\n" not in info.value.message and len(info.value.message) < 400
+
+
+async def test_a_peers_error_message_is_escaped_and_bounded() -> None:
+    error = {"type": "error", "code": "x\ny", "message": "line1\nline2" + "z" * 10_000}
+    ms = MessageStream(MemoryStream(frames(error)), handoff.CODEC)
+    with pytest.raises(PeerErrorResponse) as info:
+        await ms.receive()
+    assert info.value.code == "x\\ny"
+    assert info.value.message.startswith("line1\\nline2")
+    assert len(info.value.message) < 2100
+
+
+async def test_a_frame_breaking_a_limit_is_a_bad_frame_error_on_the_stream() -> None:
+    payload = b'{"type":"accept","handoff_id":' + b"[" * 50 + b"]" * 50 + b"}"
+    ms = MessageStream(MemoryStream(encode_uvarint(len(payload)) + payload), handoff.CODEC)
+    with pytest.raises(NestingTooDeepError) as info:
+        await ms.receive()
+    assert info.value.code == "bad_frame"
+
+
+async def test_message_stream_takes_its_limits_and_a_frame_size_over_them() -> None:
+    limits = FrameLimits(max_depth=3)
+    ms = MessageStream(MemoryStream(), handoff.CODEC, limits=limits, max_frame_size=2048)
+    assert (ms.limits.max_depth, ms.limits.max_frame_size, ms.max_frame_size) == (3, 2048, 2048)
+    assert MessageStream(MemoryStream(), handoff.CODEC).limits == FrameLimits()
