@@ -10,7 +10,7 @@ from node.handoff.journal import JournalError
 from node.p2p import P2PHost, P2PStream
 from node.registry import PeerRegistry
 from node.workflow_service import WorkflowService
-from protocols import control
+from protocols import control, logsafe
 from protocols.errors import ProtocolError
 from protocols.stream import MessageStream
 from workflows._storage import StorageError
@@ -64,7 +64,7 @@ class ControlService:
         try:
             request = await ms.receive_within(self.network.request_timeout_s)
         except ProtocolError as exc:
-            log.info("bad control request from %s: %s", stream.remote_peer, exc)
+            log.info("bad control request from %s: %s", stream.remote_peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
             finally:
@@ -75,7 +75,7 @@ class ControlService:
         except WorkflowNotFoundError as exc:
             await ms.send_error("not_found", str(exc))
         except (JournalError, StorageError) as exc:
-            log.error("control request failed: %s", exc)
+            log.error("control request failed: %s", logsafe(exc))
             await ms.send_error("internal", f"the node could not read its journal: {exc}")
         except WorkflowError as exc:
             await ms.send_error("invalid_workflow", str(exc))

@@ -16,7 +16,7 @@ from node.config import DiscoveryConfig, NetworkConfig
 from node.errors import NodeError
 from node.p2p import P2PHost, P2PStream, split_p2p_addr, valid_peer_id
 from node.registry import CardMismatchError, PeerRegistry
-from protocols import discovery
+from protocols import discovery, logsafe
 from protocols.errors import ProtocolError, RemoteProtocolError
 from protocols.stream import MessageStream
 
@@ -57,7 +57,7 @@ class DiscoveryService:
         try:
             hello = await ms.receive_within(self.network.request_timeout_s)
         except ProtocolError as exc:
-            log.info("bad discovery request from %s: %s", stream.remote_peer, exc)
+            log.info("bad discovery request from %s: %s", stream.remote_peer, logsafe(exc))
             await _send_error_and_reset(ms, exc)
             return
         assert isinstance(hello, discovery.Hello)
@@ -190,7 +190,7 @@ class DiscoveryService:
                 return
             await self.exchange(peer_id)
         except (NodeError, ProtocolError) as exc:
-            log.info("card exchange with %s failed: %s", peer_id, exc)
+            log.info("card exchange with %s failed: %s", peer_id, logsafe(exc))
         except Exception:
             # a peer must never be able to take the node down through discovery
             log.exception("card exchange with %s failed unexpectedly", peer_id)

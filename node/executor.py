@@ -19,7 +19,7 @@ from node.handoff.delegator import (
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
 from node.scheduler import Candidate, Decision, place
-from protocols import handoff
+from protocols import handoff, logsafe
 from workflows.errors import ToolError
 from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall, ToolOutcome
 from workflows.tools import ToolRegistry
@@ -105,11 +105,19 @@ class SwarmExecutor:
                 ) from None
             except HandoffRejectedError as exc:
                 last_error = exc.message
-                log.info("step %s: %s; trying another node", request.idempotency_key, exc)
+                log.info(
+                    "step %s: %s; trying another node",
+                    logsafe(request.idempotency_key),
+                    logsafe(exc),
+                )
             except (HandoffError, NodeError) as exc:
                 last_error = str(exc)
                 self.registry.record_failure(decision.node)
-                log.warning("step %s: %s; trying another node", request.idempotency_key, exc)
+                log.warning(
+                    "step %s: %s; trying another node",
+                    logsafe(request.idempotency_key),
+                    logsafe(exc),
+                )
         raise StepExecutionError(
             f"tool {request.tool!r} failed on {len(tried)} node(s); last error: {last_error}",
             node=decision.node if decision else None,

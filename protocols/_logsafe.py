@@ -20,7 +20,7 @@ def _escape(match: re.Match[str]) -> str:
     return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
-def logsafe(value: object, limit: int = 200) -> str:
+def logsafe(value: object, limit: int = 300) -> str:
     """``value`` as one printable line: control characters escaped, at most ``limit`` of its
     characters kept (a marker says how many were cut).
 

@@ -31,7 +31,7 @@ import trio
 from node.config import HandoffConfig, NetworkConfig
 from node.errors import NodeError
 from node.p2p import P2PHost
-from protocols import handoff
+from protocols import handoff, logsafe
 from protocols.errors import (
     PeerErrorResponse,
     ProtocolError,
@@ -239,7 +239,7 @@ async def _cancel_on_stream(
                 await ms.close()
                 return msg
     except ProtocolError as exc:
-        log.debug("cancel of handoff %s on its stream: %s", handoff_id, exc)
+        log.debug("cancel of handoff %s on its stream: %s", logsafe(handoff_id), logsafe(exc))
         return None
 
 
@@ -275,13 +275,18 @@ async def _abandon(
                             config=config,
                         )
                     except NodeError as exc:
-                        log.info("could not cancel handoff %s at %s: %s", handoff_id, peer_id, exc)
+                        log.info(
+                            "could not cancel handoff %s at %s: %s",
+                            logsafe(handoff_id),
+                            peer_id,
+                            logsafe(exc),
+                        )
         if reply is None:
             await ms.reset()
     abandon.reply = reply
     log.info(
         "handoff %s at %s abandoned (%s): peer answered %s",
-        handoff_id,
+        logsafe(handoff_id),
         peer_id,
         abandon.reason,
         reply.type if reply is not None else "nothing",

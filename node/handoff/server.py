@@ -19,7 +19,7 @@ import trio
 from node.config import HandoffConfig, NetworkConfig
 from node.handoff.journal import AsyncHandoffJournal
 from node.p2p import P2PStream
-from protocols import handoff
+from protocols import handoff, logsafe
 from protocols.errors import (
     ProtocolError,
     StreamClosedError,
@@ -100,7 +100,7 @@ class HandoffServer:
         try:
             first = await ms.receive_within(self.network.request_timeout_s)
         except ProtocolError as exc:
-            log.info("bad first handoff message from %s: %s", peer, exc)
+            log.info("bad first handoff message from %s: %s", peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
             finally:
@@ -118,7 +118,12 @@ class HandoffServer:
         offer = first
         reject = self._check(offer, peer)
         if reject is not None:
-            log.info("rejected handoff %s from %s: %s", offer.handoff_id, peer, reject.message)
+            log.info(
+                "rejected handoff %s from %s: %s",
+                logsafe(offer.handoff_id),
+                peer,
+                logsafe(reject.message),
+            )
             await ms.send(reject)
             await ms.close()
             return
@@ -167,7 +172,12 @@ class HandoffServer:
                 await ms.close()
             except StreamClosedError as exc:
                 goes_on = "it is being canceled" if job.cancel_reason is not None else "it goes on"
-                log.info("delegator of handoff %s went away (%s); %s", handoff_id, exc, goes_on)
+                log.info(
+                    "delegator of handoff %s went away (%s); %s",
+                    logsafe(handoff_id),
+                    logsafe(exc),
+                    goes_on,
+                )
                 await ms.reset()
             nursery.cancel_scope.cancel()
 
@@ -200,7 +210,11 @@ class HandoffServer:
                 if msg is None:
                     return  # the delegator closed its side: it will send nothing more
                 if isinstance(msg, ErrorMessage):
-                    log.info("delegator of handoff %s gave up: %s", handoff_id, msg.message)
+                    log.info(
+                        "delegator of handoff %s gave up: %s",
+                        logsafe(handoff_id),
+                        logsafe(msg.message),
+                    )
                     break
                 if isinstance(msg, handoff.Cancel) and msg.handoff_id == handoff_id:
                     if job.peer == peer:
@@ -222,7 +236,7 @@ class HandoffServer:
         except StreamClosedError:
             await ms.reset()  # reset by the delegator: the stream is gone, the step goes on
         except ProtocolError as exc:
-            log.info("bad handoff message from %s after the offer: %s", peer, exc)
+            log.info("bad handoff message from %s after the offer: %s", peer, logsafe(exc))
             try:
                 async with lock:
                     await ms.send_error(exc.code, exc.message)
@@ -234,7 +248,12 @@ class HandoffServer:
     def _cancel_job(self, handoff_id: str, job: _Job, reason: str, peer: str) -> None:
         if job.done.is_set() or job.cancel_reason is not None:
             return
-        log.info("handoff %s canceled by %s: %s", handoff_id, peer, reason or "no reason given")
+        log.info(
+            "handoff %s canceled by %s: %s",
+            logsafe(handoff_id),
+            peer,
+            logsafe(reason or "no reason given"),
+        )
         job.cancel_reason = reason
         job.scope.cancel()
 
@@ -364,7 +383,7 @@ class HandoffServer:
         except ToolError as exc:
             outcome = handoff.StepFailed(handoff_id=hid, code="tool_failed", message=str(exc))
         except Exception as exc:
-            log.exception("handoff %s failed internally", hid)
+            log.exception("handoff %s failed internally", logsafe(hid))
             outcome = handoff.StepFailed(
                 handoff_id=hid, code="internal", message=f"{type(exc).__name__}: {exc}"
             )
