@@ -1,5 +1,6 @@
-"""Peer-supplied strings never forge a log line on the node (issue 9: a newline in a
-peer's handoff_id did)."""
+"""The handoff responder (the real HandoffServer over an in-memory stream) against bad
+input: every framing error gets its typed ``error`` reply and a reset, and one log line;
+peer-supplied strings never forge a log line (issue 9: a newline in a handoff_id did)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from node.config import HandoffConfig, NetworkConfig
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
 from node.handoff.server import HandoffServer
-from protocols.framing import FrameDecoder, encode_frame, encode_uvarint
+from protocols.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame, encode_uvarint
 from tests.unit.memory_stream import MemoryStream
 from workflows.tools import ToolRegistry
 
@@ -70,6 +71,42 @@ async def test_a_frame_breaking_a_limit_gets_bad_frame_and_one_log_line(
     (reply,) = FrameDecoder().feed(bytes(stream.written))
     assert reply["type"] == "error" and reply["code"] == "bad_frame"
     assert "nests deeper than the limit of 32 levels" in reply["message"]
+    assert stream.was_reset
+    lines = log_lines(caplog)
+    assert len(lines) == 1 and PEER in lines[0], lines
+    assert not any(r.exc_info for r in caplog.records)
+
+
+def raw(payload: bytes) -> bytes:
+    return encode_uvarint(len(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    ("inbound", "code", "says"),
+    [
+        (raw(b"nope"), "bad_frame", "not JSON"),
+        (raw(b"\xff\xfe{}"), "bad_frame", "not UTF-8"),
+        (encode_uvarint(DEFAULT_MAX_FRAME_SIZE + 1), "frame_too_large", "exceeds the limit"),
+        (encode_frame({"type": "hello", "card": {}}), "unknown_type", "unknown handoff message"),
+        (encode_frame({"type": "accept", "handoff_id": "h"})[:-3], "bad_frame", "inside a frame"),
+        (b"\x80\x00", "bad_frame", "non-minimal"),
+        (b"\x00", "bad_frame", "zero-length"),
+        (b"\xff" * 10, "bad_frame", "longer than 9 bytes"),
+        (raw(b'{"type":"offer","x":' + b"9" * 100_000 + b"}"), "bad_frame", "64 digits"),
+        (raw(b'{"type":"offer","x":1e999}'), "bad_frame", "float range"),
+        (encode_frame({"type": "offer", "handoff_id": "h"}), "invalid_message", "Field required"),
+        (b"", "stream_closed", "closed"),
+    ],
+)
+async def test_bad_input_gets_its_error_reply_a_reset_and_one_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, inbound: bytes, code: str, says: str
+) -> None:
+    stream = PeerStream(inbound)
+    with caplog.at_level(logging.INFO, logger="node"):
+        await server(tmp_path).handle(stream)  # type: ignore[arg-type]
+    (reply,) = FrameDecoder().feed(bytes(stream.written))
+    assert (reply["type"], reply["code"]) == ("error", code)
+    assert says in reply["message"] and "\n" not in reply["message"]
     assert stream.was_reset
     lines = log_lines(caplog)
     assert len(lines) == 1 and PEER in lines[0], lines
