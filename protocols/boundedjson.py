@@ -352,19 +352,22 @@ def _too_many_containers(payload: bytes, limit: int) -> TooManyContainersError |
 _UNTIL_LONE_SURROGATE = re.compile(
     rb"(?:[^\\]++"
     rb"|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}"
-    rb"|\\u(?![dD][89a-fA-F])"
+    rb"|\\u(?![dD][89a-fA-F][0-9a-fA-F]{2})"
     rb"|\\[^u])*+",
     re.DOTALL,
 )
 
 
 def _check_surrogates(payload: bytes) -> None:
-    if b"\\u" not in payload:
+    # \u00e9 and \u4f60 are common (Python's json.dumps escapes all non-ASCII); only a
+    # \uD... escape can be a surrogate, and then the regex decides
+    if b"\\ud" not in payload and b"\\uD" not in payload:
         return
     pos = _end(_UNTIL_LONE_SURROGATE, payload)
     if payload.startswith(b"\\u", pos):
         raise FrameDecodeError(
-            f"frame JSON has a lone UTF-16 surrogate escape {payload[pos : pos + 6].decode()} "
+            "frame JSON has a lone UTF-16 surrogate escape "
+            f"{payload[pos : pos + 6].decode('ascii', 'replace')} "
             f"(at byte {pos})"
         )
 

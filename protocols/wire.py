@@ -50,7 +50,7 @@ class MessageCodec(Generic[M]):
         type_name = obj.get("type")
         model = self._by_type.get(type_name) if isinstance(type_name, str) else None
         if model is None:
-            shown = repr(logsafe(type_name, 64)) if isinstance(type_name, str) else "(none)"
+            shown = f"'{logsafe(type_name, 64)}'" if isinstance(type_name, str) else "(none)"
             raise UnknownMessageTypeError(
                 f"unknown {self.protocol} message type {shown} "
                 f"(expected one of {', '.join(self.types)})"

@@ -273,6 +273,12 @@ def test_lone_surrogate_escapes_are_refused(escape: bytes) -> None:
     assert "at byte 23" in str(info.value)
 
 
+@pytest.mark.parametrize("escape", ["\\ud8zz", "\\ud8\u4f60", "\\uDB"])
+def test_a_broken_unicode_escape_is_a_json_error(escape: str) -> None:
+    with pytest.raises(FrameDecodeError, match="Invalid \\\\uXXXX escape"):
+        parse_json(f'{{"type":"t","x":"{escape}"}}'.encode())
+
+
 def test_surrogate_pairs_are_accepted() -> None:
     assert parse_json(b'{"type":"t","x":"\\ud83d\\udc1d"}')["x"] == "🐝"
 

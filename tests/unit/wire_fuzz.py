@@ -206,9 +206,10 @@ def hostile_payloads(draw: st.DrawFn) -> bytes:
     elif kind == "exponent":
         body = b"1e" + str(size).encode()
     elif kind == "surrogate":
-        body = (
-            b'"\\ud' + draw(st.sampled_from([b"800", b"c00", b"83d\\udc1d", b"83d\\u0041"])) + b'"'
+        tail = st.sampled_from([b"800", b"c00", b"83d\\udc1d", b"83d\\u0041"]) | st.binary(
+            max_size=7
         )
+        body = b'"\\u' + draw(st.sampled_from([b"d", b"D", b""])) + draw(tail) + b'"'
     else:
         body = b'"' + b"[" * size + b'\\"' + b"{" * size + b'"'
     return b'{"type":"hello","x":' + body + b"}"
