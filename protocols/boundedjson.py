@@ -324,16 +324,22 @@ def _number_too_long(pos: int, digits: int) -> NumberTooLongError:
     )
 
 
+_NOT_CONTAINER = rb'(?:[^\[{"]++|%s)*+' % _STRING  # up to the next opening bracket
+_UNTIL_CONTAINER = re.compile(_NOT_CONTAINER, re.DOTALL)
+
+
 @functools.lru_cache(maxsize=8)
 def _past_containers(count: int) -> re.Pattern[bytes]:
-    """Matches up to the opening bracket of container number ``count + 1`` (strings
-    skipped): each iteration ends with one opening bracket."""
-    other = rb'(?:[^\[{"]++|%s)*+' % _STRING
-    return re.compile(rb"(?:%s[\[{]){%d}+%s" % (other, count, other), re.DOTALL)
+    """Matches up to and including the opening bracket of container number ``count``
+    (strings skipped), or fails if there are fewer."""
+    return re.compile(rb"(?:%s[\[{]){%d}+" % (_NOT_CONTAINER, count), re.DOTALL)
 
 
 def _too_many_containers(payload: bytes, limit: int) -> TooManyContainersError | None:
-    pos = _end(_past_containers(limit), payload)
+    past = _past_containers(limit).match(payload)
+    if past is None:  # fewer than the quick check counted: only in invalid JSON
+        return None
+    pos = _end(_UNTIL_CONTAINER, payload, past.end())
     if pos < len(payload) and payload[pos] in b"[{":
         return TooManyContainersError(
             f"frame JSON has more than {limit} arrays and objects in all "

@@ -140,6 +140,13 @@ def test_containers_at_the_limit_are_accepted_and_one_more_is_not() -> None:
     assert "more than 200000 arrays and objects in all (number 200001 at byte" in str(error)
 
 
+def test_containers_counted_in_invalid_json_are_left_to_json() -> None:
+    """A backslash outside a string makes the quick count and the exact scan disagree."""
+    payload = b'{"type":"t","x":[[],\\"[],[]]}'
+    with pytest.raises(FrameDecodeError, match="not JSON"):
+        parse_json(payload, FrameLimits(max_depth=4, max_containers=4))
+
+
 def test_containers_count_objects_and_skip_strings() -> None:
     limits = FrameLimits(max_depth=3, max_containers=4)
     assert parse_json(b'{"type":"t","s":"[[[{{{","x":[{},{}]}', limits)["s"] == "[[[{{{"

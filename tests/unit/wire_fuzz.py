@@ -135,7 +135,7 @@ CODECS: dict[str, MessageCodec[Any]] = {
 ALL_TYPES = sorted({m["type"] for seeds in SEEDS.values() for m in seeds} | {"error", "bogus"})
 
 # Small limits in tests make every bound reachable with small inputs.
-SMALL_LIMITS = FrameLimits(max_frame_size=1 << 16, max_depth=8, max_members=16)
+SMALL_LIMITS = FrameLimits(max_frame_size=1 << 16, max_depth=8, max_members=16, max_containers=40)
 
 # -- strategies ------------------------------------------------------------------------------
 
@@ -181,6 +181,9 @@ def mutated_objects(draw: st.DrawFn, codec_name: str) -> dict[str, Any]:
         else:
             obj["type"] = draw(st.sampled_from(ALL_TYPES) | TEXT)
     return obj
+
+
+JSON_PUNCTUATION = [b"\\", b'"', b'\\"', b"\\\\", b"[", b"{", b"]", b"}", b",", b":", b"9" * 70]
 
 
 def _frame_of(obj: dict[str, Any]) -> bytes:
@@ -237,12 +240,14 @@ def frame_streams(draw: st.DrawFn) -> bytes:
     data = bytearray(b"".join(frames))
     # byte-level damage: flips, inserts, deletions, a hostile length prefix
     for _ in range(draw(st.sampled_from([0, 0, 0, 1, 2, 3]))):
-        action = draw(st.sampled_from(["flip", "insert", "delete", "prefix", "truncate"]))
+        action = draw(st.sampled_from(["flip", "insert", "json", "delete", "prefix", "truncate"]))
         pos = draw(st.integers(0, len(data)))
         if action == "flip" and pos < len(data):
             data[pos] ^= draw(st.integers(1, 255))
         elif action == "insert":
             data[pos:pos] = draw(st.binary(min_size=1, max_size=8))
+        elif action == "json":  # what JSON's structure and escapes hang on
+            data[pos:pos] = draw(st.sampled_from(JSON_PUNCTUATION))
         elif action == "delete":
             del data[pos : pos + draw(st.integers(1, 8))]
         elif action == "prefix":
