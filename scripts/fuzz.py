@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import collections
 import random
+import signal
 import sys
 import time
 import traceback
@@ -141,24 +142,42 @@ def main() -> int:
         names = ", ".join(t.name for t in TARGETS)
         print(f"error: no such target (known: {names})", file=sys.stderr)
         return 2
+    signal.signal(signal.SIGTERM, _interrupt)
     rng = random.Random(args.seed)
     all_stats = {t.name: Stats() for t in chosen}
-    start = last = time.monotonic()
-    deadline = start + args.minutes * 60
+    start = time.monotonic()
     print(f"fuzzing {', '.join(all_stats)} for {args.minutes:g} min", flush=True)
+    try:
+        _fuzz(chosen, all_stats, rng, start + args.minutes * 60, args.progress_s)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: report what was found so far
+        print("  stopped early", flush=True)
+    return report(all_stats, time.monotonic() - start)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def _fuzz(
+    chosen: list[Target],
+    all_stats: dict[str, Stats],
+    rng: random.Random,
+    deadline: float,
+    progress_s: float,
+) -> None:
+    start = last = time.monotonic()
     while time.monotonic() < deadline:
         for fuzz_target in chosen:
             run_round(fuzz_target, all_stats[fuzz_target.name], rng.randrange(2**32))
             if time.monotonic() >= deadline:
                 break
-        if time.monotonic() - last >= args.progress_s:
+        if time.monotonic() - last >= progress_s:
             last = time.monotonic()
             done = sum(s.executions for s in all_stats.values())
             found = sum(len(s.failures) for s in all_stats.values())
             print(
                 f"  {(last - start) / 60:5.1f} min: {done} executions, {found} failures", flush=True
             )
-    return report(all_stats, time.monotonic() - start)
 
 
 if __name__ == "__main__":
