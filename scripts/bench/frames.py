@@ -3,11 +3,12 @@
     .venv/bin/python scripts/bench/frames.py            # about a minute
     .venv/bin/python scripts/bench/frames.py --rounds 3 # quicker, noisier
 
-"before" is the decoding the node did until the bounds came: ``json.loads`` of the UTF-8
-text, then the protocol's codec (pydantic). "after" is today's FrameDecoder (the bounds,
-then ``json.loads``) and the same codec. Both are fed the frame in 64 KiB reads, as
-MessageStream does. Times are CPU time of this process (``time.process_time``), so other
-load on a shared machine disturbs them less; each figure is the best of ``--rounds``.
+"before" is the frame decoder as it was until the bounds came (its loop copied here:
+buffer, varint, ``json.loads``), then the protocol's codec (pydantic). "after" is today's
+FrameDecoder (the bounds, then ``json.loads``) and the same codec. Both are fed the frame
+in 64 KiB reads, as MessageStream does. Times are CPU time of this process
+(``time.process_time``), so other load on a shared machine disturbs them less; each figure
+is the best of ``--rounds`` rounds, the two alternating.
 The hostile frames are each decoded once after a warm-up, with the time to the typed
 error and the peak of Python allocations.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import sys
 import time
@@ -34,11 +36,13 @@ from protocols.framing import (
     encode_frame,
     encode_uvarint,
 )
+from protocols.limits import FrameLimits
 from protocols.wire import MessageCodec
 
 READ = 64 * 1024
 MIB = 1024 * 1024
 LIMIT = 8 * MIB  # room for the 4 MiB frames' envelope
+LIMITS = FrameLimits(max_frame_size=LIMIT)  # and the default JSON limits
 PEER = "12D3KooWSqxmF1xRXdLBiRewJcA6oH3E3xKy4rs42HZyAXXEyKRg"
 
 
@@ -161,40 +165,73 @@ def _hostile() -> list[tuple[str, bytes]]:
     ]
 
 
+class OldFrameDecoder:
+    """The frame decoder as it was before the JSON bounds (protocols/framing.py at 745f3ca):
+    the same buffering and varint checks, then ``json.loads`` straight away."""
+
+    def __init__(self, max_frame_size: int) -> None:
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        self._buf += data
+        out: list[dict[str, Any]] = []
+        while True:
+            header = decode_uvarint(self._buf)
+            if header is None:
+                break
+            length, start = header
+            if length == 0 or length > self.max_frame_size:
+                raise FrameDecodeError("bad length")
+            if len(self._buf) < start + length:
+                break
+            payload = bytes(self._buf[start : start + length])
+            del self._buf[: start + length]
+            obj = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+            if not isinstance(obj, dict) or not isinstance(obj.get("type"), str):
+                raise FrameDecodeError("not a message")
+            out.append(obj)
+        return out
+
+
+def _reject_constant(name: str) -> Any:
+    raise FrameDecodeError(f"frame contains {name}")
+
+
 def before(frame: bytes, codec: MessageCodec[Any]) -> Any:
-    """The node's decoding until now: buffer the frame, json.loads it, the codec."""
-    buf = bytearray()
-    for i in range(0, len(frame), READ):
-        buf += frame[i : i + READ]
-    header = decode_uvarint(buf)
-    assert header is not None
-    length, start = header
-    payload = bytes(buf[start : start + length])
-    return codec.decode(json.loads(payload.decode("utf-8")))
-
-
-def after(frame: bytes, codec: MessageCodec[Any]) -> Any:
-    decoder = FrameDecoder(LIMIT)
+    decoder = OldFrameDecoder(LIMIT)
     out: list[dict[str, Any]] = []
     for i in range(0, len(frame), READ):
         out += decoder.feed(frame[i : i + READ])
     return codec.decode(out[0])
 
 
-def best(fn: Callable[[], Any], rounds: int, budget_s: float = 0.25) -> float:
-    """Best per-call time over ``rounds`` rounds of about ``budget_s`` each."""
-    fn()
+def after(frame: bytes, codec: MessageCodec[Any]) -> Any:
+    decoder = FrameDecoder(limits=LIMITS)
+    out: list[dict[str, Any]] = []
+    for i in range(0, len(frame), READ):
+        out += decoder.feed(frame[i : i + READ])
+    return codec.decode(out[0])
+
+
+def best_pair(
+    first: Callable[[], Any], second: Callable[[], Any], rounds: int, budget_s: float = 0.2
+) -> tuple[float, float]:
+    """Best per-call CPU time of each over ``rounds`` rounds of about ``budget_s``, the two
+    alternating so that drift of the machine's speed affects both alike."""
+    first()
+    second()
     start = time.process_time()
-    fn()
-    once = max(time.process_time() - start, 1e-7)
-    calls = max(1, int(budget_s / once))
-    times = []
+    first()
+    calls = max(1, int(budget_s / max(time.process_time() - start, 1e-7)))
+    times: tuple[list[float], list[float]] = ([], [])
     for _ in range(rounds):
-        start = time.process_time()
-        for _ in range(calls):
-            fn()
-        times.append((time.process_time() - start) / calls)
-    return min(times)
+        for fn, out in ((first, times[0]), (second, times[1])):
+            start = time.process_time()
+            for _ in range(calls):
+                fn()
+            out.append((time.process_time() - start) / calls)
+    return min(times[0]), min(times[1])
 
 
 def main() -> int:
@@ -207,8 +244,11 @@ def main() -> int:
     for name, message, codec in HONEST:
         frame = encode_frame(message, LIMIT)
         assert before(frame, codec) == after(frame, codec)
-        b = best(lambda f=frame, c=codec: before(f, c), args.rounds)
-        a = best(lambda f=frame, c=codec: after(f, c), args.rounds)
+        b, a = best_pair(
+            functools.partial(before, frame, codec),
+            functools.partial(after, frame, codec),
+            args.rounds,
+        )
         print(f"{name:32s} {len(frame):9d} {b * 1e3:9.3f} {a * 1e3:9.3f} {(a / b - 1):+8.1%}")
 
     print("\nhostile frames (default limits; time to the typed error, peak Python memory)")
@@ -216,13 +256,13 @@ def main() -> int:
     for body in (b"[" * 40, b"9" * 80, b"[" + b"0," * 200_000 + b"0]", b"[[]," * 200_001 + b"0]"):
         warm = b'{"type":"warm","x":' + body + b"}"
         with contextlib.suppress(ProtocolError):
-            FrameDecoder(LIMIT).feed(encode_uvarint(len(warm)) + warm)
+            FrameDecoder(limits=LIMITS).feed(encode_uvarint(len(warm)) + warm)
     for name, payload in _hostile():
         frame = encode_uvarint(len(payload)) + payload
         tracemalloc.start()
         start = time.process_time()
         try:
-            FrameDecoder(LIMIT).feed(frame)
+            FrameDecoder(limits=LIMITS).feed(frame)
             outcome = "accepted"
         except FrameLimitError as exc:
             outcome = f"{type(exc).__name__} ({exc.bound}, byte {exc.offset})"
