@@ -34,8 +34,9 @@ class FrameLimits:
       exponent); with ``max_depth`` this keeps int conversion and float parsing cheap.
     - ``max_members``: elements of any one array, members of any one object.
     - ``max_containers``: arrays and objects in the whole frame. Each costs a Python
-      object of 56-250 bytes, so this is what keeps a frame within a few times its size
-      in memory (4 MiB of ``[[[0]]],`` would otherwise be 2 million lists, 200 MB).
+      object of 56-250 bytes: without it 4 MiB of ``[[[0]]],`` would be 2 million lists
+      (+200 MB). With the defaults, decoding a 4 MiB frame peaks at about +64 MB (measured:
+      200,000 small objects, or 800,000 short strings).
 
     Numbers must also be finite as 64-bit floats (``1e999`` is refused); that is not
     configurable.
