@@ -428,7 +428,16 @@ def check_bounds(payload: bytes, limits: FrameLimits = DEFAULT_LIMITS) -> bool:
     """Raise the :class:`FrameLimitError` for the first bound ``payload`` breaks (depth,
     members, digits). Returns whether a number may be too big for a float, which only
     parsing can tell (:func:`parse_json` does)."""
-    return _check_bounds(payload, limits, payload.find(b"\\") >= 0)
+    return _check_bounds(payload, limits, _has_tricky_escapes(payload))
+
+
+_TRICKY_ESCAPE = re.compile(rb'\\(?:["\\]|u[dD][89a-fA-F])')
+
+
+def _has_tricky_escapes(payload: bytes) -> bool:
+    """Whether ``payload`` holds an escape that matters here: ``\\"`` or ``\\\\`` (quotes),
+    or ``\\uD800``-``\\uDFFF`` (surrogates). Text with only ``\\n`` and the like has none."""
+    return payload.find(b"\\") >= 0 and _TRICKY_ESCAPE.search(payload) is not None
 
 
 def _check_bounds(payload: bytes, limits: FrameLimits, escapes: bool) -> bool:
@@ -454,7 +463,7 @@ def parse_json(payload: bytes, limits: FrameLimits = DEFAULT_LIMITS) -> Any:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise FrameDecodeError(f"frame is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    escapes = payload.find(b"\\") >= 0  # memchr: most payloads have none
+    escapes = _has_tricky_escapes(payload)
     big_exponent = _check_bounds(payload, limits, escapes)
     if escapes:
         _check_surrogates(payload)
