@@ -167,7 +167,7 @@ def _skeleton_pattern(depth: int, members: int) -> re.Pattern[bytes]:
     """Matches a skeleton within the bounds, one pass and no backtracking.
 
     A member starts at a comma, or right after the opening bracket (see
-    :func:`_content_source` for why not elsewhere). Scalars left nothing in the skeleton,
+    :func:`_exact` for why not elsewhere). Scalars left nothing in the skeleton,
     so a container whose first member is a scalar has one member more than iterations:
     allowing ``members - 1`` iterations keeps the check conservative.
     """
@@ -245,66 +245,56 @@ def _leaf(digits: int) -> bytes:
     return b"|".join([_OTHER, rb"[0-9]{1,%d}+(?![0-9])" % digits, _STRING])
 
 
-@functools.lru_cache(maxsize=512)
-def _content_source(levels: int, digits: int, members: int) -> bytes:
-    """The inside of an array/object, whose values may nest ``levels`` more levels.
-
-    A member starts right after the opening bracket or at a comma, and then has values; at
-    most ``members`` of them, so matching stops at the comma that starts one too many, at a
-    digit run that is too long, and (at level 0) at the bracket that nests too deep.
-    A member may not start elsewhere: after a value that failed (a child container that
-    breaks a bound) an empty member would try that value again, once per level, which
-    doubles the work at every level.
-    """
-    value = _leaf(digits)
-    if levels > 0:
-        value += rb"|[\[{]" + _content_source(levels - 1, digits, members) + rb"[\]}]"
-    return rb"(?:(?:,|(?<=[\[{]))(?:%s)*+){0,%d}+" % (value, members)
-
-
-@functools.lru_cache(maxsize=512)
-def _content(levels: int, digits: int, members: int) -> re.Pattern[bytes]:
-    return re.compile(_content_source(levels, digits, members), re.DOTALL)
-
-
 @functools.lru_cache(maxsize=8)
-def _top(depth: int, digits: int, members: int) -> re.Pattern[bytes]:
-    value = _leaf(digits) + rb"|[\[{]" + _content_source(depth - 1, digits, members) + rb"[\]}]"
-    return re.compile(rb"(?:%s)*+" % value, re.DOTALL)
+def _exact(depth: int, digits: int, members: int) -> re.Pattern[bytes]:
+    """One pass over the payload that stops where a bound is broken.
+
+    The inside of an array/object whose values may nest ``k`` more levels is a loop of
+    members; a member starts right after the opening bracket or at a comma (not elsewhere:
+    an empty member would retry what just failed), and at most ``members`` of them are
+    taken, so the loop stops at the comma of one too many, at a digit run that is too long,
+    and at level 0 at a bracket that nests too deep. A container whose inside stopped
+    before its closing bracket then takes the rest of the payload into a group of its own,
+    so nothing fails and nothing is scanned twice: the group that starts first marks the
+    byte where the bound was broken. ``depth`` groups, innermost level first.
+    """
+    leaf = _leaf(digits)
+    inside = rb"(?:(?:,|(?<=[\[{]))(?:%s)*+){0,%d}+" % (leaf, members)
+    for _ in range(depth - 1):
+        child = rb"[\[{]%s(?:[\]}]|([\s\S]*+))" % inside
+        inside = rb"(?:(?:,|(?<=[\[{]))(?:%s|%s)*+){0,%d}+" % (leaf, child, members)
+    top = rb"[\[{]%s(?:[\]}]|([\s\S]*+))" % inside
+    return re.compile(rb"(?:%s|%s)*+" % (leaf, top), re.DOTALL)
 
 
 def _exact_scan(payload: bytes, limits: FrameLimits) -> FrameLimitError | None:
     """The first bound ``payload`` breaks, or None if it keeps them all up to its end or
     up to a syntax error (which json.loads then reports)."""
     depth, digits, members = limits.max_depth, limits.max_number_digits, limits.max_members
-    # A pattern fails as a whole at the container that holds the problem, so match again
-    # inside it, one level deeper each time: the ranges scanned do not overlap.
-    pos = _end(_top(depth, digits, members), payload)
-    level = depth
-    while pos < len(payload):
-        char = payload[pos]
-        if char in b"[{":
-            if level == 0:
-                return NestingTooDeepError(
-                    f"frame JSON nests deeper than the limit of {depth} levels (at byte {pos})",
-                    bound="max_depth",
-                    limit=depth,
-                    offset=pos,
-                )
-            level -= 1
-            pos = _end(_content(level, digits, members), payload, pos + 1)
-        elif 0x30 <= char <= 0x39:
-            return _number_too_long(pos, digits)
-        elif char == 0x2C and level < depth:
-            return TooManyMembersError(
-                f"frame JSON has an array or object with more than {members} members "
-                f"(member {members + 1} at byte {pos})",
-                bound="max_members",
-                limit=members,
-                offset=pos,
-            )
-        else:
-            return None
+    match = _exact(depth, digits, members).match(payload)
+    assert match is not None  # the pattern matches the empty string
+    stops = [match.start(g) for g in range(1, depth + 1) if match.start(g) >= 0]
+    pos = min(stops, default=match.end())
+    if pos >= len(payload):
+        return None
+    char = payload[pos]
+    if char in b"[{":
+        return NestingTooDeepError(
+            f"frame JSON nests deeper than the limit of {depth} levels (at byte {pos})",
+            bound="max_depth",
+            limit=depth,
+            offset=pos,
+        )
+    if 0x30 <= char <= 0x39:
+        return _number_too_long(pos, digits)
+    if char == 0x2C and stops:
+        return TooManyMembersError(
+            f"frame JSON has an array or object with more than {members} members "
+            f"(member {members + 1} at byte {pos})",
+            bound="max_members",
+            limit=members,
+            offset=pos,
+        )
     return None
 
 

@@ -162,6 +162,26 @@ def _hostile() -> list[tuple[str, bytes]]:
             wrap(b"[" + deep_unit * (fill // len(deep_unit) - 1) + b"[" * 33 + b"]" * 33 + b"]"),
         ),
         ("lone surrogate after 4 MiB", wrap(b'"' + b"x" * fill + b'\\ud800"')),
+        # the exact scan's worst cases: the problem at the end, all bounds kept before it
+        (
+            "199,000 containers deep, then depth 33",
+            wrap(
+                b"["
+                + deep_unit * 6_400
+                + b'"'
+                + b"x" * (fill - 400_000)
+                + b'",'
+                + b"[" * 33
+                + b"]" * 33
+                + b"]"
+            ),
+        ),
+        (
+            "4 MiB of 99,999-float arrays, then 100,001",
+            wrap(
+                b"[" + (b"[" + b"1.5," * 99_998 + b"1.5],") * 10 + b"[" + b"0," * 100_000 + b"0]]"
+            ),
+        ),
     ]
 
 
