@@ -19,6 +19,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from node.errors import ConfigError
+from protocols.limits import (
+    DEFAULT_MAX_CONTAINERS,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_NUMBER_DIGITS,
+    MAX_DEPTH_CEILING,
+    MAX_DIGITS_CEILING,
+    FrameLimits,
+)
 
 ENV_PREFIX = "HIVEMESH_"
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
@@ -43,9 +52,33 @@ class NetworkConfig(_Section):
     dial_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_frame_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    # bounds on a received frame's JSON, checked before it is parsed (docs/protocols.md §7)
+    max_frame_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=MAX_DEPTH_CEILING)
+    max_frame_members: int = Field(default=DEFAULT_MAX_MEMBERS, ge=1)
+    max_frame_containers: int = Field(default=DEFAULT_MAX_CONTAINERS, ge=1)
+    max_number_digits: int = Field(default=DEFAULT_MAX_NUMBER_DIGITS, ge=20, le=MAX_DIGITS_CEILING)
     shutdown_timeout_s: float = Field(default=5.0, gt=0)
 
     _lists = field_validator("listen", "bootstrap", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _limits_agree(self) -> NetworkConfig:
+        if self.max_frame_containers < self.max_frame_depth:  # as FrameLimits requires
+            raise ValueError(
+                f"max_frame_containers ({self.max_frame_containers}) must be at least "
+                f"max_frame_depth ({self.max_frame_depth})"
+            )
+        return self
+
+    def frame_limits(self) -> FrameLimits:
+        """What every MessageStream of this node accepts (``limits=`` of MessageStream)."""
+        return FrameLimits(
+            max_frame_size=self.max_frame_size,
+            max_depth=self.max_frame_depth,
+            max_number_digits=self.max_number_digits,
+            max_members=self.max_frame_members,
+            max_containers=self.max_frame_containers,
+        )
 
 
 class DiscoveryConfig(_Section):
@@ -190,6 +223,11 @@ network:
   bootstrap: []            # multiaddrs with /p2p/<peer id>
   dial_timeout_s: 5
   request_timeout_s: 30
+  max_frame_size: 4194304       # bytes (4 MiB) in a received frame; and in its JSON:
+  max_frame_depth: 32           #   nesting of arrays and objects
+  max_frame_members: 100000     #   elements of one array, members of one object
+  max_frame_containers: 200000  #   arrays and objects in all
+  max_number_digits: 64         #   digits in a row in a number
 discovery:
   refresh_interval_s: 5
   card_ttl_s: 30

@@ -13,7 +13,7 @@ from node.handoff.server import HandoffServer, JobInfo
 from node.p2p import P2PHost, P2PStream
 from node.registry import PeerRegistry, PeerState
 from node.workflow_service import WorkflowService
-from protocols import control
+from protocols import control, logsafe
 from protocols.errors import ProtocolError
 from protocols.framing import encode_frame
 from protocols.stream import MessageStream
@@ -74,9 +74,7 @@ class ControlService:
         return handle
 
     async def _serve(self, stream: P2PStream, version: str) -> None:
-        ms = MessageStream(
-            stream, control.REQUEST_CODEC, max_frame_size=self.network.max_frame_size
-        )
+        ms = MessageStream(stream, control.REQUEST_CODEC, limits=self.network.frame_limits())
         if not self.authorised(stream.remote_peer):
             log.warning("refused control request from unauthorised peer %s", stream.remote_peer)
             await ms.send_error(
@@ -89,7 +87,7 @@ class ControlService:
         try:
             request = await ms.receive_within(self.network.request_timeout_s)
         except ProtocolError as exc:
-            log.info("bad control request from %s: %s", stream.remote_peer, exc)
+            log.info("bad control request from %s: %s", stream.remote_peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
             finally:
@@ -100,7 +98,7 @@ class ControlService:
         except (WorkflowNotFoundError, _NotFound) as exc:
             await ms.send_error("not_found", str(exc))
         except (JournalError, StorageError) as exc:
-            log.error("control request failed: %s", exc)
+            log.error("control request failed: %s", logsafe(exc))
             await ms.send_error("internal", f"the node could not read its journal: {exc}")
         except WorkflowError as exc:
             await ms.send_error("invalid_workflow", str(exc))

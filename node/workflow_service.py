@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 import trio
 
 from node.handoff.delegator import Abandon, abandon_on_cancel
+from protocols import logsafe
 from workflows._engine import Engine
 from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
 from workflows._outputs import load_task_output, stored_status
@@ -82,7 +83,7 @@ class WorkflowService:
                 )
                 resumed = await self._io(self.engine.resume_interrupted)
                 for wid in resumed:
-                    log.info("resumed interrupted workflow %s", wid)
+                    log.info("resumed interrupted workflow %s", logsafe(wid))
                 task_status.started()
                 await trio.sleep_forever()
         finally:

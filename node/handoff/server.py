@@ -34,7 +34,7 @@ from node.config import HandoffConfig, NetworkConfig
 from node.handoff.admission import OfferRate, SlotPool
 from node.handoff.journal import AsyncHandoffJournal, HandoffRecord
 from node.p2p import P2PStream
-from protocols import handoff
+from protocols import handoff, logsafe
 from protocols.canonical import (
     json_sha256,
     json_size_and_sha256,
@@ -285,7 +285,7 @@ class HandoffServer:
     # -- a stream ------------------------------------------------------------------------
 
     async def handle(self, stream: P2PStream) -> None:
-        ms = MessageStream(stream, handoff.CODEC, max_frame_size=self.network.max_frame_size)
+        ms = MessageStream(stream, handoff.CODEC, limits=self.network.frame_limits())
         machine = Delegatee()
         peer = stream.remote_peer
         try:
@@ -293,7 +293,7 @@ class HandoffServer:
             assert not isinstance(first, ErrorMessage)  # raised as PeerErrorResponse
             machine.receive(first)
         except ProtocolError as exc:
-            log.info("bad first handoff message from %s: %s", peer, exc)
+            log.info("bad first handoff message from %s: %s", peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
             finally:
@@ -328,7 +328,7 @@ class HandoffServer:
         if reject is None:
             job, reject = await self._job_for(offer, peer)
         if reject is not None:
-            log.info("rejected handoff %r from %s: %s", hid, peer, reject.message)
+            log.info("rejected handoff %s from %s: %s", logsafe(hid), peer, logsafe(reject.message))
             await self._send_final(ms, machine, reject)
             return
         assert job is not None
@@ -452,7 +452,12 @@ class HandoffServer:
                 await ms.close()
             except StreamClosedError as exc:
                 goes_on = "it is being canceled" if job.cancel_reason is not None else "it goes on"
-                log.info("delegator of handoff %r went away (%s); %s", job.handoff_id, exc, goes_on)
+                log.info(
+                    "delegator of handoff %s went away (%s); %s",
+                    logsafe(job.handoff_id),
+                    logsafe(exc),
+                    goes_on,
+                )
                 await ms.reset()
             nursery.cancel_scope.cancel()
         if acked.is_set():
@@ -492,7 +497,9 @@ class HandoffServer:
                     return  # the delegator closed its side: it will send nothing more
                 if isinstance(msg, ErrorMessage):
                     log.info(
-                        "delegator of handoff %r gave up: %r", job.handoff_id, msg.message[:200]
+                        "delegator of handoff %s gave up: %s",
+                        logsafe(job.handoff_id),
+                        logsafe(msg.message),
                     )
                     break
                 event = machine.receive(msg)
@@ -519,11 +526,11 @@ class HandoffServer:
         if job.done.is_set() or job.cancel_reason is not None:
             return
         log.info(
-            "handoff %r of %s canceled by %s: %r",
-            job.handoff_id,
+            "handoff %s of %s canceled by %s: %s",
+            logsafe(job.handoff_id),
             job.peer,
             by,
-            reason or "no reason given",
+            logsafe(reason or "no reason given"),
         )
         job.cancel_reason = reason
         job.canceled_by = by
@@ -707,7 +714,7 @@ class HandoffServer:
         except ToolError as exc:
             outcome = _failed(job, "tool_failed", str(exc))
         except Exception as exc:
-            log.exception("handoff %r failed internally", hid)
+            log.exception("handoff %s failed internally", logsafe(hid))
             outcome = _failed(job, "internal", f"{type(exc).__name__}: {exc}")
         # (only this attempt's record: a later attempt may have replaced it meanwhile)
         finish = partial(
