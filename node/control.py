@@ -18,8 +18,8 @@ from protocols.errors import ProtocolError
 from protocols.framing import encode_frame
 from protocols.stream import MessageStream
 from protocols.versioning import dump_for, version_of
-from workflows._storage import StorageError
 from workflows.dsl import parse_workflow
+from workflows.engine.storage import StorageError
 from workflows.errors import WorkflowError, WorkflowNotFoundError
 from workflows.tools import ToolRegistry
 

@@ -33,7 +33,7 @@ from node.scheduler import Policy
 from node.swarmkey import loosely_readable
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
-from workflows._storage import Storage
+from workflows.engine.storage import Storage
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger("hivemesh.node")

@@ -1,4 +1,4 @@
-"""The node's workflows: YAML workflows run by the durable engine (``workflows._engine``),
+"""The node's workflows: YAML workflows run by the durable engine (``workflows.engine.lifecycle``),
 with each step placed by the node's scheduler (locally on Ray or on a peer).
 
 The engine runs in its own thread; this service is its bridge to trio: the engine hands
@@ -21,12 +21,12 @@ from typing import Any, TypeVar
 import trio
 
 from node.handoff.delegator import Abandon, abandon_on_cancel
-from workflows._engine import Engine
-from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
-from workflows._outputs import load_task_output, stored_status
-from workflows._serde import loads
-from workflows._storage import Storage, TaskRow, WorkflowRow
 from workflows.dsl import WorkflowSpec
+from workflows.engine.graph import OUTPUTS_STEP, Graph, graph_from_spec
+from workflows.engine.lifecycle import Engine
+from workflows.engine.outputs import load_task_output, stored_status
+from workflows.engine.serde import loads
+from workflows.engine.storage import Storage, TaskRow, WorkflowRow
 from workflows.errors import WorkflowNotFoundError
 from workflows.status import WorkflowStatus
 from workflows.tool_steps import StepExecutionError, StepExecutor, ToolCall, ToolOutcome

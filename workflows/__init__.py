@@ -53,7 +53,7 @@ _LAZY = {
     "options": "workflows.api",
     "sleep": "workflows.api",
     "wait_for_event": "workflows.api",
-    "continuation": "workflows._step",
+    "continuation": "workflows.engine.step",
     "EventListener": "workflows.events",
     "step": "workflows.legacy",
 }

@@ -17,20 +17,19 @@ from typing import Any
 import ray
 from ray.dag import DAGNode
 
-from workflows import _serde
-from workflows._engine import Engine
-from workflows._graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
-from workflows._liveness import owner_alive
-from workflows._outputs import (
+from workflows.engine import serde
+from workflows.engine.graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
+from workflows.engine.lifecycle import Engine
+from workflows.engine.liveness import owner_alive
+from workflows.engine.outputs import (
     ACTIVE,
     default_workflow_id,
     execution_error,
     load_task_output,
     stored_status,
-    workflow_status,
 )
-from workflows._step import continuation
-from workflows._storage import Storage, WorkflowRow, resolve_storage_path
+from workflows.engine.step import continuation
+from workflows.engine.storage import Storage, WorkflowRow, resolve_storage_path
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
@@ -166,6 +165,17 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     except (TypeError, ValueError) as exc:
         raise ValueError(f"metadata must be JSON serializable: {exc}") from None
     return dict(metadata)
+
+
+def workflow_status(storage: Storage, engine: Engine | None, workflow_id: str) -> WorkflowStatus:
+    if engine is not None:
+        live = engine.live_status(workflow_id)
+        if live is not None:
+            return live
+    row = storage.get_workflow(workflow_id)
+    if row is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return stored_status(row, engine.owner if engine else None)
 
 
 # -- running ---------------------------------------------------------------------------------
@@ -314,7 +324,7 @@ def _ended_error(row: WorkflowRow, status: WorkflowStatus) -> BaseException | No
     if status is WorkflowStatus.CANCELED:
         return WorkflowCancellationError(row.workflow_id)
     if status is WorkflowStatus.FAILED:
-        cause = _serde.loads(row.error) if row.error else None
+        cause = serde.loads(row.error) if row.error else None
         return execution_error(row.workflow_id, cause, row.error_text)
     return None
 
@@ -380,13 +390,13 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
 
 def _find_step(storage: Storage, row: Any, task_id: str) -> Any:
     """A task's definition: in the workflow's graph or in a stored continuation."""
-    graph = _serde.loads(row.graph)
+    graph = serde.loads(row.graph)
     for step in graph.steps:
         if step.task_id == task_id:
             return step
     for task in storage.list_tasks(row.workflow_id):
         if task.continuation is not None:
-            for step in _serde.loads(task.continuation).steps:
+            for step in serde.loads(task.continuation).steps:
                 if step.task_id == task_id:
                     return step
     return None

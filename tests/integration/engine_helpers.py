@@ -196,7 +196,7 @@ def fail_unless_flag(flag: str, runs: str, value: Any) -> Any:
 
 def current_task_id() -> str:
     """The workflow task id of the step running in this worker ("?" outside a workflow)."""
-    from workflows._step import current_step
+    from workflows.engine.step import current_step
 
     ctx = current_step()
     return ctx.task_id if ctx is not None else "?"

@@ -24,28 +24,28 @@ from typing import Any
 
 import ray
 
-from workflows import _serde
-from workflows._execution import StepExecution, stop_tasks
-from workflows._graph import (
+from workflows.engine import serde
+from workflows.engine.execution import StepExecution, stop_tasks
+from workflows.engine.graph import (
     Graph,
     TaskIdAllocator,
     graph_from_dag,
 )
-from workflows._liveness import owner_alive, this_process_owner
-from workflows._outputs import ACTIVE, stored_status
-from workflows._results import ResultSlots
-from workflows._runstate import (
+from workflows.engine.liveness import owner_alive, this_process_owner
+from workflows.engine.outputs import ACTIVE, stored_status
+from workflows.engine.results import ResultSlots
+from workflows.engine.runstate import (
     Run,
     add_steps,
     no_longer_needed,
     settle_done,
 )
-from workflows._storage import (
+from workflows.engine.storage import (
     Storage,
     StorageError,
     WorkflowRow,
 )
-from workflows._tool_runs import ToolRunner
+from workflows.engine.tool_runs import ToolRunner
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
@@ -252,8 +252,8 @@ class Engine(StepExecution):
         metadata: dict[str, Any],
     ) -> Future[Any]:
         # ObjectRefs bound into the DAG or given as inputs are checkpointed by value
-        graph_blob = _serde.dumps(graph, resolve_refs=True)
-        inputs_blob = _serde.dumps((args, kwargs), resolve_refs=True)
+        graph_blob = serde.dumps(graph, resolve_refs=True)
+        inputs_blob = serde.dumps((args, kwargs), resolve_refs=True)
         run = self._new_run(workflow_id, graph, args, kwargs, metadata, allocator)
         now = time.time()
         run.start_time = now
@@ -363,8 +363,8 @@ class Engine(StepExecution):
             except BaseException as exc:
                 fut.set_exception(exc)
             return fut
-        graph: Graph = _serde.loads(row.graph)
-        args, kwargs = _serde.loads(row.inputs)
+        graph: Graph = serde.loads(row.graph)
+        args, kwargs = serde.loads(row.inputs)
         allocator = TaskIdAllocator({s.task_id for s in graph.steps})
         run = self._new_run(wid, graph, args, kwargs, row.user_metadata, allocator)
         run.start_time = row.start_time or time.time()
@@ -379,7 +379,7 @@ class Engine(StepExecution):
                 task.state = "DONE"
                 task.stored = True
             elif r.status == "CONTINUED" and r.continuation is not None:
-                sub: Graph = _serde.loads(r.continuation)
+                sub: Graph = serde.loads(r.continuation)
                 for s in sub.steps:
                     allocator.allocate(s.task_id)
                 add_steps(run, sub.steps)

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from workflows._graph import StepDef, TaskIdAllocator
+from workflows.engine.graph import StepDef, TaskIdAllocator
 from workflows.status import WorkflowStatus
 
 

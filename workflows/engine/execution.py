@@ -2,7 +2,7 @@
 
 A step's output is committed to the journal before any step that depends on it is
 submitted; dependents get the parent's ObjectRef, so values are not copied through the
-driver again. Ray completions arrive from :mod:`workflows._completions` as ``("done", ...)``
+driver again. Ray completions arrive from :mod:`workflows.engine.completions` as ``("done", ...)``
 events on the engine thread.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
-from workflows import _serde
-from workflows._completions import Completions
-from workflows._graph import (
+from workflows.engine import serde
+from workflows.engine.completions import Completions
+from workflows.engine.graph import (
     ATOMS,
     Graph,
     InputRef,
@@ -28,13 +28,13 @@ from workflows._graph import (
     rename_graph,
     resolve_input,
 )
-from workflows._loop import EngineLoop
-from workflows._outputs import execution_error, load_task_output
-from workflows._runstate import Run, Task, add_steps, resolve_alias
-from workflows._step import ContinuationGraph, function_key, make_runner, remote_execute_step
-from workflows._storage import Storage
-from workflows._tool_runs import ToolRunner, ToolSteps
-from workflows._waits import WaitSteps
+from workflows.engine.loop import EngineLoop
+from workflows.engine.outputs import execution_error, load_task_output
+from workflows.engine.runstate import Run, Task, add_steps, resolve_alias
+from workflows.engine.step import ContinuationGraph, function_key, make_runner, remote_execute_step
+from workflows.engine.storage import Storage
+from workflows.engine.tool_runs import ToolRunner, ToolSteps
+from workflows.engine.waits import WaitSteps
 from workflows.errors import WorkflowCancellationError, WorkflowError, WorkflowExecutionError
 from workflows.status import WorkflowStatus
 
@@ -245,12 +245,12 @@ class StepExecution(EngineLoop):
             commit()
             return
         try:
-            data = _serde.dumps(value)
-        except _serde.HasObjectRefs:
+            data = serde.dumps(value)
+        except serde.HasObjectRefs:
             # ObjectRefs inside: resolve them off the engine thread, then commit
             def slow() -> None:
                 try:
-                    blob = _serde.dumps(value, resolve_refs=True)
+                    blob = serde.dumps(value, resolve_refs=True)
                 except Exception as exc:
                     error = exc
                     self._post(lambda: self._fail(run, error, tid))
@@ -313,7 +313,7 @@ class StepExecution(EngineLoop):
             if step.task_id == graph.output and step.catch_exceptions is None:
                 step.catch_exceptions = bool(parent.catch_exceptions)
         tid = task.step.task_id
-        blob = _serde.dumps(graph)
+        blob = serde.dumps(graph)
         step = task.step
 
         def write(db: Any) -> None:
@@ -446,7 +446,7 @@ class StepExecution(EngineLoop):
         reason = task.reason if task is not None else None
         step_error = getattr(cause, "message", None) or str(cause)
         try:
-            blob: bytes | None = _serde.dumps(cause)
+            blob: bytes | None = serde.dumps(cause)
         except Exception:
             blob = None
 
