@@ -19,6 +19,7 @@ LAYER = {
     "liveness": 0,
     "completions": 0,
     "results": 0,
+    "limits": 0,
     "graph": 1,
     "step": 2,
     "runstate": 2,

@@ -10,7 +10,7 @@
     runstate     the in-memory state of a run      outputs   reading the journal
     step         what runs in a Ray worker         results   refs for ``*_async``
     graph        the flat, picklable step graph    completions   the Ray watcher
-    storage  serde  liveness                       the journal, pickling, owners
+    storage  serde  liveness  limits               the journal, pickling, owners, bounds
 
 A module imports only modules of lower rows (``tests/unit/test_engine_layers.py`` checks
 it). The public face is :mod:`workflows.api`; the node uses :class:`lifecycle.Engine`.

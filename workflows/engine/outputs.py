@@ -63,8 +63,13 @@ def load_task_output(storage: Storage, workflow_id: str, task_id: str) -> Any:
 
 
 def stored_status(row: WorkflowRow, me: str | None) -> WorkflowStatus:
+    """The status the journal gives a workflow that no engine of this process runs: a
+    RUNNING or PENDING one without a live owner is RESUMABLE, or QUARANTINED if it is
+    marked so (see :mod:`workflows.engine.lifecycle`)."""
     status = WorkflowStatus(row.status)
     if status in ACTIVE and (row.owner == me or not owner_alive(row.owner, row.heartbeat)):
+        if row.quarantine is not None:
+            return WorkflowStatus.QUARANTINED
         return WorkflowStatus.RESUMABLE
     return status
 
