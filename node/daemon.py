@@ -137,6 +137,7 @@ class Node:
         run_local = RayToolRunner(
             max_concurrent=self.local_capacity + peer_slots,
             num_cpus=cpus / self.local_capacity,
+            limits=config.workflows.step_limits(),  # applied in the worker
         )
         self.handoff = HandoffServer(
             self.tools,
@@ -163,7 +164,7 @@ class Node:
             ),
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
-        self.workflows = WorkflowService(self.storage, self.executor)
+        self.workflows = WorkflowService(self.storage, self.executor, config.workflows)
         self.discovery = DiscoveryService(
             self.host, self.registry, self._card, net, config.discovery, key=key
         )
