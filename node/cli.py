@@ -377,8 +377,9 @@ def _print_result(result: Any, as_json: bool, *, full: bool) -> None:
         fail(f"workflow {result.workflow_id} FAILED: {result.error}")
     if result.status == "QUARANTINED":
         wid = result.workflow_id
+        why = (result.error or "").removeprefix("quarantined: ")
         fail(
-            f"workflow {wid} is QUARANTINED ({result.error}): "
+            f"workflow {wid} is QUARANTINED ({why}): "
             f"'hivemesh resume {wid}' if it is safe, or 'hivemesh delete {wid}'"
         )
     fail(

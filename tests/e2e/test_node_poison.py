@@ -117,12 +117,17 @@ def test_a_node_killed_while_resuming_workflows_quarantines_them_instead_of_cras
 
         node = local.wait_ready(local.start("last", "all", home=home))
         listed = _cli_json(local, "list", "--home", str(home))
-        assert {w["workflow_id"]: w["status"] for w in listed} == dict.fromkeys(
-            ids, "QUARANTINED"
-        )
+        assert {w["workflow_id"]: w["status"] for w in listed} == dict.fromkeys(ids, "QUARANTINED")
         status = _cli_json(local, "status", "napper-2", "--home", str(home))
         assert status["status"] == "QUARANTINED"
         assert f"resumed {limit} times in a row" in status["error"]
+        res = local.cli("result", "napper-2", "--home", str(home))
+        assert res.returncode == 1
+        [line] = res.stderr.strip().splitlines()
+        assert line.startswith("error: workflow napper-2 is QUARANTINED (it was resumed ")
+        assert line.endswith(
+            "'hivemesh resume napper-2' if it is safe, or 'hivemesh delete napper-2'"
+        )
         assert "'napper-2' is QUARANTINED (not resumed on its own)" in node.log_tail(200)
         # not resumed: no step was started again at this start
         assert _journal(home, "SELECT workflow_id, attempts FROM task ORDER BY workflow_id") == (
