@@ -21,11 +21,14 @@ from typing import Any
 import psutil
 import pytest
 
+from node.client import call
+from node.home import Home
 from node.localswarm import LocalSwarm, NodeProcess
+from protocols import control
 
 pytestmark = pytest.mark.e2e
 
-NAP_S = 6
+NAP_S = 12
 NAPPER = f"""\
 id: napper
 steps:
@@ -84,17 +87,15 @@ def _cli_json(local: LocalSwarm, *args: str) -> Any:
 def test_a_node_killed_while_resuming_workflows_quarantines_them_instead_of_crash_looping(
     tmp_path: Path,
 ) -> None:
-    wf = tmp_path / "napper.yaml"
-    wf.write_text(NAPPER)
     limit = 2  # workflows.max_resume_attempts, lowered to save two node starts
     env = {"HIVEMESH_WORKFLOWS__MAX_RESUME_ATTEMPTS": str(limit)}
     with LocalSwarm(tmp_path / "swarm", num_cpus=1, env=env) as local:
         node = local.wait_ready(local.start("n0", "all"))
         home = node.home
         ids = ["napper-1", "napper-2"]
-        for wid in ids:
-            out = local.cli("submit", str(wf), "--home", str(home), "--id", wid)
-            assert out.returncode == 0, out.stderr
+        for wid in ids:  # the control client in-process: both start within milliseconds
+            request = control.SubmitRequest(workflow=NAPPER, workflow_id=wid)
+            assert call(Home(home), None, request).created
 
         def napping() -> bool:
             rows = _journal(home, "SELECT workflow_id FROM task WHERE status = 'RUNNING'")
