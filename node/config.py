@@ -28,6 +28,7 @@ from protocols.limits import (
     MAX_DIGITS_CEILING,
     FrameLimits,
 )
+from workflows.engine.limits import StepLimits
 
 ENV_PREFIX = "HIVEMESH_"
 DEFAULT_LISTEN = "/ip4/127.0.0.1/tcp/0"
@@ -158,6 +159,30 @@ class JournalConfig(_Section):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
+class WorkflowsConfig(_Section):
+    """What one workflow may do to the node: how often its resume may stop the node before
+    it is quarantined, and what one of its steps may produce."""
+
+    # a workflow resumed this many times in a row without completing a step, each time
+    # ended by the node stopping (a crash, kill -9), is QUARANTINED, not resumed (0: never)
+    max_resume_attempts: int = Field(default=3, ge=0)
+    # a resume that has not finished starting after this long is QUARANTINED at once (0: off)
+    resume_stall_s: float = Field(default=60.0, ge=0)
+    # a step's output (as JSON) above this fails the step; checked in the Ray worker
+    max_step_output_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # a step's error text and a traceback in it are cut to these, with a marker
+    max_error_chars: int = Field(default=4096, ge=256)
+    max_traceback_chars: int = Field(default=16384, ge=256)
+
+    def step_limits(self) -> StepLimits:
+        """The limits the engine and the tool runner apply."""
+        return StepLimits(
+            max_output_bytes=self.max_step_output_bytes,
+            max_error_chars=self.max_error_chars,
+            max_traceback_chars=self.max_traceback_chars,
+        )
+
+
 class SwarmConfig(_Section):
     """Membership. A node is in a private swarm (the nodes that hold the same swarm key)
     unless ``open`` is true."""
@@ -185,6 +210,7 @@ class NodeConfig(BaseModel):
     control: ControlConfig = Field(default_factory=ControlConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
 
     @model_validator(mode="after")
@@ -268,6 +294,13 @@ ray:
   include_dashboard: false
 journal:
   synchronous: FULL        # FULL survives power loss; NORMAL is faster
+workflows:
+  max_resume_attempts: 3   # resumed this often in a row, each time ended by the node dying
+                           # before a step completed: QUARANTINED, not resumed (0: never)
+  resume_stall_s: 60       # a resume not started after this long: QUARANTINED (0: off)
+  max_step_output_bytes: 8388608  # a step's output above this fails the step
+  max_error_chars: 4096    # a step's error text is cut to this...
+  max_traceback_chars: 16384  # ...and a traceback in it to this
 """
 
 

@@ -12,14 +12,14 @@ from node.handoff.journal import AsyncHandoffJournal, JournalError
 from node.handoff.server import HandoffServer, JobInfo
 from node.p2p import P2PHost, P2PStream
 from node.registry import PeerRegistry, PeerState
-from node.workflow_service import WorkflowService
+from node.workflow_service import WorkflowService, WorkflowView
 from protocols import control, logsafe
 from protocols.errors import ProtocolError
 from protocols.framing import encode_frame
 from protocols.stream import MessageStream
 from protocols.versioning import dump_for, version_of
-from workflows._storage import StorageError
 from workflows.dsl import parse_workflow
+from workflows.engine.storage import StorageError
 from workflows.errors import WorkflowError, WorkflowNotFoundError
 from workflows.tools import ToolRegistry
 
@@ -138,19 +138,15 @@ class ControlService:
         if isinstance(request, control.CancelRequest):
             view = await self.workflows.cancel(request.workflow_id)
             return self._status_reply(view)
+        if isinstance(request, control.ResumeRequest):
+            view = await self.workflows.resume(request.workflow_id)
+            return self._status_reply(view)
+        if isinstance(request, control.DeleteRequest):
+            view = await self.workflows.delete(request.workflow_id)
+            return control.WorkflowList(workflows=[_summary(view)])
         if isinstance(request, control.ListRequest):
             views = await self.workflows.list_all()
-            return control.WorkflowList(
-                workflows=[
-                    control.WorkflowSummary(
-                        workflow_id=v.workflow_id,
-                        name=v.name,
-                        status=v.status.value,
-                        created_at=v.created_at,
-                    )
-                    for v in views
-                ]
-            )
+            return control.WorkflowList(workflows=[_summary(v) for v in views])
         if isinstance(request, control.PeersRequest):
             return self._peers()
         if isinstance(request, control.ToolsRequest):
@@ -281,6 +277,15 @@ class ControlService:
             control.ToolEntry(name=name, version=version, **entry)
             for (name, version), entry in sorted(entries.items())
         ]
+
+
+def _summary(view: WorkflowView) -> control.WorkflowSummary:
+    return control.WorkflowSummary(
+        workflow_id=view.workflow_id,
+        name=view.name,
+        status=view.status.value,
+        created_at=view.created_at,
+    )
 
 
 def _entry(job: JobInfo) -> control.HandoffEntry:

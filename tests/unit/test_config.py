@@ -231,3 +231,24 @@ def test_network_config_gives_the_frame_limits() -> None:
         max_frame_size=2048, max_depth=8, max_members=50, max_containers=100, max_number_digits=30
     )
     assert NetworkConfig().frame_limits() == FrameLimits()
+
+
+def test_the_workflows_section_bounds_resumes_and_step_products() -> None:
+    config = load_config(
+        config_file=None,
+        environ={
+            "HIVEMESH_WORKFLOWS__MAX_RESUME_ATTEMPTS": "5",
+            "HIVEMESH_WORKFLOWS__MAX_STEP_OUTPUT_BYTES": "1048576",
+        },
+    )
+    assert config.workflows.max_resume_attempts == 5
+    assert config.workflows.resume_stall_s == 60
+    limits = config.workflows.step_limits()
+    assert (limits.max_output_bytes, limits.max_error_chars, limits.max_traceback_chars) == (
+        1024 * 1024,
+        4096,
+        16384,
+    )
+    assert NodeConfig().workflows.max_step_output_bytes == 8 * 1024 * 1024
+    with pytest.raises(ConfigError, match=r"workflows\.max_error_chars"):
+        load_config(config_file=None, flags={"workflows": {"max_error_chars": 10}}, environ={})

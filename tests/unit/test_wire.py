@@ -172,8 +172,11 @@ def test_codecs_know_exactly_their_message_types() -> None:
         "result",
     ]
     expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
-    assert control.REQUEST_CODEC.types == sorted([*expected, "handoffs", "handoff_cancel"])
-    # cancel is answered with a status, handoff_cancel with the handoffs it stopped
+    assert control.REQUEST_CODEC.types == sorted(
+        [*expected, "handoffs", "handoff_cancel", "resume", "delete"]
+    )
+    # cancel and resume are answered with a status, handoff_cancel with the handoffs it
+    # stopped, delete with a list of what it deleted: no new response types
     assert control.RESPONSE_CODEC.types == sorted(
         {*expected, "submitted", "handoffs"} - {"submit", "cancel"}
     )
