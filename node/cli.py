@@ -419,6 +419,13 @@ def _print_result(result: Any, as_json: bool, *, full: bool) -> None:
         return
     if result.status == "FAILED":
         fail(f"workflow {result.workflow_id} FAILED: {result.error}")
+    if result.status == "QUARANTINED":
+        wid = result.workflow_id
+        why = (result.error or "").removeprefix("quarantined: ")
+        fail(
+            f"workflow {wid} is QUARANTINED ({why}): "
+            f"'hivemesh resume {wid}' if it is safe, or 'hivemesh delete {wid}'"
+        )
     fail(
         f"workflow {result.workflow_id} is {result.status}; no result yet "
         "(use --wait to wait for it)"
@@ -509,6 +516,47 @@ def cancel(workflow_id: str, home: Path | None, node: str | None, as_json: bool)
     reply = _call(home, node, control.CancelRequest(workflow_id=workflow_id))
     data = {"workflow_id": reply.workflow_id, "status": reply.status}
     _emit(as_json, data, lambda: click.echo(f"workflow {reply.workflow_id} {reply.status}"))
+
+
+@main.command()
+@click.argument("workflow_id")
+@target_options
+def resume(workflow_id: str, home: Path | None, node: str | None, as_json: bool) -> None:
+    """Resume a workflow by hand: a QUARANTINED one, or one that is RESUMABLE, FAILED or
+    CANCELED. It continues from its checkpoints; finished steps do not run again."""
+    from protocols import control
+
+    reply = _call_newer(home, node, "resume", control.ResumeRequest(workflow_id=workflow_id))
+    data = {"workflow_id": reply.workflow_id, "status": reply.status}
+    _emit(as_json, data, lambda: click.echo(f"workflow {reply.workflow_id} {reply.status}"))
+
+
+@main.command()
+@click.argument("workflow_id")
+@target_options
+def delete(workflow_id: str, home: Path | None, node: str | None, as_json: bool) -> None:
+    """Delete a workflow that is not running (cancel a running one first): its journal
+    records and stored outputs. The id can be used again."""
+    from protocols import control
+
+    reply = _call_newer(home, node, "delete", control.DeleteRequest(workflow_id=workflow_id))
+    gone = reply.workflows[0] if reply.workflows else None
+    was = gone.status if gone is not None else "unknown"
+    data = {"workflow_id": workflow_id, "deleted": True, "was": was}
+    _emit(as_json, data, lambda: click.echo(f"workflow {workflow_id} deleted (it was {was})"))
+
+
+def _call_newer(home: Path | None, node: str | None, what: str, message: Any) -> Any:
+    """``_call`` for a request that nodes of older hivemesh versions do not know (they
+    answer ``unknown_type``): that answer becomes a line saying so."""
+    from node.errors import RequestFailedError
+
+    try:
+        return _call(home, node, message)
+    except RequestFailedError as exc:
+        if exc.code != "unknown_type":
+            raise
+        fail(f"the node does not know '{what}' (it runs an older hivemesh): upgrade it")
 
 
 @main.command("list")

@@ -19,7 +19,17 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from node.errors import ConfigError
+from protocols.limits import (
+    DEFAULT_MAX_CONTAINERS,
+    DEFAULT_MAX_DEPTH,
+    DEFAULT_MAX_MEMBERS,
+    DEFAULT_MAX_NUMBER_DIGITS,
+    MAX_DEPTH_CEILING,
+    MAX_DIGITS_CEILING,
+    FrameLimits,
+)
 from workflows.dsl import ParseLimits
+from workflows.engine.limits import StepLimits
 
 ENV_PREFIX = "HIVEMESH_"
 MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a page or two
@@ -45,9 +55,33 @@ class NetworkConfig(_Section):
     dial_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_frame_size: int = Field(default=4 * 1024 * 1024, ge=1024, le=32 * 1024 * 1024)
+    # bounds on a received frame's JSON, checked before it is parsed (docs/protocols.md §7)
+    max_frame_depth: int = Field(default=DEFAULT_MAX_DEPTH, ge=1, le=MAX_DEPTH_CEILING)
+    max_frame_members: int = Field(default=DEFAULT_MAX_MEMBERS, ge=1)
+    max_frame_containers: int = Field(default=DEFAULT_MAX_CONTAINERS, ge=1)
+    max_number_digits: int = Field(default=DEFAULT_MAX_NUMBER_DIGITS, ge=20, le=MAX_DIGITS_CEILING)
     shutdown_timeout_s: float = Field(default=5.0, gt=0)
 
     _lists = field_validator("listen", "bootstrap", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _limits_agree(self) -> NetworkConfig:
+        if self.max_frame_containers < self.max_frame_depth:  # as FrameLimits requires
+            raise ValueError(
+                f"max_frame_containers ({self.max_frame_containers}) must be at least "
+                f"max_frame_depth ({self.max_frame_depth})"
+            )
+        return self
+
+    def frame_limits(self) -> FrameLimits:
+        """What every MessageStream of this node accepts (``limits=`` of MessageStream)."""
+        return FrameLimits(
+            max_frame_size=self.max_frame_size,
+            max_depth=self.max_frame_depth,
+            max_number_digits=self.max_number_digits,
+            max_members=self.max_frame_members,
+            max_containers=self.max_frame_containers,
+        )
 
 
 class DiscoveryConfig(_Section):
@@ -141,6 +175,30 @@ class JournalConfig(_Section):
     synchronous: Literal["FULL", "NORMAL"] = "FULL"
 
 
+class WorkflowsConfig(_Section):
+    """What one workflow may do to the node: how often its resume may stop the node before
+    it is quarantined, and what one of its steps may produce."""
+
+    # a workflow resumed this many times in a row without completing a step, each time
+    # ended by the node stopping (a crash, kill -9), is QUARANTINED, not resumed (0: never)
+    max_resume_attempts: int = Field(default=3, ge=0)
+    # a resume that has not finished starting after this long is QUARANTINED at once (0: off)
+    resume_stall_s: float = Field(default=60.0, ge=0)
+    # a step's output (as JSON) above this fails the step; checked in the Ray worker
+    max_step_output_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    # a step's error text and a traceback in it are cut to these, with a marker
+    max_error_chars: int = Field(default=4096, ge=256)
+    max_traceback_chars: int = Field(default=16384, ge=256)
+
+    def step_limits(self) -> StepLimits:
+        """The limits the engine and the tool runner apply."""
+        return StepLimits(
+            max_output_bytes=self.max_step_output_bytes,
+            max_error_chars=self.max_error_chars,
+            max_traceback_chars=self.max_traceback_chars,
+        )
+
+
 class SwarmConfig(_Section):
     """Membership. A node is in a private swarm (the nodes that hold the same swarm key)
     unless ``open`` is true."""
@@ -168,6 +226,7 @@ class NodeConfig(BaseModel):
     control: ControlConfig = Field(default_factory=ControlConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
+    workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     workflow_limits: WorkflowLimitsConfig = Field(default_factory=WorkflowLimitsConfig)
 
@@ -207,6 +266,11 @@ network:
   bootstrap: []            # multiaddrs with /p2p/<peer id>
   dial_timeout_s: 5
   request_timeout_s: 30
+  max_frame_size: 4194304       # bytes (4 MiB) in a received frame; and in its JSON:
+  max_frame_depth: 32           #   nesting of arrays and objects
+  max_frame_members: 100000     #   elements of one array, members of one object
+  max_frame_containers: 200000  #   arrays and objects in all
+  max_number_digits: 64         #   digits in a row in a number
 discovery:
   refresh_interval_s: 5
   card_ttl_s: 30
@@ -259,6 +323,13 @@ ray:
   include_dashboard: false
 journal:
   synchronous: FULL        # FULL survives power loss; NORMAL is faster
+workflows:
+  max_resume_attempts: 3   # resumed this often in a row, each time ended by the node dying
+                           # before a step completed: QUARANTINED, not resumed (0: never)
+  resume_stall_s: 60       # a resume not started after this long: QUARANTINED (0: off)
+  max_step_output_bytes: 8388608  # a step's output above this fails the step
+  max_error_chars: 4096    # a step's error text is cut to this...
+  max_traceback_chars: 16384  # ...and a traceback in it to this
 """
 
 

@@ -30,14 +30,14 @@ from node.handoff.server import HandoffServer, JobInfo
 from node.p2p import P2PHost, P2PStream
 from node.parse_pool import ParsePool
 from node.registry import PeerRegistry, PeerState
-from node.workflow_service import WorkflowService
-from protocols import control
+from node.workflow_service import WorkflowService, WorkflowView
+from protocols import control, logsafe
 from protocols.errors import ProtocolError
 from protocols.framing import encode_frame
 from protocols.stream import MessageStream
 from protocols.versioning import dump_for, version_of
-from workflows._storage import StorageError
 from workflows.dsl import WorkflowSpec
+from workflows.engine.storage import StorageError
 from workflows.errors import WorkflowError, WorkflowNotFoundError
 from workflows.tools import ToolRegistry
 
@@ -131,9 +131,7 @@ class ControlService:
         return handle
 
     async def _serve(self, stream: P2PStream, version: str) -> None:
-        ms = MessageStream(
-            stream, control.REQUEST_CODEC, max_frame_size=self.network.max_frame_size
-        )
+        ms = MessageStream(stream, control.REQUEST_CODEC, limits=self.network.frame_limits())
         if not self.authorised(stream.remote_peer):
             log.warning("refused control request from unauthorised peer %s", stream.remote_peer)
             await ms.send_error(
@@ -146,7 +144,7 @@ class ControlService:
         try:
             request = await ms.receive_within(self.network.request_timeout_s)
         except ProtocolError as exc:
-            log.info("bad control request from %s: %s", stream.remote_peer, exc)
+            log.info("bad control request from %s: %s", stream.remote_peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
             finally:
@@ -157,7 +155,7 @@ class ControlService:
         except (WorkflowNotFoundError, _NotFound) as exc:
             await ms.send_error("not_found", str(exc))
         except (JournalError, StorageError) as exc:
-            log.error("control request failed: %s", exc)
+            log.error("control request failed: %s", logsafe(exc))
             await ms.send_error("internal", f"the node could not read its journal: {exc}")
         except WorkflowError as exc:
             await ms.send_error("invalid_workflow", str(exc))
@@ -209,19 +207,15 @@ class ControlService:
                 await self._created(creation)
             view = await self.workflows.cancel(request.workflow_id)
             return self._status_reply(view)
+        if isinstance(request, control.ResumeRequest):
+            view = await self.workflows.resume(request.workflow_id)
+            return self._status_reply(view)
+        if isinstance(request, control.DeleteRequest):
+            view = await self.workflows.delete(request.workflow_id)
+            return control.WorkflowList(workflows=[_summary(view)])
         if isinstance(request, control.ListRequest):
             views = await self.workflows.list_all()
-            return control.WorkflowList(
-                workflows=[
-                    control.WorkflowSummary(
-                        workflow_id=v.workflow_id,
-                        name=v.name,
-                        status=v.status.value,
-                        created_at=v.created_at,
-                    )
-                    for v in views
-                ]
-            )
+            return control.WorkflowList(workflows=[_summary(v) for v in views])
         if isinstance(request, control.PeersRequest):
             return self._peers()
         if isinstance(request, control.ToolsRequest):
@@ -430,6 +424,15 @@ class ControlService:
             control.ToolEntry(name=name, version=version, **entry)
             for (name, version), entry in sorted(entries.items())
         ]
+
+
+def _summary(view: WorkflowView) -> control.WorkflowSummary:
+    return control.WorkflowSummary(
+        workflow_id=view.workflow_id,
+        name=view.name,
+        status=view.status.value,
+        created_at=view.created_at,
+    )
 
 
 def _entry(job: JobInfo) -> control.HandoffEntry:

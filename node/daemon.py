@@ -35,7 +35,7 @@ from node.scheduler import Policy
 from node.swarmkey import loosely_readable
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
-from workflows._storage import Storage
+from workflows.engine.storage import Storage
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger("hivemesh.node")
@@ -169,6 +169,7 @@ class Node:
         run_local = RayToolRunner(
             max_concurrent=self.local_capacity + peer_slots,
             num_cpus=cpus / self.local_capacity,
+            limits=config.workflows.step_limits(),  # applied in the worker
         )
         self.handoff = HandoffServer(
             self.tools,
@@ -196,7 +197,7 @@ class Node:
             replicas=placement.replicas,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
-        self.workflows = WorkflowService(self.storage, self.executor)
+        self.workflows = WorkflowService(self.storage, self.executor, config.workflows)
         self.discovery = DiscoveryService(
             self.host, self.registry, self._card, net, config.discovery, key=key
         )

@@ -28,7 +28,7 @@ from node.config import DiscoveryConfig, NetworkConfig
 from node.errors import NodeError
 from node.p2p import P2PHost, P2PStream, split_p2p_addr, valid_peer_id
 from node.registry import CardMismatchError, Learned, PeerRegistry
-from protocols import discovery
+from protocols import discovery, logsafe
 from protocols.errors import ProtocolError, RemoteProtocolError
 from protocols.framing import encode_frame
 from protocols.stream import MessageStream
@@ -89,11 +89,11 @@ class DiscoveryService:
         return handle
 
     async def _serve(self, stream: P2PStream, version: str) -> None:
-        ms = MessageStream(stream, discovery.CODEC, max_frame_size=self.network.max_frame_size)
+        ms = MessageStream(stream, discovery.CODEC, limits=self.network.frame_limits())
         try:
             hello = await ms.receive_within(self.network.request_timeout_s)
         except ProtocolError as exc:
-            log.info("bad discovery request from %s: %s", stream.remote_peer, exc)
+            log.info("bad discovery request from %s: %s", stream.remote_peer, logsafe(exc))
             await _send_error_and_reset(ms, exc)
             return
         assert isinstance(hello, discovery.Hello)
@@ -116,7 +116,7 @@ class DiscoveryService:
     async def exchange(self, peer_id: str) -> None:
         """Swap hellos with a connected (or dialable) peer. Raises NodeError/ProtocolError."""
         stream = await self.host.open_stream(peer_id, discovery.PROTOCOL_ID)
-        ms = MessageStream(stream, discovery.CODEC, max_frame_size=self.network.max_frame_size)
+        ms = MessageStream(stream, discovery.CODEC, limits=self.network.frame_limits())
         try:
             await ms.send(self._hello(exclude=peer_id))
             reply = await ms.receive_within(self.network.request_timeout_s)
@@ -299,7 +299,7 @@ class DiscoveryService:
                 return
             await self.exchange(peer_id)
         except (NodeError, ProtocolError) as exc:
-            log.info("card exchange with %s failed: %s", peer_id, exc)
+            log.info("card exchange with %s failed: %s", peer_id, logsafe(exc))
         except Exception:
             # a peer must never be able to take the node down through discovery
             log.exception("card exchange with %s failed unexpectedly", peer_id)

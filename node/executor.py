@@ -37,7 +37,7 @@ from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.registry import PeerRegistry
 from node.scheduler import Candidate, Decision, Evidence, Policy, place, short
-from protocols import handoff
+from protocols import handoff, logsafe
 from protocols.canonical import canonical_json
 from protocols.discovery import ToolCard
 from workflows.errors import ToolError
@@ -183,14 +183,18 @@ class SwarmExecutor:
                     wait *= 1 + random.random() / 2  # spread the retries of a fan-out
                     log.info(
                         "step %s: %s; asking again in %.1fs",
-                        request.idempotency_key,
-                        exc,
+                        logsafe(request.idempotency_key),
+                        logsafe(exc),
                         wait,
                     )
                     await trio.sleep(wait)
                     continue
                 failures += 1
-                log.info("step %s: %s; trying another node", request.idempotency_key, exc)
+                log.info(
+                    "step %s: %s; trying another node",
+                    logsafe(request.idempotency_key),
+                    logsafe(exc),
+                )
             except (HandoffError, NodeError) as exc:
                 failures += 1
                 last_error = str(exc)
@@ -209,12 +213,14 @@ class SwarmExecutor:
             self.registry.exclude(peer, _one_line(exc.message))
             log.warning(
                 "step %s: %s; peer excluded for %g s; trying another node",
-                request.idempotency_key,
-                exc,
+                logsafe(request.idempotency_key),
+                logsafe(exc),
                 self.registry.exclude_s,
             )
         else:
-            log.warning("step %s: %s; trying another node", request.idempotency_key, exc)
+            log.warning(
+                "step %s: %s; trying another node", logsafe(request.idempotency_key), logsafe(exc)
+            )
 
     async def _execute_replicated(
         self, request: ToolCall, placed: PlacementCallback, replicas: int

@@ -25,7 +25,7 @@ CONFIG_FILE = "config.yaml"
 JOURNAL_FILE = "journal.db"
 RUNTIME_FILE = "node.json"
 SWARM_KEY = "swarm.key"
-# What the workflow engine keeps in the home (workflows._storage.Storage): checked before a
+# What the workflow engine keeps in the home (workflows.engine.storage.Storage): checked before a
 # node starts, so that a home the node cannot write fails in milliseconds, not after Ray.
 WORKFLOWS_DB = "workflows.db"
 OBJECTS_DIR = "objects"

@@ -1,4 +1,4 @@
-"""The node's workflows: YAML workflows run by the durable engine (``workflows._engine``),
+"""The node's workflows: YAML workflows run by the durable engine (``workflows.engine.lifecycle``),
 with each step placed by the node's scheduler (locally on Ray or on a peer).
 
 The engine runs in its own thread; this service is its bridge to trio: the engine hands
@@ -20,14 +20,16 @@ from typing import Any, TypeVar
 
 import trio
 
+from node.config import WorkflowsConfig
 from node.handoff.delegator import Abandon, abandon_on_cancel
-from workflows._engine import Engine
-from workflows._graph import OUTPUTS_STEP, Graph, graph_from_spec
-from workflows._outputs import load_task_output, stored_status
-from workflows._serde import loads
-from workflows._storage import Storage, TaskRow, WorkflowRow
+from protocols import logsafe
 from workflows.dsl import WorkflowSpec
-from workflows.errors import WorkflowNotFoundError
+from workflows.engine.graph import OUTPUTS_STEP, Graph, graph_from_spec
+from workflows.engine.lifecycle import Engine
+from workflows.engine.outputs import load_task_output, stored_status
+from workflows.engine.serde import loads
+from workflows.engine.storage import Storage, TaskRow, WorkflowRow
+from workflows.errors import WorkflowNotFoundError, WorkflowStillActiveError
 from workflows.status import WorkflowStatus
 from workflows.tool_steps import StepExecutionError, StepExecutor, ToolCall, ToolOutcome
 
@@ -61,9 +63,15 @@ class WorkflowView:
 
 
 class WorkflowService:
-    def __init__(self, storage: Storage, executor: StepExecutor) -> None:
+    def __init__(
+        self,
+        storage: Storage,
+        executor: StepExecutor,
+        config: WorkflowsConfig | None = None,
+    ) -> None:
         self.storage = storage
         self.executor = executor
+        self.config = config or WorkflowsConfig()
         self.engine: Engine | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
@@ -77,12 +85,19 @@ class WorkflowService:
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
+                cfg = self.config
                 self.engine = await self._io(
-                    lambda: Engine(self.storage, tool_runner=self._tool_runner)
+                    lambda: Engine(
+                        self.storage,
+                        tool_runner=self._tool_runner,
+                        limits=cfg.step_limits(),
+                        max_resume_attempts=cfg.max_resume_attempts,
+                        resume_stall_s=cfg.resume_stall_s,
+                    )
                 )
                 resumed = await self._io(self.engine.resume_interrupted)
                 for wid in resumed:
-                    log.info("resumed interrupted workflow %s", wid)
+                    log.info("resumed interrupted workflow %s", logsafe(wid))
                 task_status.started()
                 await trio.sleep_forever()
         finally:
@@ -180,7 +195,7 @@ class WorkflowService:
             workflow_id=workflow_id,
             name=str(row.user_metadata.get("name", workflow_id)),
             status=status,
-            error=row.error_text,
+            error=_error(row, status),
             created_at=row.created_at,
             ended_at=row.end_time,
             outputs=outputs if isinstance(outputs, dict) else None,
@@ -206,7 +221,10 @@ class WorkflowService:
                 state = "SKIPPED" if status.is_terminal() else "PENDING"
             elif r.status == "RUNNING" and status.is_terminal():
                 state = "CANCELED"
-            elif r.status == "RUNNING" and status is WorkflowStatus.RESUMABLE:
+            elif r.status == "RUNNING" and status in (
+                WorkflowStatus.RESUMABLE,
+                WorkflowStatus.QUARANTINED,
+            ):
                 state = "PENDING"
             else:
                 state = r.status
@@ -252,6 +270,39 @@ class WorkflowService:
         await self._io(go)
         return await self.view(workflow_id)
 
+    async def resume(self, workflow_id: str) -> WorkflowView:
+        """Resume a workflow by hand: a QUARANTINED one too (the operator's decision), or
+        one that is RESUMABLE, FAILED or CANCELED; it continues from its checkpoints.
+
+        Raises :class:`WorkflowNotFoundError`, or :class:`WorkflowStillActiveError` for a
+        workflow that is running."""
+        engine = self.engine
+        assert engine is not None
+
+        def go() -> None:
+            if self.storage.get_workflow(workflow_id) is None:
+                raise WorkflowNotFoundError(workflow_id)
+            try:
+                engine.resume(workflow_id)
+            except RuntimeError:  # running here, or in another live process
+                raise WorkflowStillActiveError("resume", workflow_id) from None
+            self.storage.flush()
+
+        await self._io(go)
+        log.info("workflow %r resumed by hand", workflow_id)
+        return await self.view(workflow_id)
+
+    async def delete(self, workflow_id: str) -> WorkflowView:
+        """Delete a workflow that is not running (its journal rows and stored outputs);
+        returns what it was. Raises :class:`WorkflowNotFoundError` or
+        :class:`WorkflowStillActiveError`."""
+        engine = self.engine
+        assert engine is not None
+        view = await self.view(workflow_id)
+        await self._io(engine.delete, workflow_id)
+        log.info("workflow %r deleted (it was %s)", workflow_id, view.status.value)
+        return view
+
     async def wait(self, workflow_id: str) -> WorkflowView:
         """Wait until the workflow ends here (or is not live here); return its view."""
         engine = self.engine
@@ -269,20 +320,29 @@ class WorkflowService:
         return await self._io(self._list)
 
     def _list(self) -> list[WorkflowView]:
-        rows = self.storage.list_workflows()
-        return [
-            WorkflowView(
-                workflow_id=r.workflow_id,
-                name=str(r.user_metadata.get("name", r.workflow_id)),
-                status=self._status(r),
-                error=r.error_text,
-                created_at=r.created_at,
-                ended_at=r.end_time,
-                outputs=None,
-                steps=[],
+        views = []
+        for r in self.storage.list_workflows():
+            status = self._status(r)
+            views.append(
+                WorkflowView(
+                    workflow_id=r.workflow_id,
+                    name=str(r.user_metadata.get("name", r.workflow_id)),
+                    status=status,
+                    error=_error(r, status),
+                    created_at=r.created_at,
+                    ended_at=r.end_time,
+                    outputs=None,
+                    steps=[],
+                )
             )
-            for r in rows
-        ]
+        return views
+
+
+def _error(row: WorkflowRow, status: WorkflowStatus) -> str | None:
+    """What the status reply says went wrong: for a QUARANTINED workflow, why it is."""
+    if status is WorkflowStatus.QUARANTINED and row.quarantine is not None:
+        return f"quarantined: {row.quarantine}"
+    return row.error_text
 
 
 def _wait_quietly(fut: Future[Any]) -> None:

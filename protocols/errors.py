@@ -7,6 +7,12 @@
     └── RemoteProtocolError           the peer sent something we reject
         ├── FrameTooLargeError        a frame's declared length exceeds the limit
         ├── FrameDecodeError          truncated frame, bad varint, not UTF-8 JSON object
+        │   └── FrameLimitError       the JSON breaks a bound of FrameLimits (before parsing)
+        │       ├── NestingTooDeepError       arrays/objects nested deeper than max_depth
+        │       ├── TooManyMembersError       an array/object with more than max_members
+        │       ├── TooManyContainersError    more than max_containers arrays/objects in all
+        │       ├── NumberTooLongError        a digit run longer than max_number_digits
+        │       └── NumberOutOfRangeError     a number beyond the 64-bit float range
         ├── UnknownMessageTypeError   a well-formed frame whose ``type`` we do not know here
         ├── MessageValidationError    a known ``type`` whose fields are invalid
         ├── StreamClosedError         the stream ended before the final message
@@ -17,6 +23,8 @@ Every error carries a ``code`` that is also used on the wire in ``error`` messag
 """
 
 from __future__ import annotations
+
+from protocols._logsafe import logsafe
 
 
 class ProtocolError(Exception):
@@ -49,6 +57,40 @@ class FrameDecodeError(RemoteProtocolError):
     code = "bad_frame"
 
 
+class FrameLimitError(FrameDecodeError):
+    """The frame's JSON breaks one of the receiver's :class:`~protocols.limits.FrameLimits`.
+
+    Raised before the JSON is parsed. ``bound`` names the limit (as in FrameLimits),
+    ``limit`` is its value and ``offset`` the byte of the payload where it was broken.
+    """
+
+    def __init__(self, message: str, *, bound: str, limit: int, offset: int) -> None:
+        super().__init__(message)
+        self.bound = bound
+        self.limit = limit
+        self.offset = offset
+
+
+class NestingTooDeepError(FrameLimitError):
+    pass
+
+
+class TooManyMembersError(FrameLimitError):
+    pass
+
+
+class TooManyContainersError(FrameLimitError):
+    pass
+
+
+class NumberTooLongError(FrameLimitError):
+    pass
+
+
+class NumberOutOfRangeError(FrameLimitError):
+    pass
+
+
 class UnknownMessageTypeError(RemoteProtocolError):
     code = "unknown_type"
 
@@ -73,8 +115,12 @@ class ProtocolTimeoutError(RemoteProtocolError):
 
 
 class PeerErrorResponse(RemoteProtocolError):
-    """The peer replied with an ``error`` message (``code`` is the peer's code)."""
+    """The peer replied with an ``error`` message (``code`` is the peer's code).
+
+    Both are the peer's text, so they are kept as :func:`~protocols.logsafe` makes them:
+    one line, bounded, safe to log and to show.
+    """
 
     def __init__(self, code: str, message: str) -> None:
-        super().__init__(message)
-        self.code = code
+        super().__init__(logsafe(message, 2048))
+        self.code = logsafe(code, 64)

@@ -1,17 +1,33 @@
 """Sans-I/O frame codec shared by every hivemesh protocol.
 
 A frame is an unsigned LEB128 varint length followed by that many bytes of UTF-8 JSON.
-The JSON must be an object with a string ``type`` field. Length 0 is invalid.
+The JSON must be an object with a string ``type`` field. Length 0 is invalid. What a
+receiver accepts is bounded by :class:`~protocols.limits.FrameLimits`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
+from protocols.boundedjson import parse_json
 from protocols.errors import FrameDecodeError, FrameTooLargeError, LocalProtocolError
+from protocols.limits import DEFAULT_LIMITS, DEFAULT_MAX_FRAME_SIZE, FrameLimits
 
-DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "MAX_VARINT_BYTES",
+    "FrameDecoder",
+    "FrameLimits",
+    "decode_payload",
+    "decode_uvarint",
+    "encode_frame",
+    "encode_payload",
+    "encode_uvarint",
+    "resolve_limits",
+]
+
 MAX_VARINT_BYTES = 9  # enough for 2**63 - 1; longer is garbage
 
 
@@ -49,7 +65,14 @@ def decode_uvarint(buf: bytes | bytearray, pos: int = 0) -> tuple[int, int] | No
 def encode_payload(message: dict[str, Any]) -> bytes:
     if not isinstance(message.get("type"), str):
         raise LocalProtocolError("every message needs a string 'type' field")
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    try:
+        # allow_nan=False: NaN and Infinity are not JSON, every receiver would refuse them
+        text = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        return text.encode("utf-8")
+    except (ValueError, TypeError, RecursionError) as exc:  # UnicodeEncodeError: a surrogate
+        raise LocalProtocolError(
+            f"message of type {message['type']!r:.80} cannot be sent as JSON: {exc}"
+        ) from None
 
 
 def encode_frame(message: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> bytes:
@@ -62,19 +85,17 @@ def encode_frame(message: dict[str, Any], max_frame_size: int = DEFAULT_MAX_FRAM
     return encode_uvarint(len(payload)) + payload
 
 
-def _reject_constant(name: str) -> Any:
-    raise FrameDecodeError(f"frame contains {name}, which is not valid JSON")
+def resolve_limits(max_frame_size: int | None, limits: FrameLimits | None) -> FrameLimits:
+    """``limits`` (default :data:`DEFAULT_LIMITS`), with ``max_frame_size`` if one is given."""
+    limits = DEFAULT_LIMITS if limits is None else limits
+    if max_frame_size is None or max_frame_size == limits.max_frame_size:
+        return limits
+    return dataclasses.replace(limits, max_frame_size=max_frame_size)
 
 
-def decode_payload(payload: bytes) -> dict[str, Any]:
-    try:
-        text = payload.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise FrameDecodeError(f"frame is not UTF-8: {exc.reason} at byte {exc.start}") from None
-    try:
-        obj = json.loads(text, parse_constant=_reject_constant)
-    except json.JSONDecodeError as exc:
-        raise FrameDecodeError(f"frame is not JSON: {exc.msg} at offset {exc.pos}") from None
+def decode_payload(payload: bytes, limits: FrameLimits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The message object of one frame's payload, or a :class:`FrameDecodeError`."""
+    obj = parse_json(payload, limits)
     if not isinstance(obj, dict):
         raise FrameDecodeError(f"frame is JSON {type(obj).__name__}, expected an object")
     if not isinstance(obj.get("type"), str):
@@ -85,11 +106,16 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
 class FrameDecoder:
     """Incremental decoder: ``feed`` bytes, get complete message objects.
 
-    After an error the decoder is unusable (the stream must be reset).
+    ``limits`` bounds every frame (default :data:`~protocols.limits.DEFAULT_LIMITS`);
+    ``max_frame_size``, if given, replaces its frame size. After an error the decoder is
+    unusable (the stream must be reset).
     """
 
-    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
-        self.max_frame_size = max_frame_size
+    def __init__(
+        self, max_frame_size: int | None = None, *, limits: FrameLimits | None = None
+    ) -> None:
+        self.limits = resolve_limits(max_frame_size, limits)
+        self.max_frame_size = self.limits.max_frame_size
         self._buf = bytearray()
         self._broken = False
 
@@ -118,7 +144,7 @@ class FrameDecoder:
                     break
                 payload = bytes(self._buf[start : start + length])
                 del self._buf[: start + length]
-                out.append(decode_payload(payload))
+                out.append(decode_payload(payload, self.limits))
         except Exception:
             self._broken = True
             raise

@@ -9,8 +9,10 @@ from typing import Generic, Protocol
 
 import trio
 
+from protocols._logsafe import logsafe
 from protocols.errors import PeerErrorResponse, ProtocolTimeoutError, StreamClosedError
-from protocols.framing import DEFAULT_MAX_FRAME_SIZE, FrameDecoder, encode_frame
+from protocols.framing import FrameDecoder, encode_frame, resolve_limits
+from protocols.limits import FrameLimits
 from protocols.wire import ErrorMessage, M, MessageCodec
 
 READ_CHUNK = 64 * 1024
@@ -34,8 +36,13 @@ class MessageStream(Generic[M]):
     """A stream of typed messages of one protocol.
 
     ``receive`` raises :class:`StreamClosedError` when the stream ends before a frame,
-    :class:`RemoteProtocolError` subclasses for garbage, and :class:`PeerErrorResponse`
-    when ``raise_errors`` is set and the peer sent an ``error`` message.
+    :class:`RemoteProtocolError` subclasses for garbage (a frame breaking ``limits`` is a
+    :class:`~protocols.errors.FrameLimitError`, raised before its JSON is parsed), and
+    :class:`PeerErrorResponse` when ``raise_errors`` is set and the peer sent an ``error``.
+
+    ``limits`` bounds what is received (default
+    :data:`~protocols.limits.DEFAULT_LIMITS`); ``max_frame_size``, if given, replaces its
+    frame size, which also caps what is sent.
     """
 
     def __init__(
@@ -43,12 +50,14 @@ class MessageStream(Generic[M]):
         stream: ByteStream,
         codec: MessageCodec[M],
         *,
-        max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        max_frame_size: int | None = None,
+        limits: FrameLimits | None = None,
     ) -> None:
         self.stream = stream
         self.codec = codec
-        self.max_frame_size = max_frame_size
-        self._decoder = FrameDecoder(max_frame_size)
+        self.limits = resolve_limits(max_frame_size, limits)
+        self.max_frame_size = self.limits.max_frame_size
+        self._decoder = FrameDecoder(limits=self.limits)
         self._pending: list[dict[str, object]] = []
         self._eof = False
 
@@ -106,4 +115,6 @@ def _valid_error(obj: dict[str, object]) -> bool:
 
 
 def _bad_error(obj: dict[str, object]) -> ErrorMessage:
-    return ErrorMessage(code="invalid_message", message=f"malformed error message: {obj!r:.200}")
+    return ErrorMessage(
+        code="invalid_message", message=f"malformed error message: {logsafe(repr(obj), 200)}"
+    )

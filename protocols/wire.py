@@ -7,6 +7,7 @@ from typing import Any, Generic, Literal, TypeVar
 import pydantic
 from pydantic import BaseModel, ConfigDict
 
+from protocols._logsafe import logsafe
 from protocols.errors import LocalProtocolError, MessageValidationError, UnknownMessageTypeError
 
 M = TypeVar("M", bound=BaseModel)
@@ -49,8 +50,9 @@ class MessageCodec(Generic[M]):
         type_name = obj.get("type")
         model = self._by_type.get(type_name) if isinstance(type_name, str) else None
         if model is None:
+            shown = f"'{logsafe(type_name, 64)}'" if isinstance(type_name, str) else "(none)"
             raise UnknownMessageTypeError(
-                f"unknown {self.protocol} message type {type_name!r} "
+                f"unknown {self.protocol} message type {shown} "
                 f"(expected one of {', '.join(self.types)})"
             )
         try:
@@ -58,6 +60,10 @@ class MessageCodec(Generic[M]):
         except pydantic.ValidationError as exc:
             raise MessageValidationError(
                 f"invalid {self.protocol} {type_name!r} message: {describe_validation_error(exc)}"
+            ) from None
+        except RecursionError:  # FrameLimits bound the depth; a caller without them may not
+            raise MessageValidationError(
+                f"invalid {self.protocol} {type_name!r} message: nested too deeply"
             ) from None
 
     def encode(self, message: M) -> dict[str, Any]:
@@ -67,11 +73,14 @@ class MessageCodec(Generic[M]):
 
 
 def describe_validation_error(exc: pydantic.ValidationError) -> str:
-    """One readable line from a pydantic error (first few problems)."""
+    """One readable line from a pydantic error (first few problems).
+
+    A location may hold a key the peer chose, so every part is made :func:`logsafe`.
+    """
     parts = []
-    for err in exc.errors()[:3]:
-        where = ".".join(str(p) for p in err["loc"]) or "message"
-        parts.append(f"{where}: {err['msg']}")
+    for err in exc.errors(include_url=False, include_input=False)[:3]:
+        where = ".".join(logsafe(p, 64) for p in err["loc"]) or "message"
+        parts.append(f"{where}: {logsafe(err['msg'], 200)}")
     more = exc.error_count() - len(parts)
     if more > 0:
         parts.append(f"and {more} more")

@@ -21,6 +21,7 @@ from workflows.errors import (
     WorkflowExecutionError,
     WorkflowNotFoundError,
     WorkflowNotResumableError,
+    WorkflowQuarantinedError,
     WorkflowStillActiveError,
 )
 from workflows.status import WorkflowStatus
@@ -33,6 +34,7 @@ SUCCESSFUL = WorkflowStatus.SUCCESSFUL
 FAILED = WorkflowStatus.FAILED
 RESUMABLE = WorkflowStatus.RESUMABLE
 PENDING = WorkflowStatus.PENDING
+QUARANTINED = WorkflowStatus.QUARANTINED  # hivemesh's own (docs/workflows-api.md, §2.6)
 
 _LAZY = {
     "init": "workflows.api",
@@ -53,7 +55,7 @@ _LAZY = {
     "options": "workflows.api",
     "sleep": "workflows.api",
     "wait_for_event": "workflows.api",
-    "continuation": "workflows._step",
+    "continuation": "workflows.engine.step",
     "EventListener": "workflows.events",
     "step": "workflows.legacy",
 }
@@ -64,6 +66,7 @@ __all__ = [
     "WorkflowExecutionError",
     "WorkflowNotFoundError",
     "WorkflowNotResumableError",
+    "WorkflowQuarantinedError",
     "WorkflowStatus",
     "WorkflowStillActiveError",
     *_LAZY,

@@ -17,25 +17,27 @@ from typing import Any
 import ray
 from ray.dag import DAGNode
 
-from workflows import _serde
-from workflows._engine import Engine
-from workflows._graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
-from workflows._liveness import owner_alive
-from workflows._outputs import (
-    ACTIVE,
+from workflows.engine import serde
+from workflows.engine.graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
+from workflows.engine.lifecycle import (
+    DEFAULT_MAX_RESUME_ATTEMPTS,
+    DEFAULT_RESUME_STALL_S,
+    Engine,
+)
+from workflows.engine.limits import StepLimits
+from workflows.engine.outputs import (
     default_workflow_id,
     execution_error,
     load_task_output,
     stored_status,
-    workflow_status,
 )
-from workflows._step import continuation
-from workflows._storage import Storage, WorkflowRow, resolve_storage_path
+from workflows.engine.step import continuation
+from workflows.engine.storage import Storage, WorkflowRow, resolve_storage_path
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
     WorkflowNotFoundError,
-    WorkflowStillActiveError,
+    WorkflowQuarantinedError,
 )
 from workflows.events import EventListener
 from workflows.status import WorkflowStatus
@@ -77,12 +79,24 @@ def init(
     max_pending_workflows: int | None = None,
     *,
     synchronous: str = "FULL",
+    max_resume_attempts: int | None = DEFAULT_MAX_RESUME_ATTEMPTS,
+    resume_stall_s: float | None = DEFAULT_RESUME_STALL_S,
+    max_step_output_bytes: int | None = None,
+    max_error_chars: int = StepLimits.max_error_chars,
+    max_traceback_chars: int = StepLimits.max_traceback_chars,
 ) -> None:
     """Start the workflow engine (and Ray, if it is not running).
 
     ``storage`` is a folder or ``file://`` URL for the journal (default:
     ``$HIVEMESH_WORKFLOW_STORAGE``, else ``~/.hivemesh/workflows``). Calling ``init`` again
     with other settings replaces the engine if no workflow is running.
+
+    hivemesh's own settings: a workflow resumed ``max_resume_attempts`` times in a row
+    without completing a step while the process died each time, or whose resume had not
+    finished starting after ``resume_stall_s``, is QUARANTINED: ``resume_all`` and ``run``
+    leave it alone, ``resume`` resumes it by hand (None or 0: never). A step's checkpointed
+    output is at most ``max_step_output_bytes`` (None: no limit), its error text at most
+    ``max_error_chars`` and a traceback in it at most ``max_traceback_chars`` characters.
     """
     # -1 means "no limit", as in Ray Workflows
     if max_running_workflows == -1:
@@ -95,6 +109,12 @@ def init(
         raise ValueError("max_pending_workflows must be non-negative (or -1 for no limit)")
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+    if max_resume_attempts is not None and max_resume_attempts < 0:
+        raise ValueError("max_resume_attempts must be non-negative (0 or None: never)")
+    if resume_stall_s is not None and resume_stall_s < 0:
+        raise ValueError("resume_stall_s must be non-negative (0 or None: no watchdog)")
+    limits = StepLimits(max_step_output_bytes, max_error_chars, max_traceback_chars)
+    resume_bounds = (max_resume_attempts or None, resume_stall_s or None)
     path = resolve_storage_path(storage)
     with _Runtime.lock:
         if not ray.is_initialized():
@@ -106,6 +126,9 @@ def init(
                 and _Runtime.storage.synchronous == synchronous
                 and _Runtime.engine.max_running == max_running_workflows
                 and _Runtime.engine.max_pending == max_pending_workflows
+                and _Runtime.engine.limits == limits
+                and (_Runtime.engine.max_resume_attempts, _Runtime.engine.resume_stall_s)
+                == resume_bounds
             ):
                 return
             if _Runtime.engine.active_count():
@@ -119,6 +142,9 @@ def init(
             _Runtime.storage,
             max_running_workflows=max_running_workflows,
             max_pending_workflows=max_pending_workflows,
+            limits=limits,
+            max_resume_attempts=max_resume_attempts,
+            resume_stall_s=resume_stall_s,
         )
 
 
@@ -168,6 +194,17 @@ def _check_metadata(metadata: Any) -> dict[str, Any]:
     return dict(metadata)
 
 
+def workflow_status(storage: Storage, engine: Engine | None, workflow_id: str) -> WorkflowStatus:
+    if engine is not None:
+        live = engine.live_status(workflow_id)
+        if live is not None:
+            return live
+    row = storage.get_workflow(workflow_id)
+    if row is None:
+        raise WorkflowNotFoundError(workflow_id)
+    return stored_status(row, engine.owner if engine else None)
+
+
 # -- running ---------------------------------------------------------------------------------
 
 
@@ -214,7 +251,9 @@ def run_async(
 
 
 def resume(workflow_id: str) -> Any:
-    """Run the steps of a workflow that have no committed output; return its output."""
+    """Run the steps of a workflow that have no committed output; return its output.
+
+    A QUARANTINED workflow is resumed too: this is resuming it by hand."""
     return _engine().resume(_check_id(workflow_id)).result()
 
 
@@ -225,18 +264,23 @@ def resume_async(workflow_id: str) -> ray.ObjectRef:
 
 
 def resume_all(include_failed: bool = False) -> list[tuple[str, ray.ObjectRef]]:
-    """Resume every RESUMABLE workflow (and FAILED ones with ``include_failed``)."""
+    """Resume every RESUMABLE workflow (and FAILED ones with ``include_failed``); never a
+    QUARANTINED one (and a workflow whose resumes reached ``max_resume_attempts`` becomes
+    QUARANTINED here instead of being resumed)."""
     wanted = {WorkflowStatus.RESUMABLE}
     if include_failed:
         wanted.add(WorkflowStatus.FAILED)
+    engine = _engine()
     out = []
     for wid, status in list_all(wanted):
         try:
-            out.append((wid, resume_async(wid)))
+            out.append((wid, engine.result_ref(wid, engine.resume(wid, automatic=True))))
         except RuntimeError:
             continue  # someone else resumed it meanwhile
         except queue.Full:
             continue  # over max_pending_workflows: still RESUMABLE, resume it later
+        except WorkflowQuarantinedError:
+            continue  # quarantined now: resume it by hand
         del status
     return out
 
@@ -314,7 +358,7 @@ def _ended_error(row: WorkflowRow, status: WorkflowStatus) -> BaseException | No
     if status is WorkflowStatus.CANCELED:
         return WorkflowCancellationError(row.workflow_id)
     if status is WorkflowStatus.FAILED:
-        cause = _serde.loads(row.error) if row.error else None
+        cause = serde.loads(row.error) if row.error else None
         return execution_error(row.workflow_id, cause, row.error_text)
     return None
 
@@ -380,13 +424,13 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
 
 def _find_step(storage: Storage, row: Any, task_id: str) -> Any:
     """A task's definition: in the workflow's graph or in a stored continuation."""
-    graph = _serde.loads(row.graph)
+    graph = serde.loads(row.graph)
     for step in graph.steps:
         if step.task_id == task_id:
             return step
     for task in storage.list_tasks(row.workflow_id):
         if task.continuation is not None:
-            for step in _serde.loads(task.continuation).steps:
+            for step in serde.loads(task.continuation).steps:
                 if step.task_id == task_id:
                     return step
     return None
@@ -448,35 +492,8 @@ def cancel(workflow_id: str) -> None:
 
 
 def delete(workflow_id: str) -> None:
-    """Remove a finished (or resumable) workflow and its stored outputs."""
-    wid = _check_id(workflow_id)
-    engine = _engine()
-    storage = _storage()
-    status = workflow_status(storage, engine, wid)
-    if status in (WorkflowStatus.RUNNING, WorkflowStatus.PENDING):
-        raise WorkflowStillActiveError("delete", wid)
-    hashes = {t.output_hash for t in storage.list_tasks(wid) if t.output_hash}
-
-    def remove(db: Any) -> None:
-        # checked again in the deleting transaction: a process that claimed the workflow
-        # meanwhile keeps it
-        found = db.execute(
-            "SELECT status, owner, heartbeat FROM wf WHERE workflow_id = ?", (wid,)
-        ).fetchone()
-        if found is None:
-            raise WorkflowNotFoundError(wid)
-        now = WorkflowStatus(found[0])
-        if engine.runs_here(wid) or (
-            now in ACTIVE and found[1] != engine.owner and owner_alive(found[1], found[2])
-        ):
-            raise WorkflowStillActiveError("delete", wid)
-        db.execute("DELETE FROM task WHERE workflow_id = ?", (wid,))
-        db.execute("DELETE FROM wf WHERE workflow_id = ?", (wid,))
-
-    storage.transact(remove)
-    still = storage.referenced_blobs()
-    for digest in hashes - still:
-        storage.blob_path(digest).unlink(missing_ok=True)
+    """Remove a finished, resumable or quarantined workflow and its stored outputs."""
+    _engine().delete(_check_id(workflow_id))
 
 
 # -- building steps --------------------------------------------------------------------------

@@ -6,6 +6,7 @@
     ├── WorkflowExecutionError          a workflow failed; ``cause`` is the step's exception
     ├── WorkflowCancellationError       the workflow was canceled
     ├── WorkflowNotResumableError       resume of a workflow that cannot be resumed
+    │   └── WorkflowQuarantinedError    not resumed on its own: resuming it stopped the process
     ├── WorkflowNotFoundError           no workflow with that id in the storage
     ├── WorkflowStillActiveError        the workflow is running or pending
     ├── WorkflowDefinitionError         the workflow YAML (or its inputs) is invalid: fix the file
@@ -15,6 +16,7 @@
         ├── UnknownToolError            no such tool (or no matching version) on this node
         ├── ToolInputError              the arguments do not match the tool's input schema
         ├── ToolOutputError             the tool returned something its output schema rejects
+        │   └── StepOutputTooLargeError a step's output is over the size limit (any step)
         ├── ToolExecutionError          the tool's function raised
         └── ToolConfigError             a malformed tool, tool reference or group selection
                                         (also a ``ValueError``)
@@ -144,6 +146,25 @@ class ToolOutputError(ToolError):
     """A tool returned a value its output schema rejects (a bug in the tool)."""
 
 
+class StepOutputTooLargeError(ToolOutputError):
+    """A step's output is larger than the limit (``size`` and ``limit`` in bytes).
+
+    Raised for tool steps (in the Ray worker, before the output leaves it) and for the
+    Python API's checkpointed outputs when a limit is set (``max_step_output_bytes``)."""
+
+    def __init__(self, size: int, limit: int, what: str = "the step's output") -> None:
+        self.size = size
+        self.limit = limit
+        self.what = what
+        super().__init__(
+            f"{what} is {size} bytes, over the limit of {limit} bytes "
+            "(max_step_output_bytes): return less, or raise the limit"
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.size, self.limit, self.what), self.__dict__)
+
+
 class ToolExecutionError(ToolError):
     """The tool's function raised. ``exc_type`` is the name of the original exception type."""
 
@@ -202,7 +223,9 @@ class WorkflowExecutionError(WorkflowError):
             if detail
             else (f"workflow {workflow_id!r} failed")
         )
-        super().__init__(self.message)
+        # not super(): in a dual-typed error (engine.outputs.execution_error) the next
+        # class is the cause's, whose constructor may want other arguments
+        Exception.__init__(self, self.message)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.workflow_id, None, self.cause), {"message": self.message})
@@ -225,6 +248,22 @@ class WorkflowNotResumableError(WorkflowError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (type(self), (self.workflow_id, self.why))
+
+
+class WorkflowQuarantinedError(WorkflowNotResumableError):
+    """The workflow is QUARANTINED: the process that ran it died (or stalled) while resuming
+    it too often, so it is not resumed on its own (at a node's start, by ``resume_all`` or
+    by ``run`` with its id). ``reason`` says why; ``resume`` it by hand or ``delete`` it."""
+
+    def __init__(self, workflow_id: str, reason: str) -> None:
+        self.reason = reason
+        super().__init__(
+            workflow_id,
+            f"it is QUARANTINED ({reason}); resume it by hand if it is safe, or delete it",
+        )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.workflow_id, self.reason))
 
 
 class WorkflowNotFoundError(WorkflowError):

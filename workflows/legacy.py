@@ -11,7 +11,7 @@ from typing import Any
 import ray
 from ray.dag import FunctionNode
 
-from workflows._graph import OPTIONS_LABEL
+from workflows.engine.graph import OPTIONS_LABEL
 
 _RAY_KEYS = {
     "num_cpus",

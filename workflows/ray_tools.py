@@ -9,6 +9,7 @@ import ray
 import trio
 from ray.exceptions import RayError, RayTaskError
 
+from workflows.engine.limits import StepLimits, bound_error_text, check_output_size, json_size
 from workflows.errors import ToolError, ToolExecutionError
 from workflows.tools import ToolRegistry, tool_call
 
@@ -20,10 +21,32 @@ def _worker_registry() -> ToolRegistry:
 
 
 def _invoke(
-    name: str, version: str | None, args: dict[str, Any], idempotency_key: str | None = None
+    name: str,
+    version: str | None,
+    args: dict[str, Any],
+    idempotency_key: str | None = None,
+    limits: StepLimits | None = None,
 ) -> dict[str, Any]:
-    with tool_call(idempotency_key):
-        return _worker_registry().get(name, version).invoke(args)
+    """Run the tool in a Ray worker. With ``limits``, an output over the size limit fails
+    here, in the worker, so it never reaches the node; an error's text is cut here too."""
+    try:
+        with tool_call(idempotency_key):
+            outputs = _worker_registry().get(name, version).invoke(args)
+    except ToolError as exc:
+        if limits is not None:
+            _bound_message(exc, limits)
+        raise
+    if limits is not None:
+        check_output_size(json_size(outputs), limits, f"the output of tool {name!r}")
+    return outputs
+
+
+def _bound_message(exc: ToolError, limits: StepLimits) -> None:
+    """Cut a tool error's text to the limits, in place (it keeps its type)."""
+    text = bound_error_text(exc.message, limits)
+    if text != exc.message:
+        exc.message = text
+        exc.args = (text, *exc.args[1:])
 
 
 # System failures (a worker dying) are retried by Ray; tool errors are not.
@@ -56,8 +79,15 @@ def stop_tasks(refs: list[ray.ObjectRef], grace_s: float = CANCEL_GRACE_S) -> No
 class RayToolRunner:
     """Runs a tool on this node's Ray cluster. Blocking Ray calls go to worker threads."""
 
-    def __init__(self, max_concurrent: int = 64, num_cpus: float | None = None) -> None:
-        """``num_cpus``: the CPUs each tool task asks Ray for (Ray's default 1 if None)."""
+    def __init__(
+        self,
+        max_concurrent: int = 64,
+        num_cpus: float | None = None,
+        limits: StepLimits | None = None,
+    ) -> None:
+        """``num_cpus``: the CPUs each tool task asks Ray for (Ray's default 1 if None).
+        ``limits``: what a tool may produce, checked in the worker (None: not checked)."""
+        self._limits = limits
         self._limiter = trio.CapacityLimiter(max_concurrent)
         self._remote = (
             _invoke_remote if num_cpus is None else _invoke_remote.options(num_cpus=num_cpus)
@@ -72,7 +102,9 @@ class RayToolRunner:
     ) -> dict[str, Any]:
         """Run tool ``name``; inside it, ``current_call().idempotency_key`` is the key."""
         ref = await trio.to_thread.run_sync(
-            functools.partial(self._remote.remote, name, version, args, idempotency_key)
+            functools.partial(
+                self._remote.remote, name, version, args, idempotency_key, self._limits
+            )
         )
         try:
             # trio-typing's stubs (pulled in by libp2p) predate ``abandon_on_cancel``.
@@ -91,7 +123,12 @@ class RayToolRunner:
             if isinstance(cause, ToolError):
                 raise cause from None
             raise ToolExecutionError(
-                f"tool {name!r} failed: {type(cause).__name__}: {cause}"
+                self._bound(f"tool {name!r} failed: {type(cause).__name__}: {cause}")
             ) from None
         except RayError as exc:
-            raise ToolExecutionError(f"tool {name!r} could not run on Ray: {exc}") from None
+            raise ToolExecutionError(
+                self._bound(f"tool {name!r} could not run on Ray: {exc}")
+            ) from None
+
+    def _bound(self, text: str) -> str:
+        return text if self._limits is None else bound_error_text(text, self._limits)

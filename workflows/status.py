@@ -1,4 +1,4 @@
-"""Workflow states (the names and values of Ray Workflows 2.x)."""
+"""Workflow states: the names and values of Ray Workflows 2.x, and QUARANTINED."""
 
 from __future__ import annotations
 
@@ -13,6 +13,9 @@ class WorkflowStatus(StrEnum):
     FAILED = "FAILED"
     RESUMABLE = "RESUMABLE"
     PENDING = "PENDING"
+    # hivemesh's own: interrupted like RESUMABLE, but not resumed on its own, because
+    # resuming it stopped the process too often (docs/workflows-api.md, §2.6)
+    QUARANTINED = "QUARANTINED"
 
     def is_terminal(self) -> bool:
         return self in (WorkflowStatus.SUCCESSFUL, WorkflowStatus.FAILED, WorkflowStatus.CANCELED)

@@ -44,7 +44,7 @@ from node.handoff.errors import (
 )
 from node.handoff.receipts import check_receipt
 from node.p2p import P2PHost
-from protocols import handoff
+from protocols import handoff, logsafe
 from protocols.canonical import rough_json_size
 from protocols.errors import (
     LocalProtocolError,
@@ -139,7 +139,7 @@ async def delegate(
     and the delegatee keeps its copy until ours is safe."""
     started = time.monotonic()
     stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
-    ms = MessageStream(stream, handoff.CODEC, max_frame_size=network.max_frame_size)
+    ms = MessageStream(stream, handoff.CODEC, limits=network.frame_limits())
     machine = Delegator(offer)
     offered = False
     rtt_ms = 0.0
@@ -267,7 +267,9 @@ async def _record_and_ack(
         await record(outcome)
     except Exception as exc:
         # not acknowledged: the delegatee keeps the result for a re-attach
-        log.warning("could not record the result of handoff %s: %s", machine.handoff_id, exc)
+        log.warning(
+            "could not record the result of handoff %s: %s", logsafe(machine.handoff_id), exc
+        )
         await ms.reset()
         return
     await _ack(ms, machine)
@@ -292,7 +294,9 @@ async def _cancel_on_stream(
         await ms.close()
         return machine.final
     except (ProtocolError, LocalProtocolError) as exc:
-        log.debug("cancel of handoff %s on its stream: %s", machine.handoff_id, exc)
+        log.debug(
+            "cancel of handoff %s on its stream: %s", logsafe(machine.handoff_id), logsafe(exc)
+        )
         return None
 
 
@@ -329,13 +333,18 @@ async def _abandon(
                             config=config,
                         )
                     except NodeError as exc:
-                        log.info("could not cancel handoff %s at %s: %s", handoff_id, peer_id, exc)
+                        log.info(
+                            "could not cancel handoff %s at %s: %s",
+                            logsafe(handoff_id),
+                            peer_id,
+                            logsafe(exc),
+                        )
         if reply is None:
             await ms.reset()
     abandon.reply = reply
     log.info(
         "handoff %s at %s abandoned (%s): peer answered %s",
-        handoff_id,
+        logsafe(handoff_id),
         peer_id,
         abandon.reason,
         reply.type if reply is not None else "nothing",
@@ -356,7 +365,7 @@ async def cancel_handoff(
 
     Raises :class:`HandoffLostError` when the peer does not answer (outcome unknown)."""
     stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
-    ms = MessageStream(stream, handoff.CODEC, max_frame_size=network.max_frame_size)
+    ms = MessageStream(stream, handoff.CODEC, limits=network.frame_limits())
     cancel = handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN])
     machine = Delegator(cancel)
     try:

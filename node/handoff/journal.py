@@ -59,6 +59,13 @@ CREATE INDEX IF NOT EXISTS handoffs_by_step ON handoffs(workflow_id, step);
 """
 
 
+_ACK_SQL = (
+    "UPDATE handoffs SET outputs = NULL, size = length(coalesce(error, '')),"
+    " acked_at = ? WHERE direction = 'in' AND peer = ? AND handoff_id = ?"
+    " AND epoch = ? AND acked_at IS NULL AND status IN ('SUCCESSFUL', 'FAILED')"
+)
+
+
 class JournalError(NodeError):
     """The handoff journal could not be opened or written."""
 
@@ -238,12 +245,18 @@ class HandoffJournal:
         code: str | None = None,
         receipt: dict[str, Any] | None = None,
         epoch: int | None = None,
-    ) -> None:
-        """Record how a handoff ended (only its attempt ``epoch``, if given)."""
+    ) -> int:
+        """Record how a handoff ended (only its attempt ``epoch``, if given). Returns the
+        bytes of outcomes stored for ``peer`` in that direction, this one included."""
         with self._tx() as db:
             self._finish(
                 db, handoff_id, status, direction, peer, outputs, error, code, receipt, epoch
             )
+            row = db.execute(
+                "SELECT coalesce(sum(size), 0) FROM handoffs WHERE direction = ? AND peer = ?",
+                (direction, peer),
+            ).fetchone()
+            return int(row[0])
 
     def record_outcome(
         self,
@@ -341,17 +354,21 @@ class HandoffJournal:
         )
         return _record(rows[0]) if rows else None
 
+    def acknowledge_many(self, acks: list[tuple[str, str, int]]) -> int:
+        """:meth:`acknowledge` for each (handoff id, peer, epoch), in one transaction."""
+        done = 0
+        with self._tx() as db:
+            for handoff_id, peer, epoch in acks:
+                cur = db.execute(_ACK_SQL, (self._clock(), peer, handoff_id, epoch))
+                done += cur.rowcount
+        return done
+
     def acknowledge(self, handoff_id: str, *, peer: str, epoch: int) -> bool:
         """The delegator has the result of ``handoff_id`` (this epoch): drop the stored
         outputs and keep the record (a later offer of the same id and epoch runs again). True
         if something was acknowledged."""
         with self._tx() as db:
-            cur = db.execute(
-                "UPDATE handoffs SET outputs = NULL, size = length(coalesce(error, '')),"
-                " acked_at = ? WHERE direction = 'in' AND peer = ? AND handoff_id = ?"
-                " AND epoch = ? AND acked_at IS NULL AND status IN ('SUCCESSFUL', 'FAILED')",
-                (self._clock(), peer, handoff_id, epoch),
-            )
+            cur = db.execute(_ACK_SQL, (self._clock(), peer, handoff_id, epoch))
             return cur.rowcount > 0
 
     def interrupt_accepted(self) -> int:

@@ -34,7 +34,7 @@ from node.config import HandoffConfig, NetworkConfig
 from node.handoff.admission import OfferRate, SlotPool
 from node.handoff.journal import AsyncHandoffJournal, HandoffRecord
 from node.p2p import P2PStream
-from protocols import handoff
+from protocols import handoff, logsafe
 from protocols.canonical import (
     json_sha256,
     json_size_and_sha256,
@@ -60,6 +60,7 @@ JobOutcome = handoff.StepResult | handoff.StepFailed | handoff.Canceled
 Key = tuple[str, str]  # (offering peer, handoff id)
 
 PRUNE_INTERVAL_S = 60.0
+ACK_BATCH_S = 0.2
 # results larger than this (as JSON) are hashed and signed in a worker thread: canonical JSON
 # is built in Python (about 0.2-0.5 s a megabyte)
 OFFLOAD_BYTES = 64 * 1024
@@ -216,6 +217,8 @@ class HandoffServer:
         self._rate = OfferRate(config.max_offers_per_minute, clock=clock)
         self.slots = SlotPool(slots)
         self._nursery: trio.Nursery | None = None
+        self._acks: list[tuple[str, str, int]] = []  # (handoff id, peer, epoch) to record
+        self._ack_waiting = trio.Event()
 
     @property
     def running(self) -> int:
@@ -228,10 +231,24 @@ class HandoffServer:
         await self.journal.call(self.journal.sync.interrupt_accepted)
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            nursery.start_soon(self._record_acks)
             task_status.started()
             while True:
                 await self._prune()
                 await trio.sleep(min(PRUNE_INTERVAL_S, self.config.retention_s / 4))
+
+    async def _record_acks(self) -> None:
+        """Acknowledged outcomes are dropped from the journal in batches (an ack lost in a
+        crash only keeps a result until ``retention_s``)."""
+        while True:
+            await self._ack_waiting.wait()
+            await trio.sleep(ACK_BATCH_S)  # let more gather
+            self._ack_waiting = trio.Event()
+            acks, self._acks = self._acks, []
+            try:
+                await self.journal.call(self.journal.sync.acknowledge_many, acks)
+            except Exception as exc:  # a full disk must not stop the node from serving
+                log.warning("could not record %d acknowledgements: %s", len(acks), exc)
 
     async def _prune(self) -> None:
         try:
@@ -285,7 +302,7 @@ class HandoffServer:
     # -- a stream ------------------------------------------------------------------------
 
     async def handle(self, stream: P2PStream) -> None:
-        ms = MessageStream(stream, handoff.CODEC, max_frame_size=self.network.max_frame_size)
+        ms = MessageStream(stream, handoff.CODEC, limits=self.network.frame_limits())
         machine = Delegatee()
         peer = stream.remote_peer
         try:
@@ -293,7 +310,7 @@ class HandoffServer:
             assert not isinstance(first, ErrorMessage)  # raised as PeerErrorResponse
             machine.receive(first)
         except ProtocolError as exc:
-            log.info("bad first handoff message from %s: %s", peer, exc)
+            log.info("bad first handoff message from %s: %s", peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
             finally:
@@ -328,7 +345,7 @@ class HandoffServer:
         if reject is None:
             job, reject = await self._job_for(offer, peer)
         if reject is not None:
-            log.info("rejected handoff %r from %s: %s", hid, peer, reject.message)
+            log.info("rejected handoff %s from %s: %s", logsafe(hid), peer, logsafe(reject.message))
             await self._send_final(ms, machine, reject)
             return
         assert job is not None
@@ -424,8 +441,8 @@ class HandoffServer:
                 del self._per_peer[job.peer]
 
     async def _journal_full(self) -> bool:
-        size = await self.journal.call(self.journal.sync.file_bytes)
-        if size <= self.config.max_journal_bytes:
+        # two stat() calls: cheap enough for the event loop, no worker thread round trip
+        if self.journal.sync.file_bytes() <= self.config.max_journal_bytes:
             return False
         await self._prune()
         size = await self.journal.call(self.journal.sync.file_bytes)
@@ -452,13 +469,17 @@ class HandoffServer:
                 await ms.close()
             except StreamClosedError as exc:
                 goes_on = "it is being canceled" if job.cancel_reason is not None else "it goes on"
-                log.info("delegator of handoff %r went away (%s); %s", job.handoff_id, exc, goes_on)
+                log.info(
+                    "delegator of handoff %s went away (%s); %s",
+                    logsafe(job.handoff_id),
+                    logsafe(exc),
+                    goes_on,
+                )
                 await ms.reset()
             nursery.cancel_scope.cancel()
-        if acked.is_set():
-            await self.journal.call(
-                self.journal.sync.acknowledge, job.handoff_id, peer=job.peer, epoch=job.epoch
-            )
+        if acked.is_set():  # written in batches, off the path of the next offers
+            self._acks.append((job.handoff_id, job.peer, job.epoch))
+            self._ack_waiting.set()
 
     async def _beat_until_done(
         self, ms: MessageStream[HandoffMessage], machine: Delegatee, job: _Job, lock: trio.Lock
@@ -492,7 +513,9 @@ class HandoffServer:
                     return  # the delegator closed its side: it will send nothing more
                 if isinstance(msg, ErrorMessage):
                     log.info(
-                        "delegator of handoff %r gave up: %r", job.handoff_id, msg.message[:200]
+                        "delegator of handoff %s gave up: %s",
+                        logsafe(job.handoff_id),
+                        logsafe(msg.message),
                     )
                     break
                 event = machine.receive(msg)
@@ -519,11 +542,11 @@ class HandoffServer:
         if job.done.is_set() or job.cancel_reason is not None:
             return
         log.info(
-            "handoff %r of %s canceled by %s: %r",
-            job.handoff_id,
+            "handoff %s of %s canceled by %s: %s",
+            logsafe(job.handoff_id),
             job.peer,
             by,
-            reason or "no reason given",
+            logsafe(reason or "no reason given"),
         )
         job.cancel_reason = reason
         job.canceled_by = by
@@ -707,7 +730,7 @@ class HandoffServer:
         except ToolError as exc:
             outcome = _failed(job, "tool_failed", str(exc))
         except Exception as exc:
-            log.exception("handoff %r failed internally", hid)
+            log.exception("handoff %s failed internally", logsafe(hid))
             outcome = _failed(job, "internal", f"{type(exc).__name__}: {exc}")
         # (only this attempt's record: a later attempt may have replaced it meanwhile)
         finish = partial(
@@ -715,17 +738,18 @@ class HandoffServer:
         )
         try:
             if isinstance(outcome, handoff.StepResult):
-                await self.journal.call(
+                stored = await self.journal.call(
                     finish,
                     "SUCCESSFUL",
                     outputs=outcome.outputs,
                     receipt=outcome.receipt.model_dump(),
                 )
             elif isinstance(outcome, handoff.Canceled):
-                await self.journal.call(finish, "CANCELED", error=outcome.message)
+                stored = await self.journal.call(finish, "CANCELED", error=outcome.message)
             else:
-                await self.journal.call(finish, "FAILED", error=outcome.message, code=outcome.code)
-            stored = await self.journal.call(self.journal.sync.stored_bytes, peer)
+                stored = await self.journal.call(
+                    finish, "FAILED", error=outcome.message, code=outcome.code
+                )
             if stored > self.config.max_stored_bytes_per_peer:
                 await self.journal.call(
                     self.journal.sync.prune,

@@ -21,6 +21,7 @@ __all__ = [
     "REQUEST_CODEC",
     "RESPONSE_CODEC",
     "CancelRequest",
+    "DeleteRequest",
     "HandoffCancelRequest",
     "HandoffEntry",
     "Handoffs",
@@ -35,6 +36,7 @@ __all__ = [
     "PeersRequest",
     "RayInfo",
     "ResultRequest",
+    "ResumeRequest",
     "StatusRequest",
     "StepStatus",
     "SubmitRequest",
@@ -76,6 +78,23 @@ class ResultRequest(WireModel):
 
 class CancelRequest(WireModel):
     type: Literal["cancel"] = "cancel"
+    workflow_id: str = Field(max_length=MAX_ID_LEN)
+
+
+class ResumeRequest(WireModel):
+    """Resume a workflow by hand (a QUARANTINED one too); answered with its ``status``.
+    Added within 0.2.0 (docs/protocols.md §3.1): a node that predates it answers
+    ``unknown_type``."""
+
+    type: Literal["resume"] = "resume"
+    workflow_id: str = Field(max_length=MAX_ID_LEN)
+
+
+class DeleteRequest(WireModel):
+    """Delete a workflow that is not running; answered with a ``list`` of the deleted
+    workflow as it was. Added within 0.2.0, like ``resume``."""
+
+    type: Literal["delete"] = "delete"
     workflow_id: str = Field(max_length=MAX_ID_LEN)
 
 
@@ -268,6 +287,8 @@ ControlRequest = (
     | StatusRequest
     | ResultRequest
     | CancelRequest
+    | ResumeRequest
+    | DeleteRequest
     | ListRequest
     | PeersRequest
     | ToolsRequest
@@ -293,6 +314,8 @@ REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
         StatusRequest,
         ResultRequest,
         CancelRequest,
+        ResumeRequest,
+        DeleteRequest,
         ListRequest,
         PeersRequest,
         ToolsRequest,

@@ -217,7 +217,7 @@ def test_node_killed_mid_workflow_resumes_without_rerunning_finished_steps(
         st = json.loads(local.cli("status", "slow-1", "--home", home, "--json").stdout)
         attempts = {s["name"]: s for s in st["steps"]}
     # the journal shows the finished step ran once and the interrupted one twice
-    from workflows._storage import Storage
+    from workflows.engine.storage import Storage
 
     storage = Storage(node.home)
     steps = {t.task_id: t.attempts for t in storage.list_tasks("slow-1")}

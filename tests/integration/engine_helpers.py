@@ -196,7 +196,7 @@ def fail_unless_flag(flag: str, runs: str, value: Any) -> Any:
 
 def current_task_id() -> str:
     """The workflow task id of the step running in this worker ("?" outside a workflow)."""
-    from workflows._step import current_step
+    from workflows.engine.step import current_step
 
     ctx = current_step()
     return ctx.task_id if ctx is not None else "?"
@@ -290,6 +290,33 @@ def logged_chain(steps: int, log: str) -> Any:
     for i in range(steps):
         node = logged_step.options(**workflow.options(task_id=f"s{i:03d}")).bind(node, i, log)
     return node
+
+
+# -- a poisoned input ----------------------------------------------------------------------
+
+
+def _restore_poison(trigger: str, stall: str) -> Poison:
+    """Unpickling a :class:`Poison`: the process dies at once (SIGKILL, like the OOM killer
+    or an operator's kill -9) while ``trigger`` exists, and hangs while ``stall`` exists."""
+    if os.path.exists(trigger):
+        os.kill(os.getpid(), signal.SIGKILL)
+    deadline = time.monotonic() + 60.0
+    while os.path.exists(stall) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return Poison(trigger, stall)
+
+
+class Poison:
+    """A workflow input that poisons its resume: a resume loads the stored inputs, and
+    loading this one kills or stalls the process, as the files it names say. Pickled by
+    reference to this module, so any process that loads it runs :func:`_restore_poison`."""
+
+    def __init__(self, trigger: str, stall: str) -> None:
+        self.trigger = trigger
+        self.stall = stall
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_restore_poison, (self.trigger, self.stall))
 
 
 # -- subprocess drivers -------------------------------------------------------------------
@@ -415,6 +442,11 @@ def _drive(mode: str, storage: str, address: str, args: list[str]) -> None:
     elif mode == "event":
         wid, event, ack, polls, release, runs = args
         result = workflow.run(event_then_file(event, ack, polls, release, runs), workflow_id=wid)
+    elif mode == "poisoned":
+        # the poison is an input that no step reads: only a resume loads it
+        wid, trigger, stall, release, runs = args
+        dag = wait_for_file.bind(release, 1, runs)
+        result = workflow.run(dag, Poison(trigger, stall), workflow_id=wid)
     elif mode == "resume_all":
         (go,) = args  # a barrier: several drivers call resume_all() at the same moment
         wait_until(lambda: os.path.exists(go), 60.0, f"barrier file {go}")

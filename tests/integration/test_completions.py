@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 import ray
 
-from workflows._completions import DIRECT_BELOW, WINDOW, Completions
+from workflows.engine.completions import DIRECT_BELOW, WINDOW, Completions
 
 
 @ray.remote(max_concurrency=1000)

@@ -18,8 +18,8 @@ from protocols import control
 from protocols.errors import PeerErrorResponse
 from protocols.stream import MessageStream
 from tests.integration.harness import launch, make_node, swarm_key, wait_until
-from workflows._storage import StorageError
 from workflows.dsl import WorkflowSpec
+from workflows.engine.storage import StorageError
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 

@@ -294,8 +294,8 @@ def test_status_running_then_canceled(wf_storage: Path, tmp_path: Path) -> None:
 
 
 def test_status_resumable_after_the_engine_stopped(wf_storage: Path, tmp_path: Path) -> None:
-    from workflows._outputs import stored_status
-    from workflows._storage import Storage
+    from workflows.engine.outputs import stored_status
+    from workflows.engine.storage import Storage
 
     runs, release = tmp_path / "runs", tmp_path / "release"
     waiting = h.in_thread(
@@ -868,7 +868,7 @@ def test_delete_and_cancel_of_a_workflow_another_process_runs(
 def test_a_durable_sleep_survives_a_driver_kill(
     wf_storage: Path, tmp_path: Path, ray_address: str
 ) -> None:
-    from workflows._storage import Storage
+    from workflows.engine.storage import Storage
 
     def timer_end() -> float | None:
         journal = Storage(wf_storage)

@@ -1,5 +1,5 @@
 """Durability of the workflow engine: SIGKILL of a real driver, commits whose outcome is
-unknown, torn temporary files. The journal (``workflows._storage.Storage``) is read directly
+unknown, torn temporary files. The journal (``workflows.engine.storage.Storage``) is read directly
 to know what was committed before a crash."""
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ import workflows as workflow
 from tests.integration import engine_helpers as h
 from workflows import WorkflowError, WorkflowStatus
 from workflows import api as wf_api
-from workflows._engine import Engine
-from workflows._storage import CommitOutcomeUnknown, Storage, TaskRow
+from workflows.engine.lifecycle import Engine
+from workflows.engine.storage import CommitOutcomeUnknown, Storage, TaskRow
 
 CHAIN_STEPS = 200
 

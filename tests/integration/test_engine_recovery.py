@@ -31,7 +31,7 @@ from workflows import (
     WorkflowStillActiveError,
 )
 from workflows import api as wf_api
-from workflows._storage import Storage
+from workflows.engine.storage import Storage
 
 MODULE = __name__
 EVENT_TASK = "workflow.wait_for_event"

@@ -19,6 +19,7 @@ from node.config import (
     read_config_file,
 )
 from node.errors import ConfigError, NodeError
+from protocols.limits import FrameLimits
 
 BOOT_A = "/ip4/10.0.0.1/tcp/4001/p2p/12D3KooWAaaa"
 BOOT_B = "/ip4/10.0.0.2/tcp/4001/p2p/12D3KooWBbbb"
@@ -167,6 +168,9 @@ def test_unknown_nested_environment_key_is_named() -> None:
     ("flags", "where"),
     [
         ({"network": {"max_frame_size": 100}}, "network.max_frame_size"),
+        ({"network": {"max_frame_depth": 0}}, "network.max_frame_depth"),
+        ({"network": {"max_number_digits": 10}}, "network.max_number_digits"),
+        ({"network": {"max_frame_containers": 4, "max_frame_depth": 8}}, "max_frame_containers"),
         ({"network": {"dial_timeout_s": 0}}, "network.dial_timeout_s"),
         ({"log_level": "LOUD"}, "log_level"),
         ({"journal": {"synchronous": "OFF"}}, "journal.synchronous"),
@@ -213,3 +217,38 @@ def test_config_is_frozen() -> None:
     config = NodeConfig()
     with pytest.raises(pydantic.ValidationError, match="frozen"):
         config.tools = "none"
+
+
+def test_network_config_gives_the_frame_limits() -> None:
+    limits = NetworkConfig(
+        max_frame_size=2048,
+        max_frame_depth=8,
+        max_frame_members=50,
+        max_frame_containers=100,
+        max_number_digits=30,
+    ).frame_limits()
+    assert limits == FrameLimits(
+        max_frame_size=2048, max_depth=8, max_members=50, max_containers=100, max_number_digits=30
+    )
+    assert NetworkConfig().frame_limits() == FrameLimits()
+
+
+def test_the_workflows_section_bounds_resumes_and_step_products() -> None:
+    config = load_config(
+        config_file=None,
+        environ={
+            "HIVEMESH_WORKFLOWS__MAX_RESUME_ATTEMPTS": "5",
+            "HIVEMESH_WORKFLOWS__MAX_STEP_OUTPUT_BYTES": "1048576",
+        },
+    )
+    assert config.workflows.max_resume_attempts == 5
+    assert config.workflows.resume_stall_s == 60
+    limits = config.workflows.step_limits()
+    assert (limits.max_output_bytes, limits.max_error_chars, limits.max_traceback_chars) == (
+        1024 * 1024,
+        4096,
+        16384,
+    )
+    assert NodeConfig().workflows.max_step_output_bytes == 8 * 1024 * 1024
+    with pytest.raises(ConfigError, match=r"workflows\.max_error_chars"):
+        load_config(config_file=None, flags={"workflows": {"max_error_chars": 10}}, environ={})

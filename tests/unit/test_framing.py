@@ -279,3 +279,16 @@ def test_encode_frame_refuses_a_message_over_the_limit() -> None:
 def test_encode_refuses_a_message_without_a_string_type(message: dict[str, Any]) -> None:
     with pytest.raises(LocalProtocolError, match="string 'type'"):
         encode_frame(message)
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (float("nan"), "Out of range float"),
+        (float("inf"), "Out of range float"),
+        ("\ud800", "surrogate"),
+    ],
+)
+def test_encode_refuses_what_is_not_json_or_not_utf8(value: Any, match: str) -> None:
+    with pytest.raises(LocalProtocolError, match=match):
+        encode_frame({"type": "t", "x": value})

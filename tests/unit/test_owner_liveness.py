@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from workflows._liveness import owner_alive, this_process_owner
+from workflows.engine.liveness import owner_alive, this_process_owner
 
 
 def _owner_of(pid: int) -> str:

@@ -41,6 +41,7 @@ BUILTINS = [
     "text.upper",
     "text.word_count",
     "util.echo",
+    "util.fill",
     "util.sleep",
     "util.step_key",
 ]
@@ -242,7 +243,7 @@ def test_invalid_version_is_rejected():
 
 def test_registry_loads_all_builtins_from_entry_points(registry: ToolRegistry):
     assert registry.names() == BUILTINS
-    assert len(registry) == 10
+    assert len(registry) == len(BUILTINS)
     assert registry.groups() == ["math", "text", "util"]
     assert [t.name for t in registry] == BUILTINS
     assert [s["name"] for s in registry.specs()] == BUILTINS
@@ -252,12 +253,12 @@ def test_registry_loads_all_builtins_from_entry_points(registry: ToolRegistry):
 @pytest.mark.parametrize(
     ("selection", "groups", "count"),
     [
-        ("all", ["math", "text", "util"], 10),
+        ("all", ["math", "text", "util"], 11),
         ("text", ["text"], 4),
         ("text,math", ["math", "text"], 7),
         (" text , math ", ["math", "text"], 7),
         (["text", "math"], ["math", "text"], 7),
-        (["util"], ["util"], 3),
+        (["util"], ["util"], 4),
         ("none", [], 0),
         ("", [], 0),
         ([], [], 0),

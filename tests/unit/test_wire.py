@@ -18,6 +18,7 @@ from protocols.errors import (
     FrameTooLargeError,
     LocalProtocolError,
     MessageValidationError,
+    NestingTooDeepError,
     PeerErrorResponse,
     ProtocolTimeoutError,
     StreamClosedError,
@@ -25,8 +26,10 @@ from protocols.errors import (
 )
 from protocols.framing import FrameDecoder, encode_frame, encode_uvarint
 from protocols.handoff.messages import MAX_REASON_LEN
+from protocols.limits import FrameLimits
 from protocols.stream import MessageStream
 from protocols.wire import MAX_ID_LEN, ErrorMessage, MessageCodec, WireModel
+from tests.unit.memory_stream import MemoryStream, SilentStream
 
 PEER_A = "12D3KooWA1111111111111111111111111111111111111111111"
 PEER_B = "12D3KooWB2222222222222222222222222222222222222222222"
@@ -169,8 +172,11 @@ def test_codecs_know_exactly_their_message_types() -> None:
         "result",
     ]
     expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
-    assert control.REQUEST_CODEC.types == sorted([*expected, "handoffs", "handoff_cancel"])
-    # cancel is answered with a status, handoff_cancel with the handoffs it stopped
+    assert control.REQUEST_CODEC.types == sorted(
+        [*expected, "handoffs", "handoff_cancel", "resume", "delete"]
+    )
+    # cancel and resume are answered with a status, handoff_cancel with the handoffs it
+    # stopped, delete with a list of what it deleted: no new response types
     assert control.RESPONSE_CODEC.types == sorted(
         {*expected, "submitted", "handoffs"} - {"submit", "cancel"}
     )
@@ -457,44 +463,6 @@ def test_codec_needs_models_with_a_default_type() -> None:
 # -- MessageStream over an in-memory stream --------------------------------------------------
 
 
-class MemoryStream:
-    """A ByteStream over a fixed inbound buffer, delivered ``chunk`` bytes per read."""
-
-    def __init__(self, inbound: bytes = b"", *, chunk: int = 1 << 20) -> None:
-        self.inbound = bytearray(inbound)
-        self.chunk = chunk
-        self.written = bytearray()
-        self.closed = False
-        self.was_reset = False
-
-    async def read(self, n: int) -> bytes:
-        if self.was_reset:
-            raise StreamClosedError("stream was reset")
-        size = min(n, self.chunk)
-        data = bytes(self.inbound[:size])
-        del self.inbound[:size]
-        return data
-
-    async def write(self, data: bytes) -> None:
-        if self.closed or self.was_reset:
-            raise StreamClosedError("stream is closed")
-        self.written += data
-
-    async def close(self) -> None:
-        self.closed = True
-
-    async def reset(self) -> None:
-        self.was_reset = True
-
-
-class SilentStream(MemoryStream):
-    """A peer that never sends anything (and never closes)."""
-
-    async def read(self, n: int) -> bytes:
-        await trio.sleep_forever()
-        raise AssertionError("unreachable")
-
-
 def frames(*messages: BaseModel | dict[str, Any]) -> bytes:
     return b"".join(
         encode_frame(m if isinstance(m, dict) else m.model_dump(mode="json")) for m in messages
@@ -647,3 +615,47 @@ async def test_malformed_cancel_on_a_stream_is_a_typed_error() -> None:
     ms = MessageStream(MemoryStream(frame), handoff.CODEC)
     with pytest.raises(MessageValidationError, match="invalid handoff 'cancel' message: reason"):
         await ms.receive()
+
+
+async def test_validation_errors_escape_peer_chosen_keys() -> None:
+    key = "evil\nINFO forged" + "k" * 500
+    frame = encode_frame({"type": "accept", "handoff_id": "h", key: 1})
+    ms = MessageStream(MemoryStream(frame), handoff.CODEC)
+    with pytest.raises(MessageValidationError) as info:
+        await ms.receive()
+    assert "\n" not in info.value.message
+    assert "evil\\nINFO forged" in info.value.message
+    assert len(info.value.message) < 400
+
+
+async def test_unknown_type_names_are_escaped_and_bounded() -> None:
+    frame = encode_frame({"type": "x\n" * 10_000})
+    ms = MessageStream(MemoryStream(frame), handoff.CODEC)
+    with pytest.raises(UnknownMessageTypeError) as info:
+        await ms.receive()
+    assert "\n" not in info.value.message and len(info.value.message) < 400
+
+
+async def test_a_peers_error_message_is_escaped_and_bounded() -> None:
+    error = {"type": "error", "code": "x\ny", "message": "line1\nline2" + "z" * 10_000}
+    ms = MessageStream(MemoryStream(frames(error)), handoff.CODEC)
+    with pytest.raises(PeerErrorResponse) as info:
+        await ms.receive()
+    assert info.value.code == "x\\ny"
+    assert info.value.message.startswith("line1\\nline2")
+    assert len(info.value.message) < 2100
+
+
+async def test_a_frame_breaking_a_limit_is_a_bad_frame_error_on_the_stream() -> None:
+    payload = b'{"type":"accept","handoff_id":' + b"[" * 50 + b"]" * 50 + b"}"
+    ms = MessageStream(MemoryStream(encode_uvarint(len(payload)) + payload), handoff.CODEC)
+    with pytest.raises(NestingTooDeepError) as info:
+        await ms.receive()
+    assert info.value.code == "bad_frame"
+
+
+async def test_message_stream_takes_its_limits_and_a_frame_size_over_them() -> None:
+    limits = FrameLimits(max_depth=3)
+    ms = MessageStream(MemoryStream(), handoff.CODEC, limits=limits, max_frame_size=2048)
+    assert (ms.limits.max_depth, ms.limits.max_frame_size, ms.max_frame_size) == (3, 2048, 2048)
+    assert MessageStream(MemoryStream(), handoff.CODEC).limits == FrameLimits()

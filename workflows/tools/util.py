@@ -11,6 +11,7 @@ from workflows.tools._context import current_call
 from workflows.tools._tool import tool
 
 MAX_SLEEP_SECONDS = 3600.0
+MAX_FILL_CHARS = 1 << 30
 
 
 @tool("util.echo", output=Any, deterministic=True)
@@ -32,3 +33,12 @@ def step_key() -> str:
     tool with external side effects keys them on. Empty outside a workflow step."""
     call = current_call()
     return call.idempotency_key if call is not None else ""
+
+
+@tool("util.fill", output=str, remote_callable=False)
+def fill(size: Annotated[int, Field(ge=0, le=MAX_FILL_CHARS)], char: str = "x") -> str:
+    """Return a text of ``size`` copies of ``char`` (up to 1 GiB): a step with a large
+    output, to see the node's output limit at work. Not offered to peers."""
+    if len(char) != 1:
+        raise ValueError(f"char must be one character, not {char!r}")
+    return char * size

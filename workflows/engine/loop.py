@@ -21,7 +21,7 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
 
-from workflows._storage import Storage
+from workflows.engine.storage import Storage
 from workflows.errors import WorkflowError
 
 log = logging.getLogger(__name__)

@@ -1,11 +1,26 @@
 """The durable workflow engine: one per process, on one thread, drives every workflow.
 
-:class:`Engine` starts, resumes, admits (``max_running_workflows``), cancels and reports
-workflows; ownership of a workflow in the shared journal is claimed atomically and kept
-alive by a heartbeat. Its parts: the engine thread and its per-turn journal commit
-(``_loop``), running steps (``_execution``), tool steps (``_tool_runs``), sleeps and
-events (``_waits``), run bookkeeping (``_runstate``), results for ``*_async``
-(``_results``) and reading the journal (``_outputs``).
+:class:`Engine` starts, resumes, admits (``max_running_workflows``), cancels, deletes and
+reports workflows; ownership of a workflow in the shared journal is claimed atomically and
+kept alive by a heartbeat. Its parts: the engine thread and its per-turn journal commit
+(``loop``), running steps (``execution``), tool steps (``tool_runs``), sleeps and events
+(``waits``), run bookkeeping (``runstate``), results for ``*_async`` (``results``) and
+reading the journal (``outputs``).
+
+**Quarantine.** A workflow whose resume makes the process die (a crash, the OOM killer,
+an operator's kill -9 of a node that stopped answering) must not make every later start
+die too. So every resume first counts itself in the journal (``resume_attempts``, durably,
+before anything of the workflow is loaded), and the workflow's next clean point clears the
+count: a step committed, the workflow ending, or a clean shutdown handing it back. A crash
+leaves it counted. A resume that is *automatic* (a node's start, ``resume_all``, ``run``
+or a submit of an existing id) of a workflow counted ``max_resume_attempts`` times marks
+it QUARANTINED instead, with the reason, and leaves it alone; so does one already marked.
+A resume by hand (``resume``) clears the mark and counts on: if the process dies again,
+the next automatic resume quarantines it at once. A stall is bounded too: a resume that
+has not finished starting (loading, claiming, starting its ready steps, on the engine
+thread) after ``resume_stall_s`` is marked QUARANTINED at once by a watchdog thread, so
+that the restart that ends the stall does not resume it again; if it does finish starting,
+its first committed step clears the mark.
 """
 
 from __future__ import annotations
@@ -24,42 +39,53 @@ from typing import Any
 
 import ray
 
-from workflows import _serde
-from workflows._execution import StepExecution, stop_tasks
-from workflows._graph import (
+from workflows.engine import serde
+from workflows.engine.execution import StepExecution, stop_tasks
+from workflows.engine.graph import (
     Graph,
     TaskIdAllocator,
     graph_from_dag,
 )
-from workflows._liveness import owner_alive, this_process_owner
-from workflows._outputs import ACTIVE, stored_status
-from workflows._results import ResultSlots
-from workflows._runstate import (
+from workflows.engine.limits import StepLimits
+from workflows.engine.liveness import owner_alive, this_process_owner
+from workflows.engine.outputs import ACTIVE, stored_status
+from workflows.engine.results import ResultSlots
+from workflows.engine.runstate import (
     Run,
     add_steps,
     no_longer_needed,
     settle_done,
 )
-from workflows._storage import (
+from workflows.engine.storage import (
     Storage,
     StorageError,
     WorkflowRow,
 )
-from workflows._tool_runs import ToolRunner
+from workflows.engine.tool_runs import ToolRunner
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
     WorkflowExecutionError,
+    WorkflowNotFoundError,
     WorkflowNotResumableError,
+    WorkflowQuarantinedError,
+    WorkflowStillActiveError,
 )
 from workflows.status import WorkflowStatus
 
 log = logging.getLogger(__name__)
 
 HEARTBEAT_S = 2.0
+DEFAULT_MAX_RESUME_ATTEMPTS = 3
+DEFAULT_RESUME_STALL_S = 60.0
 
 
 class Engine(StepExecution):
+    """The process's workflow engine. ``max_resume_attempts`` (None or 0: never) and
+    ``resume_stall_s`` (None or 0: no watchdog) bound what one workflow's resumes may do
+    to the process (see the module's docstring); ``limits`` what one step may produce;
+    ``clock`` is the monotonic clock of the stall watchdog."""
+
     def __init__(
         self,
         storage: Storage,
@@ -67,10 +93,20 @@ class Engine(StepExecution):
         max_running_workflows: int | None = None,
         max_pending_workflows: int | None = None,
         tool_runner: ToolRunner | None = None,
+        limits: StepLimits | None = None,
+        max_resume_attempts: int | None = DEFAULT_MAX_RESUME_ATTEMPTS,
+        resume_stall_s: float | None = DEFAULT_RESUME_STALL_S,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(storage, tool_runner)
+        super().__init__(storage, tool_runner, limits or StepLimits())
         self.max_running = max_running_workflows
         self.max_pending = max_pending_workflows
+        self.max_resume_attempts = max_resume_attempts or None
+        self.resume_stall_s = resume_stall_s or None
+        self._clock = clock
+        # (workflow id, clock time) of the resume the engine thread is starting, if any
+        self._starting: tuple[str, float] | None = None
+        self._watch_stop = threading.Event()
         self.owner = this_process_owner()
         self._pending: deque[Run] = deque()
         self._results = ResultSlots()
@@ -82,6 +118,10 @@ class Engine(StepExecution):
         self._start_loop()
         self._schedule(time.monotonic() + HEARTBEAT_S, self._heartbeat)
         storage.on_failure(lambda exc: self._post(lambda: self._storage_failed(exc)))
+        if self.resume_stall_s is not None:
+            threading.Thread(
+                target=self._watch_stalls, name="workflows-watchdog", daemon=True
+            ).start()
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -117,6 +157,7 @@ class Engine(StepExecution):
         one of them gets a :class:`WorkflowError` saying so."""
         if self._stopped:
             return
+        self._watch_stop.set()
         self._stop_loop()
         if self._loop_alive():
             # the engine thread did not stop in time (a journal write blocked by another
@@ -151,9 +192,10 @@ class Engine(StepExecution):
         owner = self.owner
 
         def release(db: Any) -> None:
+            # a clean shutdown is a clean point: the process did not die while running them
             db.executemany(
-                "UPDATE wf SET owner = NULL WHERE workflow_id = ? AND owner = ?"
-                " AND status IN ('RUNNING', 'PENDING')",
+                "UPDATE wf SET owner = NULL, resume_attempts = 0 WHERE workflow_id = ?"
+                " AND owner = ? AND status IN ('RUNNING', 'PENDING')",
                 [(wid, owner) for wid in workflow_ids],
             )
 
@@ -188,7 +230,7 @@ class Engine(StepExecution):
             raise RuntimeError(f"workflow {workflow_id!r} is already running")
         row = self.storage.get_workflow(workflow_id)
         if row is not None:
-            return self._resume(row)
+            return self._resume(row, automatic=True)
         allocator = TaskIdAllocator()
         graph = graph_from_dag(dag, allocator)
         return self._create(graph, allocator, args, kwargs, workflow_id, metadata)
@@ -211,11 +253,14 @@ class Engine(StepExecution):
             row = self.storage.get_workflow(workflow_id)
             if row is not None:
                 status = stored_status(row, self.owner)
+                fut: Future[Any] = Future()
                 if status in (WorkflowStatus.FAILED, WorkflowStatus.CANCELED):
-                    fut: Future[Any] = Future()
                     fut.set_exception(WorkflowExecutionError(workflow_id, row.error_text))
                     return fut, False
-                return self._resume(row), False
+                if status is WorkflowStatus.QUARANTINED:
+                    fut.set_exception(WorkflowQuarantinedError(workflow_id, row.quarantine or ""))
+                    return fut, False
+                return self._resume(row, automatic=True), False
             graph = build()
             allocator = TaskIdAllocator({s.task_id for s in graph.steps})
             return self._create(graph, allocator, args, kwargs, workflow_id, metadata), True
@@ -223,19 +268,30 @@ class Engine(StepExecution):
         return self.call(go)
 
     def resume_interrupted(self) -> list[str]:
-        """Resume every workflow in the storage that no live process runs (node start)."""
+        """Resume every workflow in the storage that no live process runs (node start),
+        except the QUARANTINED ones (each is logged); returns the ids resumed."""
 
         def go() -> list[str]:
             resumed = []
             for row in self.storage.list_workflows():
                 if row.workflow_id in self._runs:
                     continue
-                if stored_status(row, self.owner) is not WorkflowStatus.RESUMABLE:
+                status = stored_status(row, self.owner)
+                if status is WorkflowStatus.QUARANTINED:
+                    log.warning(
+                        "workflow %r is QUARANTINED and is not resumed: %s",
+                        row.workflow_id,
+                        row.quarantine,
+                    )
+                    continue
+                if status is not WorkflowStatus.RESUMABLE:
                     continue
                 try:
-                    self._resume(row)
+                    self._resume(row, automatic=True)
+                except WorkflowQuarantinedError:
+                    continue  # logged when it was marked
                 except Exception:
-                    log.exception("cannot resume workflow %s", row.workflow_id)
+                    log.exception("cannot resume workflow %r", row.workflow_id)
                     continue
                 resumed.append(row.workflow_id)
             return resumed
@@ -252,8 +308,8 @@ class Engine(StepExecution):
         metadata: dict[str, Any],
     ) -> Future[Any]:
         # ObjectRefs bound into the DAG or given as inputs are checkpointed by value
-        graph_blob = _serde.dumps(graph, resolve_refs=True)
-        inputs_blob = _serde.dumps((args, kwargs), resolve_refs=True)
+        graph_blob = serde.dumps(graph, resolve_refs=True)
+        inputs_blob = serde.dumps((args, kwargs), resolve_refs=True)
         run = self._new_run(workflow_id, graph, args, kwargs, metadata, allocator)
         now = time.time()
         run.start_time = now
@@ -294,7 +350,7 @@ class Engine(StepExecution):
             existing = self.storage.get_workflow(workflow_id)
             if existing is None:
                 raise WorkflowError(f"workflow {workflow_id!r} vanished while it was started")
-            return self._resume(existing)
+            return self._resume(existing, automatic=True)
         if status is WorkflowStatus.RUNNING:
             self._kick(run)
         return run.future
@@ -340,18 +396,22 @@ class Engine(StepExecution):
 
     # -- resuming ------------------------------------------------------------------------
 
-    def resume(self, workflow_id: str) -> Future[Any]:
+    def resume(self, workflow_id: str, *, automatic: bool = False) -> Future[Any]:
+        """Resume a workflow. By hand (``automatic=False``) a QUARANTINED one is resumed
+        too (its mark is cleared); an automatic resume raises
+        :class:`WorkflowQuarantinedError` for it instead (see the module's docstring)."""
+
         def go() -> Future[Any]:
             if workflow_id in self._runs:
                 raise RuntimeError(f"workflow {workflow_id!r} is already running")
             row = self.storage.get_workflow(workflow_id)
             if row is None:
                 raise WorkflowNotResumableError(workflow_id)
-            return self._resume(row)
+            return self._resume(row, automatic=automatic)
 
         return self.call(go)
 
-    def _resume(self, row: WorkflowRow) -> Future[Any]:
+    def _resume(self, row: WorkflowRow, *, automatic: bool) -> Future[Any]:
         wid = row.workflow_id
         status = WorkflowStatus(row.status)
         if status in ACTIVE and row.owner != self.owner and owner_alive(row.owner, row.heartbeat):
@@ -363,11 +423,26 @@ class Engine(StepExecution):
             except BaseException as exc:
                 fut.set_exception(exc)
             return fut
-        graph: Graph = _serde.loads(row.graph)
-        args, kwargs = _serde.loads(row.inputs)
+        if automatic:
+            self._refuse_if_quarantined(row)
+        # counted durably before anything of the workflow is loaded: if what follows (or
+        # anything until its next clean point) kills the process, the count stays
+        self._count_resume(wid, by_hand=not automatic)
+        self._starting = (wid, self._clock())
+        try:
+            return self._start_resumed(row)
+        finally:
+            self._starting = None
+
+    def _start_resumed(self, row: WorkflowRow) -> Future[Any]:
+        """Rebuild the run of ``row`` from the journal, claim it and start what is ready."""
+        wid = row.workflow_id
+        graph: Graph = serde.loads(row.graph)
+        args, kwargs = serde.loads(row.inputs)
         allocator = TaskIdAllocator({s.task_id for s in graph.steps})
         run = self._new_run(wid, graph, args, kwargs, row.user_metadata, allocator)
         run.start_time = row.start_time or time.time()
+        run.unclean = True  # until its first committed step (a clean point)
         rows = {r.task_id: r for r in self.storage.list_tasks(wid)}
         # expand stored continuations (iteratively: they can nest)
         todo = [t for t in list(run.tasks) if t in rows]
@@ -379,7 +454,7 @@ class Engine(StepExecution):
                 task.state = "DONE"
                 task.stored = True
             elif r.status == "CONTINUED" and r.continuation is not None:
-                sub: Graph = _serde.loads(r.continuation)
+                sub: Graph = serde.loads(r.continuation)
                 for s in sub.steps:
                     allocator.allocate(s.task_id)
                 add_steps(run, sub.steps)
@@ -430,6 +505,89 @@ class Engine(StepExecution):
             self._kick(run)
         return run.future
 
+    # -- quarantine ----------------------------------------------------------------------
+
+    def _refuse_if_quarantined(self, row: WorkflowRow) -> None:
+        """Before an automatic resume: raise :class:`WorkflowQuarantinedError` if the
+        workflow is marked QUARANTINED, or if its resumes reached the limit without a
+        clean point (it is marked now)."""
+        wid = row.workflow_id
+        if row.quarantine is not None:
+            raise WorkflowQuarantinedError(wid, row.quarantine)
+        limit = self.max_resume_attempts
+        if limit is not None and row.resume_attempts >= limit:
+            reason = (
+                f"it was resumed {row.resume_attempts} times in a row and each time the "
+                "process running it stopped before it completed a step "
+                f"(max_resume_attempts is {limit})"
+            )
+            self._quarantine(wid, reason)
+            raise WorkflowQuarantinedError(wid, reason)
+
+    def _count_resume(self, wid: str, *, by_hand: bool) -> None:
+        """Count a resume of ``wid`` in the journal, durably, now (checking, in the same
+        transaction, that no other live process runs it). By hand, it also clears the
+        QUARANTINED mark."""
+
+        def count(db: Any) -> None:
+            found = db.execute(
+                "SELECT status, owner, heartbeat FROM wf WHERE workflow_id = ?", (wid,)
+            ).fetchone()
+            if found is None:
+                raise WorkflowNotResumableError(wid)
+            status, owner, heartbeat = found
+            if (
+                WorkflowStatus(status) in ACTIVE
+                and owner != self.owner
+                and owner_alive(owner, heartbeat)
+            ):
+                raise RuntimeError(f"workflow {wid!r} is running in another process ({owner})")
+            clear = ", quarantine = NULL" if by_hand else ""
+            db.execute(
+                f"UPDATE wf SET resume_attempts = resume_attempts + 1{clear} WHERE workflow_id = ?",
+                (wid,),
+            )
+
+        self.storage.transact(count)
+
+    def _quarantine(self, wid: str, reason: str) -> None:
+        """Mark ``wid`` QUARANTINED (durably, now), unless it ended or is marked already."""
+
+        def mark(db: Any) -> int:
+            cur = db.execute(
+                "UPDATE wf SET quarantine = ? WHERE workflow_id = ? AND quarantine IS NULL"
+                " AND status IN ('RUNNING', 'PENDING')",
+                (reason, wid),
+            )
+            return int(cur.rowcount)
+
+        if self.storage.transact(mark):
+            log.warning("workflow %r is QUARANTINED (not resumed on its own): %s", wid, reason)
+
+    def _watch_stalls(self) -> None:
+        """The watchdog thread: quarantine a resume that takes too long to start (the
+        engine thread cannot be interrupted; the mark makes the restart that ends the
+        stall skip the workflow). Its first committed step clears the mark."""
+        limit = self.resume_stall_s
+        assert limit is not None
+        flagged: tuple[str, float] | None = None
+        while not self._watch_stop.wait(min(1.0, limit / 4)):
+            starting = self._starting
+            if starting is None or starting is flagged:
+                continue
+            wid, since = starting
+            if self._clock() - since < limit:
+                continue
+            flagged = starting
+            try:
+                self._quarantine(
+                    wid,
+                    f"its resume had not finished starting after {limit:g} s "
+                    "(resume_stall_s): it stalled the process",
+                )
+            except Exception:
+                log.exception("could not quarantine the stalled workflow %r", wid)
+
     def _run_closed(self, run: Run) -> None:
         while self._pending and (
             self.max_running is None
@@ -458,6 +616,44 @@ class Engine(StepExecution):
             return True
 
         return bool(self.call(go))
+
+    def delete(self, workflow_id: str) -> WorkflowRow:
+        """Remove a workflow that is not running (here or in another live process) and the
+        stored outputs no other workflow uses; return its last journal row.
+
+        Raises :class:`WorkflowNotFoundError` or :class:`WorkflowStillActiveError`."""
+        live = self.live_status(workflow_id)
+        if live in ACTIVE:
+            raise WorkflowStillActiveError("delete", workflow_id)
+        storage = self.storage
+        row = storage.get_workflow(workflow_id)
+        if row is None:
+            raise WorkflowNotFoundError(workflow_id)
+        if stored_status(row, self.owner) in ACTIVE:
+            raise WorkflowStillActiveError("delete", workflow_id)
+        hashes = {t.output_hash for t in storage.list_tasks(workflow_id) if t.output_hash}
+
+        def remove(db: Any) -> None:
+            # checked again in the deleting transaction: a process that claimed the workflow
+            # meanwhile keeps it
+            found = db.execute(
+                "SELECT status, owner, heartbeat FROM wf WHERE workflow_id = ?", (workflow_id,)
+            ).fetchone()
+            if found is None:
+                raise WorkflowNotFoundError(workflow_id)
+            now = WorkflowStatus(found[0])
+            if self.runs_here(workflow_id) or (
+                now in ACTIVE and found[1] != self.owner and owner_alive(found[1], found[2])
+            ):
+                raise WorkflowStillActiveError("delete", workflow_id)
+            db.execute("DELETE FROM task WHERE workflow_id = ?", (workflow_id,))
+            db.execute("DELETE FROM wf WHERE workflow_id = ?", (workflow_id,))
+
+        storage.transact(remove)
+        still = storage.referenced_blobs()
+        for digest in hashes - still:
+            storage.blob_path(digest).unlink(missing_ok=True)
+        return row
 
     def runs_here(self, workflow_id: str) -> bool:
         """Whether this engine runs (or is about to run) the workflow. Safe from any thread

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from ray.dag import DAGNode, FunctionNode, InputAttributeNode, InputNode
 
-from workflows import _serde
+from workflows.engine import serde
 
 OPTIONS_LABEL = "hivemesh.workflow.options"
 WORKFLOW_OPTION_KEYS = ("task_id", "metadata", "catch_exceptions", "checkpoint")
@@ -112,8 +112,8 @@ def _reduce_ref(ref: StepRef) -> tuple[Any, ...]:
     return StepRef, (ref.task_id,)
 
 
-_serde.register_reducer(StepDef, _reduce_step)
-_serde.register_reducer(StepRef, _reduce_ref)
+serde.register_reducer(StepDef, _reduce_step)
+serde.register_reducer(StepRef, _reduce_ref)
 
 
 @dataclass

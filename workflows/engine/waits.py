@@ -11,18 +11,16 @@ import asyncio
 import concurrent.futures
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from workflows._runstate import Run, Task
-
-if TYPE_CHECKING:
-    from workflows._execution import StepExecution
+from workflows.engine.host import StepHost
+from workflows.engine.runstate import Run, Task
 
 
 class WaitSteps:
     """The engine's part for sleep and event steps (runs on the engine thread)."""
 
-    def __init__(self, engine: StepExecution) -> None:
+    def __init__(self, engine: StepHost) -> None:
         self._engine = engine
         self._loop = asyncio.new_event_loop()
         self._loop_thread = threading.Thread(

@@ -9,7 +9,7 @@ from typing import Any
 import ray
 from ray.dag import DAGNode
 
-from workflows._graph import Graph, TaskIdAllocator, graph_from_dag
+from workflows.engine.graph import Graph, TaskIdAllocator, graph_from_dag
 
 
 @dataclass(frozen=True)

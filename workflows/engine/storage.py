@@ -52,7 +52,9 @@ CREATE TABLE IF NOT EXISTS wf (
     heartbeat     REAL,
     created_at    REAL NOT NULL,
     start_time    REAL,
-    end_time      REAL
+    end_time      REAL,
+    resume_attempts INTEGER NOT NULL DEFAULT 0,
+    quarantine    TEXT
 );
 CREATE TABLE IF NOT EXISTS task (
     workflow_id   TEXT NOT NULL,
@@ -74,6 +76,18 @@ CREATE TABLE IF NOT EXISTS task (
     PRIMARY KEY (workflow_id, task_id)
 );
 """
+
+# Columns added to a table after its first release, with their definitions: a journal made
+# before them gets them when it is opened (older code reads such a journal and ignores them).
+_ADDED_COLUMNS = {
+    "wf": (
+        # resumes since the workflow last made progress (a step committed), ended, or was
+        # handed back by a clean shutdown: a crash while resuming it leaves this raised
+        ("resume_attempts", "INTEGER NOT NULL DEFAULT 0"),
+        # why the workflow is QUARANTINED (not resumed on its own), or NULL
+        ("quarantine", "TEXT"),
+    ),
+}
 
 TaskStatusName = Literal["RUNNING", "SUCCESSFUL", "FAILED", "CONTINUED", "CANCELED"]
 
@@ -97,6 +111,8 @@ class WorkflowRow:
     created_at: float
     start_time: float | None
     end_time: float | None
+    resume_attempts: int = 0
+    quarantine: str | None = None
 
 
 @dataclass(frozen=True)
@@ -164,6 +180,7 @@ class Storage:
             self._db_path = root / "workflows.db"
             self._write = self._connect()
             self._write.executescript(_SCHEMA)
+            self._add_columns()
             self._write.execute(
                 "INSERT OR IGNORE INTO meta(key, value) VALUES ('format', ?)", (str(FORMAT),)
             )
@@ -187,6 +204,22 @@ class Storage:
             target=self._write_loop, name="workflows-writer", daemon=True
         )
         self._writer.start()
+
+    def _add_columns(self) -> None:
+        """Give a journal made by an older version the columns added since (checked and
+        added in one transaction: two processes opening it at once add them once)."""
+        db = self._write
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for table, columns in _ADDED_COLUMNS.items():
+                have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+                for name, definition in columns:
+                    if name not in have:
+                        db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {definition}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(
@@ -490,6 +523,8 @@ def _wf_row(r: sqlite3.Row) -> WorkflowRow:
         created_at=r["created_at"],
         start_time=r["start_time"],
         end_time=r["end_time"],
+        resume_attempts=r["resume_attempts"],
+        quarantine=r["quarantine"],
     )
 
 

@@ -2,7 +2,7 @@
 
 A step's output is committed to the journal before any step that depends on it is
 submitted; dependents get the parent's ObjectRef, so values are not copied through the
-driver again. Ray completions arrive from :mod:`workflows._completions` as ``("done", ...)``
+driver again. Ray completions arrive from :mod:`workflows.engine.completions` as ``("done", ...)``
 events on the engine thread.
 """
 
@@ -17,9 +17,9 @@ from typing import Any
 import ray
 from ray.exceptions import RayError, RayTaskError, TaskCancelledError
 
-from workflows import _serde
-from workflows._completions import Completions
-from workflows._graph import (
+from workflows.engine import serde
+from workflows.engine.completions import Completions
+from workflows.engine.graph import (
     ATOMS,
     Graph,
     InputRef,
@@ -28,14 +28,20 @@ from workflows._graph import (
     rename_graph,
     resolve_input,
 )
-from workflows._loop import EngineLoop
-from workflows._outputs import execution_error, load_task_output
-from workflows._runstate import Run, Task, add_steps, resolve_alias
-from workflows._step import ContinuationGraph, function_key, make_runner, remote_execute_step
-from workflows._storage import Storage
-from workflows._tool_runs import ToolRunner, ToolSteps
-from workflows._waits import WaitSteps
-from workflows.errors import WorkflowCancellationError, WorkflowError, WorkflowExecutionError
+from workflows.engine.limits import StepLimits, bound_error_text
+from workflows.engine.loop import EngineLoop
+from workflows.engine.outputs import execution_error, load_task_output
+from workflows.engine.runstate import Run, Task, add_steps, resolve_alias
+from workflows.engine.step import ContinuationGraph, function_key, make_runner, remote_execute_step
+from workflows.engine.storage import Storage
+from workflows.engine.tool_runs import ToolRunner, ToolSteps
+from workflows.engine.waits import WaitSteps
+from workflows.errors import (
+    StepOutputTooLargeError,
+    WorkflowCancellationError,
+    WorkflowError,
+    WorkflowExecutionError,
+)
 from workflows.status import WorkflowStatus
 
 BURST = 16  # starting at least this many tasks at once holds the completion watcher
@@ -45,8 +51,11 @@ class StepExecution(EngineLoop):
     """The live runs of this process and the running of their steps. :class:`Engine`
     adds starting, resuming, admission and control on top."""
 
-    def __init__(self, storage: Storage, tool_runner: ToolRunner | None) -> None:
+    def __init__(
+        self, storage: Storage, tool_runner: ToolRunner | None, limits: StepLimits
+    ) -> None:
         super().__init__(storage)
+        self.limits = limits
         self._runs: dict[str, Run] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
         self._tools = ToolSteps(self, tool_runner)
@@ -245,17 +254,18 @@ class StepExecution(EngineLoop):
             commit()
             return
         try:
-            data = _serde.dumps(value)
-        except _serde.HasObjectRefs:
+            data = serde.dumps(value)
+        except serde.HasObjectRefs:
             # ObjectRefs inside: resolve them off the engine thread, then commit
             def slow() -> None:
                 try:
-                    blob = _serde.dumps(value, resolve_refs=True)
+                    blob = serde.dumps(value, resolve_refs=True)
                 except Exception as exc:
                     error = exc
                     self._post(lambda: self._fail(run, error, tid))
                     return
-                self._write_output(run, task, blob, commit)
+                # the rest on the engine thread: it owns the run
+                self._post(lambda: self._write_output(run, task, blob, commit))
 
             self._pool.submit(slow)
             return
@@ -270,7 +280,13 @@ class StepExecution(EngineLoop):
         self, run: Run, task: Task, data: bytes, on_commit: Callable[[], None]
     ) -> None:
         step = task.step
+        limit = self.limits.max_output_bytes
+        if limit is not None and len(data) > limit:
+            # nothing of it reaches the journal; the step fails, naming the limit
+            self._fail(run, StepOutputTooLargeError(len(data), limit), step.task_id)
+            return
         inline, digest, blob = Storage.split_value(data)
+        progressed = self._progressed(run)
         row = (
             run.workflow_id,
             step.task_id,
@@ -299,8 +315,19 @@ class StepExecution(EngineLoop):
                 " start_time = COALESCE(task.start_time, excluded.start_time)",
                 row,
             )
+            if progressed:
+                clean_point(db, run.workflow_id)
 
         self._write(write, on_commit, blob)
+
+    @staticmethod
+    def _progressed(run: Run) -> bool:
+        """A resumed run made progress: true once (its next write also clears the count
+        of resumes that did not reach a clean point, and any quarantine mark)."""
+        if not run.unclean:
+            return False
+        run.unclean = False
+        return True
 
     def _continue(self, run: Run, task: Task, local: Graph) -> None:
         graph = rename_graph(local, run.allocator)
@@ -313,10 +340,13 @@ class StepExecution(EngineLoop):
             if step.task_id == graph.output and step.catch_exceptions is None:
                 step.catch_exceptions = bool(parent.catch_exceptions)
         tid = task.step.task_id
-        blob = _serde.dumps(graph)
+        blob = serde.dumps(graph)
         step = task.step
+        progressed = self._progressed(run)
 
         def write(db: Any) -> None:
+            if progressed:
+                clean_point(db, run.workflow_id)
             db.execute(
                 "INSERT INTO task(workflow_id, task_id, status, continuation, options,"
                 " user_metadata, start_time) VALUES (?, ?, 'CONTINUED', ?, ?, ?, ?)"
@@ -397,8 +427,8 @@ class StepExecution(EngineLoop):
 
         def write(db: Any) -> None:
             db.execute(
-                "UPDATE wf SET status = 'SUCCESSFUL', output_task = ?, end_time = ?"
-                " WHERE workflow_id = ?",
+                "UPDATE wf SET status = 'SUCCESSFUL', output_task = ?, end_time = ?,"
+                " resume_attempts = 0, quarantine = NULL WHERE workflow_id = ?",
                 (run.output, time.time(), wid),
             )
 
@@ -435,25 +465,29 @@ class StepExecution(EngineLoop):
             and run.tasks[tid].step.kind in ("tool", "template")
         ):
             # YAML steps: the message is for the person who wrote the YAML
-            text = f"step {tid!r} failed: {getattr(cause, 'message', None) or cause}"
+            text = bound_error_text(
+                f"step {tid!r} failed: {getattr(cause, 'message', None) or cause}", self.limits
+            )
             error = WorkflowExecutionError(wid, text, cause)
         else:
             where = f"task {tid!r}: " if tid else ""
-            error = execution_error(wid, cause, f"{where}{type(cause).__name__}: {cause}")
-            text = f"{where}{type(cause).__name__}: {cause}"
+            text = bound_error_text(f"{where}{type(cause).__name__}: {cause}", self.limits)
+            error = execution_error(wid, cause, text)
         task = run.tasks.get(tid) if tid is not None else None
         node = task.node if task is not None else None
         reason = task.reason if task is not None else None
-        step_error = getattr(cause, "message", None) or str(cause)
+        step_error = bound_error_text(getattr(cause, "message", None) or str(cause), self.limits)
         try:
-            blob: bytes | None = _serde.dumps(cause)
+            blob: bytes | None = serde.dumps(cause)
         except Exception:
             blob = None
+        if blob is not None and len(blob) > self.limits.max_stored_error_bytes:
+            blob = None  # too big to keep: the (bounded) text stands for it
 
         def write(db: Any) -> None:
             db.execute(
-                "UPDATE wf SET status = ?, error = ?, error_text = ?, end_time = ?"
-                " WHERE workflow_id = ?",
+                "UPDATE wf SET status = ?, error = ?, error_text = ?, end_time = ?,"
+                " resume_attempts = 0, quarantine = NULL WHERE workflow_id = ?",
                 (status.value, blob, text, time.time(), wid),
             )
             if tid is not None and status is WorkflowStatus.FAILED:
@@ -486,6 +520,15 @@ class StepExecution(EngineLoop):
 
     def _load_output(self, workflow_id: str, task_id: str) -> Any:
         return load_task_output(self.storage, workflow_id, task_id)
+
+
+def clean_point(db: Any, workflow_id: str) -> None:
+    """In a journal transaction: the workflow reached a clean point (a step committed
+    after a resume), so the resumes that did not reach one are forgotten."""
+    db.execute(
+        "UPDATE wf SET resume_attempts = 0, quarantine = NULL WHERE workflow_id = ?",
+        (workflow_id,),
+    )
 
 
 def stop_tasks(refs: list[ray.ObjectRef]) -> None:

@@ -60,5 +60,34 @@ def dumps(value: Any, *, resolve_refs: bool = False) -> bytes:
     return buf.getvalue()
 
 
+# Where the engine's parts lived before they moved into ``workflows.engine``: journals
+# written then hold pickles that name those modules (a stored graph's steps, a failed
+# workflow's error), and they must still load.
+_MOVED = {
+    f"workflows._{old}": f"workflows.engine.{new}"
+    for old, new in (
+        ("completions", "completions"),
+        ("engine", "lifecycle"),
+        ("execution", "execution"),
+        ("graph", "graph"),
+        ("liveness", "liveness"),
+        ("loop", "loop"),
+        ("outputs", "outputs"),
+        ("results", "results"),
+        ("runstate", "runstate"),
+        ("serde", "serde"),
+        ("step", "step"),
+        ("storage", "storage"),
+        ("tool_runs", "tool_runs"),
+        ("waits", "waits"),
+    )
+}
+
+
+class _Unpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        return super().find_class(_MOVED.get(module, module), name)
+
+
 def loads(data: bytes) -> Any:
-    return pickle.loads(data)
+    return _Unpickler(io.BytesIO(data)).load()

@@ -12,7 +12,7 @@ from typing import Any
 
 import ray
 
-from workflows._graph import StepDef, TaskIdAllocator
+from workflows.engine.graph import StepDef, TaskIdAllocator
 from workflows.status import WorkflowStatus
 
 
@@ -56,6 +56,8 @@ class Run:
     start_time: float = 0.0
     waiters: dict[str, list[Future[Any]]] = field(default_factory=dict)
     timers: int = 0  # armed timers in the engine's heap
+    # resumed, and no step committed since: its first commit is a clean point
+    unclean: bool = False
 
 
 def add_steps(run: Run, steps: list[StepDef]) -> None:

@@ -7,14 +7,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from workflows._runstate import Run, Task
+from workflows.engine.host import StepHost
+from workflows.engine.runstate import Run, Task
 from workflows.errors import WorkflowError
 from workflows.tool_steps import ToolCall, ToolOutcome
-
-if TYPE_CHECKING:
-    from workflows._execution import StepExecution
 
 ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
 
@@ -22,7 +20,7 @@ ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome
 class ToolSteps:
     """The engine's part for tool and template steps (runs on the engine thread)."""
 
-    def __init__(self, engine: StepExecution, runner: ToolRunner | None) -> None:
+    def __init__(self, engine: StepHost, runner: ToolRunner | None) -> None:
         self._engine = engine
         self.runner = runner
 

@@ -4,16 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from workflows import _serde
-from workflows._liveness import owner_alive
-from workflows._storage import Storage, TaskRow, WorkflowRow
-from workflows.errors import WorkflowExecutionError, WorkflowNotFoundError
+from workflows.engine import serde
+from workflows.engine.liveness import owner_alive
+from workflows.engine.storage import Storage, TaskRow, WorkflowRow
+from workflows.errors import WorkflowExecutionError
 from workflows.status import WorkflowStatus
-
-if TYPE_CHECKING:
-    from workflows._engine import Engine
 
 ACTIVE = (WorkflowStatus.RUNNING, WorkflowStatus.PENDING)
 
@@ -55,30 +52,24 @@ def load_task_output(storage: Storage, workflow_id: str, task_id: str) -> Any:
         if row is None:
             raise ValueError(f"workflow {workflow_id!r} has no output for task {task_id!r}")
         if row.status == "CONTINUED" and row.continuation is not None:
-            tid = _serde.loads(row.continuation).output
+            tid = serde.loads(row.continuation).output
             seen += 1
             continue
         if row.status != "SUCCESSFUL" or not row.has_output:
             raise ValueError(
                 f"task {task_id!r} of workflow {workflow_id!r} has no output ({row.status})"
             )
-        return _serde.loads(storage.load_value_bytes(row))
-
-
-def workflow_status(storage: Storage, engine: Engine | None, workflow_id: str) -> WorkflowStatus:
-    if engine is not None:
-        live = engine.live_status(workflow_id)
-        if live is not None:
-            return live
-    row = storage.get_workflow(workflow_id)
-    if row is None:
-        raise WorkflowNotFoundError(workflow_id)
-    return stored_status(row, engine.owner if engine else None)
+        return serde.loads(storage.load_value_bytes(row))
 
 
 def stored_status(row: WorkflowRow, me: str | None) -> WorkflowStatus:
+    """The status the journal gives a workflow that no engine of this process runs: a
+    RUNNING or PENDING one without a live owner is RESUMABLE, or QUARANTINED if it is
+    marked so (see :mod:`workflows.engine.lifecycle`)."""
     status = WorkflowStatus(row.status)
     if status in ACTIVE and (row.owner == me or not owner_alive(row.owner, row.heartbeat)):
+        if row.quarantine is not None:
+            return WorkflowStatus.QUARANTINED
         return WorkflowStatus.RESUMABLE
     return status
 
