@@ -329,7 +329,7 @@ def submit(
 ) -> None:
     """Submit a workflow YAML file to a node.
 
-    The file is read and parsed here first, within the home's workflow_limits, so that a
+    The file is read and parsed here first, within the home's workflow_files, so that a
     bad file fails at once with its line. The workflow's id is chosen here (unless --id),
     so that a submit whose answer is lost can be asked about, or repeated, by that id.
     """
@@ -342,7 +342,7 @@ def submit(
     from workflows.dsl import parse_workflow, read_workflow_file
 
     h = _home(home)
-    limits = load_config(config_file=h.config_file).workflow_limits.parse_limits()
+    limits = load_config(config_file=h.config_file).workflow_files.parse_limits()
     data = read_workflow_file(file, limits)  # (bounded: never more than max_bytes + 1)
     spec = parse_workflow(data, source=str(file), limits=limits)
     bound = _parse_inputs(inputs)

@@ -152,7 +152,7 @@ class ControlConfig(_Section):
     _lists = field_validator("allowed_clients", mode="before")(_split_list)
 
 
-class WorkflowLimitsConfig(ParseLimits):
+class WorkflowFilesConfig(ParseLimits):
     """The bounds of parsing a workflow file sent to this node (:class:`ParseLimits`), and
     the worker processes that parse them (node.parse_pool)."""
 
@@ -228,7 +228,7 @@ class NodeConfig(BaseModel):
     journal: JournalConfig = Field(default_factory=JournalConfig)
     workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
-    workflow_limits: WorkflowLimitsConfig = Field(default_factory=WorkflowLimitsConfig)
+    workflow_files: WorkflowFilesConfig = Field(default_factory=WorkflowFilesConfig)
 
     @model_validator(mode="after")
     def _membership(self) -> NodeConfig:
@@ -307,7 +307,7 @@ control:
   allow_any_client: false
   submit_wait_s: 5         # a submit is answered within this long of creating the workflow;
                            # past it the answer is PENDING and the creation goes on
-workflow_limits:           # bounds of parsing a workflow file sent to this node (and the CLI's)
+workflow_files:            # bounds of reading a workflow file sent to this node (and the CLI's)
   max_bytes: 1048576       # the file
   max_depth: 64            # nesting of lists and mappings
   max_nodes: 100000        # YAML nodes, each alias counted as a copy of what it points at

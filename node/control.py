@@ -1,7 +1,7 @@
 """Control service: what the CLI (or any authorised client) asks a node.
 
 A ``submit`` is answered in bounded time whatever the file: the YAML is parsed in a worker
-process within ``workflow_limits`` (node.parse_pool), and the workflow is created by a
+process within ``workflow_files`` (node.parse_pool), and the workflow is created by a
 task of this service that outlives the request. The node waits ``control.submit_wait_s``
 for the creation; past that it answers ``PENDING`` with the workflow's id (chosen by the
 client, or by the node before it answers), and the creation goes on. Until it ends, a
@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from node.config import ControlConfig, NetworkConfig, WorkflowLimitsConfig
+from node.config import ControlConfig, NetworkConfig, WorkflowFilesConfig
 from node.errors import ParserBusyError, ParseWorkerError
 from node.handoff.journal import AsyncHandoffJournal, JournalError
 from node.handoff.server import HandoffServer, JobInfo
@@ -82,7 +82,7 @@ class ControlService:
         handoffs: HandoffServer,
         journal: AsyncHandoffJournal,
         ray_info: control.RayInfo | None = None,
-        workflow_limits: WorkflowLimitsConfig | None = None,
+        workflow_files: WorkflowFilesConfig | None = None,
     ) -> None:
         self.host = host
         self.handoffs = handoffs
@@ -96,7 +96,7 @@ class ControlService:
         self.allow_any = config.allow_any_client
         self.network = network
         self.submit_wait_s = config.submit_wait_s
-        limits = workflow_limits or WorkflowLimitsConfig()
+        limits = workflow_files or WorkflowFilesConfig()
         self.parser = ParsePool(
             limits.parse_limits(), workers=limits.workers, memory_mb=limits.worker_memory_mb
         )

@@ -213,7 +213,7 @@ class Node:
             handoffs=self.handoff,
             journal=self.async_journal,
             ray_info=self.ray_info,
-            workflow_limits=config.workflow_limits,
+            workflow_files=config.workflow_files,
         )
         # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
         self.host.set_handler(

@@ -59,9 +59,9 @@ class WorkflowLimitError(WorkflowDefinitionError):
     """A workflow file breaks one of the bounds it is parsed within (a hostile or runaway file).
 
     ``bound`` names the bound as a key of :class:`workflows.dsl.ParseLimits` (the node's
-    ``workflow_limits`` config section), e.g. ``"max_depth"``, and ``limit`` is its value;
+    ``workflow_files`` config section), e.g. ``"max_depth"``, and ``limit`` is its value;
     ``detail`` says what was found. ``str(error)`` adds where and names the bound, e.g.
-    ``"flow.yaml:12: nested deeper than 64 levels (workflow_limits.max_depth)"``.
+    ``"flow.yaml:12: nested deeper than 64 levels (workflow_files.max_depth)"``.
     """
 
     def __init__(
@@ -76,7 +76,7 @@ class WorkflowLimitError(WorkflowDefinitionError):
         self.detail = detail
         self.bound = bound
         self.limit = limit
-        super().__init__(f"{detail} (workflow_limits.{bound})", source, line)
+        super().__init__(f"{detail} (workflow_files.{bound})", source, line)
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_limit_error, (self.detail, self.source, self.line, self.bound, self.limit))

@@ -50,7 +50,7 @@ EXPECTED = {
     "control character": "evil.yaml:8: invalid YAML: character U+0007 is not allowed",
     "invalid YAML": "evil.yaml:9: invalid YAML: ",
     "100,000-digit integer": "evil.yaml:8: a number of 100000 characters",
-    "10,000 steps": "evil.yaml:5004: more than 1000 steps (workflow_limits.max_steps)",
+    "10,000 steps": "evil.yaml:5004: more than 1000 steps (workflow_files.max_steps)",
     "recursive alias": "evil.yaml:8: alias *me is inside the value it refers to",
 }
 

@@ -92,7 +92,7 @@ async def test_a_worker_past_its_deadline_is_killed_and_replaced(tmp_path: Path)
             await pool.parse(hostile.many_steps(1), "hang")
         assert time.monotonic() - started < limits.timeout_s + GRACE_S + 5
         assert info.value.bound == "timeout_s"
-        assert str(info.value) == "hang: parsing took longer than 1 s (workflow_limits.timeout_s)"
+        assert str(info.value) == "hang: parsing took longer than 1 s (workflow_files.timeout_s)"
         await wait_until(lambda: not psutil.pid_exists(first), 10, "the old worker to go")
         spec = await pool.parse(hostile.many_steps(1), "ok.yaml")  # a new worker answers
         assert spec.steps[0].name == "s0"
@@ -116,7 +116,7 @@ async def test_cpu_crash_and_memory_deaths_are_typed(tmp_path: Path):
             await small.parse(slowest_valid(), "big.yaml")
         assert memory.value.bound == "worker_memory_mb"
         assert str(memory.value).endswith(
-            "parsing needed more than 64 MiB (workflow_limits.worker_memory_mb)"
+            "parsing needed more than 64 MiB (workflow_files.worker_memory_mb)"
         )
         # and both pools still parse
         assert (await pool.parse(hostile.many_steps(2), "ok")).id == "hostile"

@@ -20,15 +20,15 @@ EXPECTED = {
     "alias bomb in a step value": (14, "larger than 100000 YAML nodes"),
     "alias bomb at top level": (6, "larger than 100000 YAML nodes"),
     "merge-key bomb": (14, "larger than 100000 YAML nodes"),
-    "20 MB file": (1031, "the file is larger than 1048576 bytes (workflow_limits.max_bytes)"),
+    "20 MB file": (1031, "the file is larger than 1048576 bytes (workflow_files.max_bytes)"),
     "900 KiB value": (8, "a value of 921600 bytes, more than 262144"),
-    "10,000-deep nesting": (8, "nested deeper than 64 levels (workflow_limits.max_depth)"),
+    "10,000-deep nesting": (8, "nested deeper than 64 levels (workflow_files.max_depth)"),
     "600-deep block nesting": (68, "nested deeper than 64 levels"),
     "binary garbage": (1, "the file is not UTF-8 text"),
     "control character": (8, "character U+0007 is not allowed in YAML text"),
     "invalid YAML": (9, "invalid YAML: did not find expected ',' or ']'"),
     "100,000-digit integer": (8, "numbers may have at most 4300 digits"),
-    "10,000 steps": (5004, "more than 1000 steps (workflow_limits.max_steps)"),
+    "10,000 steps": (5004, "more than 1000 steps (workflow_files.max_steps)"),
     "recursive alias": (8, "a value cannot contain itself"),
 }
 
@@ -51,12 +51,12 @@ def test_a_hostile_file_is_one_error_line(name: str, tmp_path: Path):
 def test_the_home_config_sets_the_cli_bounds(tmp_path: Path):
     home = tmp_path / "home"
     home.mkdir()
-    (home / "config.yaml").write_text("workflow_limits:\n  max_steps: 2\n")
+    (home / "config.yaml").write_text("workflow_files:\n  max_steps: 2\n")
     path = tmp_path / "three.yaml"
     path.write_bytes(hostile.many_steps(3))
     result = CliRunner().invoke(main, ["submit", str(path), "--home", str(home)])
     assert result.exit_code == 1
-    assert result.stderr == f"error: {path}:14: more than 2 steps (workflow_limits.max_steps)\n"
+    assert result.stderr == f"error: {path}:14: more than 2 steps (workflow_files.max_steps)\n"
 
 
 def test_a_missing_file_and_an_oversized_id(tmp_path: Path):

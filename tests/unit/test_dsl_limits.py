@@ -90,7 +90,7 @@ def test_each_hostile_file_gets_its_one_line_error(name: str):
         assert isinstance(error, WorkflowLimitError), message
         assert error.bound == bound
         assert error.limit == getattr(ParseLimits(), bound)
-        assert message.endswith(f"(workflow_limits.{bound})")
+        assert message.endswith(f"(workflow_files.{bound})")
     # the peak memory of the process did not move by more than the file itself and change
     assert grown_kib < 64 * 1024 + 3 * len(data) // 1024
 
@@ -161,7 +161,7 @@ def test_an_alias_may_not_nest_a_value_deeper_than_the_limit():
 def test_limits_are_configurable_and_name_themselves():
     flow = hostile.many_steps(20)
     assert len(parse_workflow(flow, limits=ParseLimits(max_steps=20)).steps) == 20
-    with pytest.raises(WorkflowLimitError, match=r":99: more than 19 steps \(workflow_limits"):
+    with pytest.raises(WorkflowLimitError, match=r":99: more than 19 steps \(workflow_files"):
         parse_workflow(flow, limits=ParseLimits(max_steps=19))
     with pytest.raises(WorkflowLimitError, match="larger than 1024 bytes"):
         parse_workflow(flow, limits=ParseLimits(max_bytes=1024))
@@ -308,7 +308,7 @@ def test_limit_errors_pickle_and_relocate():
     again = pickle.loads(pickle.dumps(error))
     assert (str(again), again.bound, again.limit) == (str(error), "max_depth", 4)
     moved = WorkflowLimitError("x", bound="max_nodes", limit=100).located("g.yaml", 7)
-    assert str(moved) == "g.yaml:7: x (workflow_limits.max_nodes)"
+    assert str(moved) == "g.yaml:7: x (workflow_files.max_nodes)"
     assert isinstance(moved, WorkflowLimitError) and moved.bound == "max_nodes"
 
 

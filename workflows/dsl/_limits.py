@@ -28,7 +28,7 @@ MAX_NUMBER_DIGITS = 4300
 
 class ParseLimits(BaseModel):
     """Bounds of parsing one workflow file. The defaults are safe for a node that accepts
-    workflows from its clients; a node's ``workflow_limits`` config section sets them."""
+    workflows from its clients; a node's ``workflow_files`` config section sets them."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
