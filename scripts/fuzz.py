@@ -1,11 +1,14 @@
-"""Fuzz every wire decoder for a while: the property tests' targets, with many examples.
+"""Fuzz every wire decoder and the workflow parser for a while: the property tests'
+targets, with many examples.
 
     .venv/bin/python scripts/fuzz.py --minutes 30
     .venv/bin/python scripts/fuzz.py --minutes 2 --targets frame-decoder,stream-handoff
 
 The targets and strategies are tests/unit/wire_fuzz.py's (random bytes, mutated valid
 frames fed in random chunks, mutated message objects for each protocol's codec, and
-MessageStream as a responder over an in-memory stream). Hypothesis generates the inputs
+MessageStream as a responder over an in-memory stream) and those of
+tests/unit/test_dsl_properties.py (workflow files: mutated valid workflows, alias towers,
+random text and bytes). Hypothesis generates the inputs
 (no shrinking: a failure is recorded and the run goes on). A failure is any exception a
 target lets through: an error that is not a typed ProtocolError, or a broken property
 (AssertionError). SIGTERM or Ctrl-C ends the run early, with its report.
@@ -39,8 +42,39 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from hypothesis import HealthCheck, Phase, given, seed, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
 
-from tests.unit.wire_fuzz import TARGETS, Target  # noqa: E402
+from tests.unit.test_dsl_properties import (  # noqa: E402
+    alias_towers,
+    mutated,
+    parses_safely,
+)
+from tests.unit.wire_fuzz import TARGETS as WIRE_TARGETS  # noqa: E402
+from tests.unit.wire_fuzz import Target  # noqa: E402
+
+
+def parse_workflow_file(document: str | bytes) -> str:
+    """The workflow parser, under the property tests' small limits: a typed one-line error
+    or a spec that round-trips, within its time bound (parses_safely asserts all three)."""
+    spec = parses_safely(document)
+    return "parsed" if spec is not None else "refused"
+
+
+TARGETS: list[Target] = [
+    *WIRE_TARGETS,
+    Target(
+        "workflow-parser",
+        st.tuples(
+            st.one_of(
+                mutated(),
+                alias_towers(),
+                st.text(max_size=2000),
+                st.binary(max_size=2000),
+            )
+        ),
+        parse_workflow_file,
+    ),
+]
 
 ROUND_EXAMPLES = 200
 
