@@ -102,6 +102,8 @@ class HandoffConfig(_Section):
     max_hops: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=3, ge=1)
     placement_wait_s: float = Field(default=3.0, ge=0)
+    # a step whose node was lost mid-step waits this long for it (or another provider)
+    provider_wait_s: float = Field(default=60.0, ge=0)
     # who may hand steps to this node, and to whom this node hands its own
     allow: Literal["any"] | list[str] = "any"
     delegate_to: Literal["any"] | list[str] = "any"
@@ -284,6 +286,7 @@ handoff:
   heartbeat_interval_s: 1
   heartbeat_timeout_s: 10
   placement_wait_s: 3      # how long a step waits for a peer offering its tool to appear
+  provider_wait_s: 60      # how long a step whose node was lost waits for it to come back
   # what peers may ask of this node (each peer; beyond: a typed reject with a retry hint)
   max_concurrent: 64       # steps of all peers accepted at once
   max_inflight_per_peer: 16

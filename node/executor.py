@@ -20,12 +20,13 @@ from typing import Any
 import trio
 
 from node.config import HandoffConfig, NetworkConfig
-from node.errors import NodeError, PlacementError
+from node.errors import NodeError, NodeUnreachableError, PlacementError
 from node.handoff.delegator import HandoffOutcome, delegate
 from node.handoff.errors import (
     HandoffCanceledError,
     HandoffError,
     HandoffFailedError,
+    HandoffGaveUpError,
     HandoffLostError,
     HandoffProtocolError,
     HandoffRejectedError,
@@ -84,6 +85,7 @@ class SwarmExecutor:
         self.local_running = 0
         self._nursery: trio.Nursery | None = None
         self._gates: dict[str, trio.Semaphore] = {}  # per peer: steps in flight there
+        self._provider_wait_s = config.provider_wait_s
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Owns background work: recording delegated results, then acknowledging them."""
@@ -145,16 +147,32 @@ class SwarmExecutor:
         replicas = max(request.replicas, self.replicas.get(request.tool, 1))
         if replicas > 1:
             return await self._execute_replicated(request, placed, replicas)
-        tried: list[str] = []
+        # nodes not to ask again for this step: they refused it or cannot be trusted with it
+        excluded: list[str] = []
         last_error: str | None = None
         decision: Decision | None = None
         failures = 0
+        now = trio.current_time()
         # a busy peer is backpressure, not a failure: wait and ask again, as long as the step
         # may take
-        patience = trio.current_time() + self.config.default_deadline_s
+        patience = now + self.config.default_deadline_s
+        # a peer lost mid-step (killed, restarting, unreachable) may come back, and its
+        # journal has the step: the step waits for it (or another provider) this long
+        trouble_since: float | None = None
+        losses = 0
+        prefer = request.previous_node
         while failures < self.config.max_attempts:
+            wait_until = None if trouble_since is None else trouble_since + self._provider_wait_s
+            if trouble_since is not None and prefer is not None:
+                # after a loss: back to that peer only while it is the one that answers
+                alive = self.host.is_connected(prefer)
+                others = any(
+                    c.node != prefer
+                    for c in self.candidates(request.tool, request.version, request.peers)
+                )
+                prefer = prefer if alive or not others else None
             try:
-                decision = await self._place(request, tried)
+                decision = await self._place(request, excluded, prefer, wait_until)
             except PlacementError as exc:
                 message = _placement_problem(exc, request)
                 message = message if last_error is None else f"{message}; last error: {last_error}"
@@ -163,7 +181,6 @@ class SwarmExecutor:
                     node=decision.node if decision else None,
                     reason=decision.reason if decision else None,
                 ) from None
-            tried.append(decision.node)
             await placed(decision.node, decision.reason)
             if decision.local:
                 return await self._run_here(request, decision)
@@ -178,7 +195,6 @@ class SwarmExecutor:
             except HandoffRejectedError as exc:
                 last_error = exc.message
                 if exc.code in BACKPRESSURE and trio.current_time() < patience:
-                    tried.remove(decision.node)  # it may be asked again once it has room
                     wait = min(max(exc.retry_after_s or 1.0, 0.05), MAX_BACKOFF_S)
                     wait *= 1 + random.random() / 2  # spread the retries of a fan-out
                     log.info(
@@ -189,18 +205,48 @@ class SwarmExecutor:
                     )
                     await trio.sleep(wait)
                     continue
+                excluded.append(decision.node)
                 failures += 1
                 log.info(
                     "step %s: %s; trying another node",
                     logsafe(request.idempotency_key),
                     logsafe(exc),
                 )
-            except (HandoffError, NodeError) as exc:
+            except (HandoffProtocolError, InvalidResultError, InvalidReceiptError) as exc:
+                excluded.append(decision.node)
                 failures += 1
                 last_error = str(exc)
                 self._count_failure(request, decision.node, exc)
+            except (HandoffLostError, NodeUnreachableError) as exc:
+                # outcome unknown: the peer may still run the step, or come back with it in
+                # its journal; ask it again (the same attempt: a re-attach) once it answers,
+                # or another provider meanwhile
+                last_error = str(exc)
+                self._count_failure(request, decision.node, exc)
+                now = trio.current_time()
+                trouble_since = now if trouble_since is None else trouble_since
+                if now - trouble_since >= self._provider_wait_s:
+                    raise StepExecutionError(
+                        f"no node could run tool {request.tool!r} for "
+                        f"{self._provider_wait_s:g}s; last error: {last_error}",
+                        node=decision.node,
+                        reason=decision.reason,
+                    ) from None
+                # ask it first once it answers again (re-attach); meanwhile, if other nodes
+                # offer the tool, placement may choose them
+                prefer = decision.node
+                losses += 1
+                await trio.sleep(min(0.25 * 2**losses, 10.0) * (1 + random.random() / 2))
+                continue
+            except (HandoffError, NodeError) as exc:
+                excluded.append(decision.node)
+                failures += 1
+                last_error = str(exc)
+                self._count_failure(request, decision.node, exc)
+            else:
+                trouble_since = None
         raise StepExecutionError(
-            f"tool {request.tool!r} failed on {len(tried)} node(s); last error: {last_error}",
+            f"tool {request.tool!r} failed on {len(excluded)} node(s); last error: {last_error}",
             node=decision.node if decision else None,
             reason=decision.reason if decision else None,
         )
@@ -346,16 +392,23 @@ class SwarmExecutor:
             reason=first.reason if first else None,
         )
 
-    async def _place(self, request: ToolCall, tried: list[str]) -> Decision:
-        """Place the step; if no node offers the tool yet (a peer may still be joining),
-        wait up to ``placement_wait_s`` for one to appear."""
+    async def _place(
+        self,
+        request: ToolCall,
+        tried: list[str],
+        prefer: str | None = None,
+        wait_until: float | None = None,
+    ) -> Decision:
+        """Place the step. ``prefer`` (where it ran before an interruption or a lost stream)
+        is asked again first if it is a candidate. If no node offers the tool (a peer may
+        still be joining, or coming back), wait up to ``placement_wait_s``, or until
+        ``wait_until`` if later."""
         deadline = trio.current_time() + self.config.placement_wait_s
-        previous = request.previous_node if not tried else None
+        if wait_until is not None:
+            deadline = max(deadline, wait_until)
         while True:
             candidates = self.candidates(request.tool, request.version, request.peers)
-            waiting_for_previous = previous is not None and all(
-                c.node != previous for c in candidates
-            )
+            waiting_for_previous = prefer is not None and all(c.node != prefer for c in candidates)
             if not waiting_for_previous or trio.current_time() >= deadline:
                 try:
                     return place(
@@ -363,11 +416,11 @@ class SwarmExecutor:
                         request.version,
                         candidates,
                         exclude=tried,
-                        previous=previous,
+                        previous=prefer,
                         policy=self.policy,
                     )
                 except PlacementError:
-                    if tried or trio.current_time() >= deadline:
+                    if trio.current_time() >= deadline or (tried and wait_until is None):
                         raise
             # a peer may still be joining (after a restart, the one the step ran on)
             await trio.sleep(0.1)
@@ -394,8 +447,9 @@ class SwarmExecutor:
             return ToolOutcome(
                 stored.outputs, peer, f"{decision.reason} (result recorded before a restart)"
             )
-        # the same attempt if it had not finished (a re-attach), else the next one
-        epoch = 0 if stored is None else stored.epoch + (stored.status != "RUNNING")
+        # the same attempt if it had not finished or its stream was lost (a re-attach: the
+        # peer joins it or answers from its journal), else the next one
+        epoch = 0 if stored is None else stored.epoch + (stored.status not in ("RUNNING", "LOST"))
         state = self.registry.get(peer)
         if not self.host.is_connected(peer):
             await self.host.connect(peer, state.addrs if state else [])
@@ -499,8 +553,10 @@ class SwarmExecutor:
                 status, code = "FAILED", exc.code
             elif isinstance(exc, HandoffRejectedError):
                 status, code = "REJECTED", exc.code
+            elif isinstance(exc, HandoffGaveUpError | HandoffProtocolError):
+                status, code = "GAVE_UP", "lost"  # we canceled it, or cannot trust it
             elif isinstance(exc, HandoffLostError):
-                status, code = "LOST", "lost"
+                status, code = "LOST", "lost"  # it may still run there: re-attach to it
             else:
                 status, code = "FAILED", "invalid_result"
             with trio.CancelScope(shield=True):

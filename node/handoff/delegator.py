@@ -38,6 +38,7 @@ from node.handoff.errors import (
     HandoffCanceledError,
     HandoffError,
     HandoffFailedError,
+    HandoffGaveUpError,
     HandoffLostError,
     HandoffProtocolError,
     HandoffRejectedError,
@@ -206,7 +207,7 @@ async def delegate(
                 ms, machine, "the delegator's deadline passed", GIVE_UP_CANCEL_S
             )
         await ms.reset()
-        raise HandoffLostError(
+        raise HandoffGaveUpError(
             peer_id, f"peer {peer_id} did not finish before the step deadline"
         ) from None
     except ProtocolTimeoutError:
@@ -215,7 +216,7 @@ async def delegate(
                 ms, machine, "the delegator heard nothing for too long", GIVE_UP_CANCEL_S
             )
         await ms.reset()
-        raise HandoffLostError(
+        raise HandoffGaveUpError(
             peer_id,
             f"peer {peer_id} went silent (no heartbeat for {config.heartbeat_timeout_s:g}s): "
             "outcome unknown",

@@ -7,6 +7,7 @@
     ├── HandoffFailedError        the peer ran the step and it failed (``code``)
     │   └── HandoffCanceledError  the step was stopped by a cancel and has no result
     ├── HandoffLostError          the exchange ended before a final message: outcome unknown
+    │   ├── HandoffGaveUpError    … because the peer was silent or too slow (a cancel was sent)
     │   └── HandoffProtocolError  … because the peer broke the protocol (garbage, wrong epoch)
     ├── InvalidReceiptError       a result whose signed receipt does not check out
     └── InvalidResultError        a result that fails the tool's output schema
@@ -64,6 +65,11 @@ class HandoffCanceledError(HandoffFailedError):
 
 class HandoffLostError(HandoffError):
     """The stream ended or went silent before a final message: outcome unknown."""
+
+
+class HandoffGaveUpError(HandoffLostError):
+    """The delegator gave up on a silent or too slow peer and sent it a ``cancel`` (best
+    effort): asking again means a new attempt, not a re-attach to that one."""
 
 
 class HandoffProtocolError(HandoffLostError):

@@ -1,0 +1,110 @@
+"""Routing that does not give up on a live swarm: a provider lost mid-step is waited for and
+re-attached to; a failed workflow resumed by hand reruns only what had not finished. Real
+libp2p hosts and a real Ray in one trio run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import trio
+
+from node.daemon import Node
+from tests.integration.harness import launch, make_node, wait_until
+from workflows.dsl import parse_workflow
+from workflows.status import WorkflowStatus
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+TWO_STEPS = """
+id: two
+steps:
+  - name: first
+    tool: util.echo
+    inputs: [{name: value, value: 1}]
+  - name: nap
+    tool: util.sleep
+    inputs: [{name: seconds, value: "{{steps.first.outputs.result}}"}]
+"""
+
+
+async def test_the_only_provider_killed_mid_step_and_restarted_is_waited_for(
+    tmp_path: Path,
+) -> None:
+    """a, the only node with util, goes away while it runs c's second step and comes back
+    (same home and peer id, a new port): c waits for it instead of failing the workflow,
+    offers the step there again, and the first step is not rerun."""
+    a = make_node(tmp_path, "a", "util")
+    c = make_node(tmp_path, "c", "none")
+    async with trio.open_nursery() as nursery:
+        a_scope = await launch(nursery, a)
+        await launch(nursery, c)
+        await c.host.connect(a.peer_id, a.host.addrs())
+        await c.discovery.exchange(a.peer_id)
+        wid, _ = await c.workflows.submit(parse_workflow(TWO_STEPS), {}, "two-1")
+        await wait_until(lambda: a.handoff.running == 1 and a.handoff.started_jobs == 2, what="nap")
+        a_scope.cancel()  # a dies with the step half done
+        await wait_until(lambda: not c.host.is_connected(a.peer_id), what="c losing a")
+        await trio.sleep(1)  # c's first attempts to reach a fail meanwhile
+        assert (await c.workflows.view(wid)).status is WorkflowStatus.RUNNING
+
+        again: Node = make_node(tmp_path, "a", "util", bootstrap=c.host.addrs())
+        assert again.peer_id == a.peer_id
+        await launch(nursery, again)
+        with trio.fail_after(60):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert {s.name: s.node for s in view.steps} == {"first": a.peer_id, "nap": a.peer_id}
+        assert {s.name: s.attempts for s in view.steps}["first"] == 1  # not rerun
+        assert again.handoff.started_jobs == 1  # only the interrupted step ran again
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_step_whose_provider_never_returns_fails_after_the_wait(tmp_path: Path) -> None:
+    a = make_node(tmp_path, "a", "util")
+    c = make_node(tmp_path, "c", "none", handoff={"provider_wait_s": 2})
+    async with trio.open_nursery() as nursery:
+        a_scope = await launch(nursery, a)
+        await launch(nursery, c)
+        await c.host.connect(a.peer_id, a.host.addrs())
+        await c.discovery.exchange(a.peer_id)
+        wid, _ = await c.workflows.submit(parse_workflow(TWO_STEPS), {}, "two-2")
+        await wait_until(lambda: a.handoff.running == 1 and a.handoff.started_jobs == 2, what="nap")
+        a_scope.cancel()
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED
+        assert "no node could run tool 'util.sleep' for 2s" in (view.error or ""), view.error
+        nursery.cancel_scope.cancel()
+
+
+async def test_resuming_a_failed_workflow_reruns_only_what_had_not_finished(
+    tmp_path: Path,
+) -> None:
+    """The second step fails because its only provider is gone for longer than the wait;
+    once the provider is back, 'resume' reruns that step only: the first stays finished."""
+    a = make_node(tmp_path, "a", "util")
+    c = make_node(tmp_path, "c", "none", handoff={"provider_wait_s": 1})
+    async with trio.open_nursery() as nursery:
+        a_scope = await launch(nursery, a)
+        await launch(nursery, c)
+        await c.host.connect(a.peer_id, a.host.addrs())
+        await c.discovery.exchange(a.peer_id)
+        wid, _ = await c.workflows.submit(parse_workflow(TWO_STEPS), {}, "two-3")
+        await wait_until(lambda: a.handoff.running == 1 and a.handoff.started_jobs == 2, what="nap")
+        a_scope.cancel()
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED
+
+        again = make_node(tmp_path, "a", "util", bootstrap=c.host.addrs())
+        await launch(nursery, again)
+        await wait_until(lambda: c.registry.has_fresh_card(a.peer_id), what="a back")
+        await c.workflows.resume(wid)
+        with trio.fail_after(30):
+            view = await c.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        steps = {s.name: s for s in view.steps}
+        assert steps["first"].attempts == 1  # finished before the failure: not rerun
+        assert again.handoff.started_jobs == 1  # the step that had not finished, only
+        nursery.cancel_scope.cancel()
