@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
@@ -132,7 +132,7 @@ class RayInfo(WireModel):
 
     address: str | None = Field(description="its GCS address (host:port)")
     joined: bool = Field(description="true: an existing cluster (ray.address); false: its own")
-    cpus: int | None = Field(default=None, description="CPUs the Ray cluster has")
+    cpus: StrictInt | None = Field(default=None, description="CPUs the Ray cluster has")
 
 
 class Info(WireModel):
@@ -158,7 +158,7 @@ class StepStatus(WireModel):
     node: str | None = None
     reason: str | None = None
     error: str | None = None
-    attempts: int = 0
+    attempts: StrictInt = 0
     started_at: float | None = None
     ended_at: float | None = None
     receipt: dict[str, Any] | None = Field(
@@ -202,11 +202,11 @@ class WorkflowList(WireModel):
 class PeerEvidence(WireModel):
     """What the node measured of a peer running its steps (not what the peer claims)."""
 
-    done: int = Field(description="steps it completed for this node with a valid result")
-    failed: int = Field(description="steps it lost, broke or answered with an invalid result")
-    recent_failures: int = Field(description="failures in a row, if the last was recent")
-    outstanding: int = Field(description="this node's steps it runs now")
-    sustained: int = Field(
+    done: StrictInt = Field(description="steps it completed for this node with a valid result")
+    failed: StrictInt = Field(description="steps it lost, broke or answered with an invalid result")
+    recent_failures: StrictInt = Field(description="failures in a row, if the last was recent")
+    outstanding: StrictInt = Field(description="this node's steps it runs now")
+    sustained: StrictInt = Field(
         description="the most of this node's steps it had at once when one succeeded"
     )
     mean_run_ms: float | None = Field(
@@ -264,7 +264,7 @@ class Tools(WireModel):
 class HandoffEntry(WireModel):
     peer: str = Field(description="the peer that offered the step")
     handoff_id: str
-    epoch: int
+    epoch: StrictInt
     tool: str
     workflow_id: str
     step: str

@@ -267,6 +267,11 @@ def good_offer(**changes: Any) -> dict[str, Any]:
         (good_offer(deadline_ms=DROP), "deadline_ms"),
         (good_offer(hops=-1), "hops"),
         (good_offer(epoch=-1), "epoch"),
+        # an integer is a JSON integer: not a string of digits (which would come back out as
+        # a number longer than any receiver's digit bound), not a float, not a boolean
+        (good_offer(hops="9" * 70), "hops"),
+        (good_offer(epoch=1.0), "epoch"),
+        (good_offer(deadline_ms=True), "deadline_ms"),
         (good_offer(args=[1, 2]), "args"),
         (good_offer(version="v" * 65), "version"),
         (good_offer(workflow_id=DROP), "workflow_id"),
@@ -298,6 +303,19 @@ def test_invalid_offer_fields(obj: dict[str, Any], where: str) -> None:
 def test_invalid_handoff_messages(obj: dict[str, Any]) -> None:
     with pytest.raises(MessageValidationError):
         handoff.CODEC.decode(obj)
+
+
+@pytest.mark.parametrize("value", ["9" * 70, "5", 5.0, 1e18, True])
+def test_a_card_load_is_a_json_integer(value: Any) -> None:
+    """Found by scripts/fuzz.py: a card whose load was a 70-digit string was accepted as an
+    int and sent on as a 70-digit number, which every receiver refuses (max_number_digits)."""
+    hello = {
+        "type": "hello",
+        "card": {"peer_id": "p", "version": "1", "load": {"running": value, "capacity": 1}},
+    }
+    with pytest.raises(MessageValidationError) as info:
+        discovery.CODEC.decode(hello)
+    assert "running" in str(info.value)
 
 
 @pytest.mark.parametrize(
