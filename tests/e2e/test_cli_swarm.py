@@ -131,21 +131,21 @@ def test_submit_wait_and_watch_show_each_step_as_it_goes(swarm: Swarm) -> None:
     lines = out.stdout.splitlines()
     assert lines[0].startswith("watching live-1 (Text and math): "), lines
     assert lines[0].endswith(", 4 step(s)"), lines
-    steps = ("shout", "count", "scaled", "reversed")
-    for step in steps:
-        mine = [line.split()[1] for line in lines if line.split()[:1] == [step]]
-        assert mine[-3:] == ["placed", "running", "finished"], (step, lines)
-    placed = next(line for line in lines if line.split()[:2] == ["scaled", "placed"])
-    assert "remote" in placed, placed
-    end = lines.index("workflow live-1 SUCCESSFUL")
+    end = lines.index("workflow live-1 SUCCESSFUL")  # the watch's last line, then the result
     assert lines[end + 1] == "workflow live-1 SUCCESSFUL" and "  words = 2" in lines[end + 2 :]
+    progress = lines[1:end]
+    for step in ("shout", "count", "scaled", "reversed"):
+        mine = [line.split()[1] for line in progress if line.split()[:1] == [step]]
+        assert mine[-3:] == ["placed", "running", "finished"], (step, lines)
+    placed = next(line for line in progress if line.split()[:2] == ["scaled", "placed"])
+    assert "remote" in placed, placed
 
     watched = swarm.local.cli("watch", "live-1", "--home", home)
     assert watched.returncode == 0, watched.stderr
     again = watched.stdout.splitlines()
     assert again[-1] == "workflow live-1 SUCCESSFUL"
     assert [x for x in again if x.split()[:1] == ["scaled"]] == [
-        x for x in lines if x.split()[:1] == ["scaled"]
+        x for x in progress if x.split()[:1] == ["scaled"]
     ]
     as_json = swarm.local.cli("watch", "live-1", "--home", home, "--json")
     frames = [json.loads(line) for line in as_json.stdout.splitlines()]
