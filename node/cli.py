@@ -401,7 +401,12 @@ def _watch(
     quiet_libp2p_logging()
     swarm_key = click.get_current_context().meta.get("hivemesh.swarm_key")
     table = not as_json and sys.stdout.isatty()
-    view: Any = JsonView(click.echo) if as_json else TableView() if table else PlainView(click.echo)
+
+    def echo(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()  # (a line as it happens, through a pipe too)
+
+    view: Any = JsonView(echo) if as_json else TableView() if table else PlainView(echo)
 
     async def follow(host: Any, peer: str) -> tuple[Any, Any]:
         final = await watch(host, peer, workflow_id, view, since=since)

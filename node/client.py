@@ -261,5 +261,10 @@ def run(
     key = home.load_client_key(create=node is not None)
     try:
         return trio.run(lambda: session(key, addr, work, swarm_key=swarm.key))
+    except BaseExceptionGroup as group:
+        # Ctrl-C while libp2p's nurseries run arrives wrapped: the CLI handles it as itself
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
     except NotInSwarmError as exc:
         raise NotInSwarmError(explain_refusal(addr, exc.reason, swarm), exc.reason) from None

@@ -132,6 +132,7 @@ class TableView:
                 return  # (history: the snapshot has it already)
             self.seq = frame.seq
             if frame.kind == "workflow_finished":
+                self.title = self.title.rsplit(": ", 1)[0] + f": {_safe(frame.status)}"
                 self.footer = f"workflow {_safe(frame.status)}"
                 if frame.error:
                     self.footer += f": {_safe(frame.error)}"
