@@ -231,6 +231,11 @@ class ProgressHub:
         log = self._logs.get(workflow_id)
         return None if log is None else log.waiting.get(step)
 
+    def events(self, workflow_id: str) -> list[ProgressEvent]:
+        """The kept events of the workflow, oldest first."""
+        log = self._logs.get(workflow_id)
+        return [] if log is None else list(log.events)
+
     def knows(self, workflow_id: str, step: str) -> bool:
         """Whether the step has had an event (that is kept or not)."""
         log = self._logs.get(workflow_id)
