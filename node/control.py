@@ -297,7 +297,7 @@ class ControlService:
         wid = creation.workflow_id
         try:
             _, creation.created = await self.workflows.submit(creation.spec, inputs, wid)
-            if creation.created:
+            if creation.created and self.progress.finished(wid) is None:
                 for step in creation.spec.steps:  # (those not started already)
                     if not self.progress.knows(wid, step.name):
                         tool = step.tool.partition("@")[0]

@@ -160,8 +160,8 @@ class ProgressHub:
             log.waiting[step] = reason or "waiting"
         elif kind in _CLEARS_WAITING:
             log.waiting.pop(step, None)
-        # a workflow resumed after it ended: it is running again
-        log.finished = None
+        if kind == "placed":  # a workflow resumed after it ended: it runs again
+            log.finished = None
         return self._append(
             workflow_id,
             log,
@@ -177,7 +177,8 @@ class ProgressHub:
     def workflow_finished(
         self, workflow_id: str, status: str, error: str | None = None
     ) -> ProgressEvent:
-        """Record the end of the workflow (once: again only after it ran again)."""
+        """Record the end of the workflow (once: again only after it ran again, that is after
+        a step of it was ``placed``)."""
         log = self._log(workflow_id)
         if log.finished is not None:
             return log.finished

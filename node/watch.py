@@ -238,7 +238,8 @@ class WatchService:
             while True:
                 await trio.sleep(self.heartbeat_s)
                 try:
-                    with trio.fail_after(self.write_timeout_s):
+                    # (never cut mid-frame: the answer follows on the same stream)
+                    with trio.CancelScope(shield=True), trio.fail_after(self.write_timeout_s):
                         await ms.send(control.Heartbeat(time=time.time()))
                 except Exception:
                     gone = True

@@ -92,9 +92,11 @@ def test_workflow_finished_is_recorded_once_until_it_runs_again() -> None:
     h = hub()
     first = h.workflow_finished("wf", "FAILED", "boom")
     assert h.workflow_finished("wf", "FAILED", "boom") is first
+    h.step("wf", "a", "failed", error="late")  # a straggler does not reopen it
+    assert h.finished("wf") is first
     h.step("wf", "a", "placed")  # resumed by hand
     assert h.finished("wf") is None
-    assert h.workflow_finished("wf", "SUCCESSFUL").seq == 3
+    assert h.workflow_finished("wf", "SUCCESSFUL").seq == 4
 
 
 def test_watch_bounds_in_all_and_per_peer() -> None:
