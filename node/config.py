@@ -322,6 +322,13 @@ control:
   allow_any_client: false
   submit_wait_s: 5         # a submit is answered within this long of creating the workflow;
                            # past it the answer is PENDING and the creation goes on
+  heartbeat_s: 15          # an idle watch, or a result wait, gets a heartbeat this often
+  max_watches: 64          # watches served at once
+  max_watches_per_peer: 8  # by one client
+  watch_events_kept: 1000  # events kept per workflow (older ones: reported as missed)
+  watch_workflows_kept: 256  # workflows whose events are kept
+  watch_queue: 256         # events queued for one watcher; beyond, it is cut off (lagged)
+  watch_write_timeout_s: 10  # a watcher that takes no frame for this long is cut off
 workflow_files:            # bounds of reading a workflow file sent to this node (and the CLI's)
   max_bytes: 1048576       # the file
   max_depth: 64            # nesting of lists and mappings
