@@ -317,7 +317,11 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="Workflow input; VALUE is JSON if it parses, else a string.",
 )
 @click.option("--id", "workflow_id", default=None, help="Workflow id (idempotent submit).")
-@click.option("--wait", is_flag=True, help="Wait for the result.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the result, showing each step's progress live (with --json: the result only).",
+)
 def submit(
     file: Path,
     home: Path | None,
