@@ -187,6 +187,17 @@ async def test_watches_are_bounded_and_a_slow_watcher_is_cut_off(tmp_path: Path)
             assert isinstance(await ms.receive_within(5), control.Heartbeat)
             await ms.reset()
 
+            # control 0.2.0 has no watch (and no heartbeats): its clients never ask
+            legacy = MessageStream(
+                await host.open_stream(peer, "/hivemesh/control/0.2.0"), control.RESPONSE_CODEC
+            )
+            request = control.WatchRequest(workflow_id="long-1")
+            await legacy.send(request)
+            with pytest.raises(PeerErrorResponse) as old:
+                await legacy.receive_within(10)
+            assert old.value.code == "unknown_type"
+            await legacy.close()
+
             # per client: two watches, not a third
             one = await open_watch(host, peer, "long-1")
             two = await open_watch(host, peer, "long-1")
