@@ -105,6 +105,7 @@ CONTROL_REQUESTS: list[BaseModel] = [
     control.ListRequest(),
     control.PeersRequest(),
     control.ToolsRequest(),
+    control.WatchRequest(workflow_id="w1", since=7),
 ]
 CONTROL_RESPONSES: list[BaseModel] = [
     control.Info(peer_id=PEER_A, addrs=["/ip4/127.0.0.1/tcp/1"], tools=["text.upper"], version="1"),
@@ -139,6 +140,23 @@ CONTROL_RESPONSES: list[BaseModel] = [
             )
         ]
     ),
+    control.Watching(
+        workflow_id="w1",
+        name="demo",
+        status="RUNNING",
+        seq=3,
+        missed=0,
+        reset=False,
+        steps=[
+            control.StepProgress(
+                name="a", tool="util.echo", status="PENDING", waiting="waiting: all busy"
+            )
+        ],
+    ),
+    control.ProgressEvent(
+        workflow_id="w1", seq=4, time=5.0, kind="placed", step="a", node=PEER_A, reason="local"
+    ),
+    control.Heartbeat(time=6.0, seq=4),
 ]
 
 CASES: list[tuple[MessageCodec[Any], BaseModel]] = (
@@ -173,12 +191,14 @@ def test_codecs_know_exactly_their_message_types() -> None:
     ]
     expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
     assert control.REQUEST_CODEC.types == sorted(
-        [*expected, "handoffs", "handoff_cancel", "resume", "delete"]
+        [*expected, "handoffs", "handoff_cancel", "resume", "delete", "watch"]
     )
     # cancel and resume are answered with a status, handoff_cancel with the handoffs it
-    # stopped, delete with a list of what it deleted: no new response types
+    # stopped, delete with a list of what it deleted: no new response types; watch (0.3.0)
+    # with watching, event and heartbeat frames (heartbeats also during a result wait)
     assert control.RESPONSE_CODEC.types == sorted(
-        {*expected, "submitted", "handoffs"} - {"submit", "cancel"}
+        {*expected, "submitted", "handoffs", "watching", "event", "heartbeat"}
+        - {"submit", "cancel"}
     )
     assert control.CODEC is control.REQUEST_CODEC
 
