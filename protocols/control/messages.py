@@ -112,7 +112,7 @@ class WatchRequest(WireModel):
 
     type: Literal["watch"] = "watch"
     workflow_id: str = Field(max_length=MAX_ID_LEN)
-    since: int = Field(default=0, ge=0, description="send the events after this seq")
+    since: StrictInt = Field(default=0, ge=0, description="send the events after this seq")
 
 
 class ListRequest(WireModel):
@@ -319,8 +319,10 @@ class Watching(WireModel):
     name: str
     status: str
     error: str | None = None
-    seq: int = Field(description="the newest event's seq when the snapshot was taken (0: none)")
-    missed: int = Field(description="events after 'since' this node no longer keeps")
+    seq: StrictInt = Field(
+        description="the newest event's seq when the snapshot was taken (0: none)"
+    )
+    missed: StrictInt = Field(description="events after 'since' this node no longer keeps")
     reset: bool = Field(
         description="true: 'since' is beyond this node's log of the workflow (the node "
         "restarted or forgot it); seqs start again, rebuild from 'steps'"
@@ -333,7 +335,7 @@ class ProgressEvent(WireModel):
 
     type: Literal["event"] = "event"
     workflow_id: str
-    seq: int
+    seq: StrictInt
     time: float
     kind: str
     step: str | None = None
@@ -349,7 +351,7 @@ class Heartbeat(WireModel):
 
     type: Literal["heartbeat"] = "heartbeat"
     time: float
-    seq: int | None = Field(default=None, description="on a watch: the newest event's seq")
+    seq: StrictInt | None = Field(default=None, description="on a watch: the newest event's seq")
 
 
 ControlRequest = (
