@@ -361,7 +361,10 @@ class Engine(StepExecution):
         if self.max_running is not None and active >= self.max_running:
             if self.max_pending is not None and len(self._pending) >= self.max_pending:
                 del self._runs[run.workflow_id]
-                raise queue.Full(f"workflow queue is full ({self.max_pending} pending workflows)")
+                # Ray Workflows' text, which callers match on; the limit follows it
+                raise queue.Full(
+                    f"Workflow queue has been full (max_pending_workflows={self.max_pending})"
+                )
             run.status = WorkflowStatus.PENDING
             self._pending.append(run)
             return WorkflowStatus.PENDING
