@@ -88,8 +88,11 @@ def init(
     """Start the workflow engine (and Ray, if it is not running).
 
     ``storage`` is a folder or ``file://`` URL for the journal (default:
-    ``$HIVEMESH_WORKFLOW_STORAGE``, else ``~/.hivemesh/workflows``). Calling ``init`` again
-    with other settings replaces the engine if no workflow is running.
+    ``$HIVEMESH_WORKFLOW_STORAGE``, else ``~/.hivemesh/workflows``). As in Ray Workflows,
+    the two limits are ints (``TypeError`` otherwise), -1 means no limit, and they hold
+    until the engine ends (:func:`shutdown` or ``ray.shutdown()``): calling ``init`` again
+    with None keeps them, with other values raises ``ValueError``. Calling it again with
+    another storage or other hivemesh settings replaces the engine if no workflow runs.
 
     hivemesh's own settings: a workflow resumed ``max_resume_attempts`` times in a row
     without completing a step while the process died each time, or whose resume had not
@@ -98,15 +101,21 @@ def init(
     output is at most ``max_step_output_bytes`` (None: no limit), its error text at most
     ``max_error_chars`` and a traceback in it at most ``max_traceback_chars`` characters.
     """
-    # -1 means "no limit", as in Ray Workflows
-    if max_running_workflows == -1:
-        max_running_workflows = None
-    if max_pending_workflows == -1:
-        max_pending_workflows = None
-    if max_running_workflows is not None and max_running_workflows < 1:
-        raise ValueError("max_running_workflows must be at least 1 (or -1 for no limit)")
-    if max_pending_workflows is not None and max_pending_workflows < 0:
-        raise ValueError("max_pending_workflows must be non-negative (or -1 for no limit)")
+    # as in Ray Workflows: the two limits are ints (or None), -1 means "no limit"
+    for name, value in (
+        ("max_running_workflows", max_running_workflows),
+        ("max_pending_workflows", max_pending_workflows),
+    ):
+        if value is not None and not isinstance(value, int):
+            raise TypeError(f"'{name}' must be None or an integer, not {type(value).__name__}")
+    if max_running_workflows is not None and (
+        max_running_workflows < -1 or max_running_workflows == 0
+    ):
+        raise ValueError("'max_running_workflows' must be a positive integer or use -1 as infinity")
+    if max_pending_workflows is not None and max_pending_workflows < -1:
+        raise ValueError(
+            "'max_pending_workflows' must be a non-negative integer or use -1 as infinity"
+        )
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
     if max_resume_attempts is not None and max_resume_attempts < 0:
@@ -120,12 +129,25 @@ def init(
         if not ray.is_initialized():
             ray.init()
         if _Runtime.engine is not None:
+            # as in Ray Workflows: the limits hold until the engine ends (shutdown(), or
+            # ray.shutdown()); None keeps them, other values raise ValueError
+            running, pending = _Runtime.engine.max_running, _Runtime.engine.max_pending
+            wanted_running = _no_limit(max_running_workflows, running)
+            wanted_pending = _no_limit(max_pending_workflows, pending)
+            if (wanted_running, wanted_pending) != (running, pending):
+                raise ValueError(
+                    "workflows.init() is called again but the init options do not match "
+                    f"the original ones: max_running_workflows={_shown(running)} "
+                    f"max_pending_workflows={_shown(pending)}, new: "
+                    f"max_running_workflows={_shown(wanted_running)} "
+                    f"max_pending_workflows={_shown(wanted_pending)} "
+                    "(call workflows.shutdown() first to change them)"
+                )
+            max_running_workflows, max_pending_workflows = running, pending
             if (
                 _Runtime.storage is not None
                 and _Runtime.storage.root == path
                 and _Runtime.storage.synchronous == synchronous
-                and _Runtime.engine.max_running == max_running_workflows
-                and _Runtime.engine.max_pending == max_pending_workflows
                 and _Runtime.engine.limits == limits
                 and (_Runtime.engine.max_resume_attempts, _Runtime.engine.resume_stall_s)
                 == resume_bounds
@@ -140,12 +162,23 @@ def init(
         _Runtime.storage = Storage(path, synchronous=synchronous)  # type: ignore[arg-type]
         _Runtime.engine = Engine(
             _Runtime.storage,
-            max_running_workflows=max_running_workflows,
-            max_pending_workflows=max_pending_workflows,
+            max_running_workflows=_no_limit(max_running_workflows, None),
+            max_pending_workflows=_no_limit(max_pending_workflows, None),
             limits=limits,
             max_resume_attempts=max_resume_attempts,
             resume_stall_s=resume_stall_s,
         )
+
+
+def _no_limit(value: int | None, current: int | None) -> int | None:
+    """An ``init`` limit as the engine holds it: None keeps ``current``, -1 is no limit."""
+    if value is None:
+        return current
+    return None if value == -1 else value
+
+
+def _shown(limit: int | None) -> int:
+    return -1 if limit is None else limit
 
 
 def is_initialized() -> bool:

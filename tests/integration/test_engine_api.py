@@ -759,6 +759,7 @@ def test_legacy_max_retries_retries_application_errors(wf_storage: Path, tmp_pat
 
 
 def test_max_running_and_pending_workflows(wf_storage: Path, tmp_path: Path) -> None:
+    workflow.shutdown()  # the limits hold until the engine ends
     workflow.init(storage=wf_storage, max_running_workflows=1, max_pending_workflows=1)
     started, release, order = tmp_path / "started", tmp_path / "release", tmp_path / "order"
     first = workflow.run_async(
@@ -779,6 +780,7 @@ def test_max_running_and_pending_workflows(wf_storage: Path, tmp_path: Path) -> 
 
 
 def test_pending_workflows_run_in_fifo_order(wf_storage: Path, tmp_path: Path) -> None:
+    workflow.shutdown()  # the limits hold until the engine ends
     workflow.init(storage=wf_storage, max_running_workflows=1, max_pending_workflows=3)
     started, release, order = tmp_path / "started", tmp_path / "release", tmp_path / "order"
     workflow.run_async(h.wait_for_file.bind(str(release), "a", str(started)), workflow_id="a")

@@ -15,6 +15,43 @@ import ray
 import workflows as workflow
 from tests.integration import engine_helpers as h
 from workflows import WorkflowStatus
+from workflows import api as wf_api
+
+# -- init(): the two limits --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [1.7, "2", [1]])
+def test_init_limits_must_be_integers(wf_storage: Path, bad: object) -> None:
+    with pytest.raises(TypeError, match="max_running_workflows"):
+        workflow.init(storage=wf_storage, max_running_workflows=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="max_pending_workflows"):
+        workflow.init(storage=wf_storage, max_pending_workflows=bad)  # type: ignore[arg-type]
+
+
+def test_init_limits_out_of_range_are_value_errors(wf_storage: Path) -> None:
+    for running in (0, -2):
+        with pytest.raises(ValueError, match="max_running_workflows"):
+            workflow.init(storage=wf_storage, max_running_workflows=running)
+    with pytest.raises(ValueError, match="max_pending_workflows"):
+        workflow.init(storage=wf_storage, max_pending_workflows=-2)
+
+
+def test_init_again_with_other_limits_raises_and_none_keeps_them(wf_storage: Path) -> None:
+    # the fixture started the engine without limits
+    with pytest.raises(ValueError, match="do not match the original ones"):
+        workflow.init(storage=wf_storage, max_running_workflows=2)
+    workflow.init(storage=wf_storage, max_running_workflows=-1, max_pending_workflows=-1)
+    workflow.shutdown()  # the limits hold until the engine ends
+    workflow.init(storage=wf_storage, max_running_workflows=2, max_pending_workflows=3)
+    engine = wf_api._Runtime.engine
+    workflow.init(storage=wf_storage)  # None keeps both: the same engine goes on
+    workflow.init(storage=wf_storage, max_running_workflows=2)
+    assert wf_api._Runtime.engine is engine
+    assert (engine.max_running, engine.max_pending) == (2, 3)
+    with pytest.raises(ValueError, match="max_pending_workflows=3"):
+        workflow.init(storage=wf_storage, max_pending_workflows=-1)
+    assert wf_api._Runtime.engine is engine
+
 
 # -- queue.Full --------------------------------------------------------------------------
 
