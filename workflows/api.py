@@ -435,7 +435,8 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
     storage = _storage()
     row = storage.get_workflow(wid)
     if row is None:
-        raise WorkflowNotFoundError(wid)
+        # Ray Workflows' words (a ValueError there too)
+        raise WorkflowNotFoundError(wid, f"No such workflow_id {wid}")
     if task_id is None:
         return {
             "status": get_status(wid).value,
@@ -445,7 +446,7 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
     task = storage.get_task(wid, task_id)
     step = _find_step(storage, row, task_id)
     if step is None:
-        raise ValueError(f"workflow {wid!r} has no task {task_id!r} (yet)")
+        raise ValueError(f"No such task_id {task_id} in workflow {wid}")
     stats = {} if task is None else {"start_time": task.start_time, "end_time": task.end_time}
     return {
         "task_id": task_id,

@@ -14,7 +14,7 @@ import ray
 
 import workflows as workflow
 from tests.integration import engine_helpers as h
-from workflows import WorkflowStatus
+from workflows import WorkflowNotFoundError, WorkflowStatus
 from workflows import api as wf_api
 
 # -- init(): the two limits --------------------------------------------------------------
@@ -70,3 +70,19 @@ def test_a_full_pending_queue_raises_ray_workflows_message(
         workflow.run(h.identity.bind(3), workflow_id="c")
     h.touch(release)
     assert ray.get([first, second], timeout=60) == [1, 2]
+
+
+# -- get_metadata: unknown ids -----------------------------------------------------------
+
+
+def test_get_metadata_of_unknown_ids_raises_value_errors(wf_storage: Path) -> None:
+    with pytest.raises(ValueError, match=r"^No such workflow_id ghost$") as unknown:
+        workflow.get_metadata("ghost")
+    assert isinstance(unknown.value, WorkflowNotFoundError)
+    assert workflow.run(h.identity.bind(1), workflow_id="known") == 1
+    with pytest.raises(ValueError, match=r"^No such task_id missing in workflow known$"):
+        workflow.get_metadata("known", "missing")
+    with pytest.raises(ValueError):  # as 2.47's get_output
+        workflow.get_output("ghost")
+    with pytest.raises(WorkflowNotFoundError):
+        workflow.get_status("ghost")
