@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray.dag import DAGNode
+from ray.remote_function import RemoteFunction
 
 from workflows.engine import serde
 from workflows.engine.graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
@@ -533,21 +534,65 @@ def delete(workflow_id: str) -> None:
 # -- building steps --------------------------------------------------------------------------
 
 
-def options(**kwargs: Any) -> dict[str, Any]:
-    """Workflow options for a step: ``f.options(**workflow.options(task_id=..., ...))``.
+class options(dict[str, Any]):  # Ray Workflows' name: a class used like a function
+    """Workflow options for a step, used as Ray Workflows' were, in either form::
 
-    Accepts ``task_id``, ``metadata``, ``catch_exceptions`` and ``checkpoint``.
+        f.options(**workflow.options(task_id="x", catch_exceptions=True))
+
+        @workflow.options(task_id="x")
+        @ray.remote
+        def f(): ...
+
+    Accepts ``task_id``, ``metadata``, ``catch_exceptions`` and ``checkpoint``. As a
+    decorator it sets the remote function's defaults (it returns the same function);
+    workflow options given later with ``.options(**workflow.options(...))`` override them
+    key by key, and other Ray options leave them as they are.
     """
-    unknown = set(kwargs) - set(WORKFLOW_OPTION_KEYS)
-    if unknown:
-        raise ValueError(
-            f"invalid workflow option(s) {sorted(unknown)}; valid: {list(WORKFLOW_OPTION_KEYS)}"
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - set(WORKFLOW_OPTION_KEYS)
+        if unknown:
+            raise ValueError(
+                f"invalid workflow option(s) {sorted(unknown)}; valid: {list(WORKFLOW_OPTION_KEYS)}"
+            )
+        if "task_id" in kwargs and not isinstance(kwargs["task_id"], str):
+            raise ValueError("task_id must be a str")
+        if "metadata" in kwargs:
+            kwargs["metadata"] = _check_metadata(kwargs["metadata"])
+        self.workflow_options = kwargs
+        super().__init__(_labels={OPTIONS_LABEL: json.dumps(kwargs)})
+
+    def __call__(self, f: Any) -> Any:
+        if not isinstance(f, RemoteFunction):
+            raise ValueError("Only apply 'workflow.options' to Ray remote functions.")
+        f._default_options["_labels"] = _merged_labels(
+            f._default_options.get("_labels"), self.workflow_options
         )
-    if "task_id" in kwargs and not isinstance(kwargs["task_id"], str):
-        raise ValueError("task_id must be a str")
-    if "metadata" in kwargs:
-        kwargs["metadata"] = _check_metadata(kwargs["metadata"])
-    return {"_labels": {OPTIONS_LABEL: json.dumps(kwargs)}}
+        if "options" not in vars(f):  # once: later decorators only change the defaults
+            plain_options = f.options
+
+            def merging_options(**task_options: Any) -> Any:
+                # Ray replaces the whole ``_labels`` dict: keep the decorator's workflow
+                # options under those given here, key by key (as Ray Workflows did)
+                labels = task_options.get("_labels")
+                if isinstance(labels, dict) and OPTIONS_LABEL in labels:
+                    given = json.loads(labels[OPTIONS_LABEL])
+                    rest = {k: v for k, v in labels.items() if k != OPTIONS_LABEL}
+                    base = f._default_options.get("_labels") or {}
+                    task_options["_labels"] = _merged_labels({**base, **rest}, given)
+                return plain_options(**task_options)
+
+            f.options = merging_options  # type: ignore[method-assign]
+        return f
+
+
+def _merged_labels(labels: Any, workflow_options: dict[str, Any]) -> dict[str, Any]:
+    """Ray ``_labels`` with ``workflow_options`` merged over the workflow options in them."""
+    merged = dict(labels) if isinstance(labels, dict) else {}
+    raw = merged.get(OPTIONS_LABEL)
+    current = json.loads(raw) if raw else {}
+    merged[OPTIONS_LABEL] = json.dumps({**current, **workflow_options})
+    return merged
 
 
 def sleep(duration: float) -> DAGNode:

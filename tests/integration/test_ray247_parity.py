@@ -72,6 +72,51 @@ def test_a_full_pending_queue_raises_ray_workflows_message(
     assert ray.get([first, second], timeout=60) == [1, 2]
 
 
+# -- workflow.options as a decorator -----------------------------------------------------
+
+
+@workflow.options(task_id="named", metadata={"owner": "ops"})
+@ray.remote
+def named_step(x: int) -> int:
+    if x < 0:
+        raise ValueError(f"negative {x}")
+    return x * 10
+
+
+def test_options_decorates_a_remote_function(wf_storage: Path) -> None:
+    assert workflow.run(named_step.bind(4), workflow_id="deco") == 40
+    meta = workflow.get_metadata("deco", "named")
+    assert meta["user_metadata"] == {"owner": "ops"}
+    assert meta["task_options"]["task_id"] == "named"
+    assert workflow.get_output("deco", task_id="named") == 40
+
+
+def test_options_after_the_decorator_override_it_key_by_key(wf_storage: Path) -> None:
+    caught = named_step.options(**workflow.options(catch_exceptions=True))
+    result, error = workflow.run(caught.bind(-1), workflow_id="deco-caught")
+    assert result is None and isinstance(error, ValueError)
+    meta = workflow.get_metadata("deco-caught", "named")  # the decorator's id and metadata
+    assert meta["user_metadata"] == {"owner": "ops"}
+    assert meta["task_options"]["catch_exceptions"] is True
+    renamed = named_step.options(num_cpus=1, **workflow.options(task_id="renamed"))
+    assert workflow.run(renamed.bind(1), workflow_id="deco-renamed") == 10
+    assert workflow.get_metadata("deco-renamed", "renamed")["user_metadata"] == {"owner": "ops"}
+    # Ray options alone keep every workflow option of the decorator
+    assert workflow.run(named_step.options(num_cpus=1).bind(2), workflow_id="deco-ray") == 20
+    assert workflow.get_output("deco-ray", task_id="named") == 20
+
+
+def test_options_decorates_only_remote_functions() -> None:
+    def plain() -> None:
+        return None
+
+    with pytest.raises(ValueError, match="Ray remote functions"):
+        workflow.options(task_id="x")(plain)
+    with pytest.raises(ValueError, match="invalid workflow option"):
+        workflow.options(name="x")
+    assert dict(**workflow.options(checkpoint=False)).keys() == {"_labels"}
+
+
 # -- get_metadata: unknown ids -----------------------------------------------------------
 
 
