@@ -439,16 +439,29 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
         # Ray Workflows' words (a ValueError there too)
         raise WorkflowNotFoundError(wid, f"No such workflow_id {wid}")
     if task_id is None:
-        return {
-            "status": get_status(wid).value,
-            "user_metadata": row.user_metadata,
-            "stats": {"start_time": row.start_time, "end_time": row.end_time},
-        }
+        status = get_status(wid)
+        # as in Ray Workflows: a key only once it has a value, and an end time only for a
+        # workflow that ended by itself (not while it runs or waits, nor when canceled)
+        stats = {}
+        if row.start_time is not None:
+            stats["start_time"] = row.start_time
+        if row.end_time is not None and status in (
+            WorkflowStatus.SUCCESSFUL,
+            WorkflowStatus.FAILED,
+        ):
+            stats["end_time"] = row.end_time
+        return {"status": status.value, "user_metadata": row.user_metadata, "stats": stats}
     task = storage.get_task(wid, task_id)
     step = _find_step(storage, row, task_id)
     if step is None:
         raise ValueError(f"No such task_id {task_id} in workflow {wid}")
-    stats = {} if task is None else {"start_time": task.start_time, "end_time": task.end_time}
+    stats = {}
+    if task is not None:
+        stats = {
+            key: value
+            for key, value in (("start_time", task.start_time), ("end_time", task.end_time))
+            if value is not None
+        }
     return {
         "task_id": task_id,
         "task_options": step.options_record(),

@@ -7,7 +7,9 @@ does the same. Steps count their runs in files under ``tmp_path``; waits are bou
 from __future__ import annotations
 
 import queue
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
@@ -131,3 +133,59 @@ def test_get_metadata_of_unknown_ids_raises_value_errors(wf_storage: Path) -> No
         workflow.get_output("ghost")
     with pytest.raises(WorkflowNotFoundError):
         workflow.get_status("ghost")
+
+
+# -- get_metadata: start and end times ---------------------------------------------------
+
+
+@ray.remote
+def hands_over(x: int) -> Any:
+    return workflow.continuation(h.identity.bind(x))
+
+
+def test_end_time_only_once_a_workflow_ended_by_itself(wf_storage: Path, tmp_path: Path) -> None:
+    started, release = tmp_path / "started", tmp_path / "release"
+    workflow.run_async(h.wait_for_file.bind(str(release), 1, str(started)), workflow_id="slow")
+    h.wait_until(started.exists, what="the step to start")
+    running = workflow.get_metadata("slow")
+    assert running["status"] == "RUNNING"
+    assert set(running["stats"]) == {"start_time"}
+    workflow.cancel("slow")
+    canceled = workflow.get_metadata("slow")
+    assert canceled["status"] == "CANCELED"
+    assert set(canceled["stats"]) == {"start_time"}
+
+    flag, runs = tmp_path / "flag", tmp_path / "runs"
+    with pytest.raises(ValueError):
+        workflow.run(h.fail_unless_flag.bind(str(flag), str(runs), 7), workflow_id="flaky")
+    failed = workflow.get_metadata("flaky")
+    assert failed["status"] == "FAILED"
+    assert failed["stats"]["start_time"] <= failed["stats"]["end_time"]
+
+
+def test_a_resumed_workflow_starts_its_time_again(wf_storage: Path, tmp_path: Path) -> None:
+    flag, runs = tmp_path / "flag", tmp_path / "runs"
+    with pytest.raises(ValueError):
+        workflow.run(h.fail_unless_flag.bind(str(flag), str(runs), 7), workflow_id="again")
+    first = workflow.get_metadata("again")["stats"]
+    h.touch(flag)
+    assert workflow.resume("again") == 7
+    second = workflow.get_metadata("again")["stats"]
+    assert first["end_time"] <= second["start_time"] <= second["end_time"]
+    assert h.count_lines(runs) == 2
+
+
+def test_a_pending_workflow_has_no_start_time_until_it_runs(
+    wf_storage: Path, tmp_path: Path
+) -> None:
+    workflow.shutdown()
+    workflow.init(storage=wf_storage, max_running_workflows=1)
+    started, release = tmp_path / "started", tmp_path / "release"
+    first = workflow.run_async(h.wait_for_file.bind(str(release), 1, str(started)), workflow_id="a")
+    h.wait_until(started.exists, what="the first workflow to start")
+    second = workflow.run_async(h.identity.bind(2), workflow_id="b")
+    assert workflow.get_metadata("b") == {"status": "PENDING", "user_metadata": {}, "stats": {}}
+    released_at = time.time()
+    h.touch(release)
+    assert ray.get([first, second], timeout=60) == [1, 2]
+    assert released_at <= workflow.get_metadata("b")["stats"]["start_time"]

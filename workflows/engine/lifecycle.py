@@ -335,7 +335,9 @@ class Engine(StepExecution):
                     self.owner,
                     now,
                     now,
-                    now,
+                    # as in Ray Workflows: the time it started running (a pending one
+                    # has none yet)
+                    now if status is WorkflowStatus.RUNNING else None,
                 ),
             )
             return True
@@ -444,7 +446,7 @@ class Engine(StepExecution):
         args, kwargs = serde.loads(row.inputs)
         allocator = TaskIdAllocator({s.task_id for s in graph.steps})
         run = self._new_run(wid, graph, args, kwargs, row.user_metadata, allocator)
-        run.start_time = row.start_time or time.time()
+        run.start_time = time.time()
         run.unclean = True  # until its first committed step (a clean point)
         rows = {r.task_id: r for r in self.storage.list_tasks(wid)}
         # expand stored continuations (iteratively: they can nest)
@@ -493,10 +495,14 @@ class Engine(StepExecution):
                 and owner_alive(owner, heartbeat)
             ):
                 raise RuntimeError(f"workflow {wid!r} is running in another process ({owner})")
+            # as in Ray Workflows, a resume that runs it starts its time again (a pending
+            # one keeps the last until it runs)
+            now = time.time()
             db.execute(
                 "UPDATE wf SET status = ?, owner = ?, heartbeat = ?, error = NULL,"
-                " error_text = NULL, end_time = NULL WHERE workflow_id = ?",
-                (run.status.value, self.owner, time.time(), wid),
+                " error_text = NULL, end_time = NULL,"
+                " start_time = CASE WHEN ? THEN ? ELSE start_time END WHERE workflow_id = ?",
+                (run.status.value, self.owner, now, run.status is WorkflowStatus.RUNNING, now, wid),
             )
 
         try:
@@ -600,8 +606,11 @@ class Engine(StepExecution):
             nxt = self._pending.popleft()
             wid = nxt.workflow_id
 
-            def mark(db: Any, wid: str = wid) -> None:
-                db.execute("UPDATE wf SET status = 'RUNNING' WHERE workflow_id = ?", (wid,))
+            def mark(db: Any, wid: str = wid, now: float = time.time()) -> None:
+                db.execute(
+                    "UPDATE wf SET status = 'RUNNING', start_time = ? WHERE workflow_id = ?",
+                    (now, wid),
+                )
 
             self._write(mark)
             self._kick(nxt)
