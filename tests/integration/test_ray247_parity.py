@@ -143,6 +143,14 @@ def hands_over(x: int) -> Any:
     return workflow.continuation(h.identity.bind(x))
 
 
+def test_a_step_that_continued_has_an_end_time(wf_storage: Path) -> None:
+    before = time.time()
+    assert workflow.run(hands_over.bind(5), workflow_id="handover") == 5
+    stats = workflow.get_metadata("handover", f"{__name__}.hands_over")["stats"]
+    assert before <= stats["start_time"] <= stats["end_time"]
+    assert stats["end_time"] <= workflow.get_metadata("handover")["stats"]["end_time"]
+
+
 def test_end_time_only_once_a_workflow_ended_by_itself(wf_storage: Path, tmp_path: Path) -> None:
     started, release = tmp_path / "started", tmp_path / "release"
     workflow.run_async(h.wait_for_file.bind(str(release), 1, str(started)), workflow_id="slow")

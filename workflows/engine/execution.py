@@ -343,15 +343,18 @@ class StepExecution(EngineLoop):
         blob = serde.dumps(graph)
         step = task.step
         progressed = self._progressed(run)
+        returned_at = time.time()
 
         def write(db: Any) -> None:
             if progressed:
                 clean_point(db, run.workflow_id)
+            # its end time is when it returned the continuation, as in Ray Workflows
             db.execute(
                 "INSERT INTO task(workflow_id, task_id, status, continuation, options,"
-                " user_metadata, start_time) VALUES (?, ?, 'CONTINUED', ?, ?, ?, ?)"
+                " user_metadata, start_time, end_time) VALUES (?, ?, 'CONTINUED', ?, ?, ?, ?, ?)"
                 " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'CONTINUED',"
-                " continuation = excluded.continuation",
+                " continuation = excluded.continuation, end_time = excluded.end_time,"
+                " start_time = COALESCE(task.start_time, excluded.start_time)",
                 (
                     run.workflow_id,
                     tid,
@@ -359,6 +362,7 @@ class StepExecution(EngineLoop):
                     json.dumps(step.options_record()),
                     json.dumps(step.metadata),
                     task.started_at,
+                    returned_at,
                 ),
             )
 
