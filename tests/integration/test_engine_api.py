@@ -468,13 +468,17 @@ def test_catch_exceptions_passes_down_to_the_direct_continuation(wf_storage: Pat
     assert type(error) is ValueError
 
 
-def test_an_explicit_catch_exceptions_false_in_the_continuation_is_kept(
+def test_an_explicit_catch_exceptions_false_in_the_continuation_defers_to_its_creator(
     wf_storage: Path,
 ) -> None:
-    # Ray Workflows passes catch_exceptions down only where the continuation leaves it unset
+    # the failing step does not catch, but the step that returned it does (Ray Workflows
+    # looks up the chain of continuations for the nearest step that catches)
     catching = continues_into_uncaught.options(**workflow.options(catch_exceptions=True))
-    with pytest.raises(ValueError, match="boom"):
-        workflow.run(catching.bind(True), workflow_id="cont-uncaught")
+    result, error = workflow.run(catching.bind(True), workflow_id="cont-uncaught")
+    assert result is None
+    assert type(error) is ValueError
+    with pytest.raises(ValueError, match="boom"):  # nothing up the chain catches
+        workflow.run(continues_into_uncaught.bind(True), workflow_id="cont-uncaught-2")
 
 
 def test_a_continuation_inherits_checkpoint_false(wf_storage: Path) -> None:

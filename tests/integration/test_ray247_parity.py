@@ -197,3 +197,74 @@ def test_a_pending_workflow_has_no_start_time_until_it_runs(
     h.touch(release)
     assert ray.get([first, second], timeout=60) == [1, 2]
     assert released_at <= workflow.get_metadata("b")["stats"]["start_time"]
+
+
+# -- catch_exceptions up the chain of continuations --------------------------------------
+
+
+@ray.remote
+def raises(text: str) -> None:
+    raise ValueError(text)
+
+
+@ray.remote
+def pair(a: Any, b: Any) -> tuple[Any, Any]:
+    return (a, b)
+
+
+@ray.remote
+def fails_inside(fail: bool) -> Any:
+    # the error comes from a step that is not the continuation's output step
+    feeder = raises.bind("inner") if fail else h.identity.bind(10)
+    return workflow.continuation(h.identity.bind(feeder))
+
+
+@ray.remote
+def two_levels(fail: bool) -> Any:
+    # the middle step explicitly does not catch: the one above it does
+    middle = fails_inside.options(**workflow.options(catch_exceptions=False))
+    return workflow.continuation(middle.bind(fail))
+
+
+@ray.remote
+def fails_beside_a_blocked_step(release: str, started: str) -> Any:
+    return workflow.continuation(
+        pair.bind(h.wait_for_file.bind(release, 1, started), raises.bind("beside"))
+    )
+
+
+def test_the_step_that_returned_the_continuation_catches_an_inner_error(
+    wf_storage: Path,
+) -> None:
+    catching = fails_inside.options(**workflow.options(catch_exceptions=True))
+    result, error = workflow.run(catching.bind(True), workflow_id="inner")
+    assert result is None
+    assert type(error) is ValueError and error.args == ("inner",)
+    assert workflow.get_status("inner") is WorkflowStatus.SUCCESSFUL
+    assert workflow.run(catching.bind(False), workflow_id="inner-ok") == (10, None)
+    # stored: a second run of the id returns the caught error without running anything
+    again = workflow.run(catching.bind(False), workflow_id="inner")
+    assert again[0] is None and type(again[1]) is ValueError
+
+
+def test_the_nearest_catching_step_up_the_chain_catches(wf_storage: Path) -> None:
+    catching = two_levels.options(**workflow.options(catch_exceptions=True))
+    result, error = workflow.run(catching.bind(True), workflow_id="two-up")
+    assert result is None and type(error) is ValueError
+    # a success is wrapped only along output steps that catch (here the middle one does
+    # not), as in Ray Workflows
+    assert workflow.run(catching.bind(False), workflow_id="two-up-ok") == 10
+    with pytest.raises(ValueError, match="inner"):  # no step up the chain catches
+        workflow.run(two_levels.bind(True), workflow_id="two-up-uncaught")
+    assert workflow.get_status("two-up-uncaught") is WorkflowStatus.FAILED
+
+
+def test_a_caught_error_does_not_wait_for_the_rest_of_the_continuation(
+    wf_storage: Path, tmp_path: Path
+) -> None:
+    release, started = tmp_path / "release", tmp_path / "started"
+    catching = fails_beside_a_blocked_step.options(**workflow.options(catch_exceptions=True))
+    ref = workflow.run_async(catching.bind(str(release), str(started)), workflow_id="beside")
+    # the blocked step would wait 60 s for its file, which never appears
+    result, error = ray.get(ref, timeout=30)
+    assert result is None and error.args == ("beside",)

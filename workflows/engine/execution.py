@@ -31,7 +31,13 @@ from workflows.engine.graph import (
 from workflows.engine.limits import StepLimits, bound_error_text
 from workflows.engine.loop import EngineLoop
 from workflows.engine.outputs import execution_error, load_task_output
-from workflows.engine.runstate import Run, Task, add_steps, resolve_alias
+from workflows.engine.runstate import (
+    Run,
+    Task,
+    add_steps,
+    continuation_subtree,
+    resolve_alias,
+)
 from workflows.engine.step import ContinuationGraph, function_key, make_runner, remote_execute_step
 from workflows.engine.storage import Storage
 from workflows.engine.tool_runs import ToolRunner, ToolSteps
@@ -211,6 +217,8 @@ class StepExecution(EngineLoop):
         if run.finished:
             return
         task = run.tasks[tid]
+        if task.state == "ABANDONED":
+            return
         step = task.step
         exc = result if isinstance(result, RayError) else None
         if exc is None:
@@ -231,11 +239,57 @@ class StepExecution(EngineLoop):
             task.ref = None
             self._succeed(run, task, (None, cause))
             return
+        catcher = self._catcher(run, task) if isinstance(exc, RayTaskError) else None
+        if catcher is not None:
+            self._caught_by(run, catcher, cause)
+            return
         self._fail(run, cause, tid)
+
+    @staticmethod
+    def _catcher(run: Run, task: Task) -> Task | None:
+        """As in Ray Workflows: the nearest step up the chain of continuations that
+        ``task`` is part of whose ``catch_exceptions`` is set (it catches the error)."""
+        creator = task.creator
+        while creator is not None:
+            up = run.tasks[creator]
+            if up.step.catch_exceptions:
+                return up
+            creator = up.creator
+        return None
+
+    def _caught_by(self, run: Run, catcher: Task, cause: BaseException) -> None:
+        """``catcher``'s continuation failed with an application error it catches: its
+        output is ``(None, cause)``, and the rest of its continuation is abandoned (its
+        running steps are stopped; nothing reads their outputs)."""
+        if catcher.state != "CONTINUED":
+            return  # its output is known already: nothing can read the error
+        stop: list[ray.ObjectRef] = []
+        for task in continuation_subtree(run, catcher.step.task_id):
+            task.state = "ABANDONED"
+            tid = task.step.task_id
+            ref = run.running.pop(tid, None)
+            if ref is not None:
+                stop.append(ref)
+            call = run.tool_calls.pop(tid, None)
+            if call is not None:
+                call.cancel()
+        if stop:
+            self._pool.submit(stop_tasks, stop)
+        if catcher.alias is not None:
+            target = run.tasks[catcher.alias]
+            target.alias_parents = tuple(
+                p for p in target.alias_parents if p != catcher.step.task_id
+            )
+            catcher.alias = None
+        catcher.ref = None
+        catcher.state = "RUNNING"
+        self._succeed(run, catcher, (None, cause))
 
     def _succeed(
         self, run: Run, task: Task, value: Any, on_commit: Callable[[], None] | None = None
     ) -> None:
+        if task.state == "ABANDONED":
+            return  # a step of a continuation whose error was caught further up
         step = task.step
         keep = (
             step.task_id == run.output
@@ -370,9 +424,11 @@ class StepExecution(EngineLoop):
         self._write(write, lambda: self._expand(run, task, graph))
 
     def _expand(self, run: Run, task: Task, graph: Graph) -> None:
-        if run.finished:
+        if run.finished or task.state == "ABANDONED":
             return
         add_steps(run, graph.steps)
+        for step in graph.steps:
+            run.tasks[step.task_id].creator = task.step.task_id
         task.state = "CONTINUED"
         task.alias = graph.output
         out = run.tasks[graph.output]
@@ -381,7 +437,7 @@ class StepExecution(EngineLoop):
         self._start_tasks(run, [t for t in ready if t.pending == 0 and t.state == "WAITING"])
 
     def _on_committed(self, run: Run, tid: str) -> None:
-        if run.finished:
+        if run.finished or run.tasks[tid].state == "ABANDONED":
             return
         self._mark_done(run, run.tasks[tid])
         self._maybe_finish(run)
@@ -447,6 +503,8 @@ class StepExecution(EngineLoop):
     ) -> None:
         if run.finished:
             return
+        if tid is not None and tid in run.tasks and run.tasks[tid].state == "ABANDONED":
+            return  # a step of a continuation whose error was caught further up
         run.finished = True
         running = list(run.running.values())
         run.running.clear()

@@ -463,6 +463,8 @@ class Engine(StepExecution):
                 for s in sub.steps:
                     allocator.allocate(s.task_id)
                 add_steps(run, sub.steps)
+                for s in sub.steps:
+                    run.tasks[s.task_id].creator = tid
                 task.state = "CONTINUED"
                 task.alias = sub.output
                 out = run.tasks[sub.output]
@@ -472,6 +474,9 @@ class Engine(StepExecution):
                 task.timer_end = r.timer_end
             elif r.status == "RUNNING" and r.node:
                 task.node = r.node  # a tool step: ask the same node again (re-attach)
+        # ids the journal holds rows for are not handed out again (a continuation whose
+        # error a step up the chain caught left rows that no task of the run stands for)
+        allocator.reserve(rows)
         # settle dependency counts for what is already done (each task exactly once)
         settled: set[str] = set()
         for task in [t for t in run.tasks.values() if t.state == "DONE"]:
