@@ -129,6 +129,8 @@ def init(
     with _Runtime.lock:
         if not ray.is_initialized():
             ray.init()
+        if _Runtime.engine is not None and _Runtime.engine.ray_lost():
+            shutdown()  # it ended with its Ray: start afresh, as Ray Workflows did
         if _Runtime.engine is not None:
             # as in Ray Workflows: the limits hold until the engine ends (shutdown(), or
             # ray.shutdown()); None keeps them, other values raise ValueError
@@ -183,7 +185,8 @@ def _shown(limit: int | None) -> int:
 
 
 def is_initialized() -> bool:
-    return _Runtime.engine is not None
+    """Whether this process has a workflow engine (one whose Ray was shut down has ended)."""
+    return _Runtime.engine is not None and not _Runtime.engine.ray_lost()
 
 
 def shutdown() -> None:
@@ -198,10 +201,33 @@ def shutdown() -> None:
 
 
 def _engine() -> Engine:
+    if _Runtime.engine is not None and _Runtime.engine.ray_lost():
+        _restart_after_ray_shutdown()
     if _Runtime.engine is None:
         init()
     assert _Runtime.engine is not None
     return _Runtime.engine
+
+
+def _restart_after_ray_shutdown() -> None:
+    """The engine's Ray was shut down (``ray.shutdown()``), which in Ray Workflows ended
+    the workflow runtime: end the engine (its workflows were handed back, RESUMABLE) and
+    start a new one on the current Ray (``ray.init()`` if none) with the same storage and
+    hivemesh settings; the two limits start afresh, as 2.47's new management actor's."""
+    with _Runtime.lock:
+        engine, storage = _Runtime.engine, _Runtime.storage
+        if engine is None or storage is None or not engine.ray_lost():
+            return
+        shutdown()
+        init(
+            storage.root,
+            synchronous=storage.synchronous,
+            max_resume_attempts=engine.max_resume_attempts,
+            resume_stall_s=engine.resume_stall_s,
+            max_step_output_bytes=engine.limits.max_output_bytes,
+            max_error_chars=engine.limits.max_error_chars,
+            max_traceback_chars=engine.limits.max_traceback_chars,
+        )
 
 
 def _storage() -> Storage:

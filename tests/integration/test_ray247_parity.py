@@ -268,3 +268,43 @@ def test_a_caught_error_does_not_wait_for_the_rest_of_the_continuation(
     # the blocked step would wait 60 s for its file, which never appears
     result, error = ray.get(ref, timeout=30)
     assert result is None and error.args == ("beside",)
+
+
+# -- ray.shutdown() ends the engine ------------------------------------------------------
+
+
+def test_ray_shutdown_hands_workflows_back_and_a_new_ray_init_resumes_them(
+    wf_storage: Path, tmp_path: Path, ray_address: str
+) -> None:
+    """A driver (of its own: this process keeps the session's Ray) shuts Ray down under a
+    running workflow, then connects again. As in Ray Workflows, the workflow is RESUMABLE
+    (to this process too, before the driver reconnects), resume_all() resumes it, and
+    get_output_async works on the new Ray."""
+    release, runs, go_on = tmp_path / "release", tmp_path / "runs", tmp_path / "go_on"
+    driver = h.Driver(
+        "ray_restart",
+        wf_storage,
+        ray_address,
+        str(release),
+        str(runs),
+        str(go_on),
+        out=tmp_path / "drv.out",
+    )
+    try:
+        assert driver.wait_event("ray_down")["initialized"] is False
+        # the dead engine handed it back within a heartbeat: no live owner any more
+        h.wait_until(
+            lambda: workflow.get_status(h.VICTIM_ID) is WorkflowStatus.RESUMABLE,
+            timeout_s=15,
+            what="the workflow to become resumable",
+        )
+        h.touch(go_on)
+        assert driver.wait_event("ray_up")["statuses"] == {h.VICTIM_ID: "RESUMABLE"}
+        assert driver.wait_event("resumed")["ids"] == [h.VICTIM_ID]
+        done = driver.wait_event("done", timeout_s=90)
+        assert done["result"] == {h.VICTIM_ID: 2, "get_output_async": 2}
+        assert driver.wait(60) == 0
+    finally:
+        driver.kill()
+    assert workflow.get_status(h.VICTIM_ID) is WorkflowStatus.SUCCESSFUL
+    assert h.count_lines(runs) == 2  # the step that died with the old Ray ran again

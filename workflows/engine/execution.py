@@ -29,6 +29,7 @@ from workflows.engine.graph import (
     resolve_input,
 )
 from workflows.engine.limits import StepLimits, bound_error_text
+from workflows.engine.liveness import ray_session
 from workflows.engine.loop import EngineLoop
 from workflows.engine.outputs import execution_error, load_task_output
 from workflows.engine.runstate import (
@@ -62,6 +63,8 @@ class StepExecution(EngineLoop):
     ) -> None:
         super().__init__(storage)
         self.limits = limits
+        # the Ray the engine runs on: a ray.shutdown() under it ends it (ray_lost)
+        self.ray_session = ray_session()
         self._runs: dict[str, Run] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
         self._tools = ToolSteps(self, tool_runner)
@@ -73,6 +76,11 @@ class StepExecution(EngineLoop):
 
     def _run_closed(self, run: Run) -> None:
         """A run ended (its final record is committed): room for a pending one."""
+
+    def ray_lost(self) -> bool:
+        """The Ray this engine started on was shut down (``ray.shutdown()``, perhaps
+        followed by a new ``ray.init()``): its steps died with it."""
+        return self.ray_session is not None and ray_session() != self.ray_session
 
     def _inflight(self, at_least: int) -> bool:
         inflight = 0
@@ -221,6 +229,8 @@ class StepExecution(EngineLoop):
             return
         step = task.step
         exc = result if isinstance(result, RayError) else None
+        if exc is not None and not isinstance(exc, RayTaskError) and self.ray_lost():
+            return  # its Ray was shut down, not the step: the workflow is handed back
         if exc is None:
             value = result
             if isinstance(value, ContinuationGraph):

@@ -78,6 +78,12 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
 DEFAULT_MAX_RESUME_ATTEMPTS = 3
 DEFAULT_RESUME_STALL_S = 60.0
+_ENGINE_SHUT_DOWN = (
+    "the workflow engine was shut down before the workflow finished; resume it to finish it"
+)
+_RAY_SHUT_DOWN = (
+    "Ray was shut down (ray.shutdown()) before the workflow finished; resume it to finish it"
+)
 
 
 class Engine(StepExecution):
@@ -168,7 +174,7 @@ class Engine(StepExecution):
         self._waits.close()
         self._completions.close()
         self._pool.shutdown(wait=False)
-        self._results.close()
+        self._results.close(ray_lost=self.ray_lost())
 
     def _hand_back(self) -> None:
         """After the engine thread stopped: stop, release and fail the unfinished runs."""
@@ -176,13 +182,11 @@ class Engine(StepExecution):
             self.storage.flush()
             if self._runs:
                 self._release(list(self._runs))
+        ray_lost = self.ray_lost()
         running = self._abandon_runs(
-            WorkflowError(
-                "the workflow engine was shut down before the workflow finished; "
-                "resume it to finish it"
-            )
+            WorkflowError(_RAY_SHUT_DOWN if ray_lost else _ENGINE_SHUT_DOWN)
         )
-        if running:
+        if running and not ray_lost:
             # polite cancel, then the worker is killed after a grace period: in a thread of
             # its own, so shutdown does not wait for it
             threading.Thread(target=stop_tasks, args=(running,), daemon=True).start()
@@ -713,7 +717,19 @@ class Engine(StepExecution):
         """An ObjectRef that resolves like ``fut`` (for the ``*_async`` API)."""
         return self._results.ref_for(workflow_id, fut)
 
+    def _lose_ray(self) -> None:
+        """Ray was shut down under the engine: as Ray Workflows' runtime ended with
+        ``ray.shutdown()``, the workflows are handed back (RESUMABLE at once, to any
+        process, and here after a new ``ray.init()``); their steps died with that Ray.
+        Whoever waits for one gets a :class:`WorkflowError` saying so."""
+        if self._runs and self.storage.failure is None:
+            self._release(list(self._runs))
+        self._abandon_runs(WorkflowError(_RAY_SHUT_DOWN))
+
     def _heartbeat(self) -> None:
+        if self.ray_lost():
+            self._lose_ray()
+            return  # no more heartbeats: this engine ends at the next API call
         owned = [wid for wid in self._runs]
         if owned:
             now = time.time()
