@@ -16,6 +16,7 @@ from typing import Any
 
 import ray
 from ray.dag import DAGNode
+from ray.remote_function import RemoteFunction
 
 from workflows.engine import serde
 from workflows.engine.graph import OPTIONS_LABEL, WORKFLOW_OPTION_KEYS, _event_step, _sleep_step
@@ -88,8 +89,11 @@ def init(
     """Start the workflow engine (and Ray, if it is not running).
 
     ``storage`` is a folder or ``file://`` URL for the journal (default:
-    ``$HIVEMESH_WORKFLOW_STORAGE``, else ``~/.hivemesh/workflows``). Calling ``init`` again
-    with other settings replaces the engine if no workflow is running.
+    ``$HIVEMESH_WORKFLOW_STORAGE``, else ``~/.hivemesh/workflows``). As in Ray Workflows,
+    the two limits are ints (``TypeError`` otherwise), -1 means no limit, and they hold
+    until the engine ends (:func:`shutdown` or ``ray.shutdown()``): calling ``init`` again
+    with None keeps them, with other values raises ``ValueError``. Calling it again with
+    another storage or other hivemesh settings replaces the engine if no workflow runs.
 
     hivemesh's own settings: a workflow resumed ``max_resume_attempts`` times in a row
     without completing a step while the process died each time, or whose resume had not
@@ -98,15 +102,21 @@ def init(
     output is at most ``max_step_output_bytes`` (None: no limit), its error text at most
     ``max_error_chars`` and a traceback in it at most ``max_traceback_chars`` characters.
     """
-    # -1 means "no limit", as in Ray Workflows
-    if max_running_workflows == -1:
-        max_running_workflows = None
-    if max_pending_workflows == -1:
-        max_pending_workflows = None
-    if max_running_workflows is not None and max_running_workflows < 1:
-        raise ValueError("max_running_workflows must be at least 1 (or -1 for no limit)")
-    if max_pending_workflows is not None and max_pending_workflows < 0:
-        raise ValueError("max_pending_workflows must be non-negative (or -1 for no limit)")
+    # as in Ray Workflows: the two limits are ints (or None), -1 means "no limit"
+    for name, value in (
+        ("max_running_workflows", max_running_workflows),
+        ("max_pending_workflows", max_pending_workflows),
+    ):
+        if value is not None and not isinstance(value, int):
+            raise TypeError(f"'{name}' must be None or an integer, not {type(value).__name__}")
+    if max_running_workflows is not None and (
+        max_running_workflows < -1 or max_running_workflows == 0
+    ):
+        raise ValueError("'max_running_workflows' must be a positive integer or use -1 as infinity")
+    if max_pending_workflows is not None and max_pending_workflows < -1:
+        raise ValueError(
+            "'max_pending_workflows' must be a non-negative integer or use -1 as infinity"
+        )
     if synchronous not in ("FULL", "NORMAL"):
         raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
     if max_resume_attempts is not None and max_resume_attempts < 0:
@@ -119,13 +129,28 @@ def init(
     with _Runtime.lock:
         if not ray.is_initialized():
             ray.init()
+        if _Runtime.engine is not None and _Runtime.engine.ray_lost():
+            shutdown()  # it ended with its Ray: start afresh, as Ray Workflows did
         if _Runtime.engine is not None:
+            # as in Ray Workflows: the limits hold until the engine ends (shutdown(), or
+            # ray.shutdown()); None keeps them, other values raise ValueError
+            running, pending = _Runtime.engine.max_running, _Runtime.engine.max_pending
+            wanted_running = _no_limit(max_running_workflows, running)
+            wanted_pending = _no_limit(max_pending_workflows, pending)
+            if (wanted_running, wanted_pending) != (running, pending):
+                raise ValueError(
+                    "workflows.init() is called again but the init options do not match "
+                    f"the original ones: max_running_workflows={_shown(running)} "
+                    f"max_pending_workflows={_shown(pending)}, new: "
+                    f"max_running_workflows={_shown(wanted_running)} "
+                    f"max_pending_workflows={_shown(wanted_pending)} "
+                    "(call workflows.shutdown() first to change them)"
+                )
+            max_running_workflows, max_pending_workflows = running, pending
             if (
                 _Runtime.storage is not None
                 and _Runtime.storage.root == path
                 and _Runtime.storage.synchronous == synchronous
-                and _Runtime.engine.max_running == max_running_workflows
-                and _Runtime.engine.max_pending == max_pending_workflows
                 and _Runtime.engine.limits == limits
                 and (_Runtime.engine.max_resume_attempts, _Runtime.engine.resume_stall_s)
                 == resume_bounds
@@ -140,16 +165,28 @@ def init(
         _Runtime.storage = Storage(path, synchronous=synchronous)  # type: ignore[arg-type]
         _Runtime.engine = Engine(
             _Runtime.storage,
-            max_running_workflows=max_running_workflows,
-            max_pending_workflows=max_pending_workflows,
+            max_running_workflows=_no_limit(max_running_workflows, None),
+            max_pending_workflows=_no_limit(max_pending_workflows, None),
             limits=limits,
             max_resume_attempts=max_resume_attempts,
             resume_stall_s=resume_stall_s,
         )
 
 
+def _no_limit(value: int | None, current: int | None) -> int | None:
+    """An ``init`` limit as the engine holds it: None keeps ``current``, -1 is no limit."""
+    if value is None:
+        return current
+    return None if value == -1 else value
+
+
+def _shown(limit: int | None) -> int:
+    return -1 if limit is None else limit
+
+
 def is_initialized() -> bool:
-    return _Runtime.engine is not None
+    """Whether this process has a workflow engine (one whose Ray was shut down has ended)."""
+    return _Runtime.engine is not None and not _Runtime.engine.ray_lost()
 
 
 def shutdown() -> None:
@@ -164,10 +201,33 @@ def shutdown() -> None:
 
 
 def _engine() -> Engine:
+    if _Runtime.engine is not None and _Runtime.engine.ray_lost():
+        _restart_after_ray_shutdown()
     if _Runtime.engine is None:
         init()
     assert _Runtime.engine is not None
     return _Runtime.engine
+
+
+def _restart_after_ray_shutdown() -> None:
+    """The engine's Ray was shut down (``ray.shutdown()``), which in Ray Workflows ended
+    the workflow runtime: end the engine (its workflows were handed back, RESUMABLE) and
+    start a new one on the current Ray (``ray.init()`` if none) with the same storage and
+    hivemesh settings; the two limits start afresh, as 2.47's new management actor's."""
+    with _Runtime.lock:
+        engine, storage = _Runtime.engine, _Runtime.storage
+        if engine is None or storage is None or not engine.ray_lost():
+            return
+        shutdown()
+        init(
+            storage.root,
+            synchronous=storage.synchronous,
+            max_resume_attempts=engine.max_resume_attempts,
+            resume_stall_s=engine.resume_stall_s,
+            max_step_output_bytes=engine.limits.max_output_bytes,
+            max_error_chars=engine.limits.max_error_chars,
+            max_traceback_chars=engine.limits.max_traceback_chars,
+        )
 
 
 def _storage() -> Storage:
@@ -402,18 +462,32 @@ def get_metadata(workflow_id: str, task_id: str | None = None) -> dict[str, Any]
     storage = _storage()
     row = storage.get_workflow(wid)
     if row is None:
-        raise WorkflowNotFoundError(wid)
+        # Ray Workflows' words (a ValueError there too)
+        raise WorkflowNotFoundError(wid, f"No such workflow_id {wid}")
     if task_id is None:
-        return {
-            "status": get_status(wid).value,
-            "user_metadata": row.user_metadata,
-            "stats": {"start_time": row.start_time, "end_time": row.end_time},
-        }
+        status = get_status(wid)
+        # as in Ray Workflows: a key only once it has a value, and an end time only for a
+        # workflow that ended by itself (not while it runs or waits, nor when canceled)
+        stats = {}
+        if row.start_time is not None:
+            stats["start_time"] = row.start_time
+        if row.end_time is not None and status in (
+            WorkflowStatus.SUCCESSFUL,
+            WorkflowStatus.FAILED,
+        ):
+            stats["end_time"] = row.end_time
+        return {"status": status.value, "user_metadata": row.user_metadata, "stats": stats}
     task = storage.get_task(wid, task_id)
     step = _find_step(storage, row, task_id)
     if step is None:
-        raise ValueError(f"workflow {wid!r} has no task {task_id!r} (yet)")
-    stats = {} if task is None else {"start_time": task.start_time, "end_time": task.end_time}
+        raise ValueError(f"No such task_id {task_id} in workflow {wid}")
+    stats = {}
+    if task is not None:
+        stats = {
+            key: value
+            for key, value in (("start_time", task.start_time), ("end_time", task.end_time))
+            if value is not None
+        }
     return {
         "task_id": task_id,
         "task_options": step.options_record(),
@@ -499,21 +573,65 @@ def delete(workflow_id: str) -> None:
 # -- building steps --------------------------------------------------------------------------
 
 
-def options(**kwargs: Any) -> dict[str, Any]:
-    """Workflow options for a step: ``f.options(**workflow.options(task_id=..., ...))``.
+class options(dict[str, Any]):  # Ray Workflows' name: a class used like a function
+    """Workflow options for a step, used as Ray Workflows' were, in either form::
 
-    Accepts ``task_id``, ``metadata``, ``catch_exceptions`` and ``checkpoint``.
+        f.options(**workflow.options(task_id="x", catch_exceptions=True))
+
+        @workflow.options(task_id="x")
+        @ray.remote
+        def f(): ...
+
+    Accepts ``task_id``, ``metadata``, ``catch_exceptions`` and ``checkpoint``. As a
+    decorator it sets the remote function's defaults (it returns the same function);
+    workflow options given later with ``.options(**workflow.options(...))`` override them
+    key by key, and other Ray options leave them as they are.
     """
-    unknown = set(kwargs) - set(WORKFLOW_OPTION_KEYS)
-    if unknown:
-        raise ValueError(
-            f"invalid workflow option(s) {sorted(unknown)}; valid: {list(WORKFLOW_OPTION_KEYS)}"
+
+    def __init__(self, **kwargs: Any) -> None:
+        unknown = set(kwargs) - set(WORKFLOW_OPTION_KEYS)
+        if unknown:
+            raise ValueError(
+                f"invalid workflow option(s) {sorted(unknown)}; valid: {list(WORKFLOW_OPTION_KEYS)}"
+            )
+        if "task_id" in kwargs and not isinstance(kwargs["task_id"], str):
+            raise ValueError("task_id must be a str")
+        if "metadata" in kwargs:
+            kwargs["metadata"] = _check_metadata(kwargs["metadata"])
+        self.workflow_options = kwargs
+        super().__init__(_labels={OPTIONS_LABEL: json.dumps(kwargs)})
+
+    def __call__(self, f: Any) -> Any:
+        if not isinstance(f, RemoteFunction):
+            raise ValueError("Only apply 'workflow.options' to Ray remote functions.")
+        f._default_options["_labels"] = _merged_labels(
+            f._default_options.get("_labels"), self.workflow_options
         )
-    if "task_id" in kwargs and not isinstance(kwargs["task_id"], str):
-        raise ValueError("task_id must be a str")
-    if "metadata" in kwargs:
-        kwargs["metadata"] = _check_metadata(kwargs["metadata"])
-    return {"_labels": {OPTIONS_LABEL: json.dumps(kwargs)}}
+        if "options" not in vars(f):  # once: later decorators only change the defaults
+            plain_options = f.options
+
+            def merging_options(**task_options: Any) -> Any:
+                # Ray replaces the whole ``_labels`` dict: keep the decorator's workflow
+                # options under those given here, key by key (as Ray Workflows did)
+                labels = task_options.get("_labels")
+                if isinstance(labels, dict) and OPTIONS_LABEL in labels:
+                    given = json.loads(labels[OPTIONS_LABEL])
+                    rest = {k: v for k, v in labels.items() if k != OPTIONS_LABEL}
+                    base = f._default_options.get("_labels") or {}
+                    task_options["_labels"] = _merged_labels({**base, **rest}, given)
+                return plain_options(**task_options)
+
+            f.options = merging_options  # type: ignore[method-assign]
+        return f
+
+
+def _merged_labels(labels: Any, workflow_options: dict[str, Any]) -> dict[str, Any]:
+    """Ray ``_labels`` with ``workflow_options`` merged over the workflow options in them."""
+    merged = dict(labels) if isinstance(labels, dict) else {}
+    raw = merged.get(OPTIONS_LABEL)
+    current = json.loads(raw) if raw else {}
+    merged[OPTIONS_LABEL] = json.dumps({**current, **workflow_options})
+    return merged
 
 
 def sleep(duration: float) -> DAGNode:

@@ -7,7 +7,8 @@
     ├── WorkflowCancellationError       the workflow was canceled
     ├── WorkflowNotResumableError       resume of a workflow that cannot be resumed
     │   └── WorkflowQuarantinedError    not resumed on its own: resuming it stopped the process
-    ├── WorkflowNotFoundError           no workflow with that id in the storage
+    ├── WorkflowNotFoundError           no workflow with that id in the storage (also a
+    │                                   ``ValueError``, as Ray Workflows' callers expect)
     ├── WorkflowStillActiveError        the workflow is running or pending
     ├── WorkflowDefinitionError         the workflow YAML (or its inputs) is invalid: fix the file
     │   └── WorkflowLimitError          the file breaks a parsing bound (size, depth, aliases, ...)
@@ -266,13 +267,16 @@ class WorkflowQuarantinedError(WorkflowNotResumableError):
         return (type(self), (self.workflow_id, self.reason))
 
 
-class WorkflowNotFoundError(WorkflowError):
-    def __init__(self, workflow_id: str) -> None:
+class WorkflowNotFoundError(WorkflowError, ValueError):
+    """No workflow with that id. Also a ``ValueError``: Ray Workflows raised ``ValueError``
+    for an unknown id from ``get_metadata`` and ``get_output``, and callers catch that."""
+
+    def __init__(self, workflow_id: str, message: str | None = None) -> None:
         self.workflow_id = workflow_id
-        super().__init__(f"no workflow with id {workflow_id!r}")
+        super().__init__(message or f"no workflow with id {workflow_id!r}")
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.workflow_id,))
+        return (type(self), (self.workflow_id, str(self)))
 
 
 class WorkflowStillActiveError(WorkflowError):

@@ -447,6 +447,22 @@ def _drive(mode: str, storage: str, address: str, args: list[str]) -> None:
         wid, trigger, stall, release, runs = args
         dag = wait_for_file.bind(release, 1, runs)
         result = workflow.run(dag, Poison(trigger, stall), workflow_id=wid)
+    elif mode == "ray_restart":
+        # ray.shutdown() under a running workflow, then a new ray.init() (issue 11)
+        release, runs, go_on = args
+        dag = add.bind(wait_for_file.bind(release, 1, runs), 1)
+        workflow.run_async(dag, workflow_id=VICTIM_ID)
+        wait_until(lambda: count_lines(runs) >= 1, 60.0, "the step to start")
+        ray.shutdown()
+        _emit("ray_down", initialized=workflow.is_initialized())
+        wait_until(lambda: os.path.exists(go_on), 60.0, f"file {go_on}")
+        ray.init(address=address, log_to_driver=False)
+        _emit("ray_up", statuses={w: s.value for w, s in workflow.list_all()})
+        Path(release).touch()
+        pairs = workflow.resume_all()
+        _emit("resumed", ids=[wid for wid, _ in pairs])
+        result = {wid: ray.get(ref, timeout=60) for wid, ref in pairs}
+        result["get_output_async"] = ray.get(workflow.get_output_async(VICTIM_ID), timeout=60)
     elif mode == "resume_all":
         (go,) = args  # a barrier: several drivers call resume_all() at the same moment
         wait_until(lambda: os.path.exists(go), 60.0, f"barrier file {go}")

@@ -468,13 +468,17 @@ def test_catch_exceptions_passes_down_to_the_direct_continuation(wf_storage: Pat
     assert type(error) is ValueError
 
 
-def test_an_explicit_catch_exceptions_false_in_the_continuation_is_kept(
+def test_an_explicit_catch_exceptions_false_in_the_continuation_defers_to_its_creator(
     wf_storage: Path,
 ) -> None:
-    # Ray Workflows passes catch_exceptions down only where the continuation leaves it unset
+    # the failing step does not catch, but the step that returned it does (Ray Workflows
+    # looks up the chain of continuations for the nearest step that catches)
     catching = continues_into_uncaught.options(**workflow.options(catch_exceptions=True))
-    with pytest.raises(ValueError, match="boom"):
-        workflow.run(catching.bind(True), workflow_id="cont-uncaught")
+    result, error = workflow.run(catching.bind(True), workflow_id="cont-uncaught")
+    assert result is None
+    assert type(error) is ValueError
+    with pytest.raises(ValueError, match="boom"):  # nothing up the chain catches
+        workflow.run(continues_into_uncaught.bind(True), workflow_id="cont-uncaught-2")
 
 
 def test_a_continuation_inherits_checkpoint_false(wf_storage: Path) -> None:
@@ -759,6 +763,7 @@ def test_legacy_max_retries_retries_application_errors(wf_storage: Path, tmp_pat
 
 
 def test_max_running_and_pending_workflows(wf_storage: Path, tmp_path: Path) -> None:
+    workflow.shutdown()  # the limits hold until the engine ends
     workflow.init(storage=wf_storage, max_running_workflows=1, max_pending_workflows=1)
     started, release, order = tmp_path / "started", tmp_path / "release", tmp_path / "order"
     first = workflow.run_async(
@@ -779,6 +784,7 @@ def test_max_running_and_pending_workflows(wf_storage: Path, tmp_path: Path) -> 
 
 
 def test_pending_workflows_run_in_fifo_order(wf_storage: Path, tmp_path: Path) -> None:
+    workflow.shutdown()  # the limits hold until the engine ends
     workflow.init(storage=wf_storage, max_running_workflows=1, max_pending_workflows=3)
     started, release, order = tmp_path / "started", tmp_path / "release", tmp_path / "order"
     workflow.run_async(h.wait_for_file.bind(str(release), "a", str(started)), workflow_id="a")

@@ -100,8 +100,9 @@ def _fib_steps(n: int) -> tuple[int, int]:
 
 @pytest.fixture
 def one_at_a_time(wf_storage: Path) -> Iterator[Path]:
-    """The engine re-initialised with ``max_running_workflows=1`` (nothing runs yet, so
-    ``init`` may replace it)."""
+    """The engine started again with ``max_running_workflows=1`` (the limits hold until
+    the engine ends, as in Ray Workflows)."""
+    workflow.shutdown()  # the limits hold until the engine ends
     workflow.init(storage=wf_storage, max_running_workflows=1, max_pending_workflows=4)
     yield wf_storage
 

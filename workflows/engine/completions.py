@@ -107,6 +107,10 @@ class Completions:
                 for ref, info in self._incoming:
                     pending[ref] = info
                 self._incoming.clear()
+            if not ray.is_initialized():
+                # ray.shutdown(): the tasks died with it, and a Ray call now would start a
+                # new Ray (Ray's auto-init) from this thread
+                return
             try:
                 self._collect(pending)
             except Exception:  # Ray shutting down: nothing more will finish

@@ -29,9 +29,16 @@ from workflows.engine.graph import (
     resolve_input,
 )
 from workflows.engine.limits import StepLimits, bound_error_text
+from workflows.engine.liveness import ray_session
 from workflows.engine.loop import EngineLoop
 from workflows.engine.outputs import execution_error, load_task_output
-from workflows.engine.runstate import Run, Task, add_steps, resolve_alias
+from workflows.engine.runstate import (
+    Run,
+    Task,
+    add_steps,
+    continuation_subtree,
+    resolve_alias,
+)
 from workflows.engine.step import ContinuationGraph, function_key, make_runner, remote_execute_step
 from workflows.engine.storage import Storage
 from workflows.engine.tool_runs import ToolRunner, ToolSteps
@@ -56,6 +63,8 @@ class StepExecution(EngineLoop):
     ) -> None:
         super().__init__(storage)
         self.limits = limits
+        # the Ray the engine runs on: a ray.shutdown() under it ends it (ray_lost)
+        self.ray_session = ray_session()
         self._runs: dict[str, Run] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
         self._tools = ToolSteps(self, tool_runner)
@@ -67,6 +76,11 @@ class StepExecution(EngineLoop):
 
     def _run_closed(self, run: Run) -> None:
         """A run ended (its final record is committed): room for a pending one."""
+
+    def ray_lost(self) -> bool:
+        """The Ray this engine started on was shut down (``ray.shutdown()``, perhaps
+        followed by a new ``ray.init()``): its steps died with it."""
+        return self.ray_session is not None and ray_session() != self.ray_session
 
     def _inflight(self, at_least: int) -> bool:
         inflight = 0
@@ -211,8 +225,12 @@ class StepExecution(EngineLoop):
         if run.finished:
             return
         task = run.tasks[tid]
+        if task.state == "ABANDONED":
+            return
         step = task.step
         exc = result if isinstance(result, RayError) else None
+        if exc is not None and not isinstance(exc, RayTaskError) and self.ray_lost():
+            return  # its Ray was shut down, not the step: the workflow is handed back
         if exc is None:
             value = result
             if isinstance(value, ContinuationGraph):
@@ -231,11 +249,57 @@ class StepExecution(EngineLoop):
             task.ref = None
             self._succeed(run, task, (None, cause))
             return
+        catcher = self._catcher(run, task) if isinstance(exc, RayTaskError) else None
+        if catcher is not None:
+            self._caught_by(run, catcher, cause)
+            return
         self._fail(run, cause, tid)
+
+    @staticmethod
+    def _catcher(run: Run, task: Task) -> Task | None:
+        """As in Ray Workflows: the nearest step up the chain of continuations that
+        ``task`` is part of whose ``catch_exceptions`` is set (it catches the error)."""
+        creator = task.creator
+        while creator is not None:
+            up = run.tasks[creator]
+            if up.step.catch_exceptions:
+                return up
+            creator = up.creator
+        return None
+
+    def _caught_by(self, run: Run, catcher: Task, cause: BaseException) -> None:
+        """``catcher``'s continuation failed with an application error it catches: its
+        output is ``(None, cause)``, and the rest of its continuation is abandoned (its
+        running steps are stopped; nothing reads their outputs)."""
+        if catcher.state != "CONTINUED":
+            return  # its output is known already: nothing can read the error
+        stop: list[ray.ObjectRef] = []
+        for task in continuation_subtree(run, catcher.step.task_id):
+            task.state = "ABANDONED"
+            tid = task.step.task_id
+            ref = run.running.pop(tid, None)
+            if ref is not None:
+                stop.append(ref)
+            call = run.tool_calls.pop(tid, None)
+            if call is not None:
+                call.cancel()
+        if stop:
+            self._pool.submit(stop_tasks, stop)
+        if catcher.alias is not None:
+            target = run.tasks[catcher.alias]
+            target.alias_parents = tuple(
+                p for p in target.alias_parents if p != catcher.step.task_id
+            )
+            catcher.alias = None
+        catcher.ref = None
+        catcher.state = "RUNNING"
+        self._succeed(run, catcher, (None, cause))
 
     def _succeed(
         self, run: Run, task: Task, value: Any, on_commit: Callable[[], None] | None = None
     ) -> None:
+        if task.state == "ABANDONED":
+            return  # a step of a continuation whose error was caught further up
         step = task.step
         keep = (
             step.task_id == run.output
@@ -343,15 +407,18 @@ class StepExecution(EngineLoop):
         blob = serde.dumps(graph)
         step = task.step
         progressed = self._progressed(run)
+        returned_at = time.time()
 
         def write(db: Any) -> None:
             if progressed:
                 clean_point(db, run.workflow_id)
+            # its end time is when it returned the continuation, as in Ray Workflows
             db.execute(
                 "INSERT INTO task(workflow_id, task_id, status, continuation, options,"
-                " user_metadata, start_time) VALUES (?, ?, 'CONTINUED', ?, ?, ?, ?)"
+                " user_metadata, start_time, end_time) VALUES (?, ?, 'CONTINUED', ?, ?, ?, ?, ?)"
                 " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'CONTINUED',"
-                " continuation = excluded.continuation",
+                " continuation = excluded.continuation, end_time = excluded.end_time,"
+                " start_time = COALESCE(task.start_time, excluded.start_time)",
                 (
                     run.workflow_id,
                     tid,
@@ -359,6 +426,7 @@ class StepExecution(EngineLoop):
                     json.dumps(step.options_record()),
                     json.dumps(step.metadata),
                     task.started_at,
+                    returned_at,
                 ),
             )
 
@@ -366,9 +434,11 @@ class StepExecution(EngineLoop):
         self._write(write, lambda: self._expand(run, task, graph))
 
     def _expand(self, run: Run, task: Task, graph: Graph) -> None:
-        if run.finished:
+        if run.finished or task.state == "ABANDONED":
             return
         add_steps(run, graph.steps)
+        for step in graph.steps:
+            run.tasks[step.task_id].creator = task.step.task_id
         task.state = "CONTINUED"
         task.alias = graph.output
         out = run.tasks[graph.output]
@@ -377,7 +447,7 @@ class StepExecution(EngineLoop):
         self._start_tasks(run, [t for t in ready if t.pending == 0 and t.state == "WAITING"])
 
     def _on_committed(self, run: Run, tid: str) -> None:
-        if run.finished:
+        if run.finished or run.tasks[tid].state == "ABANDONED":
             return
         self._mark_done(run, run.tasks[tid])
         self._maybe_finish(run)
@@ -443,6 +513,8 @@ class StepExecution(EngineLoop):
     ) -> None:
         if run.finished:
             return
+        if tid is not None and tid in run.tasks and run.tasks[tid].state == "ABANDONED":
+            return  # a step of a continuation whose error was caught further up
         run.finished = True
         running = list(run.running.values())
         run.running.clear()

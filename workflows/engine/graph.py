@@ -182,6 +182,10 @@ class TaskIdAllocator:
         self._taken: set[str] = set(taken or ())
         self._next: dict[str, int] = {}
 
+    def reserve(self, task_ids: Any) -> None:
+        """Never hand out these ids (ones the journal already holds rows for)."""
+        self._taken.update(task_ids)
+
     def allocate(self, base: str) -> str:
         if base not in self._taken:
             self._taken.add(base)

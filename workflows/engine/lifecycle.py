@@ -78,6 +78,12 @@ log = logging.getLogger(__name__)
 HEARTBEAT_S = 2.0
 DEFAULT_MAX_RESUME_ATTEMPTS = 3
 DEFAULT_RESUME_STALL_S = 60.0
+_ENGINE_SHUT_DOWN = (
+    "the workflow engine was shut down before the workflow finished; resume it to finish it"
+)
+_RAY_SHUT_DOWN = (
+    "Ray was shut down (ray.shutdown()) before the workflow finished; resume it to finish it"
+)
 
 
 class Engine(StepExecution):
@@ -168,7 +174,7 @@ class Engine(StepExecution):
         self._waits.close()
         self._completions.close()
         self._pool.shutdown(wait=False)
-        self._results.close()
+        self._results.close(ray_lost=self.ray_lost())
 
     def _hand_back(self) -> None:
         """After the engine thread stopped: stop, release and fail the unfinished runs."""
@@ -176,13 +182,11 @@ class Engine(StepExecution):
             self.storage.flush()
             if self._runs:
                 self._release(list(self._runs))
+        ray_lost = self.ray_lost()
         running = self._abandon_runs(
-            WorkflowError(
-                "the workflow engine was shut down before the workflow finished; "
-                "resume it to finish it"
-            )
+            WorkflowError(_RAY_SHUT_DOWN if ray_lost else _ENGINE_SHUT_DOWN)
         )
-        if running:
+        if running and not ray_lost:
             # polite cancel, then the worker is killed after a grace period: in a thread of
             # its own, so shutdown does not wait for it
             threading.Thread(target=stop_tasks, args=(running,), daemon=True).start()
@@ -335,7 +339,9 @@ class Engine(StepExecution):
                     self.owner,
                     now,
                     now,
-                    now,
+                    # as in Ray Workflows: the time it started running (a pending one
+                    # has none yet)
+                    now if status is WorkflowStatus.RUNNING else None,
                 ),
             )
             return True
@@ -361,7 +367,10 @@ class Engine(StepExecution):
         if self.max_running is not None and active >= self.max_running:
             if self.max_pending is not None and len(self._pending) >= self.max_pending:
                 del self._runs[run.workflow_id]
-                raise queue.Full(f"workflow queue is full ({self.max_pending} pending workflows)")
+                # Ray Workflows' text, which callers match on; the limit follows it
+                raise queue.Full(
+                    f"Workflow queue has been full (max_pending_workflows={self.max_pending})"
+                )
             run.status = WorkflowStatus.PENDING
             self._pending.append(run)
             return WorkflowStatus.PENDING
@@ -441,7 +450,7 @@ class Engine(StepExecution):
         args, kwargs = serde.loads(row.inputs)
         allocator = TaskIdAllocator({s.task_id for s in graph.steps})
         run = self._new_run(wid, graph, args, kwargs, row.user_metadata, allocator)
-        run.start_time = row.start_time or time.time()
+        run.start_time = time.time()
         run.unclean = True  # until its first committed step (a clean point)
         rows = {r.task_id: r for r in self.storage.list_tasks(wid)}
         # expand stored continuations (iteratively: they can nest)
@@ -458,6 +467,8 @@ class Engine(StepExecution):
                 for s in sub.steps:
                     allocator.allocate(s.task_id)
                 add_steps(run, sub.steps)
+                for s in sub.steps:
+                    run.tasks[s.task_id].creator = tid
                 task.state = "CONTINUED"
                 task.alias = sub.output
                 out = run.tasks[sub.output]
@@ -467,6 +478,9 @@ class Engine(StepExecution):
                 task.timer_end = r.timer_end
             elif r.status == "RUNNING" and r.node:
                 task.node = r.node  # a tool step: ask the same node again (re-attach)
+        # ids the journal holds rows for are not handed out again (a continuation whose
+        # error a step up the chain caught left rows that no task of the run stands for)
+        allocator.reserve(rows)
         # settle dependency counts for what is already done (each task exactly once)
         settled: set[str] = set()
         for task in [t for t in run.tasks.values() if t.state == "DONE"]:
@@ -490,10 +504,14 @@ class Engine(StepExecution):
                 and owner_alive(owner, heartbeat)
             ):
                 raise RuntimeError(f"workflow {wid!r} is running in another process ({owner})")
+            # as in Ray Workflows, a resume that runs it starts its time again (a pending
+            # one keeps the last until it runs)
+            now = time.time()
             db.execute(
                 "UPDATE wf SET status = ?, owner = ?, heartbeat = ?, error = NULL,"
-                " error_text = NULL, end_time = NULL WHERE workflow_id = ?",
-                (run.status.value, self.owner, time.time(), wid),
+                " error_text = NULL, end_time = NULL,"
+                " start_time = CASE WHEN ? THEN ? ELSE start_time END WHERE workflow_id = ?",
+                (run.status.value, self.owner, now, run.status is WorkflowStatus.RUNNING, now, wid),
             )
 
         try:
@@ -597,8 +615,11 @@ class Engine(StepExecution):
             nxt = self._pending.popleft()
             wid = nxt.workflow_id
 
-            def mark(db: Any, wid: str = wid) -> None:
-                db.execute("UPDATE wf SET status = 'RUNNING' WHERE workflow_id = ?", (wid,))
+            def mark(db: Any, wid: str = wid, now: float = time.time()) -> None:
+                db.execute(
+                    "UPDATE wf SET status = 'RUNNING', start_time = ? WHERE workflow_id = ?",
+                    (now, wid),
+                )
 
             self._write(mark)
             self._kick(nxt)
@@ -696,7 +717,19 @@ class Engine(StepExecution):
         """An ObjectRef that resolves like ``fut`` (for the ``*_async`` API)."""
         return self._results.ref_for(workflow_id, fut)
 
+    def _lose_ray(self) -> None:
+        """Ray was shut down under the engine: as Ray Workflows' runtime ended with
+        ``ray.shutdown()``, the workflows are handed back (RESUMABLE at once, to any
+        process, and here after a new ``ray.init()``); their steps died with that Ray.
+        Whoever waits for one gets a :class:`WorkflowError` saying so."""
+        if self._runs and self.storage.failure is None:
+            self._release(list(self._runs))
+        self._abandon_runs(WorkflowError(_RAY_SHUT_DOWN))
+
     def _heartbeat(self) -> None:
+        if self.ray_lost():
+            self._lose_ray()
+            return  # no more heartbeats: this engine ends at the next API call
         owned = [wid for wid in self._runs]
         if owned:
             now = time.time()

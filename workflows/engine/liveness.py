@@ -9,6 +9,7 @@ import socket
 import time
 
 import psutil
+import ray
 
 
 def this_process_owner() -> str:
@@ -53,3 +54,13 @@ def owner_alive(
         return _process_running(pid, started)
     now = time.time() if now is None else now
     return heartbeat is not None and now - heartbeat < stale_after_s
+
+
+def ray_session() -> tuple[str, str] | None:
+    """The Ray this process is connected to, as (node id, job id); None while Ray is not
+    initialised. After ``ray.shutdown()``, a new ``ray.init()`` is another session: a new
+    job id (and on a new local cluster, a new node id)."""
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    return (context.get_node_id(), context.get_job_id())

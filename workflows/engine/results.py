@@ -57,12 +57,16 @@ class ResultSlots:
 
         def publish(f: Future[Any]) -> None:
             exc = f.exception()
-            if exc is None:
-                actor.set.remote(token, True, f.result())
-            else:
-                # as bytes: an error that is a RayError (a worker died) given as a task
-                # argument makes Ray fail the task instead of running it
-                actor.set.remote(token, False, cloudpickle.dumps(exc))
+            if not ray.is_initialized():
+                return  # ray.shutdown(): the actor died with it (and a call would start Ray)
+            # after a new ray.init() the old actor is gone too: nobody can wait for it
+            with contextlib.suppress(Exception):
+                if exc is None:
+                    actor.set.remote(token, True, f.result())
+                else:
+                    # as bytes: an error that is a RayError (a worker died) given as a
+                    # task argument makes Ray fail the task instead of running it
+                    actor.set.remote(token, False, cloudpickle.dumps(exc))
 
         fut.add_done_callback(publish)
         return ref
@@ -77,9 +81,10 @@ class ResultSlots:
                 ).remote()
             return self._actor
 
-    def close(self) -> None:
+    def close(self, *, ray_lost: bool = False) -> None:
+        """Kill the actor (unless its Ray is gone: it died with it)."""
         with self._lock:
             actor, self._actor = self._actor, None
-        if actor is not None:
+        if actor is not None and not ray_lost:
             with contextlib.suppress(Exception):
                 ray.kill(actor)

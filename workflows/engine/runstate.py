@@ -19,7 +19,9 @@ from workflows.status import WorkflowStatus
 @dataclass(eq=False, slots=True)
 class Task:
     step: StepDef
-    state: str = "WAITING"  # WAITING, RUNNING, CONTINUED, DONE
+    # WAITING, RUNNING, CONTINUED, DONE; ABANDONED: in a continuation whose error a step
+    # up the chain caught (its output is never used, its completion is ignored)
+    state: str = "WAITING"
     ref: ray.ObjectRef | None = None
     value: Any = None
     has_value: bool = False
@@ -31,6 +33,8 @@ class Task:
     # continued tasks whose output is this one's (rare: a tuple, no list per task to track)
     alias_parents: tuple[str, ...] = ()
     alias: str | None = None
+    # the task whose continuation added this one (None: a task of the workflow's own DAG)
+    creator: str | None = None
     started_at: float | None = None
     stored: bool = False  # output is in the journal (loaded lazily)
     timer_end: float | None = None
@@ -118,3 +122,18 @@ def no_longer_needed(run: Run) -> list[Task]:
             task.state = "DONE"
             skipped.append(task)
     return skipped
+
+
+def continuation_subtree(run: Run, creator: str) -> list[Task]:
+    """Every task that ``creator``'s continuation added, and theirs, and so on."""
+    children: dict[str, list[Task]] = {}
+    for task in run.tasks.values():
+        if task.creator is not None:
+            children.setdefault(task.creator, []).append(task)
+    found: list[Task] = []
+    stack = [creator]
+    while stack:
+        for child in children.get(stack.pop(), ()):
+            found.append(child)
+            stack.append(child.step.task_id)
+    return found
