@@ -12,7 +12,11 @@
 * the private-network layer (:mod:`node.p2p.pnet`) in front of Noise when a swarm key is
   given, and QUIC refused then (py-libp2p's QUIC bypasses it);
 * TCP listen sockets bound by hivemesh without ``SO_REUSEPORT`` (:mod:`node.p2p.listen`),
-  before libp2p starts: a port in use is an error naming it, never a shared port.
+  before libp2p starts: a port in use is an error naming it, never a shared port;
+* an inbound connection's slot of libp2p's inbound limit is given back when that
+  connection closes (:mod:`node.p2p.inbound`), not when the swarm stops;
+* a disconnect closes each of the peer's connections itself (libp2p's ``close_peer`` then
+  forgets a connection made to the same peer meanwhile).
 
 libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
 """
@@ -44,6 +48,7 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
+from node.p2p import inbound
 from node.p2p.listen import ListenSockets
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
 from node.p2p.tcp import ExclusiveTCP
@@ -214,6 +219,9 @@ class P2PHost:
         # redials every peer in the peerstore
         swarm.retry_config = RetryConfig(max_retries=0)
         swarm.auto_connector = _NoAutoConnector(swarm)
+        # an inbound connection holds its slot of libp2p's inbound limit (250) while it
+        # lives, not for the swarm's lifetime (the node went deaf after 250 connections)
+        inbound.install(swarm, swarm._inbound_limiter)
         self.swarm_key = swarm_key
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
@@ -307,10 +315,15 @@ class P2PHost:
             log.warning("libp2p shutdown took over %ss; abandoned", self.shutdown_timeout_s)
 
     async def _disconnect_quietly(self, peer: ID) -> None:
-        try:
-            await self._host.disconnect(peer)
-        except Exception:
-            log.debug("disconnect from %s failed", peer, exc_info=True)
+        # Each connection closed by itself, not libp2p's host.disconnect (swarm.close_peer):
+        # after its closes (0.1 s each) that drops the peer's whole entry from the
+        # connection table, and with it a connection made to the same peer meanwhile,
+        # which then lives on untracked.
+        for conn in list(self._host.get_network().get_connections(peer)):
+            try:
+                await conn.close()
+            except Exception:
+                log.debug("disconnect from %s failed", peer, exc_info=True)
 
     # -- queries -------------------------------------------------------------------------
 
