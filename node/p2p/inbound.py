@@ -15,12 +15,15 @@ waits for *that connection's* end: its :class:`~libp2p.network.connection.swarm_
 SwarmConn`'s ``event_closed`` (set first thing in ``SwarmConn.close()``, which every way a
 connection ends goes through: a remote close or reset, our disconnect, a trim, the swarm's
 close). The limit keeps its purpose, a bound on concurrent handshakes and live inbound
-connections, and each accept task ends with its connection.
+connections, and each accept task ends with its connection. When every slot is taken, the
+oldest idle connection makes room for a newcomer (:class:`InboundConnections`).
 """
 
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -33,12 +36,64 @@ from multiaddr import Multiaddr
 log = logging.getLogger(__name__)
 
 
-def install(swarm: Swarm, limiter: trio.CapacityLimiter) -> None:
+class InboundConnections:
+    """The inbound connections of one swarm: at most ``limiter.total_tokens`` at once,
+    handshakes included.
+
+    When they are all taken, a newcomer does not simply get refused: the oldest connection
+    that has been idle (no stream open) for ``idle_grace_s`` is closed to make room. A crowd
+    of keys that connect and sit there therefore cannot keep an honest client out; one that
+    keeps streams open is bounded by the stream limits (node/p2p/guard.py)."""
+
+    def __init__(
+        self,
+        limiter: trio.CapacityLimiter,
+        *,
+        idle_grace_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.limiter = limiter
+        self.idle_grace_s = idle_grace_s
+        self._clock = clock
+        self._live: dict[Any, float] = {}  # SwarmConn -> when it was registered
+        self.refused = 0
+        self.evicted = 0
+
+    def _idle_victim(self) -> Any:
+        now = self._clock()
+        victim, oldest = None, now - self.idle_grace_s
+        for conn, since in self._live.items():
+            if since <= oldest and not conn.streams and not conn.is_closed:
+                victim, oldest = conn, since
+        return victim
+
+    async def _room(self) -> bool:
+        """Take a slot, evicting an idle connection if need be."""
+        try:
+            # synchronous: no checkpoint between the check and the take
+            self.limiter.acquire_nowait()
+            return True
+        except trio.WouldBlock:
+            pass
+        victim = self._idle_victim()
+        if victim is None:
+            return False
+        self.evicted += 1
+        log.debug("closing idle inbound connection of %s to make room", victim.muxed_conn.peer_id)
+        await _close_quietly(victim)
+        # its slot is given back by its own task, which wakes up on the close
+        with trio.move_on_after(1.0):
+            await self.limiter.acquire()
+            return True
+        return False
+
+
+def install(swarm: Swarm, connections: InboundConnections) -> None:
     """Make ``swarm`` serve inbound connections with :func:`serve_inbound`, bounded by
-    ``limiter`` (one token per handshake or live inbound connection)."""
+    ``connections``."""
 
     async def handle(read_write_closer: ReadWriteCloser, maddr: Multiaddr) -> None:
-        await serve_inbound(swarm, limiter, read_write_closer, maddr)
+        await serve_inbound(swarm, connections, read_write_closer, maddr)
 
     # the swarm's listeners call self._handle_inbound_connection (an attribute lookup per
     # connection), so an instance attribute replaces the method for this swarm only
@@ -47,27 +102,29 @@ def install(swarm: Swarm, limiter: trio.CapacityLimiter) -> None:
 
 async def serve_inbound(
     swarm: Swarm,
-    limiter: trio.CapacityLimiter,
+    connections: InboundConnections,
     read_write_closer: ReadWriteCloser,
     maddr: Multiaddr,
 ) -> None:
-    """Upgrade one accepted connection and hold a slot of ``limiter`` until it closes."""
-    try:
-        # synchronous: no checkpoint between the check and the take
-        limiter.acquire_nowait()
-    except trio.WouldBlock:
+    """Upgrade one accepted connection and hold a slot until it closes."""
+    if not await connections._room():
+        connections.refused += 1
         log.debug(
-            "inbound connection refused: %d connections or handshakes already",
-            int(limiter.total_tokens),
+            "inbound connection refused: %d connections or handshakes already, none idle",
+            int(connections.limiter.total_tokens),
         )
         await _close_quietly(read_write_closer)
         return
     try:
         conn = await _upgrade(swarm, read_write_closer, maddr)
         if conn is not None:
-            await conn.event_closed.wait()
+            connections._live[conn] = connections._clock()
+            try:
+                await conn.event_closed.wait()
+            finally:
+                connections._live.pop(conn, None)
     finally:
-        limiter.release()
+        connections.limiter.release()
 
 
 async def _upgrade(swarm: Swarm, read_write_closer: ReadWriteCloser, maddr: Multiaddr) -> Any:
