@@ -19,6 +19,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from node.errors import ConfigError
+from node.p2p.guard import GuardLimits
 from protocols.limits import (
     DEFAULT_MAX_CONTAINERS,
     DEFAULT_MAX_DEPTH,
@@ -61,6 +62,15 @@ class NetworkConfig(_Section):
     max_frame_containers: int = Field(default=DEFAULT_MAX_CONTAINERS, ge=1)
     max_number_digits: int = Field(default=DEFAULT_MAX_NUMBER_DIGITS, ge=20, le=MAX_DIGITS_CEILING)
     shutdown_timeout_s: float = Field(default=5.0, gt=0)
+    # what peers may hold of this node at once, and bans (docs/security.md "Floods")
+    max_streams_per_peer: int = Field(default=128, ge=1)
+    max_streams_total: int = Field(default=1024, ge=1)
+    max_pending_bytes_per_peer: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_pending_bytes_total: int = Field(default=64 * 1024 * 1024, ge=1024)
+    strikes_before_ban: int = Field(default=10, ge=1)
+    strike_window_s: float = Field(default=60.0, gt=0)
+    ban_s: float = Field(default=300.0, gt=0)
+    flood_guard: bool = True  # false: nothing above is enforced (measurements only)
 
     _lists = field_validator("listen", "bootstrap", mode="before")(_split_list)
 
@@ -70,6 +80,16 @@ class NetworkConfig(_Section):
             raise ValueError(
                 f"max_frame_containers ({self.max_frame_containers}) must be at least "
                 f"max_frame_depth ({self.max_frame_depth})"
+            )
+        if self.max_streams_total < self.max_streams_per_peer:
+            raise ValueError(
+                f"max_streams_total ({self.max_streams_total}) must be at least "
+                f"max_streams_per_peer ({self.max_streams_per_peer})"
+            )
+        if self.max_pending_bytes_total < self.max_pending_bytes_per_peer:
+            raise ValueError(
+                f"max_pending_bytes_total ({self.max_pending_bytes_total}) must be at least "
+                f"max_pending_bytes_per_peer ({self.max_pending_bytes_per_peer})"
             )
         return self
 
@@ -81,6 +101,19 @@ class NetworkConfig(_Section):
             max_number_digits=self.max_number_digits,
             max_members=self.max_frame_members,
             max_containers=self.max_frame_containers,
+        )
+
+    def guard_limits(self) -> GuardLimits:
+        """What the node's host lets peers hold at once, and when it bans one."""
+        return GuardLimits(
+            max_streams_per_peer=self.max_streams_per_peer,
+            max_streams_total=self.max_streams_total,
+            max_pending_bytes_per_peer=self.max_pending_bytes_per_peer,
+            max_pending_bytes_total=self.max_pending_bytes_total,
+            strikes_before_ban=self.strikes_before_ban,
+            strike_window_s=self.strike_window_s,
+            ban_s=self.ban_s,
+            enabled=self.flood_guard,
         )
 
 
@@ -285,6 +318,16 @@ network:
   max_frame_members: 100000     #   elements of one array, members of one object
   max_frame_containers: 200000  #   arrays and objects in all
   max_number_digits: 64         #   digits in a row in a number
+  # what peers may hold of this node at once (docs/security.md, "Floods"): over a peer's
+  # limit its stream is refused or reset and it gets a strike, as for a garbage frame
+  max_streams_per_peer: 128     # inbound streams open at once, per peer
+  max_streams_total: 1024       #   and of all peers (a peer over its share makes room)
+  max_pending_bytes_per_peer: 8388608   # bytes of frames received but not yet complete
+  max_pending_bytes_total: 67108864     #   and of all peers
+  strikes_before_ban: 10        # strikes within strike_window_s ban the peer:
+  strike_window_s: 60           #   it is disconnected and its connections refused
+  ban_s: 300                    #   for this long
+  flood_guard: true             # false: none of the above is enforced
 discovery:
   refresh_interval_s: 5
   card_ttl_s: 30

@@ -150,6 +150,7 @@ class Node:
             handshake_timeout_s=config.swarm.handshake_timeout_s,
             dial_timeout_s=net.dial_timeout_s,
             shutdown_timeout_s=net.shutdown_timeout_s,
+            guard=net.guard_limits(),
         )
         self.peer_id = self.host.peer_id
         disc, placement = config.discovery, config.placement

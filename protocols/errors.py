@@ -17,6 +17,7 @@
         ├── MessageValidationError    a known ``type`` whose fields are invalid
         ├── StreamClosedError         the stream ended before the final message
         ├── PeerErrorResponse         the peer answered with an ``error`` message
+        ├── PeerOverLimitError        the peer holds more of this node than it may at once
         └── ProtocolTimeoutError      no frame within the allowed time: outcome unknown
 
 Every error carries a ``code`` that is also used on the wire in ``error`` messages.
@@ -106,6 +107,13 @@ class StreamClosedError(RemoteProtocolError):
     """
 
     code = "stream_closed"
+
+
+class PeerOverLimitError(RemoteProtocolError):
+    """The peer holds more of this node than its limits allow at once (bytes of unfinished
+    frames, per peer or of all peers together); the stream is reset (docs/security.md)."""
+
+    code = "over_limit"
 
 
 class ProtocolTimeoutError(RemoteProtocolError):

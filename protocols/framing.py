@@ -20,6 +20,7 @@ __all__ = [
     "MAX_VARINT_BYTES",
     "FrameDecoder",
     "FrameLimits",
+    "FrameMeter",
     "decode_payload",
     "decode_uvarint",
     "encode_frame",
@@ -154,3 +155,44 @@ class FrameDecoder:
         """Call at end of stream: a partial frame left over is an error."""
         if self._buf:
             raise FrameDecodeError(f"stream ended inside a frame ({len(self._buf)} bytes pending)")
+
+
+class FrameMeter:
+    """Counts, in a byte stream read as frames, the bytes of the frame not yet complete
+    (its prefix and the payload so far), without keeping them.
+
+    A reader that hands every byte to a :class:`FrameDecoder` holds exactly that many bytes
+    in it; a node bounds them per peer and in total. Garbage in a prefix (too long a varint)
+    stops the count: the decoder refuses the frame anyway."""
+
+    def __init__(self) -> None:
+        self.pending = 0
+        self._remaining = 0  # payload bytes of the current frame still to come
+        self._value = 0
+        self._shift = 0
+        self._prefix_len = 0
+        self._broken = False
+
+    def feed(self, data: bytes) -> int:
+        """Account for ``data`` (the next bytes read); returns :attr:`pending`."""
+        pos, end = 0, len(data)
+        while pos < end and not self._broken:
+            if self._remaining:
+                take = min(self._remaining, end - pos)
+                pos += take
+                self._remaining -= take
+                self.pending = 0 if not self._remaining else self.pending + take
+                continue
+            byte = data[pos]
+            pos += 1
+            self.pending += 1
+            self._prefix_len += 1
+            self._value |= (byte & 0x7F) << self._shift
+            self._shift += 7
+            if not byte & 0x80:
+                self._remaining, self._value, self._shift, self._prefix_len = self._value, 0, 0, 0
+                if not self._remaining:  # a zero-length frame: the decoder refuses it
+                    self.pending = 0
+            elif self._prefix_len >= MAX_VARINT_BYTES:
+                self._broken = True
+        return self.pending

@@ -5,12 +5,20 @@ The node's libp2p adapter provides a :class:`ByteStream`; tests can use an in-me
 
 from __future__ import annotations
 
-from typing import Generic, Protocol
+from typing import Generic, Protocol, runtime_checkable
 
 import trio
 
 from protocols._logsafe import logsafe
-from protocols.errors import PeerErrorResponse, ProtocolTimeoutError, StreamClosedError
+from protocols.errors import (
+    FrameDecodeError,
+    FrameTooLargeError,
+    MessageValidationError,
+    PeerErrorResponse,
+    ProtocolTimeoutError,
+    StreamClosedError,
+    UnknownMessageTypeError,
+)
 from protocols.framing import FrameDecoder, encode_frame, resolve_limits
 from protocols.limits import FrameLimits
 from protocols.wire import ErrorMessage, M, MessageCodec
@@ -30,6 +38,23 @@ class ByteStream(Protocol):
     async def close(self) -> None: ...
 
     async def reset(self) -> None: ...
+
+
+@runtime_checkable
+class ReportsPeerFaults(Protocol):
+    """A :class:`ByteStream` that wants to hear of the garbage its peer sent (a node counts
+    it against the peer, see node/p2p/guard.py)."""
+
+    def peer_fault(self, error: Exception) -> None: ...
+
+
+# what a peer sent that no honest implementation sends (timeouts and closes are not here)
+PEER_FAULTS = (
+    FrameDecodeError,
+    FrameTooLargeError,
+    UnknownMessageTypeError,
+    MessageValidationError,
+)
 
 
 class MessageStream(Generic[M]):
@@ -69,6 +94,16 @@ class MessageStream(Generic[M]):
         await self.send(ErrorMessage(code=code, message=message))
 
     async def receive_or_eof(self) -> M | ErrorMessage | None:
+        try:
+            return await self._receive_or_eof()
+        except PEER_FAULTS as exc:
+            # a frame cut short by the end of the stream is what a peer dying looks like
+            # on yamux: not reported as garbage
+            if not self._eof and isinstance(self.stream, ReportsPeerFaults):
+                self.stream.peer_fault(exc)
+            raise
+
+    async def _receive_or_eof(self) -> M | ErrorMessage | None:
         while not self._pending:
             if self._eof:
                 return None

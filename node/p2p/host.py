@@ -12,7 +12,14 @@
 * the private-network layer (:mod:`node.p2p.pnet`) in front of Noise when a swarm key is
   given, and QUIC refused then (py-libp2p's QUIC bypasses it);
 * TCP listen sockets bound by hivemesh without ``SO_REUSEPORT`` (:mod:`node.p2p.listen`),
-  before libp2p starts: a port in use is an error naming it, never a shared port.
+  before libp2p starts: a port in use is an error naming it, never a shared port;
+* an inbound connection's slot of libp2p's inbound limit is given back when that
+  connection closes (:mod:`node.p2p.inbound`), not when the swarm stops;
+* a disconnect closes each of the peer's connections itself (libp2p's ``close_peer`` then
+  forgets a connection made to the same peer meanwhile);
+* what peers may hold of this node at once (inbound streams, bytes of unfinished frames)
+  is bounded per peer and in total, and a peer that keeps breaking limits is banned
+  (:mod:`node.p2p.guard`).
 
 libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
 """
@@ -44,29 +51,44 @@ from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
 
 from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
+from node.p2p import inbound
+from node.p2p.guard import GuardLimits, PeerGuard, StreamAccount
 from node.p2p.listen import ListenSockets
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
 from node.p2p.tcp import ExclusiveTCP
 from node.swarmkey import SwarmKey
-from protocols.errors import StreamClosedError
+from protocols._logsafe import logsafe
+from protocols.errors import PeerOverLimitError, StreamClosedError
 
 log = logging.getLogger(__name__)
 
 
 class P2PStream:
-    """A libp2p stream seen as a :class:`protocols.stream.ByteStream`."""
+    """A libp2p stream seen as a :class:`protocols.stream.ByteStream`.
 
-    def __init__(self, stream: INetStream) -> None:
+    ``account``: for a stream a peer opened, its share of the peer's limits (what it reads
+    is metered; garbage reported by its MessageStream is a strike)."""
+
+    def __init__(self, stream: INetStream, *, account: StreamAccount | None = None) -> None:
         self._stream = stream
         self.remote_peer = str(stream.muxed_conn.peer_id)
+        self._account = account
 
     async def read(self, n: int) -> bytes:
         try:
-            return await self._stream.read(n)
+            data = await self._stream.read(n)
         except StreamEOF:
             return b""
         except Exception as exc:
             raise StreamClosedError(f"stream from {self.remote_peer} broke: {exc!r}") from None
+        if self._account is not None and data:
+            self._account.received(data)  # PeerOverLimitError
+        return data
+
+    def peer_fault(self, error: Exception) -> None:
+        """The peer sent garbage on this stream (protocols.stream.ReportsPeerFaults)."""
+        if self._account is not None:
+            self._account.fault(error)
 
     async def write(self, data: bytes) -> None:
         try:
@@ -179,7 +201,12 @@ class P2PHost:
         dial_timeout_s: float = 5.0,
         shutdown_timeout_s: float = 5.0,
         refusal_log: RefusalLog | None = None,
+        guard: GuardLimits | None = None,
     ) -> None:
+        # what peers may hold of this node, and who is banned (node/p2p/guard.py)
+        self.guard = PeerGuard(guard or GuardLimits(), on_ban=self._banned)
+        self._inbound_streams: dict[str, list[INetStream]] = {}
+        self._nursery: trio.Nursery | None = None
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         sec_opt = {NOISE_PROTOCOL_ID: noise}
         # yamux only: libp2p's yamux option also offers mplex (no flow control)
@@ -206,6 +233,7 @@ class P2PHost:
             swarm_key=swarm_key,
             handshake_timeout_s=handshake_timeout_s,
             refusal_log=refusal_log,
+            admit=self._admit_connection,
         )
         swarm.upgrader = self._upgrader
         # hivemesh's discovery decides whom to dial, and backs off per address; libp2p must
@@ -214,6 +242,12 @@ class P2PHost:
         # redials every peer in the peerstore
         swarm.retry_config = RetryConfig(max_retries=0)
         swarm.auto_connector = _NoAutoConnector(swarm)
+        # an inbound connection holds its slot of libp2p's inbound limit (250) while it
+        # lives, not for the swarm's lifetime (the node went deaf after 250 connections)
+        self.inbound = inbound.InboundConnections(swarm._inbound_limiter)
+        inbound.install(swarm, self.inbound)
+        # every inbound stream is counted from the moment yamux hands it over
+        swarm.common_stream_handler = self._guarded_streams(swarm.common_stream_handler)
         self.swarm_key = swarm_key
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
@@ -230,18 +264,101 @@ class P2PHost:
             raise RuntimeError("register handlers before the host runs")
 
         async def wrapped(stream: INetStream) -> None:
-            s = P2PStream(stream)
+            account = StreamAccount(self.guard, str(stream.muxed_conn.peer_id))
+            s = P2PStream(stream, account=account)
             try:
                 with trio.fail_after(timeout_s) if timeout_s else _nullcontext():
                     await handler(s)
             except trio.TooSlowError:
                 log.warning("%s handler for %s timed out", protocol, s.remote_peer)
                 await s.reset()
+            except PeerOverLimitError as exc:  # raised by a read outside the handler's care
+                log.info("%s stream of %s reset: %s", protocol, s.remote_peer, exc)
+                await s.reset()
             except Exception:
                 log.exception("%s handler for %s failed", protocol, s.remote_peer)
                 await s.reset()
+            finally:
+                account.close()
 
         self._host.set_stream_handler(TProtocol(protocol), wrapped)
+
+    def _guarded_streams(
+        self, negotiate_and_handle: Callable[[INetStream], Awaitable[None]]
+    ) -> Callable[[INetStream], Awaitable[None]]:
+        """libp2p's handler of every inbound stream (it negotiates the protocol, then calls
+        ours), behind :meth:`PeerGuard.open_stream`: a stream over a limit is reset before
+        anything is read from it."""
+
+        async def guarded(stream: INetStream) -> None:
+            peer = str(stream.muxed_conn.peer_id)
+            admission = self.guard.open_stream(peer)
+            if not admission.admitted:
+                log.debug("stream of %s refused: %s", peer, admission.reason)
+                await _reset_quietly(stream)
+                return
+            if admission.evict is not None:
+                self._evict_one_stream(admission.evict)
+            held = self._inbound_streams.setdefault(peer, [])
+            held.append(stream)
+            try:
+                await negotiate_and_handle(stream)
+            finally:
+                held.remove(stream)
+                if not held and self._inbound_streams.get(peer) is held:
+                    del self._inbound_streams[peer]
+                self.guard.close_stream(peer)
+
+        return guarded
+
+    def _evict_one_stream(self, peer: str) -> None:
+        """Reset the newest stream of ``peer`` (the node holds the most streams of it) to
+        make room for a peer holding fewer; its count drops when its handler ends."""
+        held = self._inbound_streams.get(peer)
+        if held and self._nursery is not None:
+            self._nursery.start_soon(_reset_quietly, held[-1])
+
+    async def _watch_muxer_buffers(self, every_s: float = 0.25) -> None:
+        """Close the connections of peers whose unread bytes in the muxer are over the
+        limits (yamux in py-libp2p 0.8.1 logs a peer that exceeds its receive window, and
+        buffers what it sent anyway)."""
+        swarm = self._host.get_network()
+        while True:
+            await trio.sleep(every_s)
+            buffered: dict[str, int] = {}
+            for pid, conns in list(swarm.connections.items()):
+                for conn in conns:
+                    buffers = getattr(conn.muxed_conn, "stream_buffers", None) or {}
+                    held = sum(len(b) for b in list(buffers.values()))
+                    if held:
+                        buffered[str(pid)] = buffered.get(str(pid), 0) + held
+            for peer, reason in self.guard.over_buffered(buffered):
+                log.info("closing the connection of %s: %s", logsafe(peer), reason)
+                if valid_peer_id(peer) and self._nursery is not None:
+                    self._nursery.start_soon(self._disconnect_quietly, ID.from_base58(peer))
+
+    def _banned(self, peer: str, reason: str) -> None:
+        log.warning(
+            "banned peer %s for %gs: %s", logsafe(peer), self.guard.limits.ban_s, logsafe(reason)
+        )
+        if self._nursery is not None and valid_peer_id(peer):
+            self._nursery.start_soon(self._disconnect_quietly, ID.from_base58(peer))
+
+    def _admit_connection(self, peer: str) -> bool:
+        """Whether an inbound connection of ``peer`` (its identity just proven) may go on."""
+        if self.guard.ban_of(peer) is None:
+            return True
+        ban = self.guard.refusal_to_log(peer)
+        if ban is not None:
+            left = max(0.0, ban.until - time.monotonic())
+            log.warning(
+                "refused connection from banned peer %s (%d refused; ban ends in %.0fs: %s)",
+                logsafe(peer),
+                ban.refused,
+                left,
+                logsafe(ban.reason),
+            )
+        return False
 
     def on_connection_change(self, listener: ConnectionListener) -> None:
         self._host.get_network().register_notifee(_Notifee(listener))
@@ -290,11 +407,20 @@ class P2PHost:
                     shield.deadline = trio.current_time() + self.shutdown_timeout_s + 1
                     await self._shutdown()
 
+        async def watch() -> None:
+            with watching:
+                await self._watch_muxer_buffers()
+
+        watching = trio.CancelScope()
         async with trio.open_nursery() as nursery:
             await nursery.start(serve)
+            self._nursery = nursery
+            nursery.start_soon(watch)
             try:
                 yield
             finally:
+                self._nursery = None
+                watching.cancel()
                 stop.set()
 
     async def _shutdown(self) -> None:
@@ -307,10 +433,15 @@ class P2PHost:
             log.warning("libp2p shutdown took over %ss; abandoned", self.shutdown_timeout_s)
 
     async def _disconnect_quietly(self, peer: ID) -> None:
-        try:
-            await self._host.disconnect(peer)
-        except Exception:
-            log.debug("disconnect from %s failed", peer, exc_info=True)
+        # Each connection closed by itself, not libp2p's host.disconnect (swarm.close_peer):
+        # after its closes (0.1 s each) that drops the peer's whole entry from the
+        # connection table, and with it a connection made to the same peer meanwhile,
+        # which then lives on untracked.
+        for conn in list(self._host.get_network().get_connections(peer)):
+            try:
+                await conn.close()
+            except Exception:
+                log.debug("disconnect from %s failed", peer, exc_info=True)
 
     # -- queries -------------------------------------------------------------------------
 
@@ -336,6 +467,12 @@ class P2PHost:
             raise NodeUnreachableError("refusing to dial ourselves")
         if self.is_connected(peer_id):
             return
+        ban = self.guard.ban_of(peer_id)
+        if ban is not None:
+            raise NodeUnreachableError(
+                f"peer {peer_id} is banned for {ban.until - time.monotonic():.0f}s more: "
+                f"{logsafe(ban.reason)}"
+            )
         try:
             pid = ID.from_base58(peer_id)
         except Exception:
@@ -403,6 +540,13 @@ class P2PHost:
     async def disconnect(self, peer_id: str) -> None:
         if valid_peer_id(peer_id):
             await self._disconnect_quietly(ID.from_base58(peer_id))
+
+
+async def _reset_quietly(stream: INetStream) -> None:
+    try:
+        await stream.reset()
+    except Exception:
+        log.debug("reset of a refused stream failed", exc_info=True)
 
 
 def _first_line(exc: BaseException) -> str:

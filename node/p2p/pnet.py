@@ -69,6 +69,10 @@ class PrivateNetworkRefused(SecurityUpgradeFailure):
         self.reason = reason
 
 
+class PeerRefused(SecurityUpgradeFailure):
+    """A member whose identity was just proven may not connect now (it is banned)."""
+
+
 _IO_ERRORS = (IOException, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 
 
@@ -255,8 +259,11 @@ class PrivateNetworkUpgrader(TransportUpgrader):
         handshake_timeout_s: float,
         refusal_log: RefusalLog | None = None,
         max_remembered: int = 256,
+        admit: Callable[[str], bool] | None = None,
     ) -> None:
         super().__init__(secure_transports, muxer_transports)
+        # asked of every inbound peer once its identity is proven (a banned peer: False)
+        self._admit = admit
         self.swarm_key = swarm_key
         self.handshake_timeout_s = handshake_timeout_s
         self._refusal_log = refusal_log or RefusalLog()
@@ -271,7 +278,7 @@ class PrivateNetworkUpgrader(TransportUpgrader):
         try:
             conn = await protect(raw_conn, self.swarm_key, timeout_s=self.handshake_timeout_s)
             try:
-                return await super().upgrade_security(conn, is_initiator, peer_id)
+                secured = await super().upgrade_security(conn, is_initiator, peer_id)
             except Exception:
                 # the check fails inside multistream-select, which wraps errors in its own
                 if conn.failure is not None:
@@ -284,6 +291,15 @@ class PrivateNetworkUpgrader(TransportUpgrader):
             else:
                 self._refusal_log.refused(_remote(raw_conn), refusal.reason)
             raise
+        if not is_initiator and self._admit is not None:
+            remote = str(secured.get_remote_peer())
+            if not self._admit(remote):
+                try:
+                    await secured.close()
+                except Exception:
+                    log.debug("close of a refused connection failed", exc_info=True)
+                raise PeerRefused(f"peer {remote} is refused for now (banned)")
+        return secured
 
     def _remember(self, peer_id: ID | None, reason: str) -> None:
         if peer_id is None:
