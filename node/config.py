@@ -51,6 +51,8 @@ class _Section(BaseModel):
 
 class NetworkConfig(_Section):
     listen: list[str] = Field(default_factory=lambda: [DEFAULT_LISTEN])
+    # a listen address with port 0 takes the port it had at the last start when it is free
+    remember_port: bool = True
     bootstrap: list[str] = Field(default_factory=list)
     dial_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
@@ -264,7 +266,8 @@ swarm:
 tools: all                 # tool groups this node offers: all, none, or e.g. "text,math"
 log_level: INFO
 network:
-  listen: ["/ip4/127.0.0.1/tcp/0"]
+  listen: ["/ip4/127.0.0.1/tcp/0"]  # port 0: the port of the last start if free, else any
+  remember_port: true      # false: port 0 is a new port at every start
   bootstrap: []            # multiaddrs with /p2p/<peer id>
   dial_timeout_s: 5
   request_timeout_s: 30

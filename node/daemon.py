@@ -23,7 +23,7 @@ from node import identity
 from node.config import NodeConfig, RayConfig
 from node.control import ControlService
 from node.discovery import DiscoveryService
-from node.errors import ConfigError
+from node.errors import ConfigError, HomeError
 from node.executor import SwarmExecutor
 from node.handoff.admission import split_slots
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
@@ -253,10 +253,16 @@ class Node:
         on_ready: Callable[[dict[str, Any]], None] | None = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        net = self.config.network
+        sockets = self.listen_sockets
+        own_sockets = None
+        if sockets is None:  # ListenError: a port in use
+            sockets = own_sockets = self.home.bind_listen(net.listen, remember=net.remember_port)
+        for note in sockets.notes:
+            log.warning("%s", note)
         try:
-            listen = self.config.network.listen
             async with (
-                self.host.run(listen, sockets=self.listen_sockets),
+                self.host.run(net.listen, sockets=sockets),
                 trio.open_nursery() as n,
             ):
                 await n.start(self.handoff.serve)
@@ -278,15 +284,25 @@ class Node:
                     "swarm": self.swarm.describe(),
                 }
                 self._log_membership()
+                if net.remember_port:
+                    self._remember_ports(sockets.ports)
                 self.home.write_runtime(info)
                 log.info("node %s ready on %s", self.peer_id, ", ".join(info["addrs"]))
                 if on_ready is not None:
                     on_ready(info)
                 task_status.started(info)
         finally:
+            if own_sockets is not None:
+                own_sockets.close()
             self.home.clear_runtime(os.getpid())
             self.journal.close()
             self.storage.close()
+
+    def _remember_ports(self, ports: dict[str, int]) -> None:
+        try:
+            self.home.remember_ports(ports)
+        except HomeError as exc:
+            log.warning("%s: the next start may listen on other ports", exc)
 
     def _log_membership(self) -> None:
         if self.swarm.key is None:
@@ -328,7 +344,8 @@ def run_daemon(
     if listen_sockets is not None:
         _run_daemon(config, home, swarm, listen_sockets)
         return
-    with ListenSockets.bind(config.network.listen) as sockets:  # ListenError: port in use
+    net = config.network
+    with home.bind_listen(net.listen, remember=net.remember_port) as sockets:  # ListenError
         _run_daemon(config, home, swarm, sockets)
 
 

@@ -23,6 +23,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
@@ -53,12 +54,33 @@ from protocols.errors import StreamClosedError
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """The connection a stream runs on: the remote end's IP and TCP port, and whether this
+    node dialled it (outbound: the peer id was proven at exactly that address)."""
+
+    ip: str
+    port: int
+    outbound: bool
+
+
 class P2PStream:
     """A libp2p stream seen as a :class:`protocols.stream.ByteStream`."""
 
     def __init__(self, stream: INetStream) -> None:
         self._stream = stream
         self.remote_peer = str(stream.muxed_conn.peer_id)
+
+    def connection(self) -> ConnectionInfo | None:
+        """The connection's remote endpoint and direction (None if libp2p does not know)."""
+        try:
+            remote = self._stream.get_remote_address()
+            direction = getattr(getattr(self._stream, "swarm_conn", None), "direction", None)
+        except Exception:  # foreign internals: no answer is an answer
+            return None
+        if not remote:
+            return None
+        return ConnectionInfo(str(remote[0]), int(remote[1]), str(direction) == "outbound")
 
     async def read(self, n: int) -> bytes:
         try:
