@@ -95,6 +95,12 @@ class DiscoveryConfig(_Section):
     max_peers_per_source: int = Field(default=16, ge=0)
     dial_backoff_s: float = Field(default=5.0, gt=0)
     dial_backoff_max_s: float = Field(default=300.0, gt=0)
+    # keeping a place in the swarm: the peers remembered in HOME/peers.json (0: none), and
+    # how long a lost member (or a remembered one, from the start) is redialled
+    peer_store_size: int = Field(default=64, ge=0, le=1024)
+    peer_store_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    redial_for_s: float = Field(default=600.0, ge=0)
+    redial_backoff_max_s: float = Field(default=30.0, gt=0)
 
 
 class HandoffConfig(_Section):
@@ -283,6 +289,10 @@ discovery:
   max_peers_per_source: 16   # peers remembered on the word of any one other peer
   dial_backoff_s: 5          # wait after a failed dial of an address, doubled per failure,
   dial_backoff_max_s: 300    # up to this
+  peer_store_size: 64        # peers remembered in HOME/peers.json and redialled at start (0: none)
+  peer_store_max_age_s: 604800  # a remembered peer not seen for this long is dropped
+  redial_for_s: 600          # a lost peer (or a remembered one) is redialled this long, with
+  redial_backoff_max_s: 30   # at most this wait between dials of one of its addresses
 handoff:
   allow: any               # or a list of peer ids allowed to delegate steps here
   delegate_to: any         # or a list of peer ids this node may hand its own steps to

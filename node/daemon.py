@@ -29,7 +29,8 @@ from node.handoff.admission import split_slots
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
 from node.handoff.server import HandoffServer
 from node.home import Home, SwarmMembership
-from node.p2p import ListenSockets, P2PHost, quiet_libp2p_logging
+from node.p2p import ListenSockets, P2PHost, quiet_libp2p_logging, valid_peer_id
+from node.peerstore import PeerStore
 from node.registry import PeerRegistry
 from node.scheduler import Policy
 from node.swarmkey import loosely_readable
@@ -158,7 +159,16 @@ class Node:
             max_per_source=disc.max_peers_per_source,
             backoff_s=disc.dial_backoff_s,
             backoff_max_s=disc.dial_backoff_max_s,
+            redial_for_s=disc.redial_for_s,
+            redial_backoff_max_s=disc.redial_backoff_max_s,
             exclude_s=placement.exclude_s,
+        )
+        self.peer_store = PeerStore(
+            home.peers_file,
+            self_id=self.peer_id,
+            size=disc.peer_store_size,
+            max_age_s=disc.peer_store_max_age_s,
+            valid_peer_id=valid_peer_id,
         )
         # Slots: tool steps that run at once on this node's Ray, half a CPU each (two per
         # CPU, as the node's card always said; smaller shares make Ray start and stop worker
@@ -199,7 +209,13 @@ class Node:
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(self.storage, self.executor, config.workflows)
         self.discovery = DiscoveryService(
-            self.host, self.registry, self._card, net, config.discovery, key=key
+            self.host,
+            self.registry,
+            self._card,
+            net,
+            config.discovery,
+            key=key,
+            store=self.peer_store,
         )
         self.control = ControlService(
             host=self.host,
