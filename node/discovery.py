@@ -18,7 +18,6 @@ alongside the bootstrap peers. A member that is lost is redialled for
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -30,14 +29,12 @@ from node.addr_record import (
     AddrRecord,
     AddrRecordSigner,
     InvalidAddrRecordError,
-    transport_part,
     verify_addr_record,
 )
 from node.config import DiscoveryConfig, NetworkConfig
-from node.errors import HomeError, ListenError, NodeError
+from node.errors import HomeError, NodeError
 from node.p2p import ConnectionInfo, P2PHost, P2PStream, split_p2p_addr, valid_peer_id
-from node.p2p.listen import tcp_endpoint
-from node.peerstore import MAX_ADDRS_PER_PEER, PeerStore, tcp_addr
+from node.peerstore import PeerStore, verified_addrs
 from node.registry import CardMismatchError, Learned, PeerRegistry
 from protocols import discovery, logsafe
 from protocols.errors import ProtocolError, RemoteProtocolError
@@ -212,37 +209,12 @@ class DiscoveryService:
         conn: ConnectionInfo | None,
     ) -> None:
         """Remember a member that just sent its card itself, at the addresses this node
-        verified: the one it dialled it at, and those the peer signed for itself at the IP
-        its connection comes from (an unspecified host, 0.0.0.0 or ::, read as that IP).
-        Never an address at another IP: a peer cannot make this node dial elsewhere at
-        every start."""
+        verified (:func:`node.peerstore.verified_addrs`: the one it dialled, or the peer's
+        own at the IP its connection comes from; never an address elsewhere)."""
         if self.store is None or conn is None or self.registry.is_excluded(peer_id):
             return
-        try:
-            ip = ipaddress.ip_address(conn.ip)
-        except ValueError:
-            return
-        verified: list[str] = []
-        if conn.outbound:
-            verified.append(tcp_addr(ip.version == 6, str(ip), conn.port, peer_id))
         own = list(record.addrs) if record is not None else card.addrs
-        for addr in own[: discovery.messages.MAX_ADDRS]:
-            base = transport_part(addr, peer_id)
-            if base is None:
-                continue
-            try:
-                _, host, port = tcp_endpoint(base)
-                at = ipaddress.ip_address(host)
-            except (ListenError, ValueError):
-                continue
-            if at.is_unspecified and at.version == ip.version:
-                at = ip
-            if at == ip and port != 0:
-                full = tcp_addr(ip.version == 6, str(ip), port, peer_id)
-                if full not in verified:
-                    verified.append(full)
-            if len(verified) >= MAX_ADDRS_PER_PEER:
-                break
+        verified = verified_addrs(peer_id, own[: discovery.messages.MAX_ADDRS], conn)
         self.store.saw(peer_id, verified, dialled=conn.outbound)
 
     async def _save_store(self) -> None:

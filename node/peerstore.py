@@ -17,6 +17,7 @@ The clock is injected (wall-clock seconds: entries outlive the process).
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import logging
 import math
@@ -25,10 +26,15 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from node.addr_record import transport_part
 from node.errors import HomeError, ListenError
 from node.home import write_atomic
 from node.p2p.listen import tcp_endpoint
+
+if TYPE_CHECKING:
+    from node.p2p import ConnectionInfo
 
 log = logging.getLogger(__name__)
 
@@ -269,3 +275,36 @@ def dial_addr_of(addr: str, peer_id: str) -> str | None:
 
 def tcp_addr(ip6: bool, host: str, port: int, peer_id: str) -> str:
     return f"/{'ip6' if ip6 else 'ip4'}/{host}/tcp/{port}/p2p/{peer_id}"
+
+
+def verified_addrs(peer_id: str, own: Iterable[str], conn: ConnectionInfo) -> list[str]:
+    """The addresses of ``peer_id`` this node may remember, given the addresses the peer
+    gave for itself (``own``: its card's or its signed record's) and the connection its
+    card came on: the address this node dialled it at (outbound: Noise proved the peer id
+    there), then those of ``own`` at the IP the connection comes from (an unspecified host,
+    0.0.0.0 or ::, read as that IP). Never an address at another IP: a peer cannot make this
+    node dial elsewhere at every start. At most :data:`MAX_ADDRS_PER_PEER`."""
+    try:
+        ip = ipaddress.ip_address(conn.ip)
+    except ValueError:
+        return []
+    out: list[str] = []
+    if conn.outbound and conn.port > 0:
+        out.append(tcp_addr(ip.version == 6, str(ip), conn.port, peer_id))
+    for addr in own:
+        if len(out) >= MAX_ADDRS_PER_PEER:
+            break
+        base = transport_part(addr, peer_id)
+        if base is None or len(base) > MAX_ADDR_CHARS:
+            continue
+        try:
+            _, host, port = tcp_endpoint(base)
+            at = ipaddress.ip_address(host)
+        except (ListenError, ValueError):
+            continue
+        if at.is_unspecified and at.version == ip.version:
+            at = ip
+        full = tcp_addr(ip.version == 6, str(ip), port, peer_id)
+        if at == ip and port != 0 and full not in out:
+            out.append(full)
+    return out

@@ -82,6 +82,8 @@ def test_a_killed_node_restarted_without_bootstrap_is_found_again(tmp_path: Path
         # cannot know it, so the node is found because it redials the hub it remembers
         again.stop(signal.SIGKILL)
         with socket.socket() as squatter:
+            # (SO_REUSEADDR: the old node's connections may linger in TIME_WAIT there)
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", port))
             squatter.listen()
             moved = local.wait_ready(local.start("util-moved", "util", home=util.home))

@@ -97,6 +97,8 @@ async def test_a_node_whose_port_was_taken_is_found_again_through_the_peers_it_r
         await wait_until(lambda: not a.host.is_connected(b.peer_id), what="a losing b")
         await wait_until(lambda: not b.home.runtime_file.exists(), what="b stopped")
         with socket.socket() as squatter:
+            # (SO_REUSEADDR: the old node's connections may linger in TIME_WAIT there)
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             squatter.bind(("127.0.0.1", old_port))
             squatter.listen()
             again = make_node(tmp_path, "b", "util")  # no bootstrap, and its port taken

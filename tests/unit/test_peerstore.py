@@ -11,8 +11,14 @@ import pytest
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from node.home import peer_id_of
-from node.p2p import valid_peer_id
-from node.peerstore import MAX_ADDRS_PER_PEER, SEEN_RESOLUTION_S, PeerStore, RememberedPeer
+from node.p2p import ConnectionInfo, valid_peer_id
+from node.peerstore import (
+    MAX_ADDRS_PER_PEER,
+    SEEN_RESOLUTION_S,
+    PeerStore,
+    RememberedPeer,
+    verified_addrs,
+)
 
 DAY = 24 * 3600.0
 
@@ -251,3 +257,42 @@ def test_an_unwritable_home_is_an_error_and_the_changes_are_kept(tmp_path: Path)
     with pytest.raises(HomeError, match=r"^cannot write .*peers\.json: "):
         s.save()
     assert s.dirty  # saved on the next try
+
+
+# -- which addresses of a peer may be remembered -----------------------------------------------
+
+
+def test_an_outbound_connection_proves_the_address_dialled_then_own_ones_at_that_ip() -> None:
+    a = new_peer_id()
+    own = ["/ip4/127.0.0.1/tcp/4001", "/ip4/127.0.0.1/tcp/4002", "/ip4/10.0.0.5/tcp/4003"]
+    assert verified_addrs(a, own, ConnectionInfo("127.0.0.1", 4002, outbound=True)) == [
+        addr(a, 4002),
+        addr(a, 4001),
+    ]
+
+
+def test_an_inbound_connection_proves_only_the_peers_own_addresses_at_its_ip() -> None:
+    a = new_peer_id()
+    own = [
+        "/ip4/10.9.9.9/tcp/22",  # elsewhere: a victim
+        f"/ip4/127.0.0.1/tcp/4001/p2p/{a}",
+        f"/ip4/127.0.0.1/tcp/4009/p2p/{new_peer_id()}",  # another peer's
+        "/ip4/0.0.0.0/tcp/4002",  # all interfaces: its IP
+        "/ip4/127.0.0.1/tcp/0",
+        "/ip6/::1/tcp/4003",
+        "/dns4/localhost/tcp/4004",
+        "not an address",
+    ]
+    conn = ConnectionInfo("127.0.0.1", 51234, outbound=False)
+    assert verified_addrs(a, own, conn) == [addr(a, 4001), addr(a, 4002)]
+    six = ConnectionInfo("::1", 51234, outbound=False)
+    assert verified_addrs(a, own, six) == [f"/ip6/::1/tcp/4003/p2p/{a}"]
+
+
+def test_at_most_four_addresses_are_verified() -> None:
+    a = new_peer_id()
+    own = [f"/ip4/127.0.0.1/tcp/{p}" for p in range(4001, 4033)]
+    conn = ConnectionInfo("127.0.0.1", 5000, outbound=True)
+    got = verified_addrs(a, own, conn)
+    assert got == [addr(a, 5000), *(addr(a, p) for p in range(4001, 4004))]
+    assert len(got) == MAX_ADDRS_PER_PEER
