@@ -317,7 +317,11 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
     help="Workflow input; VALUE is JSON if it parses, else a string.",
 )
 @click.option("--id", "workflow_id", default=None, help="Workflow id (idempotent submit).")
-@click.option("--wait", is_flag=True, help="Wait for the result.")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the result, showing each step's progress live (with --json: the result only).",
+)
 def submit(
     file: Path,
     home: Path | None,
@@ -372,8 +376,72 @@ def submit(
 
         _emit(as_json, done, human)
         return
-    result = _call(home, node, control.ResultRequest(workflow_id=wid, wait=True), timeout_s=None)
+    if as_json:  # (the documented shape: the result alone, one JSON document)
+        result = _call(
+            home, node, control.ResultRequest(workflow_id=wid, wait=True), timeout_s=None
+        )
+    else:  # each step's progress, live, then the result
+        _, result = _watch(home, node, wid, as_json=False, then_result=True)
     _print_result(result, as_json, full=True)
+
+
+def _watch(
+    home: Path | None,
+    node: str | None,
+    workflow_id: str,
+    *,
+    as_json: bool,
+    since: int = 0,
+    then_result: bool = False,
+) -> tuple[Any, Any]:
+    """Show the workflow's progress until it ends: a live table on a terminal, else plain
+    lines (JSON lines with ``as_json``). Returns its ``workflow_finished`` event and, if
+    ``then_result``, its ``result``. Ctrl-C detaches (the workflow goes on)."""
+    from node.client import ask, run, watch
+    from node.p2p import quiet_libp2p_logging
+    from node.watch_view import JsonView, PlainView, TableView
+    from protocols import control
+
+    quiet_libp2p_logging()
+    swarm_key = click.get_current_context().meta.get("hivemesh.swarm_key")
+    table = not as_json and sys.stdout.isatty()
+
+    def echo(line: str) -> None:
+        click.echo(line)
+        sys.stdout.flush()  # (a line as it happens, through a pipe too)
+
+    view: Any = JsonView(echo) if as_json else TableView() if table else PlainView(echo)
+
+    async def follow(host: Any, peer: str) -> tuple[Any, Any]:
+        final = await watch(host, peer, workflow_id, view, since=since)
+        if not then_result:
+            return final, None
+        return final, await ask(host, peer, control.ResultRequest(workflow_id=workflow_id), 30)
+
+    try:
+        with view if table else contextlib.nullcontext():
+            return run(_home(home), node, follow, swarm_key_file=swarm_key)
+    except KeyboardInterrupt:
+        fail(
+            f"detached; workflow {workflow_id} goes on "
+            f"('hivemesh watch {workflow_id}' follows it again)",
+            130,
+        )
+
+
+@main.command()
+@click.argument("workflow_id")
+@target_options
+@click.option(
+    "--since", type=click.IntRange(min=0), default=0, help="Show only the events after this seq."
+)
+def watch(workflow_id: str, home: Path | None, node: str | None, as_json: bool, since: int) -> None:
+    """Follow a workflow's progress live until it ends: one line per step on a terminal,
+    one line per event otherwise, JSON lines with --json. Ctrl-C detaches; the workflow goes
+    on. Exits 1 unless the workflow ends SUCCESSFUL."""
+    final, _ = _watch(home, node, workflow_id, as_json=as_json, since=since)
+    if final.status != "SUCCESSFUL":
+        sys.exit(1)
 
 
 def _submit_once_or_twice(home: Path | None, node: str | None, request: Any, wid: str) -> Any:
@@ -454,6 +522,7 @@ def status(
                 "status": s.status,
                 "node": s.node,
                 "reason": s.reason,
+                **({"waiting": s.waiting} if s.waiting else {}),
                 **({"error": s.error} if s.error else {}),
                 **({"receipt": s.receipt} if s.receipt else {}),
             }
@@ -471,6 +540,8 @@ def status(
         for s in reply.steps:
             where = short(s.node) if s.node else "-"
             click.echo(f"  {s.name:<{width}}  {s.tool:<18} {s.status:<10} on {where}")
+            if s.waiting:
+                click.echo(f"  {'':<{width}}  {s.waiting}")
             if explain and s.reason:
                 click.echo(f"  {'':<{width}}  why: {s.reason}")
             if explain and s.receipt:

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import trio
 from libp2p.crypto.keys import KeyPair
@@ -28,6 +29,11 @@ from protocols.errors import PeerErrorResponse, ProtocolError, ProtocolTimeoutEr
 from protocols.stream import MessageStream
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# a watch with no frame for this long is dead: a node heartbeats at most every 60 s
+WATCH_IDLE_S = 130.0
+WATCH_RECONNECTS = 5
 
 
 def resolve_node_addr(home: Home, node: str | None) -> str:
@@ -70,6 +76,22 @@ async def request(
     ``swarm_key``: the key of the node's swarm (None for an open swarm).
     ``timeout_s=None`` waits as long as the node keeps the stream open (``result --wait``).
     """
+
+    async def one(host: P2PHost, peer_id: str) -> Any:
+        return await ask(host, peer_id, message, timeout_s)
+
+    return await session(key, node_addr, one, swarm_key=swarm_key, dial_timeout_s=dial_timeout_s)
+
+
+async def session(
+    key: KeyPair,
+    node_addr: str,
+    work: Callable[[P2PHost, str], Awaitable[T]],
+    *,
+    swarm_key: SwarmKey | None = None,
+    dial_timeout_s: float = 5.0,
+) -> T:
+    """Run ``work(host, peer_id)`` with a client host connected to the node."""
     host = P2PHost(key, swarm_key=swarm_key, dial_timeout_s=dial_timeout_s, shutdown_timeout_s=2.0)
     reply: Any = None
     error: NodeError | None = None
@@ -77,7 +99,8 @@ async def request(
     # would wrap them in exception groups.
     async with host.run(["/ip4/127.0.0.1/tcp/0"]):
         try:
-            reply = await _exchange(host, node_addr, message, timeout_s)
+            peer_id = await host.connect_addr(node_addr)
+            reply = await work(host, peer_id)
         except NodeError as exc:
             error = exc
     if error is not None:
@@ -85,25 +108,82 @@ async def request(
     return reply
 
 
-async def _exchange(host: P2PHost, node_addr: str, message: Any, timeout_s: float | None) -> Any:
-    peer_id = await host.connect_addr(node_addr)
+async def ask(host: P2PHost, peer_id: str, message: Any, timeout_s: float | None) -> Any:
+    """One request on a new stream; its response (``heartbeat`` frames are skipped)."""
     stream = await host.open_stream(peer_id, control.PROTOCOL_ID)
     ms = MessageStream(stream, control.RESPONSE_CODEC)
     try:
         await ms.send(message)
-        if timeout_s is None:
-            return await ms.receive()
-        return await ms.receive_within(timeout_s)
+        while True:
+            if timeout_s is None:
+                reply = await ms.receive()
+            else:
+                reply = await ms.receive_within(timeout_s)
+            if not isinstance(reply, control.Heartbeat):
+                return reply
     except PeerErrorResponse as exc:
-        if exc.code == "unauthorised":
-            raise NotAuthorisedError(exc.message) from None
-        raise RequestFailedError(exc.code, exc.message) from None
+        raise _refused(exc) from None
     except ProtocolTimeoutError:
         raise NoAnswerError(f"node {peer_id} did not answer within {timeout_s:g}s") from None
     except ProtocolError as exc:  # (sent, or partly: the node may have acted on it)
         raise NoAnswerError(f"node {peer_id}: {exc}") from None
     finally:
         await ms.close()
+
+
+def _refused(exc: PeerErrorResponse) -> NodeError:
+    if exc.code == "unauthorised":
+        return NotAuthorisedError(exc.message)
+    return RequestFailedError(exc.code, exc.message)
+
+
+async def watch(
+    host: P2PHost,
+    peer_id: str,
+    workflow_id: str,
+    on_frame: Callable[[Any], None],
+    *,
+    since: int = 0,
+    idle_timeout_s: float = WATCH_IDLE_S,
+    reconnects: int = WATCH_RECONNECTS,
+) -> control.ProgressEvent:
+    """Follow a workflow's events (``watch``, docs/protocols.md §10.8) until it ends; return
+    its ``workflow_finished`` event. Every frame (``watching``, ``event``, ``heartbeat``) is
+    given to ``on_frame``. A stream lost, or cut off as ``lagged``, is watched again from
+    the last event seen, up to ``reconnects`` times in a row."""
+    last = since
+    tries = 0
+    while True:
+        stream = await host.open_stream(peer_id, control.PROTOCOL_ID)
+        ms = MessageStream(stream, control.RESPONSE_CODEC)
+        try:
+            request: Any = control.WatchRequest(workflow_id=workflow_id, since=last)
+            await ms.send(request)
+            while True:
+                frame = await ms.receive_within(idle_timeout_s)
+                on_frame(frame)
+                if isinstance(frame, control.Watching) and frame.reset:
+                    last = 0
+                elif isinstance(frame, control.ProgressEvent):
+                    last, tries = frame.seq, 0
+                    if frame.kind == "workflow_finished":
+                        return frame
+        except PeerErrorResponse as exc:
+            if exc.code != "lagged" or tries >= reconnects:
+                raise _refused(exc) from None
+        except ProtocolTimeoutError:
+            raise NoAnswerError(
+                f"node {peer_id} sent nothing for {idle_timeout_s:g}s (no heartbeat)"
+            ) from None
+        except ProtocolError as exc:
+            if tries >= reconnects:
+                raise NoAnswerError(f"node {peer_id}: {exc}") from None
+            log.info("watch of %s lost (%s); watching again from %d", workflow_id, exc, last)
+        finally:
+            await ms.close()
+        tries += 1
+        if not host.is_connected(peer_id):
+            await trio.sleep(min(0.2 * 2**tries, 5.0))
 
 
 def client_swarm(home: Home, node: str | None, swarm_key_file: Path | None) -> SwarmMembership:
@@ -161,12 +241,30 @@ def call(
     swarm_key_file: Path | None = None,
 ) -> Any:
     """Synchronous wrapper for the CLI."""
+
+    async def one(host: P2PHost, peer_id: str) -> Any:
+        return await ask(host, peer_id, message, timeout_s)
+
+    return run(home, node, one, swarm_key_file=swarm_key_file)
+
+
+def run(
+    home: Home,
+    node: str | None,
+    work: Callable[[P2PHost, str], Awaitable[T]],
+    *,
+    swarm_key_file: Path | None = None,
+) -> T:
+    """Run ``work(host, peer_id)`` against the node (``--node``, or the home's), for the CLI."""
     addr = resolve_node_addr(home, node)
     swarm = client_swarm(home, node, swarm_key_file)
     key = home.load_client_key(create=node is not None)
     try:
-        return trio.run(
-            lambda: request(key, addr, message, swarm_key=swarm.key, timeout_s=timeout_s)
-        )
+        return trio.run(lambda: session(key, addr, work, swarm_key=swarm.key))
+    except BaseExceptionGroup as group:
+        # Ctrl-C while libp2p's nurseries run arrives wrapped: the CLI handles it as itself
+        if group.subgroup(KeyboardInterrupt) is not None:
+            raise KeyboardInterrupt from None
+        raise
     except NotInSwarmError as exc:
         raise NotInSwarmError(explain_refusal(addr, exc.reason, swarm), exc.reason) from None

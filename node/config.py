@@ -158,6 +158,18 @@ class ControlConfig(_Section):
     allow_any_client: bool = False
     # a submit is answered after at most this long creating the workflow (else: PENDING)
     submit_wait_s: float = Field(default=5.0, ge=0, le=60)
+    # an idle ``watch`` or ``result`` wait gets a heartbeat frame this often (js-libp2p
+    # clients abort a stream idle for 120 s)
+    heartbeat_s: float = Field(default=15.0, gt=0, le=60)
+    # watches served at once, in all and per client; events kept per workflow; workflows
+    # whose events are kept; events queued per watcher before it is cut off as lagged
+    max_watches: int = Field(default=64, ge=1, le=10_000)
+    max_watches_per_peer: int = Field(default=8, ge=1, le=10_000)
+    watch_events_kept: int = Field(default=1000, ge=1, le=1_000_000)
+    watch_workflows_kept: int = Field(default=256, ge=1, le=100_000)
+    watch_queue: int = Field(default=256, ge=1, le=100_000)
+    # a watcher that does not take a frame within this long is cut off
+    watch_write_timeout_s: float = Field(default=10.0, gt=0, le=600)
 
     _lists = field_validator("allowed_clients", mode="before")(_split_list)
 
@@ -323,6 +335,13 @@ control:
   allow_any_client: false
   submit_wait_s: 5         # a submit is answered within this long of creating the workflow;
                            # past it the answer is PENDING and the creation goes on
+  heartbeat_s: 15          # an idle watch, or a result wait, gets a heartbeat this often
+  max_watches: 64          # watches served at once
+  max_watches_per_peer: 8  # by one client
+  watch_events_kept: 1000  # events kept per workflow (older ones: reported as missed)
+  watch_workflows_kept: 256  # workflows whose events are kept
+  watch_queue: 256         # events queued for one watcher; beyond, it is cut off (lagged)
+  watch_write_timeout_s: 10  # a watcher that takes no frame for this long is cut off
 workflow_files:            # bounds of reading a workflow file sent to this node (and the CLI's)
   max_bytes: 1048576       # the file
   max_depth: 64            # nesting of lists and mappings

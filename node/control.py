@@ -29,13 +29,15 @@ from node.handoff.journal import AsyncHandoffJournal, JournalError
 from node.handoff.server import HandoffServer, JobInfo
 from node.p2p import P2PHost, P2PStream
 from node.parse_pool import ParsePool
+from node.progress import ProgressHub
 from node.registry import PeerRegistry, PeerState
+from node.watch import WatchService, hub_from
 from node.workflow_service import WorkflowService, WorkflowView
 from protocols import control, logsafe
 from protocols.errors import ProtocolError
 from protocols.framing import encode_frame
 from protocols.stream import MessageStream
-from protocols.versioning import dump_for, version_of
+from protocols.versioning import dump_for, parse_version, version_of
 from workflows.dsl import WorkflowSpec
 from workflows.engine.storage import StorageError
 from workflows.errors import WorkflowError, WorkflowNotFoundError
@@ -83,6 +85,7 @@ class ControlService:
         journal: AsyncHandoffJournal,
         ray_info: control.RayInfo | None = None,
         workflow_files: WorkflowFilesConfig | None = None,
+        progress: ProgressHub | None = None,
     ) -> None:
         self.host = host
         self.handoffs = handoffs
@@ -103,12 +106,15 @@ class ControlService:
         self._creations: dict[str, _Creation] = {}
         self._failed: OrderedDict[str, str] = OrderedDict()
         self._nursery: trio.Nursery | None = None
+        self.progress = progress if progress is not None else hub_from(config)
+        self.watches = WatchService(self.progress, workflows, config, network)
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the parse workers and the creations of submitted workflows until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.parser.serve)
+                await nursery.start(self.watches.serve)
                 self._nursery = nursery
                 task_status.started()
                 await trio.sleep_forever()
@@ -150,8 +156,27 @@ class ControlService:
             finally:
                 await ms.reset()
             return
+        newer = parse_version(version) >= parse_version(control.WATCH_VERSION)
         try:
-            reply = await self.dispatch(request)
+            if isinstance(request, control.WatchRequest):
+                if not newer:  # (an older client never sends it)
+                    await ms.send_error("unknown_type", "watch needs control 0.3.0")
+                else:
+                    await self.watches.serve_watch(
+                        ms, stream.remote_peer, request, version, self._watching
+                    )
+                await ms.close()
+                return
+            if isinstance(request, control.ResultRequest) and request.wait and newer:
+                # a long wait: heartbeats keep the client's stream from going idle
+                alive, reply = await self.watches.with_heartbeats(
+                    ms, lambda: self.dispatch(request)
+                )
+                if not alive:
+                    await ms.reset()
+                    return
+            else:
+                reply = await self.dispatch(request)
         except (WorkflowNotFoundError, _NotFound) as exc:
             await ms.send_error("not_found", str(exc))
         except (JournalError, StorageError) as exc:
@@ -272,6 +297,11 @@ class ControlService:
         wid = creation.workflow_id
         try:
             _, creation.created = await self.workflows.submit(creation.spec, inputs, wid)
+            if creation.created and self.progress.finished(wid) is None:
+                for step in creation.spec.steps:  # (those not started already)
+                    if not self.progress.knows(wid, step.name):
+                        tool = step.tool.partition("@")[0]
+                        self.progress.step(wid, step.name, "pending", tool=tool)
         except Exception as exc:  # recorded whatever it is: a client may have been told PENDING
             creation.error = exc
             if not isinstance(exc, WorkflowError | JournalError | StorageError):
@@ -374,9 +404,8 @@ class ControlService:
             reason=entry.reason, remaining_s=round(remaining, 1), until=wall + remaining
         )
 
-    @staticmethod
     def _status_reply(
-        view: Any, receipts: dict[tuple[str, str], dict[str, Any]] | None = None
+        self, view: Any, receipts: dict[tuple[str, str], dict[str, Any]] | None = None
     ) -> control.WorkflowStatusReply:
         receipts = receipts or {}
         return control.WorkflowStatusReply(
@@ -397,12 +426,51 @@ class ControlService:
                     attempts=s.attempts,
                     started_at=s.started_at,
                     ended_at=s.ended_at,
+                    waiting=self._waiting(view.workflow_id, s.name, s.status),
                     receipt=receipts.get((s.name, s.node or ""))
                     if s.status == "SUCCESSFUL"
                     else None,
                 )
                 for s in view.steps
             ],
+        )
+
+    def _waiting(self, workflow_id: str, step: str, status: str) -> str | None:
+        if status not in ("PENDING", "RUNNING"):
+            return None
+        return self.progress.waiting(workflow_id, step)
+
+    async def _watching(self, workflow_id: str) -> control.Watching:
+        """Where a watched workflow stands (``seq``, ``missed``, ``reset`` are the watch's)."""
+        creation = self._pending(workflow_id)
+        if creation is not None:
+            steps = [
+                control.StepProgress(name=s.name, tool=s.tool.partition("@")[0], status="PENDING")
+                for s in creation.spec.steps
+            ]
+            name, status, error = creation.spec.name, "PENDING", None
+        else:
+            view = await self.workflows.view(workflow_id)
+            steps = [
+                control.StepProgress(
+                    name=s.name,
+                    tool=s.tool,
+                    status=s.status,
+                    node=s.node,
+                    waiting=self._waiting(workflow_id, s.name, s.status),
+                )
+                for s in view.steps
+            ]
+            name, status, error = view.name, view.status.value, view.error
+        return control.Watching(
+            workflow_id=workflow_id,
+            name=name,
+            status=status,
+            error=error,
+            seq=0,
+            missed=0,
+            reset=False,
+            steps=steps,
         )
 
     def _tools(self) -> list[control.ToolEntry]:

@@ -34,6 +34,7 @@ from node.peerstore import PeerStore
 from node.registry import PeerRegistry
 from node.scheduler import Policy
 from node.swarmkey import loosely_readable
+from node.watch import hub_from
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
 from workflows.engine.storage import Storage
@@ -191,6 +192,8 @@ class Node:
             sign=partial(identity.sign, key),
             slots=peer_slots,
         )
+        # every step's progress, for ``watch`` and the waiting reasons of ``status``
+        self.progress = hub_from(config.control)
         self.executor = SwarmExecutor(
             host=self.host,
             registry=self.registry,
@@ -205,9 +208,12 @@ class Node:
                 capacity_slack=placement.capacity_slack,
             ),
             replicas=placement.replicas,
+            progress=self.progress,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
-        self.workflows = WorkflowService(self.storage, self.executor, config.workflows)
+        self.workflows = WorkflowService(
+            self.storage, self.executor, config.workflows, progress=self.progress
+        )
         self.discovery = DiscoveryService(
             self.host,
             self.registry,
@@ -230,6 +236,7 @@ class Node:
             journal=self.async_journal,
             ray_info=self.ray_info,
             workflow_files=config.workflow_files,
+            progress=self.progress,
         )
         # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
         self.host.set_handler(

@@ -36,6 +36,7 @@ from node.handoff.errors import (
 from node.handoff.journal import AsyncHandoffJournal
 from node.outputs import check_outputs
 from node.p2p import P2PHost
+from node.progress import ProgressHub
 from node.registry import PeerRegistry
 from node.scheduler import Candidate, Decision, Evidence, Policy, place, short
 from protocols import handoff, logsafe
@@ -71,6 +72,7 @@ class SwarmExecutor:
         journal: AsyncHandoffJournal,
         policy: Policy | None = None,
         replicas: Mapping[str, int] | None = None,
+        progress: ProgressHub | None = None,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -86,6 +88,28 @@ class SwarmExecutor:
         self._nursery: trio.Nursery | None = None
         self._gates: dict[str, trio.Semaphore] = {}  # per peer: steps in flight there
         self._provider_wait_s = config.provider_wait_s
+        self.progress = progress  # where steps' progress is reported (node.progress)
+
+    def _note(
+        self,
+        request: ToolCall,
+        kind: str,
+        *,
+        node: str | None = None,
+        reason: str | None = None,
+        error: str | None = None,
+    ) -> None:
+        """Report a step's progress (a ``watch`` shows it; ``status`` its waiting reason)."""
+        if self.progress is not None:
+            self.progress.step(
+                request.workflow_id,
+                request.step,
+                kind,
+                tool=request.tool,
+                node=node,
+                reason=reason,
+                error=error,
+            )
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Owns background work: recording delegated results, then acknowledging them."""
@@ -161,6 +185,7 @@ class SwarmExecutor:
         trouble_since: float | None = None
         losses = 0
         prefer = request.previous_node
+        moved: tuple[str, str] | None = None  # ("lost" | "failed", node) before this placement
         while failures < self.config.max_attempts:
             wait_until = None if trouble_since is None else trouble_since + self._provider_wait_s
             if trouble_since is not None and prefer is not None:
@@ -182,6 +207,19 @@ class SwarmExecutor:
                     reason=decision.reason if decision else None,
                 ) from None
             await placed(decision.node, decision.reason)
+            if moved is not None:
+                again = moved[0] == "lost" and moved[1] == decision.node
+                self._note(
+                    request,
+                    "reattached" if again else "failed_over",
+                    node=decision.node,
+                    reason=(
+                        f"asking {short(decision.node)} again for the same attempt"
+                        if again
+                        else f"after {moved[0]} node {short(moved[1])}: {last_error}"
+                    ),
+                )
+                moved = None
             if decision.local:
                 return await self._run_here(request, decision)
             try:
@@ -197,6 +235,13 @@ class SwarmExecutor:
                 if exc.code in BACKPRESSURE and trio.current_time() < patience:
                     wait = min(max(exc.retry_after_s or 1.0, 0.05), MAX_BACKOFF_S)
                     wait *= 1 + random.random() / 2  # spread the retries of a fan-out
+                    self._note(
+                        request,
+                        "waiting",
+                        node=decision.node,
+                        reason=f"waiting: all providers of {request.tool} busy "
+                        f"({short(decision.node)}: {_one_line(exc.message, 120)})",
+                    )
                     log.info(
                         "step %s: %s; asking again in %.1fs",
                         logsafe(request.idempotency_key),
@@ -204,8 +249,10 @@ class SwarmExecutor:
                         wait,
                     )
                     await trio.sleep(wait)
+                    self._note(request, "retried", reason=f"asking again after {wait:.1f}s")
                     continue
                 excluded.append(decision.node)
+                moved = ("failed", decision.node)
                 failures += 1
                 log.info(
                     "step %s: %s; trying another node",
@@ -214,6 +261,7 @@ class SwarmExecutor:
                 )
             except (HandoffProtocolError, InvalidResultError, InvalidReceiptError) as exc:
                 excluded.append(decision.node)
+                moved = ("failed", decision.node)
                 failures += 1
                 last_error = str(exc)
                 self._count_failure(request, decision.node, exc)
@@ -235,11 +283,21 @@ class SwarmExecutor:
                 # ask it first once it answers again (re-attach); meanwhile, if other nodes
                 # offer the tool, placement may choose them
                 prefer = decision.node
+                moved = ("lost", decision.node)
                 losses += 1
+                self._note(
+                    request,
+                    "waiting",
+                    node=decision.node,
+                    reason=f"waiting: lost {short(decision.node)} mid-step; waiting for it to "
+                    f"come back (or another provider of {request.tool}), up to "
+                    f"{self._provider_wait_s:g}s",
+                )
                 await trio.sleep(min(0.25 * 2**losses, 10.0) * (1 + random.random() / 2))
                 continue
             except (HandoffError, NodeError) as exc:
                 excluded.append(decision.node)
+                moved = ("failed", decision.node)
                 failures += 1
                 last_error = str(exc)
                 self._count_failure(request, decision.node, exc)
@@ -423,10 +481,23 @@ class SwarmExecutor:
                     if trio.current_time() >= deadline or (tried and wait_until is None):
                         raise
             # a peer may still be joining (after a restart, the one the step ran on)
+            self._note(
+                request,
+                "waiting",
+                reason=(
+                    f"waiting: {short(prefer)} (where it ran) is not back yet"
+                    if waiting_for_previous and prefer is not None
+                    else f"waiting: no live node offers {request.tool}"
+                    if not candidates
+                    else f"waiting: no node offering {request.tool} may take it now "
+                    f"({len(candidates)} tried or excluded)"
+                ),
+            )
             await trio.sleep(0.1)
 
     async def _run_here(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         self.local_running += 1
+        self._note(request, "running", node=decision.node)
         try:
             outputs = await self.run_local(
                 request.tool, request.version, request.args, request.idempotency_key
@@ -470,10 +541,19 @@ class SwarmExecutor:
         if gate is None:
             gate = self._gates[peer] = trio.Semaphore(self.config.max_inflight_per_peer)
         self.registry.step_started(peer)
+        if gate.value == 0:
+            self._note(
+                request,
+                "waiting",
+                node=peer,
+                reason=f"waiting: {self.config.max_inflight_per_peer} steps of this node "
+                f"already in flight at {short(peer)}",
+            )
         try:
             # no more steps in flight at one peer than a node accepts from one peer (our own
             # limit, the default everywhere): beyond, they wait here instead of being refused
             async with gate:
+                self._note(request, "running", node=peer)
                 started = time.monotonic()
                 try:
                     outcome = await self._offer(

@@ -22,6 +22,7 @@ import trio
 
 from node.config import WorkflowsConfig
 from node.handoff.delegator import Abandon, abandon_on_cancel
+from node.progress import ProgressHub
 from protocols import logsafe
 from workflows.dsl import WorkflowSpec
 from workflows.engine.graph import OUTPUTS_STEP, Graph, graph_from_spec
@@ -68,10 +69,12 @@ class WorkflowService:
         storage: Storage,
         executor: StepExecutor,
         config: WorkflowsConfig | None = None,
+        progress: ProgressHub | None = None,
     ) -> None:
         self.storage = storage
         self.executor = executor
         self.config = config or WorkflowsConfig()
+        self.progress = progress  # where each step's progress is reported (node.progress)
         self.engine: Engine | None = None
         self._token: trio.lowlevel.TrioToken | None = None
         self._nursery: trio.Nursery | None = None
@@ -119,8 +122,14 @@ class WorkflowService:
     async def _run_tool(
         self, call: ToolCall, placed: Callable[[str, str], None], fut: Future[Any]
     ) -> None:
+        progress = self.progress
+
         async def on_placed(node: str, reason: str) -> None:
             placed(node, reason)  # a queued journal write: does not block
+            if progress is not None:
+                progress.step(
+                    call.workflow_id, call.step, "placed", tool=call.tool, node=node, reason=reason
+                )
 
         token = self._token
         assert token is not None
@@ -153,9 +162,22 @@ class WorkflowService:
                         reason=outcome.reason,
                     )
             except Exception as exc:
+                if progress is not None:
+                    progress.step(
+                        call.workflow_id,
+                        call.step,
+                        "failed",
+                        tool=call.tool,
+                        node=getattr(exc, "node", None),
+                        error=str(exc),
+                    )
                 if not fut.done():
                     fut.set_exception(exc)
                 return
+            if progress is not None:
+                progress.step(
+                    call.workflow_id, call.step, "finished", tool=call.tool, node=outcome.node
+                )
             # (cancellation by the node shutting down leaves the future pending on purpose:
             # the workflow stays RUNNING in the journal and resumes at the next start)
             if not fut.done():
@@ -309,10 +331,7 @@ class WorkflowService:
         assert engine is not None
         fut = await self._io(engine.live_future, workflow_id)
         if fut is not None:
-            # trio-typing's stubs (pulled in by libp2p) predate ``abandon_on_cancel``
-            await trio.to_thread.run_sync(  # type: ignore[call-arg]
-                _wait_quietly, fut, abandon_on_cancel=True
-            )
+            await _done(fut)  # (no thread held while waiting: waits may be many)
             await self._io(self.storage.flush)
         return await self.view(workflow_id)
 
@@ -345,6 +364,14 @@ def _error(row: WorkflowRow, status: WorkflowStatus) -> str | None:
     return row.error_text
 
 
-def _wait_quietly(fut: Future[Any]) -> None:
-    with contextlib.suppress(BaseException):  # the outcome is read back from the journal
-        fut.result()
+async def _done(fut: Future[Any]) -> None:
+    """Wait until ``fut`` is done, whatever its outcome (read back from the journal)."""
+    done = trio.Event()
+    token = trio.lowlevel.current_trio_token()
+
+    def on_done(_: Future[Any]) -> None:
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(done.set)
+
+    fut.add_done_callback(on_done)
+    await done.wait()

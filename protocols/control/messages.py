@@ -4,15 +4,18 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/control/0.2.0"
-LEGACY_PROTOCOL_IDS = ("/hivemesh/control/0.1.0",)
+PROTOCOL_ID = "/hivemesh/control/0.3.0"
+LEGACY_PROTOCOL_IDS = ("/hivemesh/control/0.2.0", "/hivemesh/control/0.1.0")
 """Older minor versions a node still serves (docs/protocols.md §3.1)."""
 MAX_WORKFLOW_TEXT = 1024 * 1024
+WATCH_VERSION = "0.3.0"
+"""The version that added ``watch`` (and its ``watching``, ``event`` and ``heartbeat``
+answers) and the heartbeats of a ``result`` wait."""
 
 __all__ = [
     "CODEC",
@@ -20,12 +23,14 @@ __all__ = [
     "PROTOCOL_ID",
     "REQUEST_CODEC",
     "RESPONSE_CODEC",
+    "WATCH_VERSION",
     "CancelRequest",
     "DeleteRequest",
     "HandoffCancelRequest",
     "HandoffEntry",
     "Handoffs",
     "HandoffsRequest",
+    "Heartbeat",
     "Info",
     "InfoRequest",
     "ListRequest",
@@ -34,16 +39,20 @@ __all__ = [
     "PeerExclusion",
     "Peers",
     "PeersRequest",
+    "ProgressEvent",
     "RayInfo",
     "ResultRequest",
     "ResumeRequest",
     "StatusRequest",
+    "StepProgress",
     "StepStatus",
     "SubmitRequest",
     "Submitted",
     "ToolEntry",
     "Tools",
     "ToolsRequest",
+    "WatchRequest",
+    "Watching",
     "WorkflowList",
     "WorkflowResult",
     "WorkflowStatusReply",
@@ -98,6 +107,14 @@ class DeleteRequest(WireModel):
     workflow_id: str = Field(max_length=MAX_ID_LEN)
 
 
+class WatchRequest(WireModel):
+    """Stream the workflow's events (docs/protocols.md §10.8). Since 0.3.0."""
+
+    type: Literal["watch"] = "watch"
+    workflow_id: str = Field(max_length=MAX_ID_LEN)
+    since: int = Field(default=0, ge=0, description="send the events after this seq")
+
+
 class ListRequest(WireModel):
     type: Literal["list"] = "list"
 
@@ -132,7 +149,7 @@ class RayInfo(WireModel):
 
     address: str | None = Field(description="its GCS address (host:port)")
     joined: bool = Field(description="true: an existing cluster (ray.address); false: its own")
-    cpus: int | None = Field(default=None, description="CPUs the Ray cluster has")
+    cpus: StrictInt | None = Field(default=None, description="CPUs the Ray cluster has")
 
 
 class Info(WireModel):
@@ -158,9 +175,14 @@ class StepStatus(WireModel):
     node: str | None = None
     reason: str | None = None
     error: str | None = None
-    attempts: int = 0
+    attempts: StrictInt = 0
     started_at: float | None = None
     ended_at: float | None = None
+    waiting: str | None = Field(
+        default=None,
+        description="why the step cannot run now (e.g. 'waiting: all providers of util busy')",
+        json_schema_extra=since("0.3.0"),
+    )
     receipt: dict[str, Any] | None = Field(
         default=None,
         description="for a delegated step: the receipt the node that ran it signed (the "
@@ -202,11 +224,11 @@ class WorkflowList(WireModel):
 class PeerEvidence(WireModel):
     """What the node measured of a peer running its steps (not what the peer claims)."""
 
-    done: int = Field(description="steps it completed for this node with a valid result")
-    failed: int = Field(description="steps it lost, broke or answered with an invalid result")
-    recent_failures: int = Field(description="failures in a row, if the last was recent")
-    outstanding: int = Field(description="this node's steps it runs now")
-    sustained: int = Field(
+    done: StrictInt = Field(description="steps it completed for this node with a valid result")
+    failed: StrictInt = Field(description="steps it lost, broke or answered with an invalid result")
+    recent_failures: StrictInt = Field(description="failures in a row, if the last was recent")
+    outstanding: StrictInt = Field(description="this node's steps it runs now")
+    sustained: StrictInt = Field(
         description="the most of this node's steps it had at once when one succeeded"
     )
     mean_run_ms: float | None = Field(
@@ -264,7 +286,7 @@ class Tools(WireModel):
 class HandoffEntry(WireModel):
     peer: str = Field(description="the peer that offered the step")
     handoff_id: str
-    epoch: int
+    epoch: StrictInt
     tool: str
     workflow_id: str
     step: str
@@ -281,6 +303,55 @@ class Handoffs(WireModel):
     handoffs: list[HandoffEntry]
 
 
+class StepProgress(WireModel):
+    name: str
+    tool: str
+    status: str
+    node: str | None = None
+    waiting: str | None = None
+
+
+class Watching(WireModel):
+    """The first answer to ``watch``: where the workflow stands, and from which event on."""
+
+    type: Literal["watching"] = "watching"
+    workflow_id: str
+    name: str
+    status: str
+    error: str | None = None
+    seq: int = Field(description="the newest event's seq when the snapshot was taken (0: none)")
+    missed: int = Field(description="events after 'since' this node no longer keeps")
+    reset: bool = Field(
+        description="true: 'since' is beyond this node's log of the workflow (the node "
+        "restarted or forgot it); seqs start again, rebuild from 'steps'"
+    )
+    steps: list[StepProgress]
+
+
+class ProgressEvent(WireModel):
+    """One event of a watched workflow (``kind``: docs/protocols.md §10.8)."""
+
+    type: Literal["event"] = "event"
+    workflow_id: str
+    seq: int
+    time: float
+    kind: str
+    step: str | None = None
+    tool: str | None = None
+    node: str | None = None
+    reason: str | None = None
+    error: str | None = None
+    status: str | None = None
+
+
+class Heartbeat(WireModel):
+    """Sent on an idle ``watch`` stream and during a ``result`` wait: the node is alive."""
+
+    type: Literal["heartbeat"] = "heartbeat"
+    time: float
+    seq: int | None = Field(default=None, description="on a watch: the newest event's seq")
+
+
 ControlRequest = (
     InfoRequest
     | SubmitRequest
@@ -294,6 +365,7 @@ ControlRequest = (
     | ToolsRequest
     | HandoffsRequest
     | HandoffCancelRequest
+    | WatchRequest
 )
 ControlResponse = (
     Info
@@ -304,6 +376,9 @@ ControlResponse = (
     | Peers
     | Tools
     | Handoffs
+    | Watching
+    | ProgressEvent
+    | Heartbeat
 )
 
 REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
@@ -321,10 +396,23 @@ REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
         ToolsRequest,
         HandoffsRequest,
         HandoffCancelRequest,
+        WatchRequest,
     ],
 )
 RESPONSE_CODEC: MessageCodec[ControlResponse] = MessageCodec(
     "control",
-    [Info, Submitted, WorkflowStatusReply, WorkflowResult, WorkflowList, Peers, Tools, Handoffs],
+    [
+        Info,
+        Submitted,
+        WorkflowStatusReply,
+        WorkflowResult,
+        WorkflowList,
+        Peers,
+        Tools,
+        Handoffs,
+        Watching,
+        ProgressEvent,
+        Heartbeat,
+    ],
 )
 CODEC = REQUEST_CODEC

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
@@ -41,8 +41,8 @@ class ToolCard(WireModel):
 class LoadInfo(WireModel):
     """What the node says about its load: a hint, capped by what its peers measured."""
 
-    running: int = Field(default=0, ge=0)
-    capacity: int = Field(default=1, ge=0)
+    running: StrictInt = Field(default=0, ge=0)
+    capacity: StrictInt = Field(default=1, ge=0)
 
 
 class NodeCard(WireModel):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StrictInt
 
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
@@ -45,15 +45,15 @@ class Offer(WireModel):
     tool: str = Field(min_length=1, max_length=MAX_ID_LEN)
     version: str | None = Field(default=None, max_length=64)
     args: dict[str, Any] = Field(default_factory=dict)
-    deadline_ms: int = Field(gt=0, le=7 * 24 * 3600 * 1000)
-    hops: int = Field(default=0, ge=0)
-    epoch: int = Field(default=0, ge=0, le=MAX_EPOCH)
+    deadline_ms: StrictInt = Field(gt=0, le=7 * 24 * 3600 * 1000)
+    hops: StrictInt = Field(default=0, ge=0)
+    epoch: StrictInt = Field(default=0, ge=0, le=MAX_EPOCH)
 
 
 class Accept(WireModel):
     type: Literal["accept"] = "accept"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
-    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    epoch: StrictInt = Field(ge=0, le=MAX_EPOCH)
 
 
 class Reject(WireModel):
@@ -61,8 +61,8 @@ class Reject(WireModel):
     handoff_id: str = Field(max_length=MAX_ID_LEN)
     code: RejectCode
     message: str = Field(max_length=4096)
-    retry_after_ms: int | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
-    epoch: int | None = Field(
+    retry_after_ms: StrictInt | None = Field(default=None, ge=0, le=24 * 3600 * 1000)
+    epoch: StrictInt | None = Field(
         default=None, ge=0, le=MAX_EPOCH, description="with 'superseded': the current epoch"
     )
 
@@ -70,7 +70,7 @@ class Reject(WireModel):
 class Heartbeat(WireModel):
     type: Literal["heartbeat"] = "heartbeat"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
-    elapsed_ms: int = Field(ge=0)
+    elapsed_ms: StrictInt = Field(ge=0)
 
 
 class Receipt(WireModel):
@@ -86,16 +86,16 @@ class Receipt(WireModel):
 class StepResult(WireModel):
     type: Literal["result"] = "result"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
-    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    epoch: StrictInt = Field(ge=0, le=MAX_EPOCH)
     outputs: dict[str, Any]
-    duration_ms: int = Field(ge=0)
+    duration_ms: StrictInt = Field(ge=0)
     receipt: Receipt
 
 
 class StepFailed(WireModel):
     type: Literal["failed"] = "failed"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
-    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    epoch: StrictInt = Field(ge=0, le=MAX_EPOCH)
     code: FailureCode
     message: str = Field(max_length=16384)
 
@@ -113,7 +113,7 @@ class Canceled(WireModel):
 
     type: Literal["canceled"] = "canceled"
     handoff_id: str = Field(max_length=MAX_ID_LEN)
-    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    epoch: StrictInt = Field(ge=0, le=MAX_EPOCH)
     message: str = Field(max_length=4096)
 
 
@@ -132,7 +132,7 @@ class Ack(WireModel):
 
     type: Literal["ack"] = "ack"
     handoff_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
-    epoch: int = Field(ge=0, le=MAX_EPOCH)
+    epoch: StrictInt = Field(ge=0, le=MAX_EPOCH)
 
 
 HandoffMessage = (

@@ -121,6 +121,41 @@ def test_workflow_submitted_to_toolless_node_runs_where_the_tools_are(swarm: Swa
     assert "EXCLUDED" not in human
 
 
+def test_submit_wait_and_watch_show_each_step_as_it_goes(swarm: Swarm) -> None:
+    """Not a terminal: one plain line per event, the workflow's end, then the result; the
+    same from ``watch`` afterwards, and JSON lines with ``--json``."""
+    home = str(swarm.none.home)
+    args = ["--input", "text=live progress", "--input", "factor=2"]
+    out = swarm.local.cli("submit", str(EXAMPLE), "--home", home, "--id", "live-1", "--wait", *args)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith("watching live-1 (Text and math): "), lines
+    assert lines[0].endswith(", 4 step(s)"), lines
+    end = lines.index("workflow live-1 SUCCESSFUL")  # the watch's last line, then the result
+    assert lines[end + 1] == "workflow live-1 SUCCESSFUL" and "  words = 2" in lines[end + 2 :]
+    progress = lines[1:end]
+    for step in ("shout", "count", "scaled", "reversed"):
+        mine = [line.split()[1] for line in progress if line.split()[:1] == [step]]
+        assert mine[-3:] == ["placed", "running", "finished"], (step, lines)
+    placed = next(line for line in progress if line.split()[:2] == ["scaled", "placed"])
+    assert "remote" in placed, placed
+
+    watched = swarm.local.cli("watch", "live-1", "--home", home)
+    assert watched.returncode == 0, watched.stderr
+    again = watched.stdout.splitlines()
+    assert again[-1] == "workflow live-1 SUCCESSFUL"
+    assert [x for x in again if x.split()[:1] == ["scaled"]] == [
+        x for x in progress if x.split()[:1] == ["scaled"]
+    ]
+    as_json = swarm.local.cli("watch", "live-1", "--home", home, "--json")
+    frames = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert frames[0]["type"] == "watching" and frames[0]["status"] == "SUCCESSFUL"
+    assert [f["seq"] for f in frames[1:]] == list(range(1, len(frames)))
+    assert (frames[-1]["kind"], frames[-1]["status"]) == ("workflow_finished", "SUCCESSFUL")
+    unknown = swarm.local.cli("watch", "no-such-workflow", "--home", home)
+    assert unknown.returncode == 1 and unknown.stderr.startswith("error: ")
+
+
 def test_unknown_tool_fails_naming_it(swarm: Swarm, tmp_path: Path) -> None:
     wf = tmp_path / "unknown.yaml"
     wf.write_text(

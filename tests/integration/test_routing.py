@@ -57,6 +57,11 @@ async def test_the_only_provider_killed_mid_step_and_restarted_is_waited_for(
         assert {s.name: s.node for s in view.steps} == {"first": a.peer_id, "nap": a.peer_id}
         assert {s.name: s.attempts for s in view.steps}["first"] == 1  # not rerun
         assert again.handoff.started_jobs == 1  # only the interrupted step ran again
+        # what a watch of it shows: the nap waited for a, and was re-attached there
+        nap = [e for e in c.progress.events(wid) if e.step == "nap"]
+        waits = [e.reason or "" for e in nap if e.kind == "waiting"]
+        assert any(w.startswith("waiting: lost ") for w in waits), nap
+        assert "reattached" in [e.kind for e in nap] and nap[-1].kind == "finished", nap
         nursery.cancel_scope.cancel()
 
 

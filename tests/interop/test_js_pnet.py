@@ -122,6 +122,38 @@ async def test_a_js_member_speaks_discovery_handoff_and_control(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_js_client_watches_a_workflow_from_the_spec(js_peer: Path, tmp_path: Path) -> None:
+    """docs/protocols.md §10.8 from js-libp2p: submit, then watch to the end, heartbeats
+    included (the node sends one every 0.2 s here)."""
+    seed, js_id = js_identity()
+    a = make_node(tmp_path, "a", "util", control={"allowed_clients": [js_id], "heartbeat_s": 0.2})
+    workflow = (
+        "id: napping\nsteps:\n  - name: nap\n    tool: util.sleep\n"
+        "    inputs: [{name: seconds, value: 1}]\n"
+    )
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        code, seen, err = await run_js(
+            js_peer,
+            mode="watch",
+            node=a.host.addrs()[0],
+            swarmKey=str(swarm_key_file(tmp_path)),
+            seed=seed,
+            workflow=workflow,
+            workflowId="napping-js",
+        )
+        assert code == 0, (seen, err)
+        watched = seen[-1]
+        assert watched["step"] == "watch" and watched["status"] == "SUCCESSFUL"
+        assert watched["types"][0] == "watching" and "heartbeat" in watched["types"]
+        events = watched["events"]
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+        kinds = [e["kind"] for e in events]
+        assert kinds[-4:] == ["placed", "running", "finished", "workflow_finished"], kinds
+        assert events[-2]["node"] == a.peer_id
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_js_peer_with_another_key_is_refused(
     js_peer: Path, tmp_path: Path, refusals: pytest.LogCaptureFixture
 ) -> None:

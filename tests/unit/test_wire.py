@@ -105,6 +105,7 @@ CONTROL_REQUESTS: list[BaseModel] = [
     control.ListRequest(),
     control.PeersRequest(),
     control.ToolsRequest(),
+    control.WatchRequest(workflow_id="w1", since=7),
 ]
 CONTROL_RESPONSES: list[BaseModel] = [
     control.Info(peer_id=PEER_A, addrs=["/ip4/127.0.0.1/tcp/1"], tools=["text.upper"], version="1"),
@@ -139,6 +140,23 @@ CONTROL_RESPONSES: list[BaseModel] = [
             )
         ]
     ),
+    control.Watching(
+        workflow_id="w1",
+        name="demo",
+        status="RUNNING",
+        seq=3,
+        missed=0,
+        reset=False,
+        steps=[
+            control.StepProgress(
+                name="a", tool="util.echo", status="PENDING", waiting="waiting: all busy"
+            )
+        ],
+    ),
+    control.ProgressEvent(
+        workflow_id="w1", seq=4, time=5.0, kind="placed", step="a", node=PEER_A, reason="local"
+    ),
+    control.Heartbeat(time=6.0, seq=4),
 ]
 
 CASES: list[tuple[MessageCodec[Any], BaseModel]] = (
@@ -173,12 +191,14 @@ def test_codecs_know_exactly_their_message_types() -> None:
     ]
     expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
     assert control.REQUEST_CODEC.types == sorted(
-        [*expected, "handoffs", "handoff_cancel", "resume", "delete"]
+        [*expected, "handoffs", "handoff_cancel", "resume", "delete", "watch"]
     )
     # cancel and resume are answered with a status, handoff_cancel with the handoffs it
-    # stopped, delete with a list of what it deleted: no new response types
+    # stopped, delete with a list of what it deleted: no new response types; watch (0.3.0)
+    # with watching, event and heartbeat frames (heartbeats also during a result wait)
     assert control.RESPONSE_CODEC.types == sorted(
-        {*expected, "submitted", "handoffs"} - {"submit", "cancel"}
+        {*expected, "submitted", "handoffs", "watching", "event", "heartbeat"}
+        - {"submit", "cancel"}
     )
     assert control.CODEC is control.REQUEST_CODEC
 
@@ -267,6 +287,11 @@ def good_offer(**changes: Any) -> dict[str, Any]:
         (good_offer(deadline_ms=DROP), "deadline_ms"),
         (good_offer(hops=-1), "hops"),
         (good_offer(epoch=-1), "epoch"),
+        # an integer is a JSON integer: not a string of digits (which would come back out as
+        # a number longer than any receiver's digit bound), not a float, not a boolean
+        (good_offer(hops="9" * 70), "hops"),
+        (good_offer(epoch=1.0), "epoch"),
+        (good_offer(deadline_ms=True), "deadline_ms"),
         (good_offer(args=[1, 2]), "args"),
         (good_offer(version="v" * 65), "version"),
         (good_offer(workflow_id=DROP), "workflow_id"),
@@ -298,6 +323,19 @@ def test_invalid_offer_fields(obj: dict[str, Any], where: str) -> None:
 def test_invalid_handoff_messages(obj: dict[str, Any]) -> None:
     with pytest.raises(MessageValidationError):
         handoff.CODEC.decode(obj)
+
+
+@pytest.mark.parametrize("value", ["9" * 70, "5", 5.0, 1e18, True])
+def test_a_card_load_is_a_json_integer(value: Any) -> None:
+    """Found by scripts/fuzz.py: a card whose load was a 70-digit string was accepted as an
+    int and sent on as a 70-digit number, which every receiver refuses (max_number_digits)."""
+    hello = {
+        "type": "hello",
+        "card": {"peer_id": "p", "version": "1", "load": {"running": value, "capacity": 1}},
+    }
+    with pytest.raises(MessageValidationError) as info:
+        discovery.CODEC.decode(hello)
+    assert "running" in str(info.value)
 
 
 @pytest.mark.parametrize(

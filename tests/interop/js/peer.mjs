@@ -4,8 +4,9 @@
 //
 //   node peer.mjs '<json options>'
 //
-// options: {"mode": "dial" | "refused" | "listen", "swarmKey": FILE, "seed": 64 hex chars,
-//           "node": "/ip4/.../tcp/.../p2p/..." (dial, refused)}
+// options: {"mode": "dial" | "refused" | "listen" | "watch", "swarmKey": FILE,
+//           "seed": 64 hex chars, "node": "/ip4/.../tcp/.../p2p/..." (dial, refused, watch),
+//           "workflow": YAML text, "workflowId": id (watch: submitted, then watched, §10.8)}
 //
 // Every event is printed as one JSON line on stdout; the exit code is 0 when the mode's
 // expectation held. "listen" serves discovery until its stdin closes.
@@ -24,6 +25,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 const DISCOVERY = '/hivemesh/discovery/0.2.0'
 const HANDOFF = '/hivemesh/handoff/1.0.0'
 const CONTROL = '/hivemesh/control/0.2.0'
+const CONTROL_WATCH = '/hivemesh/control/0.3.0' // watch and heartbeats (§10.8)
 const MAX_FRAME = 4 * 1024 * 1024
 const TIMEOUT_MS = 15000
 
@@ -254,6 +256,45 @@ async function controlInfo (peer, target) {
   return { step: 'control', peer_id: reply.peer_id, tools: reply.tools, version: reply.version }
 }
 
+// §10.8: submit a workflow, then watch it: `watching`, events in `seq` order and heartbeats
+// until the `workflow_finished` event; a lost stream or `lagged` is watched again from `since`.
+async function controlWatch (peer, target) {
+  const submitStream = await peer.dialProtocol(target, CONTROL_WATCH, { signal: AbortSignal.timeout(TIMEOUT_MS) })
+  const submit = new FrameStream(submitStream)
+  await submit.send({ type: 'submit', workflow: options.workflow, workflow_id: options.workflowId })
+  const submitted = await submit.receive()
+  await submit.close()
+  if (submitted?.type !== 'submitted') throw new Error(`submit: ${JSON.stringify(submitted)}`)
+  const frames = []
+  let since = 0
+  for (let attempt = 0; attempt < 5; attempt++) {
+    const stream = await peer.dialProtocol(target, CONTROL_WATCH, { signal: AbortSignal.timeout(TIMEOUT_MS) })
+    const watch = new FrameStream(stream)
+    await watch.send({ type: 'watch', workflow_id: options.workflowId, since })
+    for (;;) {
+      const frame = await watch.receive()
+      if (frame === null) break // ended before workflow_finished: watch again
+      frames.push(frame)
+      if (frame.type === 'error' && frame.code !== 'lagged') throw new Error(`watch: ${JSON.stringify(frame)}`)
+      if (frame.type === 'error') break
+      if (frame.type === 'event') {
+        since = frame.seq
+        if (frame.kind === 'workflow_finished') {
+          await watch.close()
+          return {
+            step: 'watch',
+            types: frames.map(f => f.type),
+            events: frames.filter(f => f.type === 'event').map(f => ({ seq: f.seq, kind: f.kind, step: f.step, node: f.node })),
+            status: frame.status
+          }
+        }
+      }
+    }
+    await watch.close()
+  }
+  throw new Error(`watch: no workflow_finished after 5 attempts: ${JSON.stringify(frames)}`)
+}
+
 async function serveDiscovery (peer) {
   await peer.handle(DISCOVERY, async (stream, connection) => {
     const frames = new FrameStream(stream)
@@ -292,6 +333,9 @@ async function main () {
         report(await discoveryExchange(peer, target, nodeId))
         report(await handoffAdd(peer, target, nodeId))
         report(await controlInfo(peer, target))
+        ok = true
+      } else if (options.mode === 'watch') {
+        report(await controlWatch(peer, target))
         ok = true
       } else if (options.mode === 'refused') {
         try {
