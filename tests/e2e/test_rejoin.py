@@ -39,22 +39,27 @@ def port_of(node: NodeProcess) -> int:
     return int(node.addr.split("/tcp/")[1].split("/")[0])
 
 
-def routed(local: LocalSwarm, hub: NodeProcess, provider: NodeProcess, wf: Path) -> float:
-    """Submit ``wf`` to ``hub`` (no tools) and wait: it must run on ``provider``. Returns
-    the seconds it took."""
+def routed(
+    local: LocalSwarm, hub: NodeProcess, provider: NodeProcess, wf: Path, *, check: bool = False
+) -> float:
+    """Submit ``wf`` to ``hub`` (no tools) and wait: it can only succeed on ``provider``,
+    the one node with util tools (``check``: ask the hub where it ran, too). Returns the
+    seconds it took."""
     started = time.monotonic()
     out = local.cli("submit", str(wf), "--home", str(hub.home), "--wait", "--json", timeout_s=90)
     took = time.monotonic() - started
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert result["status"] == "SUCCESSFUL" and result["outputs"] == {"out": 7}, result
-    status = local.cli("status", result["workflow_id"], "--home", str(hub.home), "--json")
-    assert [s["node"] for s in json.loads(status.stdout)["steps"]] == [provider.peer_id]
+    if check:
+        status = local.cli("status", result["workflow_id"], "--home", str(hub.home), "--json")
+        assert [s["node"] for s in json.loads(status.stdout)["steps"]] == [provider.peer_id]
     return took
 
 
-@pytest.mark.timeout(240)  # measured: 105 s with the machine at load 20 (2 cores), most of it
-# starting the Ray head and four nodes; every wait inside is bounded on its own
+@pytest.mark.timeout(240)  # measured on 2 cores shared with other work: 44 s at load 12-16,
+# up to 170 s at load 20-25 (starting the Ray head and four nodes is most of it); every wait
+# inside is bounded on its own
 def test_a_killed_node_restarted_without_bootstrap_is_found_again(tmp_path: Path) -> None:
     wf = tmp_path / "echo.yaml"
     wf.write_text(ECHO)
@@ -67,7 +72,6 @@ def test_a_killed_node_restarted_without_bootstrap_is_found_again(tmp_path: Path
         hub = local.wait_ready(local.start("hub", "none"))
         util = local.wait_ready(local.start("util", "util", bootstrap=[hub.addr]))
         port = port_of(util)
-        routed(local, hub, util, wf)
         stored = json.loads((util.home / "peers.json").read_text())
         assert [p["peer_id"] for p in stored["peers"]] == [hub.peer_id]
 
@@ -90,5 +94,5 @@ def test_a_killed_node_restarted_without_bootstrap_is_found_again(tmp_path: Path
             assert port_of(moved) != port
             notes = [line for line in moved.log_tail(200).splitlines() if "is not free" in line]
             assert len(notes) == 1 and f"listen port {port} " in notes[0], moved.log_tail()
-            took = routed(local, hub, moved, wf)
+            took = routed(local, hub, moved, wf, check=True)
             assert took < 30, f"routed to the moved node only after {took:.1f}s"
