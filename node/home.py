@@ -331,15 +331,9 @@ class Home:
     def read_listen_ports(self) -> dict[str, int]:
         """Listen address → the port it got last time. {} if there is no record; HomeError
         (one line) if the file is unreadable, too large or not what this node writes."""
-        try:
-            with self.listen_file.open("rb") as f:
-                raw = f.read(MAX_LISTEN_FILE_BYTES + 1)
-        except FileNotFoundError:
+        raw = read_bounded(self.listen_file, MAX_LISTEN_FILE_BYTES)
+        if raw is None:
             return {}
-        except OSError as exc:
-            raise HomeError(f"cannot read {self.listen_file}: {_why(exc)}") from None
-        if len(raw) > MAX_LISTEN_FILE_BYTES:
-            raise HomeError(f"{self.listen_file} is larger than {MAX_LISTEN_FILE_BYTES} bytes")
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):
@@ -373,6 +367,30 @@ class Home:
         info = self.read_runtime()
         if info is not None and info.get("pid") == pid:
             self.runtime_file.unlink(missing_ok=True)
+
+
+def read_bounded(path: Path, limit: int) -> bytes | None:
+    """The content of the regular file ``path`` (None if it does not exist). HomeError (one
+    line) if it cannot be read, is larger than ``limit`` bytes, or is not a regular file (a
+    FIFO or a device there would block the start or never end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {_why(exc)}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HomeError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {_why(exc)}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise HomeError(f"{path} is larger than {limit} bytes")
+    return raw
 
 
 def write_atomic(path: Path, data: bytes) -> None:

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 
 from node.addr_record import transport_part
 from node.errors import HomeError, ListenError
-from node.home import write_atomic
+from node.home import read_bounded, write_atomic
 from node.p2p.listen import tcp_endpoint
 
 if TYPE_CHECKING:
@@ -141,17 +141,11 @@ class PeerStore:
 
     def _read(self) -> tuple[list[RememberedPeer], int]:
         try:
-            with self.path.open("rb") as f:
-                raw = f.read(self.max_file_bytes + 1)
-        except FileNotFoundError:
+            raw = read_bounded(self.path, self.max_file_bytes)
+        except HomeError as exc:
+            raise CorruptPeerStoreError(str(exc)) from None
+        if raw is None:
             return [], 0
-        except OSError as exc:
-            raise CorruptPeerStoreError(f"cannot read {self.path}: {exc.strerror}") from None
-        if len(raw) > self.max_file_bytes:
-            raise CorruptPeerStoreError(
-                f"{self.path} is larger than {self.max_file_bytes} bytes "
-                f"(discovery.peer_store_size {self.size})"
-            )
         try:
             data = json.loads(raw)
         except (ValueError, RecursionError):

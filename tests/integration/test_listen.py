@@ -6,6 +6,7 @@ by a socket without the flag left the host running with no address at all."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -185,3 +186,15 @@ def test_a_corrupt_port_record_is_one_note_and_ignored(tmp_path: Path, content: 
         assert note.startswith(f"{home.listen_file} ") and "\n" not in note
         assert note.endswith("; ignored it (the node listens on new ports)")
         assert sockets.ports[ANY] != 0
+
+
+def test_a_port_record_that_is_not_a_regular_file_is_one_note_and_never_blocks(
+    tmp_path: Path,
+) -> None:
+    home = Home(tmp_path / "n")
+    home.path.mkdir()
+    os.mkfifo(home.listen_file)  # reading it would block the start
+    with home.bind_listen([ANY]) as sockets:
+        assert sockets.notes == [
+            f"{home.listen_file} is not a regular file; ignored it (the node listens on new ports)"
+        ]

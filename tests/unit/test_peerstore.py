@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import stat
 from pathlib import Path
 
@@ -296,3 +297,20 @@ def test_at_most_four_addresses_are_verified() -> None:
     got = verified_addrs(a, own, conn)
     assert got == [addr(a, 5000), *(addr(a, p) for p in range(4001, 4004))]
     assert len(got) == MAX_ADDRS_PER_PEER
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "folder"])
+def test_a_peer_store_that_is_not_a_regular_file_is_one_warning_and_never_blocks(
+    tmp_path: Path, kind: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = store(tmp_path, Clock())
+    if kind == "fifo":
+        os.mkfifo(s.path)  # reading it would block the start
+    elif kind == "device":
+        s.path.symlink_to("/dev/zero")  # reading it would never end
+    else:
+        s.path.mkdir()
+    with caplog.at_level(logging.WARNING, logger="node.peerstore"):
+        assert s.load() == []
+    (record,) = caplog.records
+    assert record.getMessage() == f"ignored the peer store: {s.path} is not a regular file"
