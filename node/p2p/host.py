@@ -7,8 +7,11 @@
 * handlers are registered before anything dials, services start before dialling;
 * on shutdown all peers are disconnected concurrently, then ``close()``, under a timeout;
 * every dial and stream open has a timeout; EOF is reported distinctly from a final message;
-* a dial is one attempt per address (py-libp2p's own retries would repeat a refused
-  private-network handshake three times); callers decide when to dial again;
+* a dial is one attempt per address, at exactly that address (py-libp2p's own retries would
+  repeat a refused private-network handshake three times, it would dial the first address in
+  its peerstore instead, and it blocks a peer for 60 s after a failed dial: a peer that
+  restarted, or moved to a new port, would stay unreachable); callers decide when to dial
+  again;
 * the private-network layer (:mod:`node.p2p.pnet`) in front of Noise when a swarm key is
   given, and QUIC refused then (py-libp2p's QUIC bypasses it);
 * TCP listen sockets bound by hivemesh without ``SO_REUSEPORT`` (:mod:`node.p2p.listen`),
@@ -236,6 +239,7 @@ class P2PHost:
         # redials every peer in the peerstore
         swarm.retry_config = RetryConfig(max_retries=0)
         swarm.auto_connector = _NoAutoConnector(swarm)
+        self._swarm = swarm
         self.swarm_key = swarm_key
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
@@ -370,6 +374,13 @@ class P2PHost:
                 errors.append(f"{base}: QUIC is not used in a private swarm")
                 continue
             started = time.monotonic()
+            # This address, now: libp2p dials the addresses its peerstore holds for the peer
+            # (the first TCP one only, LIBP2P_NOTES 21), so a dead address tried earlier (an
+            # old port) would be dialled instead of this one; and it blocks a peer for 60 s
+            # after a failed dial ("negative cache"), which would refuse this address without
+            # a dial. hivemesh decides when to dial again (discovery backs off per address).
+            self._host.get_peerstore().clear_addrs(pid)
+            self._swarm.unblock_peer(pid)
             try:
                 info = PeerInfo(pid, [multiaddr.Multiaddr(base)])
                 with trio.fail_after(self.dial_timeout_s):

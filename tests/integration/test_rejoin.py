@@ -16,6 +16,7 @@ from libp2p.crypto.keys import KeyPair
 
 from node.addr_record import sign_addr_record
 from node.daemon import Node
+from node.errors import NodeUnreachableError
 from node.home import Home, peer_id_of
 from node.p2p import P2PHost
 from protocols import discovery
@@ -173,3 +174,61 @@ async def test_no_peer_can_make_a_node_remember_addresses_elsewhere_or_without_b
         assert "10.9.9.9" not in text and relayed.peer_id not in text
         assert len(json.loads(text)["peers"]) == 4
         nursery.cancel_scope.cancel()
+
+
+async def test_a_lost_member_is_redialled_past_its_cards_expiry_and_found_again(
+    tmp_path: Path,
+) -> None:
+    """b goes away; a's card of it expires and a fails to dial it again and again — which
+    used to make a forget it (5 failed dials, expired card). a keeps redialling it for
+    ``redial_for_s``: b, restarted on its port with nothing remembered (it will not dial a),
+    is found by a."""
+    fast = {
+        "card_ttl_s": 1,
+        "dial_backoff_s": 0.2,
+        "redial_backoff_max_s": 0.5,
+        "redial_for_s": 120,
+    }
+    a = make_node(tmp_path, "a", "none", discovery=fast)
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        b = make_node(tmp_path, "b", "util", bootstrap=a.host.addrs(), discovery=fast)
+        b_scope = await launch(nursery, b)
+        b_scope.cancel()
+        await wait_until(lambda: not b.home.runtime_file.exists(), what="b stopped")
+
+        def failed_enough() -> bool:
+            state = a.registry.get(b.peer_id)
+            assert state is not None, "a forgot b"
+            return state.failed_dials >= 2 * a.registry.FORGET_AFTER_FAILED_DIALS
+
+        await wait_until(failed_enough, timeout_s=30, what="a failing to redial b")
+        assert not a.registry.has_fresh_card(b.peer_id)
+        b.home.peers_file.unlink()  # b remembers nobody: only a can bring it back
+        again = make_node(tmp_path, "b", "util", discovery=fast)
+        await launch(nursery, again)
+        await wait_until(
+            lambda: a.registry.has_fresh_card(b.peer_id), timeout_s=15, what="a finding b"
+        )
+        await routed_to(a, again, "echo-4")
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_dead_address_before_a_live_one_and_a_recent_failure_do_not_block_a_dial(
+    tmp_path: Path,
+) -> None:
+    """py-libp2p blocks a peer for 60 s once a dial of it failed (its negative cache): the
+    live address after a dead one (a remembered old port before the new one), and a peer
+    that came back seconds after a failed dial, would both be refused without a dial."""
+    keys = [create_new_key_pair() for _ in range(2)]
+    a, b = (member_host(tmp_path, k) for k in keys)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        dead = f"/ip4/127.0.0.1/tcp/{probe.getsockname()[1]}/p2p/{b.peer_id}"
+    with trio.fail_after(30):
+        async with a.run(LISTEN):
+            with pytest.raises(NodeUnreachableError):
+                await a.connect(b.peer_id, [dead])  # b is not there yet
+            async with b.run(LISTEN):
+                await a.connect(b.peer_id, [dead, *b.addrs()])
+                assert a.is_connected(b.peer_id)
