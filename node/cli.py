@@ -204,7 +204,6 @@ def node_start(
     with contextlib.ExitStack() as stack:
         claim = stack.enter_context(h.claim_for_node())
         from node.config import load_config
-        from node.p2p.listen import ListenSockets
 
         if claim.stale_runtime is not None:
             pid = claim.stale_runtime.get("pid")
@@ -241,7 +240,8 @@ def node_start(
             fail(f"config file {config_file} does not exist")
         config = load_config(config_file=cfg_path, flags=flags)
         # the ports next, still before libp2p, Ray and the tools are imported
-        listen_sockets = ListenSockets.bind(config.network.listen)
+        # (port 0: the port of the last start if it is free; ListenError if a port is taken)
+        listen_sockets = h.bind_listen(config.network.listen, remember=config.network.remember_port)
         stack.callback(listen_sockets.close)
         from workflows.tools import ToolRegistry
 

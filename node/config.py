@@ -52,6 +52,8 @@ class _Section(BaseModel):
 
 class NetworkConfig(_Section):
     listen: list[str] = Field(default_factory=lambda: [DEFAULT_LISTEN])
+    # a listen address with port 0 takes the port it had at the last start when it is free
+    remember_port: bool = True
     bootstrap: list[str] = Field(default_factory=list)
     dial_timeout_s: float = Field(default=5.0, gt=0)
     request_timeout_s: float = Field(default=30.0, gt=0)
@@ -126,6 +128,12 @@ class DiscoveryConfig(_Section):
     max_peers_per_source: int = Field(default=16, ge=0)
     dial_backoff_s: float = Field(default=5.0, gt=0)
     dial_backoff_max_s: float = Field(default=300.0, gt=0)
+    # keeping a place in the swarm: the peers remembered in HOME/peers.json (0: none), and
+    # how long a lost member (or a remembered one, from the start) is redialled
+    peer_store_size: int = Field(default=64, ge=0, le=1024)
+    peer_store_max_age_s: float = Field(default=7 * 24 * 3600.0, gt=0)
+    redial_for_s: float = Field(default=600.0, ge=0)
+    redial_backoff_max_s: float = Field(default=30.0, gt=0)
 
 
 class HandoffConfig(_Section):
@@ -309,7 +317,8 @@ swarm:
 tools: all                 # tool groups this node offers: all, none, or e.g. "text,math"
 log_level: INFO
 network:
-  listen: ["/ip4/127.0.0.1/tcp/0"]
+  listen: ["/ip4/127.0.0.1/tcp/0"]  # port 0: the port of the last start if free, else any
+  remember_port: true      # false: port 0 is a new port at every start
   bootstrap: []            # multiaddrs with /p2p/<peer id>
   dial_timeout_s: 5
   request_timeout_s: 30
@@ -335,6 +344,10 @@ discovery:
   max_peers_per_source: 16   # peers remembered on the word of any one other peer
   dial_backoff_s: 5          # wait after a failed dial of an address, doubled per failure,
   dial_backoff_max_s: 300    # up to this
+  peer_store_size: 64        # peers remembered in HOME/peers.json and redialled at start (0: none)
+  peer_store_max_age_s: 604800  # a remembered peer not seen for this long is dropped
+  redial_for_s: 600          # a lost peer (or a remembered one) is redialled this long, with
+  redial_backoff_max_s: 30   # at most this wait between dials of one of its addresses
 handoff:
   allow: any               # or a list of peer ids allowed to delegate steps here
   delegate_to: any         # or a list of peer ids this node may hand its own steps to

@@ -23,13 +23,14 @@ from node import identity
 from node.config import NodeConfig, RayConfig
 from node.control import ControlService
 from node.discovery import DiscoveryService
-from node.errors import ConfigError
+from node.errors import ConfigError, HomeError
 from node.executor import SwarmExecutor
 from node.handoff.admission import split_slots
 from node.handoff.journal import AsyncHandoffJournal, HandoffJournal
 from node.handoff.server import HandoffServer
 from node.home import Home, SwarmMembership
-from node.p2p import ListenSockets, P2PHost, quiet_libp2p_logging
+from node.p2p import ListenSockets, P2PHost, quiet_libp2p_logging, valid_peer_id
+from node.peerstore import PeerStore
 from node.registry import PeerRegistry
 from node.scheduler import Policy
 from node.swarmkey import loosely_readable
@@ -160,7 +161,16 @@ class Node:
             max_per_source=disc.max_peers_per_source,
             backoff_s=disc.dial_backoff_s,
             backoff_max_s=disc.dial_backoff_max_s,
+            redial_for_s=disc.redial_for_s,
+            redial_backoff_max_s=disc.redial_backoff_max_s,
             exclude_s=placement.exclude_s,
+        )
+        self.peer_store = PeerStore(
+            home.peers_file,
+            self_id=self.peer_id,
+            size=disc.peer_store_size,
+            max_age_s=disc.peer_store_max_age_s,
+            valid_peer_id=valid_peer_id,
         )
         # Slots: tool steps that run at once on this node's Ray, half a CPU each (two per
         # CPU, as the node's card always said; smaller shares make Ray start and stop worker
@@ -206,7 +216,13 @@ class Node:
             self.storage, self.executor, config.workflows, progress=self.progress
         )
         self.discovery = DiscoveryService(
-            self.host, self.registry, self._card, net, config.discovery, key=key
+            self.host,
+            self.registry,
+            self._card,
+            net,
+            config.discovery,
+            key=key,
+            store=self.peer_store,
         )
         self.control = ControlService(
             host=self.host,
@@ -261,10 +277,16 @@ class Node:
         on_ready: Callable[[dict[str, Any]], None] | None = None,
         task_status: Any = trio.TASK_STATUS_IGNORED,
     ) -> None:
+        net = self.config.network
+        sockets = self.listen_sockets
+        own_sockets = None
+        if sockets is None:  # ListenError: a port in use
+            sockets = own_sockets = self.home.bind_listen(net.listen, remember=net.remember_port)
+        for note in sockets.notes:
+            log.warning("%s", note)
         try:
-            listen = self.config.network.listen
             async with (
-                self.host.run(listen, sockets=self.listen_sockets),
+                self.host.run(net.listen, sockets=sockets),
                 trio.open_nursery() as n,
             ):
                 await n.start(self.handoff.serve)
@@ -286,15 +308,25 @@ class Node:
                     "swarm": self.swarm.describe(),
                 }
                 self._log_membership()
+                if net.remember_port:
+                    self._remember_ports(sockets.ports)
                 self.home.write_runtime(info)
                 log.info("node %s ready on %s", self.peer_id, ", ".join(info["addrs"]))
                 if on_ready is not None:
                     on_ready(info)
                 task_status.started(info)
         finally:
+            if own_sockets is not None:
+                own_sockets.close()
             self.home.clear_runtime(os.getpid())
             self.journal.close()
             self.storage.close()
+
+    def _remember_ports(self, ports: dict[str, int]) -> None:
+        try:
+            self.home.remember_ports(ports)
+        except HomeError as exc:
+            log.warning("%s: the next start may listen on other ports", exc)
 
     def _log_membership(self) -> None:
         if self.swarm.key is None:
@@ -336,7 +368,8 @@ def run_daemon(
     if listen_sockets is not None:
         _run_daemon(config, home, swarm, listen_sockets)
         return
-    with ListenSockets.bind(config.network.listen) as sockets:  # ListenError: port in use
+    net = config.network
+    with home.bind_listen(net.listen, remember=net.remember_port) as sockets:  # ListenError
         _run_daemon(config, home, swarm, sockets)
 
 

@@ -6,6 +6,13 @@ peers per exchange (``max_dials_per_exchange``), only as many peers on A's word 
 ``max_peers_per_source`` allows, and never an address that failed recently (each failure
 doubles its wait, up to ``dial_backoff_max_s``). One hostile hello cannot make the node
 dial anywhere more than a handful of times, nor fill its peer table.
+
+A node keeps its place in the swarm across restarts: the members it was connected to and
+that sent it their card themselves are remembered in the peer store (:mod:`node.peerstore`)
+at addresses it verified — the one it dialled, or those the peer signed at the IP its
+connection came from, never an address elsewhere — and redialled at the next start,
+alongside the bootstrap peers. A member that is lost is redialled for
+``discovery.redial_for_s`` before it is forgotten.
 """
 
 from __future__ import annotations
@@ -25,8 +32,9 @@ from node.addr_record import (
     verify_addr_record,
 )
 from node.config import DiscoveryConfig, NetworkConfig
-from node.errors import NodeError
-from node.p2p import P2PHost, P2PStream, split_p2p_addr, valid_peer_id
+from node.errors import HomeError, NodeError
+from node.p2p import ConnectionInfo, P2PHost, P2PStream, split_p2p_addr, valid_peer_id
+from node.peerstore import PeerStore, verified_addrs
 from node.registry import CardMismatchError, Learned, PeerRegistry
 from protocols import discovery, logsafe
 from protocols.errors import ProtocolError, RemoteProtocolError
@@ -56,8 +64,11 @@ class DiscoveryService:
         config: DiscoveryConfig,
         *,
         key: KeyPair,
+        store: PeerStore | None = None,
     ) -> None:
         self.host = host
+        self.store = store
+        self._store_error: str | None = None
         self.registry = registry
         self._base_card = card
         self.network = network
@@ -98,7 +109,7 @@ class DiscoveryService:
             return
         assert isinstance(hello, discovery.Hello)
         try:
-            self._absorb(hello, stream.remote_peer)
+            self._absorb(hello, stream.remote_peer, stream.connection())
         except InvalidCardError as exc:
             await ms.send_error(exc.code, exc.message)
             await ms.close()
@@ -121,7 +132,7 @@ class DiscoveryService:
             await ms.send(self._hello(exclude=peer_id))
             reply = await ms.receive_within(self.network.request_timeout_s)
             assert isinstance(reply, discovery.Hello)
-            self._absorb(reply, peer_id)
+            self._absorb(reply, peer_id, stream.connection())
         except BaseException:
             await ms.reset()
             raise
@@ -153,15 +164,87 @@ class DiscoveryService:
         return reached
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Bootstrap, then keep cards fresh and dial peers learned by exchange."""
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._exchange_worker)
-            await self.bootstrap(self.network.bootstrap)
-            task_status.started()
-            while True:
-                self._refresh()
-                self.ticks += 1
-                await trio.sleep(self.config.refresh_interval_s)
+        """Redial the peers remembered from the last run and bootstrap (at once), then
+        keep cards fresh, dial peers learned by exchange and save the peer store."""
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._exchange_worker)
+                self._redial_remembered()
+                await self.bootstrap(self.network.bootstrap)
+                await self._save_store()
+                task_status.started()
+                while True:
+                    self._refresh()
+                    self.ticks += 1
+                    await self._save_store()
+                    await trio.sleep(self.config.refresh_interval_s)
+        finally:
+            self._save_store_now()
+
+    # -- the peer store --------------------------------------------------------------------
+
+    def _redial_remembered(self) -> None:
+        """Put the peers remembered from the last run in the registry and dial them now
+        (those whose dial fails are redialled by the refresh, as backoff allows, for
+        ``redial_for_s``). A bootstrap peer is dialled by the bootstrap."""
+        if self.store is None:
+            return
+        bootstrap = set()
+        for addr in self.network.bootstrap:
+            with contextlib.suppress(ValueError):
+                bootstrap.add(split_p2p_addr(addr)[0])
+        remembered = self.store.load()
+        for peer in remembered:
+            self.registry.remember(peer.peer_id, list(peer.addrs))
+            if peer.peer_id not in bootstrap and self.registry.get(peer.peer_id) is not None:
+                self._want(peer.peer_id)
+        if remembered:
+            log.info("redialling %d peer(s) remembered from the last run", len(remembered))
+
+    def _remember(
+        self,
+        peer_id: str,
+        card: discovery.NodeCard,
+        record: AddrRecord | None,
+        conn: ConnectionInfo | None,
+    ) -> None:
+        """Remember a member that just sent its card itself, at the addresses this node
+        verified (:func:`node.peerstore.verified_addrs`: the one it dialled, or the peer's
+        own at the IP its connection comes from; never an address elsewhere)."""
+        if self.store is None or conn is None or self.registry.is_excluded(peer_id):
+            return
+        own = list(record.addrs) if record is not None else card.addrs
+        verified = verified_addrs(peer_id, own[: discovery.messages.MAX_ADDRS], conn)
+        self.store.saw(peer_id, verified, dialled=conn.outbound)
+
+    async def _save_store(self) -> None:
+        if self.store is None:
+            return
+        data = self.store.snapshot()
+        if data is None:
+            return
+        try:
+            await trio.to_thread.run_sync(self.store.write, data)
+        except HomeError as exc:
+            self._store_failed(exc)
+        else:
+            self._store_error = None
+
+    def _save_store_now(self) -> None:
+        """The last save, as the node stops (synchronous: the loop is being cancelled)."""
+        if self.store is None:
+            return
+        try:
+            self.store.save()
+        except HomeError as exc:
+            self._store_failed(exc)
+
+    def _store_failed(self, exc: HomeError) -> None:
+        assert self.store is not None
+        self.store.dirty = True  # tried again at the next tick
+        if str(exc) != self._store_error:  # once per distinct problem, not every tick
+            log.warning("%s: the peers this node knows are not remembered for now", exc)
+            self._store_error = str(exc)
 
     # -- internals -----------------------------------------------------------------------
 
@@ -180,13 +263,16 @@ class DiscoveryService:
             return None  # a 0.1.0 peer: its card's addresses are its own word, first-hand
         return verify_addr_record(card.addr_record, from_peer)
 
-    def _absorb(self, hello: discovery.Hello, from_peer: str) -> None:
+    def _absorb(
+        self, hello: discovery.Hello, from_peer: str, conn: ConnectionInfo | None = None
+    ) -> None:
         try:
             record = self._check_card(hello.card, from_peer)
         except (CardMismatchError, InvalidAddrRecordError) as exc:
             self.registry.exclude(from_peer, f"sent an invalid card: {exc}")
             raise InvalidCardError(str(exc)) from None
-        self.registry.accept_card(hello.card, from_peer, record)
+        if self.registry.accept_card(hello.card, from_peer, record) is not None:
+            self._remember(from_peer, hello.card, record, conn)
         self.registry.set_connected(from_peer, self.host.is_connected(from_peer))
         self._learn_peers(hello.peers, from_peer)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -19,12 +20,17 @@ from node.swarmkey import SwarmKey
 if TYPE_CHECKING:
     from libp2p.crypto.keys import KeyPair
 
+    from node.p2p.listen import ListenSockets
+
 NODE_KEY = "node.key"
 CLIENT_KEY = "client.key"
 CONFIG_FILE = "config.yaml"
 JOURNAL_FILE = "journal.db"
 RUNTIME_FILE = "node.json"
 SWARM_KEY = "swarm.key"
+LISTEN_FILE = "listen.json"  # the ports the node listened on last time (Home.bind_listen)
+PEERS_FILE = "peers.json"  # the peers it knew (node.peerstore)
+MAX_LISTEN_FILE_BYTES = 64 * 1024
 # What the workflow engine keeps in the home (workflows.engine.storage.Storage): checked before a
 # node starts, so that a home the node cannot write fails in milliseconds, not after Ray.
 WORKFLOWS_DB = "workflows.db"
@@ -100,6 +106,14 @@ class Home:
     @property
     def runtime_file(self) -> Path:
         return self.path / RUNTIME_FILE
+
+    @property
+    def listen_file(self) -> Path:
+        return self.path / LISTEN_FILE
+
+    @property
+    def peers_file(self) -> Path:
+        return self.path / PEERS_FILE
 
     @property
     def swarm_key(self) -> Path:
@@ -295,6 +309,46 @@ class Home:
                     "fix its permissions or use another --home"
                 )
 
+    def bind_listen(self, listen: list[str], *, remember: bool = True) -> ListenSockets:
+        """Bind the TCP listen sockets of ``listen`` (ListenError if one cannot be had).
+        With ``remember``, an address with port 0 gets the port it had at the node's last
+        start (``listen.json``) when that port is free; the result's ``notes`` say when it
+        was not, or when the file could not be used. An explicit port is always taken as
+        given. :meth:`remember_ports` records the ports for the next start."""
+        from node.p2p.listen import ListenSockets
+
+        prefer: dict[str, int] = {}
+        notes: list[str] = []
+        if remember:
+            try:
+                prefer = self.read_listen_ports()
+            except HomeError as exc:
+                notes.append(f"{exc}; ignored it (the node listens on new ports)")
+        sockets = ListenSockets.bind(listen, prefer=prefer)
+        sockets.notes[:0] = notes
+        return sockets
+
+    def read_listen_ports(self) -> dict[str, int]:
+        """Listen address → the port it got last time. {} if there is no record; HomeError
+        (one line) if the file is unreadable, too large or not what this node writes."""
+        raw = read_bounded(self.listen_file, MAX_LISTEN_FILE_BYTES)
+        if raw is None:
+            return {}
+        try:
+            data = json.loads(raw)
+        except (ValueError, RecursionError):
+            raise HomeError(f"{self.listen_file} is not valid JSON") from None
+        ports = data.get("ports") if isinstance(data, dict) else None
+        if not isinstance(ports, dict) or not all(
+            isinstance(k, str) and type(v) is int and 0 < v <= 65535 for k, v in ports.items()
+        ):
+            raise HomeError(f"{self.listen_file} does not map listen addresses to ports")
+        return dict(ports)
+
+    def remember_ports(self, ports: dict[str, int]) -> None:
+        """Record the ports the node listens on (atomically); HomeError if it cannot."""
+        write_atomic(self.listen_file, json.dumps({"version": 1, "ports": ports}).encode())
+
     def write_runtime(self, info: dict[str, Any]) -> None:
         tmp = self.runtime_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(info, indent=2))
@@ -313,6 +367,47 @@ class Home:
         info = self.read_runtime()
         if info is not None and info.get("pid") == pid:
             self.runtime_file.unlink(missing_ok=True)
+
+
+def read_bounded(path: Path, limit: int) -> bytes | None:
+    """The content of the regular file ``path`` (None if it does not exist). HomeError (one
+    line) if it cannot be read, is larger than ``limit`` bytes, or is not a regular file (a
+    FIFO or a device there would block the start or never end)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {_why(exc)}") from None
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise HomeError(f"{path} is not a regular file")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            raw = f.read(limit + 1)
+    except OSError as exc:
+        raise HomeError(f"cannot read {path}: {_why(exc)}") from None
+    finally:
+        os.close(fd)
+    if len(raw) > limit:
+        raise HomeError(f"{path} is larger than {limit} bytes")
+    return raw
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600) so that a reader, or the file after a
+    crash, is either the old content or the new one. HomeError (one line) if it cannot."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise HomeError(f"cannot write {path}: {_why(exc)}") from None
 
 
 def _check_writable_file(path: Path) -> None:

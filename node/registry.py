@@ -10,6 +10,9 @@ differently:
   operator (bootstrap). Peers heard of from a third party (*hearsay*) are remembered at most
   ``max_per_source`` per source, and are the first to go when the table is full. A failed
   dial backs the *address* off (exponentially, capped), whichever peer id it was dialled for.
+  A *member* — a peer that sent its card itself, or one remembered from an earlier run (the
+  peer store, :mod:`node.peerstore`) — that is lost is redialled for ``redial_for_s`` after
+  it was last seen, with a shorter cap on the backoff, before it is forgotten.
 - **Evidence** is what this node measured itself of a peer running its steps: steps done and
   failed, run times, steps outstanding, the most it completed at once. Peers that broke the
   protocol or returned invalid results are *excluded* from placement for a while.
@@ -68,11 +71,13 @@ class PeerState:
     last_seen: float | None = None
     # addresses, by who vouches for them (see the module docstring)
     static_addrs: list[str] = field(default_factory=list)
+    remembered_addrs: list[str] = field(default_factory=list)  # from the peer store
     record: AddrRecord | None = None
     learned_from: str | None = None  # the peer that told us of it, while it is hearsay
     learned_at: float = 0.0
     last_dial_at: float | None = None
     failed_dials: int = 0
+    redial_until: float = 0.0  # a remembered peer is dialled at least until then
     # evidence: what this node measured of the peer running its steps
     done: int = 0
     failed: int = 0
@@ -85,11 +90,12 @@ class PeerState:
 
     @property
     def addrs(self) -> list[str]:
-        """Addresses to dial: the card's, then the signed record's, then the operator's."""
+        """Addresses to dial: the card's, then the signed record's, then the operator's,
+        then those remembered from an earlier run."""
         out: list[str] = []
         card_addrs = self.card.addrs if self.card is not None else []
         record_addrs = self.record.dial_addrs() if self.record is not None else []
-        for addr in (*card_addrs, *record_addrs, *self.static_addrs):
+        for addr in (*card_addrs, *record_addrs, *self.static_addrs, *self.remembered_addrs):
             if addr not in out:
                 out.append(addr)
         return out[:MAX_ADDRS_PER_PEER]
@@ -126,6 +132,8 @@ class PeerRegistry:
         max_per_source: int = 16,
         backoff_s: float = 5.0,
         backoff_max_s: float = 300.0,
+        redial_for_s: float = 0.0,
+        redial_backoff_max_s: float | None = None,
         exclude_s: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -134,6 +142,13 @@ class PeerRegistry:
         self.max_per_source = max_per_source
         self.backoff_s = backoff_s
         self.backoff_max_s = backoff_max_s
+        # a member (a peer that said hello itself, or one remembered from an earlier run)
+        # that is lost is redialled for this long, its addresses waiting at most
+        # redial_backoff_max_s between dials
+        self.redial_for_s = redial_for_s
+        self.redial_backoff_max_s = (
+            backoff_max_s if redial_backoff_max_s is None else redial_backoff_max_s
+        )
         self.exclude_s = exclude_s
         self._clock = clock
         self._peers: dict[str, PeerState] = {}
@@ -222,6 +237,31 @@ class PeerRegistry:
                 state.static_addrs.append(addr)
         del state.static_addrs[MAX_ADDRS_PER_PEER:]
         return new
+
+    def remember(self, peer_id: str, addrs: list[str]) -> bool:
+        """Take a peer remembered from an earlier run (the peer store) at ``addrs``: it is
+        dialled, as backoff allows, for at least ``redial_for_s`` from now. True if the peer
+        was new to the table."""
+        new = peer_id not in self._peers
+        state = self._state(peer_id)
+        if state is None:
+            return False
+        self._vouched(state)
+        for addr in addrs:
+            if addr not in state.remembered_addrs:
+                state.remembered_addrs.append(addr)
+        del state.remembered_addrs[MAX_ADDRS_PER_PEER:]
+        state.redial_until = max(state.redial_until, self._clock() + self.redial_for_s)
+        return new
+
+    def is_member(self, state: PeerState) -> bool:
+        """Whether ``state`` is a peer this node met itself (it said hello, or was
+        remembered from an earlier run): such a peer is redialled for ``redial_for_s``."""
+        return state.card is not None or state.redial_until > 0
+
+    def _keep_until(self, state: PeerState) -> float:
+        seen = state.last_seen + self.redial_for_s if state.last_seen is not None else 0.0
+        return max(state.redial_until, seen)
 
     def learn_record(self, record: AddrRecord, source: str) -> Learned:
         """Take a verified address record that ``source`` relayed. The newest record (by
@@ -347,22 +387,27 @@ class PeerRegistry:
         self._dialling.update(b for a in addrs if (b := transport_part(a)))
 
     def dial_ended(self, peer_id: str, addrs: Iterable[str], *, ok: bool) -> bool:
-        """Record how a dial of ``addrs`` went. A failure backs each address off; a peer
-        that keeps failing and whose card has expired is forgotten (returns True), unless
-        the operator gave its address (bootstrap): that one is retried as backoff allows."""
+        """Record how a dial of ``addrs`` went. A failure backs each address off (a
+        member's at most ``redial_backoff_max_s``); a peer that keeps failing and whose card
+        has expired is forgotten (returns True) — a member only ``redial_for_s`` after it
+        was last seen, and never one whose address the operator gave (bootstrap): that one
+        is retried as backoff allows."""
         now = self._clock()
         bases = [b for a in addrs if (b := transport_part(a))]
         self._dialling.difference_update(bases)
+        state = self._peers.get(peer_id)
+        cap = self.backoff_max_s
+        if state is not None and self.is_member(state):
+            cap = min(cap, self.redial_backoff_max_s)
         for base in bases:
             if ok:
                 self._backoff.pop(base, None)
                 continue
             backoff = self._backoff.setdefault(base, AddrBackoff())
             backoff.failures += 1
-            delay = min(self.backoff_max_s, self.backoff_s * 2 ** min(backoff.failures - 1, 30))
+            delay = min(cap, self.backoff_s * 2 ** min(backoff.failures - 1, 30))
             backoff.retry_at = now + delay
         self._trim_backoff(now)
-        state = self._peers.get(peer_id)
         if state is None:
             return False
         if ok:
@@ -374,6 +419,7 @@ class PeerRegistry:
             and not state.static_addrs
             and not state.connected
             and now >= state.card_expires_at
+            and now >= self._keep_until(state)
         ):
             self._forget(peer_id)
             return True

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from node.p2p.host import (
+        ConnectionInfo,
         ConnectionListener,
         P2PHost,
         P2PStream,
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from node.p2p.listen import ListenSockets
 
 _HOME_OF = {
+    "ConnectionInfo": "node.p2p.host",
     "ConnectionListener": "node.p2p.host",
     "ListenSockets": "node.p2p.listen",
     "P2PHost": "node.p2p.host",
@@ -34,6 +36,7 @@ _HOME_OF = {
 }
 
 __all__ = [
+    "ConnectionInfo",
     "ConnectionListener",
     "ListenSockets",
     "P2PHost",

@@ -7,8 +7,11 @@
 * handlers are registered before anything dials, services start before dialling;
 * on shutdown all peers are disconnected concurrently, then ``close()``, under a timeout;
 * every dial and stream open has a timeout; EOF is reported distinctly from a final message;
-* a dial is one attempt per address (py-libp2p's own retries would repeat a refused
-  private-network handshake three times); callers decide when to dial again;
+* a dial is one attempt per address, at exactly that address (py-libp2p's own retries would
+  repeat a refused private-network handshake three times, it would dial the first address in
+  its peerstore instead, and it blocks a peer for 60 s after a failed dial: a peer that
+  restarted, or moved to a new port, would stay unreachable); callers decide when to dial
+  again;
 * the private-network layer (:mod:`node.p2p.pnet`) in front of Noise when a swarm key is
   given, and QUIC refused then (py-libp2p's QUIC bypasses it);
 * TCP listen sockets bound by hivemesh without ``SO_REUSEPORT`` (:mod:`node.p2p.listen`),
@@ -30,6 +33,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import multiaddr
@@ -63,6 +67,16 @@ from protocols.errors import PeerOverLimitError, StreamClosedError
 log = logging.getLogger(__name__)
 
 
+@dataclass(frozen=True)
+class ConnectionInfo:
+    """The connection a stream runs on: the remote end's IP and TCP port, and whether this
+    node dialled it (outbound: the peer id was proven at exactly that address)."""
+
+    ip: str
+    port: int
+    outbound: bool
+
+
 class P2PStream:
     """A libp2p stream seen as a :class:`protocols.stream.ByteStream`.
 
@@ -73,6 +87,17 @@ class P2PStream:
         self._stream = stream
         self.remote_peer = str(stream.muxed_conn.peer_id)
         self._account = account
+
+    def connection(self) -> ConnectionInfo | None:
+        """The connection's remote endpoint and direction (None if libp2p does not know)."""
+        try:
+            remote = self._stream.get_remote_address()
+            direction = getattr(getattr(self._stream, "swarm_conn", None), "direction", None)
+        except Exception:  # foreign internals: no answer is an answer
+            return None
+        if not remote:
+            return None
+        return ConnectionInfo(str(remote[0]), int(remote[1]), str(direction) == "outbound")
 
     async def read(self, n: int) -> bytes:
         try:
@@ -248,6 +273,7 @@ class P2PHost:
         inbound.install(swarm, self.inbound)
         # every inbound stream is counted from the moment yamux hands it over
         swarm.common_stream_handler = self._guarded_streams(swarm.common_stream_handler)
+        self._swarm = swarm
         self.swarm_key = swarm_key
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
@@ -485,6 +511,13 @@ class P2PHost:
                 errors.append(f"{base}: QUIC is not used in a private swarm")
                 continue
             started = time.monotonic()
+            # This address, now: libp2p dials the addresses its peerstore holds for the peer
+            # (the first TCP one only, LIBP2P_NOTES 21), so a dead address tried earlier (an
+            # old port) would be dialled instead of this one; and it blocks a peer for 60 s
+            # after a failed dial ("negative cache"), which would refuse this address without
+            # a dial. hivemesh decides when to dial again (discovery backs off per address).
+            self._host.get_peerstore().clear_addrs(pid)
+            self._swarm.unblock_peer(pid)
             try:
                 info = PeerInfo(pid, [multiaddr.Multiaddr(base)])
                 with trio.fail_after(self.dial_timeout_s):

@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import errno
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from types import TracebackType
 
 import multiaddr
 
 from node.errors import ListenError
 
+MAX_PORT = 65535
 BACKLOG = 128  # py-libp2p's and trio's default
 
 _REASONS = {
@@ -78,29 +79,67 @@ def bind_tcp(addr: str) -> socket.socket:
     return sock
 
 
+def with_port(addr: str, port: int) -> str:
+    """``addr`` (/ip4 or /ip6, /tcp) with its TCP port replaced by ``port``."""
+    family, host, _ = tcp_endpoint(addr)
+    return f"/{'ip4' if family == socket.AF_INET else 'ip6'}/{host}/tcp/{port}"
+
+
 class ListenSockets:
     """The TCP listen sockets of a host, bound (and listening) before libp2p starts.
 
     :meth:`bind` binds every address of a listen list or none (ListenError naming the first
     that failed). The host's transport takes each socket when libp2p listens on its
-    address; :meth:`close` closes those not taken."""
+    address; :meth:`close` closes those not taken. :attr:`ports` keeps the port each
+    listen address got (remembered in the home for the next start, see
+    :meth:`node.home.Home.bind_listen`); :attr:`notes` says what did not go as remembered."""
 
-    def __init__(self, sockets: dict[str, socket.socket]) -> None:
+    def __init__(
+        self,
+        sockets: dict[str, socket.socket],
+        *,
+        ports: dict[str, int] | None = None,
+        notes: list[str] | None = None,
+    ) -> None:
         self._sockets = sockets
+        self.ports: dict[str, int] = dict(ports or {})
+        self.notes: list[str] = list(notes or [])
 
     @classmethod
-    def bind(cls, listen: Iterable[str]) -> ListenSockets:
+    def bind(
+        cls, listen: Iterable[str], *, prefer: Mapping[str, int] | None = None
+    ) -> ListenSockets:
+        """Bind every address of ``listen``. An address with port 0 for which ``prefer``
+        names a port (the one it had last time) gets that port when it is free, else any
+        port, with a note saying so; an address with an explicit port gets exactly it."""
         bound: dict[str, socket.socket] = {}
+        ports: dict[str, int] = {}
+        notes: list[str] = []
         try:
             for addr in listen:
                 key = _key(addr)
-                if key not in bound:
-                    bound[key] = bind_tcp(addr)
+                if key in bound:
+                    continue
+                wanted = (prefer or {}).get(key)
+                if wanted and 0 < wanted <= MAX_PORT and tcp_endpoint(addr)[2] == 0:
+                    try:
+                        sock = bind_tcp(with_port(addr, wanted))
+                    except ListenError as exc:
+                        sock = bind_tcp(addr)
+                        reason = str(exc).rpartition(": ")[2]
+                        notes.append(
+                            f"listen port {wanted} (remembered for {addr}) is not free "
+                            f"({reason}); listening on port {sock.getsockname()[1]} instead"
+                        )
+                else:
+                    sock = bind_tcp(addr)
+                bound[key] = sock
+                ports[key] = int(sock.getsockname()[1])
         except BaseException:
             for sock in bound.values():
                 sock.close()
             raise
-        return cls(bound)
+        return cls(bound, ports=ports, notes=notes)
 
     def take(self, addr: str) -> socket.socket | None:
         """The socket bound for ``addr`` (the caller owns it from now on), or None."""

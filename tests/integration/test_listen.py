@@ -6,14 +6,17 @@ by a socket without the flag left the host running with no address at all."""
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
 from node.errors import ListenError
+from node.home import Home
 from node.p2p import ListenSockets, P2PHost
 from node.p2p.listen import tcp_endpoint
 
@@ -108,3 +111,90 @@ async def test_an_address_libp2p_would_skip_fails_the_host_instead_of_a_silent_s
 
 def test_ip6_addresses_are_tcp_addresses_too() -> None:
     assert tcp_endpoint("/ip6/::1/tcp/0") == (socket.AF_INET6, "::1", 0)
+
+
+# -- a node keeps its port: port 0 takes the port of the last start when it is free ---------
+
+ANY = "/ip4/127.0.0.1/tcp/0"
+
+
+def test_a_home_remembers_its_port_and_gets_it_again(tmp_path: Path) -> None:
+    home = Home(tmp_path / "n")
+    home.path.mkdir()
+    with home.bind_listen([ANY]) as first:
+        port = first.ports[ANY]
+        assert port != 0 and first.notes == []
+        home.remember_ports(first.ports)
+    with home.bind_listen([ANY]) as again:
+        assert again.ports == {ANY: port} and again.notes == []
+        sock = again.take(ANY)
+        assert sock is not None
+        with sock:
+            assert sock.getsockname()[1] == port
+
+
+def test_a_remembered_port_that_is_taken_gives_a_new_port_and_one_note(
+    tmp_path: Path, plain_listener: int
+) -> None:
+    home = Home(tmp_path / "n")
+    home.path.mkdir()
+    home.remember_ports({ANY: plain_listener})
+    with home.bind_listen([ANY]) as sockets:
+        assert sockets.ports[ANY] not in (0, plain_listener)
+        (note,) = sockets.notes
+        assert note == (
+            f"listen port {plain_listener} (remembered for {ANY}) is not free (address "
+            f"already in use); listening on port {sockets.ports[ANY]} instead"
+        )
+
+
+def test_an_explicit_port_always_wins_over_a_remembered_one(
+    tmp_path: Path, plain_listener: int
+) -> None:
+    home = Home(tmp_path / "n")
+    home.path.mkdir()
+    with ListenSockets.bind([ANY]) as other:
+        explicit = f"/ip4/127.0.0.1/tcp/{other.ports[ANY]}"
+    home.remember_ports({explicit: plain_listener, ANY: plain_listener})
+    with home.bind_listen([explicit]) as sockets:
+        assert sockets.ports == {explicit: int(explicit.rsplit("/", 1)[1])}
+        assert sockets.notes == []
+    # and remember_port: false ignores the record
+    with home.bind_listen([ANY], remember=False) as sockets:
+        assert sockets.notes == [] and sockets.ports[ANY] != plain_listener
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"not json",
+        b"[1, 2]",
+        b'{"ports": {"/ip4/127.0.0.1/tcp/0": "80"}}',
+        b'{"ports": {"/ip4/127.0.0.1/tcp/0": 70000}}',
+        b'{"ports": {"/ip4/127.0.0.1/tcp/0": true}}',
+        b"[" * 100_000,
+        b'{"ports": {}, "pad": "' + b"x" * 70_000 + b'"}',
+        b"\xff\xfe",
+    ],
+)
+def test_a_corrupt_port_record_is_one_note_and_ignored(tmp_path: Path, content: bytes) -> None:
+    home = Home(tmp_path / "n")
+    home.path.mkdir()
+    home.listen_file.write_bytes(content)
+    with home.bind_listen([ANY]) as sockets:
+        (note,) = sockets.notes
+        assert note.startswith(f"{home.listen_file} ") and "\n" not in note
+        assert note.endswith("; ignored it (the node listens on new ports)")
+        assert sockets.ports[ANY] != 0
+
+
+def test_a_port_record_that_is_not_a_regular_file_is_one_note_and_never_blocks(
+    tmp_path: Path,
+) -> None:
+    home = Home(tmp_path / "n")
+    home.path.mkdir()
+    os.mkfifo(home.listen_file)  # reading it would block the start
+    with home.bind_listen([ANY]) as sockets:
+        assert sockets.notes == [
+            f"{home.listen_file} is not a regular file; ignored it (the node listens on new ports)"
+        ]

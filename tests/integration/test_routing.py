@@ -32,7 +32,7 @@ async def test_the_only_provider_killed_mid_step_and_restarted_is_waited_for(
     tmp_path: Path,
 ) -> None:
     """a, the only node with util, goes away while it runs c's second step and comes back
-    (same home and peer id, a new port): c waits for it instead of failing the workflow,
+    (same home and peer id; its port if free): c waits for it instead of failing the workflow,
     offers the step there again, and the first step is not rerun."""
     a = make_node(tmp_path, "a", "util")
     c = make_node(tmp_path, "c", "none")

@@ -454,3 +454,86 @@ def test_a_bootstrap_peer_is_never_forgotten_only_backed_off(
         assert registry.dial_ended(PEER_A, [addr], ok=False) is False
         clock.advance(1000)
     assert registry.get(PEER_A) is not None
+
+
+# -- members are redialled for a while, not forgotten after ~30 s -------------------------------
+
+
+def _fail_until_forgotten(
+    registry: PeerRegistry, clock: FakeClock, peer_id: str, addr: str, step_s: float = 10.0
+) -> float:
+    """Dial ``peer_id`` whenever backoff allows, failing each time; the time it took for
+    the registry to forget the peer."""
+    started = clock.now
+    for _ in range(10_000):
+        if registry.dialable_addrs(peer_id):
+            registry.dial_started(peer_id, [addr])
+            if registry.dial_ended(peer_id, [addr], ok=False):
+                return clock.now - started
+        clock.advance(step_s)
+    raise AssertionError("never forgotten")
+
+
+def test_a_lost_member_is_redialled_for_redial_for_s_with_a_short_backoff(
+    clock: FakeClock,
+) -> None:
+    registry = PeerRegistry(
+        SELF,
+        backoff_s=5,
+        backoff_max_s=300,
+        redial_for_s=600,
+        redial_backoff_max_s=30,
+        clock=clock,
+    )
+    addr = "/ip4/10.0.0.1/tcp/4001/p2p/" + PEER_A
+    registry.accept_card(card(PEER_A, ttl_s=30, addrs=[addr]), PEER_A)
+    registry.set_connected(PEER_A, False)
+    waits = []
+    took = 0.0
+    while True:
+        registry.dial_started(PEER_A, [addr])
+        forgotten = registry.dial_ended(PEER_A, [addr], ok=False)
+        backoff = registry.backoff(addr)
+        assert backoff is not None
+        waits.append(backoff.retry_at - clock.now)
+        if forgotten:
+            break
+        clock.advance(waits[-1])
+        took += waits[-1]
+    assert waits[:5] == [5, 10, 20, 30, 30]  # capped at redial_backoff_max_s
+    assert 600 <= took < 600 + 30  # kept for redial_for_s after it was last seen
+
+
+def test_hearsay_is_still_forgotten_after_a_few_failed_dials(clock: FakeClock) -> None:
+    registry = PeerRegistry(SELF, redial_for_s=600, redial_backoff_max_s=30, clock=clock)
+    addr = "/ip4/1.1.1.1/tcp/1/p2p/" + PEER_A
+    registry.learn_record(record(PEER_A, "/ip4/1.1.1.1/tcp/1"), SOURCE)
+    assert _fail_until_forgotten(registry, clock, PEER_A, addr) < 600
+
+
+def test_a_remembered_peer_is_dialled_at_its_remembered_addresses_then_forgotten(
+    clock: FakeClock,
+) -> None:
+    registry = PeerRegistry(SELF, redial_for_s=120, redial_backoff_max_s=30, clock=clock)
+    addr = "/ip4/127.0.0.1/tcp/4001/p2p/" + PEER_A
+    assert registry.remember(PEER_A, [addr]) is True
+    state = registry.get(PEER_A)
+    assert state is not None and not state.hearsay and state.addrs == [addr]
+    assert [s.peer_id for s in registry.to_dial(retry_after_s=10)] == [PEER_A]
+    took = _fail_until_forgotten(registry, clock, PEER_A, addr)
+    assert 120 <= took <= 150
+    # a remembered peer that answers becomes an ordinary member with a card
+    assert registry.remember(PEER_A, [addr]) is True
+    registry.accept_card(card(PEER_A, addrs=["/ip4/127.0.0.1/tcp/5001/p2p/" + PEER_A]), PEER_A)
+    state = registry.get(PEER_A)
+    assert state is not None and state.addrs[0].endswith("/tcp/5001/p2p/" + PEER_A)
+    assert addr in state.addrs  # the remembered address stays a fallback
+
+
+def test_remembered_peers_may_push_out_hearsay_but_not_members(clock: FakeClock) -> None:
+    registry = PeerRegistry(SELF, max_peers=2, clock=clock)
+    registry.accept_card(card(PEER_A), PEER_A)
+    registry.learn_record(record(PEER_B, "/ip4/1.1.1.1/tcp/1"), SOURCE)
+    assert registry.remember(PEER_C, ["/ip4/127.0.0.1/tcp/1/p2p/" + PEER_C])
+    assert {s.peer_id for s in registry.all()} == {PEER_A, PEER_C}
+    assert registry.remember(peer_name(1), ["/ip4/127.0.0.1/tcp/2/p2p/" + peer_name(1)]) is False
