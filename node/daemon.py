@@ -195,6 +195,7 @@ class Node:
                 capacity_slack=placement.capacity_slack,
             ),
             replicas=placement.replicas,
+            routing=config.routing,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(self.storage, self.executor, config.workflows)
