@@ -265,6 +265,7 @@ class Node:
                 await n.start(self.workflows.serve)
                 await n.start(self.control.serve)  # (its parse workers, and submits' creations)
                 await n.start(self.discovery.serve)
+                self.executor.joined.set()  # bootstrap done: resumed steps may place now
                 info: dict[str, Any] = {
                     "peer_id": self.peer_id,
                     "addrs": self.host.addrs(),

@@ -94,6 +94,9 @@ class SwarmExecutor:
         self._gates: dict[str, trio.Semaphore] = {}  # per peer: steps in flight there
         self.routing = routing or RoutingConfig()
         self.on_waiting = on_waiting
+        # set once the node has joined the swarm (bootstrap peers dialled, their cards in):
+        # a step resumed at start waits for it before it looks for the node it ran on
+        self.joined = trio.Event()
 
     def provider_wait_s(self, request: ToolCall) -> float:
         """How long ``request`` waits for a provider: its own ``wait_for_provider``, else
@@ -421,6 +424,10 @@ class SwarmExecutor:
         wait for a provider to appear up to :meth:`provider_wait_s`; if every provider was
         tried or is excluded, wait only until ``wait_until`` (a lost step's wait), if given.
         While it waits the step stays pending: a log line and ``on_waiting`` say why."""
+        if prefer is not None and prefer != self.host.peer_id and not self.joined.is_set():
+            # resumed while this node starts: no card of that peer yet, nor of any other;
+            # the grace for it to reappear counts from when the node has joined the swarm
+            await self.joined.wait()
         now = trio.current_time()
         grace = now + self.config.placement_wait_s
         provider_deadline = now + self.provider_wait_s(request)

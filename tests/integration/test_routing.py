@@ -178,3 +178,35 @@ async def test_a_step_s_wait_for_provider_overrides_the_node_s(tmp_path: Path) -
         assert view.status is WorkflowStatus.FAILED
         assert "waited 1s for a node offering it" in (view.error or ""), view.error
         nursery.cancel_scope.cancel()
+
+
+async def test_a_delegator_restarted_mid_step_re_attaches_before_placing_elsewhere(
+    tmp_path: Path,
+) -> None:
+    """c hands a step to a and is killed while a runs it. c comes back (same home) offering
+    the tool itself and with no grace for the old node: its resumed step still waits until c
+    has joined the swarm, finds a again and re-attaches, instead of running the step a
+    second time at home."""
+    a = make_node(tmp_path, "a", "util")
+    c = make_node(tmp_path, "c", "none", bootstrap=[])
+    flow = ONE_SLEEP.replace("value: 0.2", "value: 3")
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        c_scope = await launch(nursery, c)
+        await c.host.connect(a.peer_id, a.host.addrs())
+        await c.discovery.exchange(a.peer_id)
+        wid, _ = await c.workflows.submit(parse_workflow(flow), {}, "restart-1")
+        await wait_until(lambda: a.handoff.running == 1, what="the step running on a")
+        c_scope.cancel()
+
+        again = make_node(
+            tmp_path, "c", "util", bootstrap=a.host.addrs(), handoff={"placement_wait_s": 0}
+        )
+        await launch(nursery, again)
+        with trio.fail_after(30):
+            view = await again.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert view.steps[0].node == a.peer_id, view.steps[0].reason
+        assert "re-attach" in (view.steps[0].reason or ""), view.steps[0].reason
+        assert a.handoff.started_jobs == 1  # joined, not run again
+        nursery.cancel_scope.cancel()
