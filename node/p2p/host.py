@@ -348,6 +348,13 @@ class P2PHost:
                 errors.append(f"{base}: QUIC is not used in a private swarm")
                 continue
             started = time.monotonic()
+            # an explicit dial is tried: py-libp2p would refuse it without trying for 60 s
+            # after any failed dial of the peer (its negative cache), so that a node
+            # restarted within a minute stayed unreachable; when to dial again is our
+            # callers' policy (discovery's per-address backoff, the executor's waits)
+            network = self._host.get_network()
+            if isinstance(network, Swarm):
+                network.unblock_peer(pid)
             try:
                 info = PeerInfo(pid, [multiaddr.Multiaddr(base)])
                 with trio.fail_after(self.dial_timeout_s):
