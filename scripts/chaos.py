@@ -429,7 +429,7 @@ class Chaos:
                 problems.append(f"failed ({f.status}): {f.wid}: {f.error}")
         reruns, again = self.reruns(runs)
         problems += [f"rerun after commit: {r}" for r in reruns]
-        recoveries, unrecovered = self.recoveries(runs)
+        recoveries = self.recoveries(runs)
         say(
             f"  elapsed: {self.elapsed:.0f}s; kills: {len(self.tally.kills)}, pauses: "
             f"{self.tally.pauses}, restarts: {self.tally.restarts}; client requests that "
@@ -447,18 +447,21 @@ class Chaos:
         say(f"steps rerun after their result was committed: {len(reruns)}")
         say(f"steps run again before their result was committed (allowed): {again}")
         say(f"wrong results: {wrong}")
-        if recoveries:
-            ordered = sorted(recoveries)
+        rec = recoveries
+        extra = (
+            f"not recovered: {rec.unrecovered}; finished by a run started before the kill: "
+            f"{rec.covered}; runs that outlived their node's SIGKILL: {rec.outlived}"
+        )
+        if rec.times:
+            ordered = sorted(rec.times)
             p99 = ordered[min(len(ordered) - 1, math.ceil(0.99 * len(ordered)) - 1)]
             say(
                 f"time to recover a step whose node died: mean {sum(ordered) / len(ordered):.2f}s,"
-                f" p99 {p99:.2f}s (n={len(ordered)}; not recovered: {unrecovered})"
+                f" p99 {p99:.2f}s (n={len(ordered)}; {extra})"
             )
         else:
-            say(
-                "time to recover a step whose node died: no such step "
-                f"(not recovered: {unrecovered})"
-            )
+            say(f"time to recover a step whose node died: no such step ({extra})")
+        (self.root / "kills.json").write_text(json.dumps(self.tally.kills))
         bad = lost + len(reruns) + wrong + failed_other
         return 1 if bad else 0
 
@@ -490,28 +493,37 @@ class Chaos:
                             again -= 1
         return reruns, max(again, 0)
 
-    def recoveries(self, runs: dict[str, list[dict[str, Any]]]) -> tuple[list[float], int]:
+    def recoveries(self, runs: dict[str, list[dict[str, Any]]]) -> Recovery:
         """For each SIGKILL: the steps running on that node (started there, not ended) and
         how long until each started again anywhere."""
-        times: list[float] = []
-        unrecovered = 0
+        out = Recovery()
         for killed_at, name in self.tally.kills:
             for events in runs.values():
                 there = [e for e in events if e["node"] == name and e["t"] <= killed_at]
                 if not there or there[-1]["event"] != "start":
                     continue
                 last = there[-1]
-                if any(
-                    e["event"] == "end" and e["pid"] == last["pid"] and e["t"] > last["t"]
-                    for e in events
-                ):
-                    continue  # it finished (the kill missed it)
+                ends = [e for e in events if e["event"] == "end" and e["t"] > last["t"]]
+                if any(e["pid"] == last["pid"] for e in ends):
+                    if ends[0]["t"] > killed_at:
+                        out.outlived += 1  # its worker outlived the node's SIGKILL
+                    continue
                 after = [e["t"] for e in events if e["event"] == "start" and e["t"] > killed_at]
                 if after:
-                    times.append(after[0] - killed_at)
+                    out.times.append(after[0] - killed_at)
+                elif ends:
+                    out.covered += 1  # a run started elsewhere before the kill finished it
                 else:
-                    unrecovered += 1
-        return times, unrecovered
+                    out.unrecovered += 1
+        return out
+
+
+@dataclass
+class Recovery:
+    times: list[float] = field(default_factory=list)
+    covered: int = 0
+    unrecovered: int = 0
+    outlived: int = 0
 
 
 def main(argv: list[str] | None = None) -> int:
