@@ -46,6 +46,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
 import trio
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,8 +220,15 @@ class Chaos:
 
     def signal_group(self, m: Member, sig: int) -> None:
         assert m.proc is not None
+        try:  # its Ray workers run in process groups of their own
+            family = psutil.Process(m.proc.proc.pid).children(recursive=True)
+        except psutil.Error:
+            family = []
         with contextlib.suppress(ProcessLookupError):
             os.killpg(m.proc.proc.pid, sig)
+        for child in family:
+            with contextlib.suppress(psutil.Error):
+                child.send_signal(sig)
 
     # -- the client ------------------------------------------------------------------------
 
