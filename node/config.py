@@ -9,6 +9,7 @@ defaults. Environment names: ``HIVEMESH_<FIELD>`` for top-level fields
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,8 @@ from protocols.limits import (
 )
 from workflows.dsl import ParseLimits
 from workflows.engine.limits import StepLimits
+
+log = logging.getLogger(__name__)
 
 ENV_PREFIX = "HIVEMESH_"
 MAX_CONFIG_BYTES = 1024 * 1024  # a config file is a page or two
@@ -142,9 +145,9 @@ class HandoffConfig(_Section):
     default_deadline_s: float = Field(default=3600.0, gt=0)
     max_hops: int = Field(default=4, ge=1)
     max_attempts: int = Field(default=3, ge=1)
+    # a step placed again after an interruption waits this long for the node it ran on to
+    # reappear (its card) before another provider is chosen
     placement_wait_s: float = Field(default=3.0, ge=0)
-    # a step whose node was lost mid-step waits this long for it (or another provider)
-    provider_wait_s: float = Field(default=60.0, ge=0)
     # who may hand steps to this node, and to whom this node hands its own
     allow: Literal["any"] | list[str] = "any"
     delegate_to: Literal["any"] | list[str] = "any"
@@ -166,6 +169,16 @@ class HandoffConfig(_Section):
     @classmethod
     def _peer_lists(cls, value: Any) -> Any:
         return value if value == "any" else _split_list(value)
+
+
+class RoutingConfig(_Section):
+    """How long a step waits for a node that can run it instead of failing."""
+
+    # no live node offers the step's tool (none ever did, or the only one is restarting), or
+    # the node running it was lost mid-step: the step waits this long for a provider to
+    # appear (or that node to come back) before it fails; a step's `wait_for_provider`
+    # overrides it
+    provider_wait_s: float = Field(default=300.0, ge=0)
 
 
 class PlacementConfig(_Section):
@@ -278,12 +291,31 @@ class NodeConfig(BaseModel):
     discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
     handoff: HandoffConfig = Field(default_factory=HandoffConfig)
     placement: PlacementConfig = Field(default_factory=PlacementConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
     control: ControlConfig = Field(default_factory=ControlConfig)
     ray: RayConfig = Field(default_factory=RayConfig)
     journal: JournalConfig = Field(default_factory=JournalConfig)
     workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     workflow_files: WorkflowFilesConfig = Field(default_factory=WorkflowFilesConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_keys(cls, data: Any) -> Any:
+        """``handoff.provider_wait_s`` (hivemesh 0.2) is now ``routing.provider_wait_s``: still
+        accepted, with a warning; the new key wins if both are given."""
+        if not isinstance(data, Mapping):
+            return data
+        handoff = data.get("handoff")
+        if not isinstance(handoff, Mapping) or "provider_wait_s" not in handoff:
+            return data
+        log.warning("config: handoff.provider_wait_s is deprecated; use routing.provider_wait_s")
+        handoff = dict(handoff)
+        value = handoff.pop("provider_wait_s")
+        routing = data.get("routing")
+        routing = dict(routing) if isinstance(routing, Mapping) else {}
+        routing.setdefault("provider_wait_s", value)
+        return {**data, "handoff": handoff, "routing": routing}
 
     @model_validator(mode="after")
     def _membership(self) -> NodeConfig:
@@ -353,8 +385,8 @@ handoff:
   delegate_to: any         # or a list of peer ids this node may hand its own steps to
   heartbeat_interval_s: 1
   heartbeat_timeout_s: 10
-  placement_wait_s: 3      # how long a step waits for a peer offering its tool to appear
-  provider_wait_s: 60      # how long a step whose node was lost waits for it to come back
+  placement_wait_s: 3      # a step placed again after an interruption waits this long for
+                           # the node it ran on to reappear before another is chosen
   # what peers may ask of this node (each peer; beyond: a typed reject with a retry hint)
   max_concurrent: 64       # steps of all peers accepted at once
   max_inflight_per_peer: 16
@@ -373,6 +405,10 @@ placement:
   capacity_slack: 2        # beyond the most steps at once a peer has completed for us
   replicas: {{}}           # e.g. {{"math.add": 3}}: run each step of these tools on 3 nodes
                            # and accept the output only if all agree (deterministic tools)
+routing:
+  provider_wait_s: 300     # no live node offers a step's tool, or its node was lost mid-step:
+                           # the step waits this long for one (a step's wait_for_provider
+                           # overrides it), then fails naming the tool
 control:
   allowed_clients: []      # peer ids of client keys allowed besides this home's client.key
   allow_any_client: false

@@ -210,6 +210,7 @@ class Node:
             ),
             replicas=placement.replicas,
             progress=self.progress,
+            routing=config.routing,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(
@@ -294,6 +295,7 @@ class Node:
                 await n.start(self.workflows.serve)
                 await n.start(self.control.serve)  # (its parse workers, and submits' creations)
                 await n.start(self.discovery.serve)
+                self.executor.joined.set()  # bootstrap done: resumed steps may place now
                 info: dict[str, Any] = {
                     "peer_id": self.peer_id,
                     "addrs": self.host.addrs(),

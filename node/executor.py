@@ -19,7 +19,7 @@ from typing import Any
 
 import trio
 
-from node.config import HandoffConfig, NetworkConfig
+from node.config import HandoffConfig, NetworkConfig, RoutingConfig
 from node.errors import NodeError, NodeUnreachableError, PlacementError
 from node.handoff.delegator import HandoffOutcome, delegate
 from node.handoff.errors import (
@@ -52,8 +52,13 @@ log = logging.getLogger(__name__)
 BACKPRESSURE = ("quota_exceeded", "overloaded")
 MAX_BACKOFF_S = 30.0
 
+# how often a step with no provider looks again at the registry (a new peer's card)
+PROVIDER_POLL_S = 0.1
+
 # (tool, version, args, idempotency key) -> outputs
 LocalRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
+# (step, why it waits) when a step starts waiting for a provider; (step, None) when it stops
+WaitingCallback = Callable[[ToolCall, str | None], None]
 
 
 class SwarmExecutor:
@@ -73,6 +78,8 @@ class SwarmExecutor:
         policy: Policy | None = None,
         replicas: Mapping[str, int] | None = None,
         progress: ProgressHub | None = None,
+        routing: RoutingConfig | None = None,
+        on_waiting: WaitingCallback | None = None,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -87,8 +94,12 @@ class SwarmExecutor:
         self.local_running = 0
         self._nursery: trio.Nursery | None = None
         self._gates: dict[str, trio.Semaphore] = {}  # per peer: steps in flight there
-        self._provider_wait_s = config.provider_wait_s
         self.progress = progress  # where steps' progress is reported (node.progress)
+        self.routing = routing or RoutingConfig()
+        self.on_waiting = on_waiting
+        # set once the node has joined the swarm (bootstrap peers dialled, their cards in):
+        # a step resumed at start waits for it before it looks for the node it ran on
+        self.joined = trio.Event()
 
     def _note(
         self,
@@ -110,6 +121,13 @@ class SwarmExecutor:
                 reason=reason,
                 error=error,
             )
+
+    def provider_wait_s(self, request: ToolCall) -> float:
+        """How long ``request`` waits for a provider: its own ``wait_for_provider``, else
+        ``routing.provider_wait_s``."""
+        if request.provider_wait_s is not None:
+            return request.provider_wait_s
+        return self.routing.provider_wait_s
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Owns background work: recording delegated results, then acknowledging them."""
@@ -186,8 +204,9 @@ class SwarmExecutor:
         losses = 0
         prefer = request.previous_node
         moved: tuple[str, str] | None = None  # ("lost" | "failed", node) before this placement
+        provider_wait_s = self.provider_wait_s(request)
         while failures < self.config.max_attempts:
-            wait_until = None if trouble_since is None else trouble_since + self._provider_wait_s
+            wait_until = None if trouble_since is None else trouble_since + provider_wait_s
             if trouble_since is not None and prefer is not None:
                 # after a loss: back to that peer only while it is the one that answers
                 alive = self.host.is_connected(prefer)
@@ -273,10 +292,10 @@ class SwarmExecutor:
                 self._count_failure(request, decision.node, exc)
                 now = trio.current_time()
                 trouble_since = now if trouble_since is None else trouble_since
-                if now - trouble_since >= self._provider_wait_s:
+                if now - trouble_since >= provider_wait_s:
                     raise StepExecutionError(
                         f"no node could run tool {request.tool!r} for "
-                        f"{self._provider_wait_s:g}s; last error: {last_error}",
+                        f"{provider_wait_s:g}s; last error: {last_error}",
                         node=decision.node,
                         reason=decision.reason,
                     ) from None
@@ -291,7 +310,7 @@ class SwarmExecutor:
                     node=decision.node,
                     reason=f"waiting: lost {short(decision.node)} mid-step; waiting for it to "
                     f"come back (or another provider of {request.tool}), up to "
-                    f"{self._provider_wait_s:g}s",
+                    f"{provider_wait_s:g}s",
                 )
                 await trio.sleep(min(0.25 * 2**losses, 10.0) * (1 + random.random() / 2))
                 continue
@@ -458,42 +477,71 @@ class SwarmExecutor:
         wait_until: float | None = None,
     ) -> Decision:
         """Place the step. ``prefer`` (where it ran before an interruption or a lost stream)
-        is asked again first if it is a candidate. If no node offers the tool (a peer may
-        still be joining, or coming back), wait up to ``placement_wait_s``, or until
-        ``wait_until`` if later."""
-        deadline = trio.current_time() + self.config.placement_wait_s
+        is asked again first if it is a candidate; its card gets ``placement_wait_s`` to
+        reappear. If no node offers the tool (none ever did, or the only one is restarting),
+        wait for a provider to appear up to :meth:`provider_wait_s`; if every provider was
+        tried or is excluded, wait only until ``wait_until`` (a lost step's wait), if given.
+        While it waits the step stays pending: a log line and ``on_waiting`` say why."""
+        if prefer is not None and prefer != self.host.peer_id and not self.joined.is_set():
+            # resumed while this node starts: no card of that peer yet, nor of any other;
+            # the grace for it to reappear counts from when the node has joined the swarm
+            await self.joined.wait()
+        now = trio.current_time()
+        grace = now + self.config.placement_wait_s
+        provider_deadline = now + self.provider_wait_s(request)
         if wait_until is not None:
-            deadline = max(deadline, wait_until)
-        while True:
-            candidates = self.candidates(request.tool, request.version, request.peers)
-            waiting_for_previous = prefer is not None and all(c.node != prefer for c in candidates)
-            if not waiting_for_previous or trio.current_time() >= deadline:
-                try:
-                    return place(
-                        request.tool,
-                        request.version,
-                        candidates,
-                        exclude=tried,
-                        previous=prefer,
-                        policy=self.policy,
-                    )
-                except PlacementError:
-                    if trio.current_time() >= deadline or (tried and wait_until is None):
-                        raise
-            # a peer may still be joining (after a restart, the one the step ran on)
-            self._note(
-                request,
-                "waiting",
-                reason=(
-                    f"waiting: {short(prefer)} (where it ran) is not back yet"
-                    if waiting_for_previous and prefer is not None
-                    else f"waiting: no live node offers {request.tool}"
-                    if not candidates
-                    else f"waiting: no node offering {request.tool} may take it now "
-                    f"({len(candidates)} tried or excluded)"
-                ),
-            )
-            await trio.sleep(0.1)
+            grace = max(grace, wait_until)
+            provider_deadline = max(provider_deadline, wait_until)
+        started = now
+        waiting: str | None = None
+        try:
+            while True:
+                candidates = self.candidates(request.tool, request.version, request.peers)
+                now = trio.current_time()
+                prev_gone = prefer is not None and all(c.node != prefer for c in candidates)
+                if not prev_gone or now >= grace:
+                    try:
+                        return place(
+                            request.tool,
+                            request.version,
+                            candidates,
+                            exclude=tried,
+                            previous=prefer,
+                            policy=self.policy,
+                        )
+                    except PlacementError as exc:
+                        if not candidates:
+                            if now >= provider_deadline:
+                                raise PlacementError(
+                                    f"{exc}; waited {now - started:.0f}s for a node offering "
+                                    "it to appear (routing.provider_wait_s, or the step's "
+                                    "wait_for_provider)"
+                                ) from None
+                            why = (
+                                f"waiting: no live node offers {request.tool} (waits up to "
+                                f"{provider_deadline - started:.0f}s)"
+                            )
+                        elif now >= grace or (tried and wait_until is None):
+                            raise  # every provider was tried or is excluded
+                        else:
+                            why = f"waiting: {exc}"
+                else:
+                    why = f"waiting: {short(prefer or '')} (where it ran) is not back yet"
+                if why != waiting:
+                    waiting = why
+                    self._waiting(request, why)
+                await trio.sleep(PROVIDER_POLL_S)
+        finally:
+            if waiting is not None:
+                self._waiting(request, None)
+
+    def _waiting(self, request: ToolCall, why: str | None) -> None:
+        """The step starts (``why``) or stops (None) waiting for a provider."""
+        if why is not None:
+            log.info("step %s: %s", logsafe(request.idempotency_key), why)
+            self._note(request, "waiting", reason=why)
+        if self.on_waiting is not None:
+            self.on_waiting(request, why)
 
     async def _run_here(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         self.local_running += 1

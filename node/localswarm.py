@@ -21,6 +21,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO, Any
 
+import psutil
+
 from node.swarmkey import SwarmKey
 
 
@@ -76,8 +78,18 @@ class NodeProcess:
         return int(self.proc.returncode)
 
     def kill_group(self) -> None:
+        """SIGKILL the node's process group and every process descended from it: Ray
+        starts its workers in process groups of their own, and a worker running a step
+        would otherwise outlive its node (as it could not outlive its machine)."""
+        try:
+            family = psutil.Process(self.proc.pid).children(recursive=True)
+        except psutil.Error:
+            family = []
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.proc.pid, signal.SIGKILL)
+        for child in family:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
 
 
 class LocalSwarm:

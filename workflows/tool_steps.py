@@ -27,6 +27,8 @@ class ToolCall:
     previous_node: str | None = None  # where it was running before an interruption
     peers: tuple[str, ...] = ()  # if given, the only nodes it may run on
     replicas: int = 1  # >1: run on that many nodes; accept the output only if all agree
+    # how long it waits for a node offering its tool (None: the runner's default)
+    provider_wait_s: float | None = None
 
     @property
     def idempotency_key(self) -> str:

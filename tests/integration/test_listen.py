@@ -15,7 +15,7 @@ import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
 
-from node.errors import ListenError
+from node.errors import ListenError, NodeUnreachableError
 from node.home import Home
 from node.p2p import ListenSockets, P2PHost
 from node.p2p.listen import tcp_endpoint
@@ -198,3 +198,22 @@ def test_a_port_record_that_is_not_a_regular_file_is_one_note_and_never_blocks(
         assert sockets.notes == [
             f"{home.listen_file} is not a regular file; ignored it (the node listens on new ports)"
         ]
+
+
+async def test_a_peer_back_on_its_port_is_dialled_again_at_once() -> None:
+    """A dial that failed (the peer was down) does not keep the peer unreachable once it is
+    back on the same address: py-libp2p's negative cache would refuse every dial to it for
+    60 s without trying."""
+    key = create_new_key_pair()
+    client = host()
+    with socket.socket() as sock:  # a port nobody listens on, for now
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    addr = f"/ip4/127.0.0.1/tcp/{port}"
+    with trio.fail_after(30):
+        async with client.run(["/ip4/127.0.0.1/tcp/0"]):
+            back = P2PHost(key, dial_timeout_s=5.0, shutdown_timeout_s=2.0)
+            with pytest.raises(NodeUnreachableError):
+                await client.connect_addr(f"{addr}/p2p/{back.peer_id}")
+            async with back.run([addr]):
+                assert await client.connect_addr(back.addrs()[0]) == back.peer_id

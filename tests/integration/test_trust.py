@@ -600,8 +600,12 @@ async def test_placement_peers_restricts_where_a_step_runs(tmp_path: Path) -> No
             assert view.steps[0].node == d.peer_id
         assert a.handoff.started_jobs == b.handoff.started_jobs == 0
 
-        # a node that does not offer the tool: the step fails, saying what placement allowed
-        only_c = ADD.replace("verify: {replicas: 3}", f"placement: {{peers: [{c.peer_id}]}}")
+        # a node that does not offer the tool: after its wait for a provider, the step
+        # fails, saying what placement allowed
+        only_c = ADD.replace(
+            "verify: {replicas: 3}",
+            f"placement: {{peers: [{c.peer_id}]}}\n    wait_for_provider: 1s",
+        )
         wid, _ = await c.workflows.submit(parse_workflow(only_c), {}, "only-c")
         with trio.fail_after(30):
             view = await c.workflows.wait(wid)

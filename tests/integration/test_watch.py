@@ -133,7 +133,7 @@ async def test_watch_sees_every_event_of_a_routed_workflow_in_order(tmp_path: Pa
 
             # a step no node can run: it waits, and status and watch say why
             await ask(host, peer, control.SubmitRequest(workflow=NOBODY, workflow_id="n-1"), 30)
-            why = "waiting: no live node offers text.upper"
+            why = "waiting: no live node offers text.upper (waits up to 300s)"
 
             async def says_why() -> bool:
                 st = await ask(host, peer, control.StatusRequest(workflow_id="n-1"), 30)

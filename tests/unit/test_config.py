@@ -252,3 +252,24 @@ def test_the_workflows_section_bounds_resumes_and_step_products() -> None:
     assert NodeConfig().workflows.max_step_output_bytes == 8 * 1024 * 1024
     with pytest.raises(ConfigError, match=r"workflows\.max_error_chars"):
         load_config(config_file=None, flags={"workflows": {"max_error_chars": 10}}, environ={})
+
+
+def test_routing_provider_wait_defaults_to_minutes_and_layers() -> None:
+    assert NodeConfig().routing.provider_wait_s == 300
+    config = load_config(config_file=None, environ={"HIVEMESH_ROUTING__PROVIDER_WAIT_S": "30"})
+    assert config.routing.provider_wait_s == 30
+    with pytest.raises(ConfigError, match=r"routing\.provider_wait_s"):
+        load_config(config_file=None, flags={"routing": {"provider_wait_s": -1}}, environ={})
+
+
+def test_the_old_handoff_provider_wait_key_is_moved_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write(tmp_path, "handoff:\n  provider_wait_s: 12\n")
+    with caplog.at_level("WARNING", logger="node.config"):
+        config = load_config(config_file=path, environ={})
+    assert config.routing.provider_wait_s == 12
+    assert "handoff.provider_wait_s is deprecated; use routing.provider_wait_s" in caplog.text
+    # the new key wins when both are given
+    both = write(tmp_path, "handoff: {provider_wait_s: 12}\nrouting: {provider_wait_s: 7}\n")
+    assert load_config(config_file=both, environ={}).routing.provider_wait_s == 7

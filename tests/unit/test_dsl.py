@@ -627,8 +627,27 @@ def test_placement_peers_and_verify_replicas_become_run_options() -> None:
 
 
 @pytest.mark.parametrize(
+    ("given", "seconds"),
+    [("30s", 30.0), ("5m", 300.0), ("1.5h", 5400.0), ("250ms", 0.25), (45, 45.0), ("0", 0.0)],
+)
+def test_wait_for_provider_is_a_duration_that_becomes_a_run_option(
+    given: object, seconds: float
+) -> None:
+    spec = parse_workflow(
+        f"id: x\nsteps:\n  - name: a\n    tool: math.add\n    wait_for_provider: {given}\n"
+    )
+    assert spec.steps[0].wait_for_provider == seconds
+    assert spec.steps[0].run_options() == {"provider_wait_s": seconds}
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
+        ("wait_for_provider: soon", "wait_for_provider must be a duration such as 30s or 5m"),
+        ("wait_for_provider: -5", "must be between 0s and 7 days"),
+        ("wait_for_provider: 8d", "must be a duration such as 30s"),
+        ("wait_for_provider: 700000", "must be between 0s and 7 days"),
+        ("wait_for_provider: true", "must be a duration such as 30s"),
         ("placement: {peers: []}", "'placement.peers' must not be empty"),
         ("placement: {peers: nope}", "must be a list of peer ids"),
         ('placement: {peers: ["not an id"]}', "is not a peer id"),

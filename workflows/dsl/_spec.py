@@ -134,6 +134,25 @@ class OutputSpec(BaseModel):
 
 MAX_REPLICAS = 8
 MAX_PLACEMENT_PEERS = 64
+MAX_WAIT_FOR_PROVIDER_S = 7 * 24 * 3600.0
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?|\.\d+)\s*(ms|s|m|h)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_duration(value: Any, what: str) -> float:
+    """Seconds from a number (seconds) or a text like ``"30s"``, ``"5m"``, ``"1.5h"``,
+    ``"250ms"``; ``ValueError`` naming ``what`` otherwise."""
+    if isinstance(value, bool):
+        raise ValueError(f"{what} must be a duration such as 30s or 5m, not {value!r}")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (match := _DURATION_RE.match(value)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    else:
+        raise ValueError(f"{what} must be a duration such as 30s or 5m, not {value!r}")
+    if not 0 <= seconds <= MAX_WAIT_FOR_PROVIDER_S:  # NaN fails this too
+        raise ValueError(f"{what} must be between 0s and 7 days, not {value!r}")
+    return seconds
 
 
 class PlacementSpec(BaseModel):
@@ -174,7 +193,9 @@ class StepSpec(BaseModel):
 
     ``outputs`` is optional; when given, only those outputs may be referenced. ``line`` is
     where the step starts in its source file, when parsed from one. ``placement`` restricts
-    where it may run; ``verify`` replicates it.
+    where it may run; ``verify`` replicates it; ``wait_for_provider`` (seconds; ``30s``,
+    ``5m`` in YAML) is how long it waits for a node offering its tool (the node's
+    ``routing.provider_wait_s`` if not given).
     """
 
     model_config = _FROZEN
@@ -186,6 +207,7 @@ class StepSpec(BaseModel):
     outputs: tuple[OutputDecl, ...] = ()
     placement: PlacementSpec | None = None
     verify: VerifySpec | None = None
+    wait_for_provider: float | None = None
     line: int | None = None
 
     @model_validator(mode="before")
@@ -209,6 +231,11 @@ class StepSpec(BaseModel):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return _check_name(value, "step")
+
+    @field_validator("wait_for_provider", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value, "wait_for_provider")
 
     @field_validator("tool")
     @classmethod
@@ -261,6 +288,8 @@ class StepSpec(BaseModel):
             options["peers"] = list(self.placement.peers)
         if self.verify is not None and self.verify.replicas > 1:
             options["replicas"] = self.verify.replicas
+        if self.wait_for_provider is not None:
+            options["provider_wait_s"] = self.wait_for_provider
         return options
 
 

@@ -85,6 +85,7 @@ class ToolSteps:
             previous,
             peers=tuple(options.get("peers", ())),
             replicas=int(options.get("replicas", 1)),
+            provider_wait_s=options.get("provider_wait_s"),
         )
         fut = self.runner(call, placed)
 
