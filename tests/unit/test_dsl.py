@@ -276,9 +276,9 @@ DEFINITION_ERRORS: list[tuple[str, str, str]] = [
     (
         "empty file",
         "",
-        "flow.yaml: the workflow is empty: it needs at least an 'id' and a list of 'steps'",
+        "flow.yaml:1: the workflow is empty: it needs at least an 'id' and a list of 'steps'",
     ),
-    ("only comments", "# nothing here\n", "flow.yaml: the workflow is empty"),
+    ("only comments", "# nothing here\n", "flow.yaml:1: the workflow is empty"),
     (
         "top level list",
         "- id: x\n",

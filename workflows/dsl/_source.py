@@ -76,7 +76,8 @@ class Diagnostic:
     @classmethod
     def of(cls, exc: WorkflowDefinitionError) -> Diagnostic:
         bound = exc.bound if isinstance(exc, WorkflowLimitError) else None
-        return cls(exc.message, exc.source, exc.line, exc.column, bound)
+        message = exc.message.removesuffix(f" (column {exc.column})")  # (said by the place)
+        return cls(message, exc.source, exc.line, exc.column, bound)
 
     def format(self) -> str:
         """``FILE:LINE:COL: error: message`` (as compilers print it, for editors)."""

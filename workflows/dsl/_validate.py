@@ -92,7 +92,7 @@ def check_document(
         return Report(source, (Diagnostic.of(exc),), error=exc)
     if data is None:
         message = "the workflow is empty: it needs at least an 'id' and a list of 'steps'"
-        return Report(source, (Diagnostic(message, source),))
+        return Report(source, (Diagnostic(message, source, 1, 1),))
     if not isinstance(data, dict):
         message = f"a workflow must be a mapping with 'id' and 'steps' keys, not {kind_of(data)}"
         at = positions.value(()) or (1, 1)
