@@ -52,7 +52,19 @@ def _names(value: Any) -> list[Any]:
 
 def check_workflow(spec: WorkflowSpec) -> None:
     """Raise the first problem :func:`workflow_problems` finds in ``spec``."""
-    for problem in workflow_problems(spec.model_dump()):
+    data = {  # (the parts the checks read: much cheaper than a model_dump)
+        "inputs": [{"name": i.name} for i in spec.inputs],
+        "steps": [
+            {
+                "name": s.name,
+                "inputs": [{"name": b.name, "value": b.value} for b in s.inputs],
+                "outputs": [{"name": o.name} for o in s.outputs],
+            }
+            for s in spec.steps
+        ],
+        "outputs": [{"name": o.name, "value": o.value} for o in spec.outputs],
+    }
+    for problem in workflow_problems(data):
         raise problem
 
 

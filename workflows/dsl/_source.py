@@ -127,6 +127,7 @@ def load_yaml(
         positions = Positions()
         found: list[Diagnostic] = []
         # before constructing: construction flattens merge keys ('<<') in place
+        positions.values[()] = _mark(node)
         _record_positions(node, (), positions, set(), source, found)
         if found and problems is None:
             first = found[0]
@@ -203,11 +204,12 @@ def _record_positions(
     source: str,
     problems: list[Diagnostic],
 ) -> None:
-    if id(node) in seen:  # an alias: positions were recorded where the anchor is
+    """Record where each key, item and value inside ``node`` (the value at ``loc``, whose
+    own place its parent recorded) starts; add each duplicate key to ``problems``."""
+    if id(node) in seen:  # an alias: what is inside was recorded where the anchor is
         return
     seen.add(id(node))
-    positions.values.setdefault(loc, _mark(node))
-    positions.keys.setdefault(loc, _mark(node))
+    keys, values = positions.keys, positions.values
     if isinstance(node, yaml.MappingNode):
         has_merge = any(key.tag == "tag:yaml.org,2002:merge" for key, _ in node.value)
         first_line: dict[str, int] = {}
@@ -216,20 +218,20 @@ def _record_positions(
                 continue
             key, at = key_node.value, _mark(key_node)
             if key in first_line and not has_merge:
-                problems.append(
-                    Diagnostic(
-                        f"duplicate key {key!r} (first given on line {first_line[key]})",
-                        source,
-                        *at,
-                    )
-                )
+                message = f"duplicate key {key!r} (first given on line {first_line[key]})"
+                problems.append(Diagnostic(message, source, *at))
             first_line.setdefault(key, at[0])
-            positions.keys[(*loc, key)] = at
-            positions.values[(*loc, key)] = _mark(value_node)
-            _record_positions(value_node, (*loc, key), positions, seen, source, problems)
+            place = (*loc, key)
+            keys[place] = at  # (a duplicate's: the value kept is the last one)
+            values[place] = _mark(value_node)
+            if not isinstance(value_node, yaml.ScalarNode):
+                _record_positions(value_node, place, positions, seen, source, problems)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_positions(item, (*loc, index), positions, seen, source, problems)
+            place = (*loc, index)
+            values[place] = _mark(item)
+            if not isinstance(item, yaml.ScalarNode):
+                _record_positions(item, place, positions, seen, source, problems)
 
 
 def with_internal_fields(
