@@ -305,3 +305,5 @@ def test_every_example_fits_the_schema_and_a_typo_does_not():
         assert errors == [], where
     typo = yaml.safe_load((CORPUS / "invalid" / "unknown_fields.yaml").read_text())
     assert any("'tol'" in e.message for e in validator.iter_errors(typo))
+    bad_name = yaml.safe_load((CORPUS / "invalid" / "wrong_types.yaml").read_text())
+    assert any("does not match" in e.message for e in validator.iter_errors(bad_name))

@@ -43,6 +43,8 @@ _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,128}$")  # base58
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+# names' pattern for the JSON Schema (validators check it, with messages that say why)
+_NAME_SCHEMA: dict[str, Any] = {"pattern": _NAME_RE.pattern}
 CHECKED_BY_PARSER = "hivemesh.checked_by_parser"
 """A validation context key: the workflow-wide checks run outside the model (to find them
 all, even where a part of the file has the wrong shape)."""
@@ -69,7 +71,10 @@ class InputSpec(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(description="The input's name; steps use it as {{inputs.NAME}}.")
+    name: str = Field(
+        description="The input's name; steps use it as {{inputs.NAME}}.",
+        json_schema_extra=_NAME_SCHEMA,
+    )
     default: Any = Field(default=None, description="Its value when none is given.")
     required: bool = Field(
         default=True, description="Whether a value must be given (default: when no default)."
@@ -103,7 +108,9 @@ class ValueBinding(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(description="The tool's input (argument) name.")
+    name: str = Field(
+        description="The tool's input (argument) name.", json_schema_extra=_NAME_SCHEMA
+    )
     value: Any = Field(
         description="Any JSON value; strings may hold references such as {{inputs.NAME}} "
         "and {{steps.STEP.outputs.NAME}}."
@@ -120,7 +127,7 @@ class OutputDecl(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(description="An output of the step's tool.")
+    name: str = Field(description="An output of the step's tool.", json_schema_extra=_NAME_SCHEMA)
 
     @field_validator("name")
     @classmethod
@@ -133,7 +140,7 @@ class OutputSpec(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(description="The workflow output's name.")
+    name: str = Field(description="The workflow output's name.", json_schema_extra=_NAME_SCHEMA)
     value: Any = Field(
         description="Any JSON value, usually a reference such as {{steps.STEP.outputs.NAME}}."
     )
@@ -197,7 +204,9 @@ class StepSpec(BaseModel):
 
     model_config = _FROZEN
 
-    name: str = Field(description="The step's name, unique in the workflow.")
+    name: str = Field(
+        description="The step's name, unique in the workflow.", json_schema_extra=_NAME_SCHEMA
+    )
     tool: str = Field(
         description="The tool the step calls: NAME (e.g. text.upper) or NAME@VERSION, where "
         "VERSION matches as a dotted prefix (text.upper@1 matches 1.4.2)."
@@ -301,7 +310,8 @@ class WorkflowSpec(BaseModel):
 
     id: str = Field(
         description="The workflow's id: letters, digits, '.', '_' and '-', starting with a "
-        "letter or digit."
+        "letter or digit.",
+        json_schema_extra={"pattern": _ID_RE.pattern},
     )
     name: str = Field(description="A readable name (default: the id).")
     description: str | None = Field(default=None, description="What the workflow does.")
