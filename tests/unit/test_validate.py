@@ -307,3 +307,25 @@ def test_every_example_fits_the_schema_and_a_typo_does_not():
     assert any("'tol'" in e.message for e in validator.iter_errors(typo))
     bad_name = yaml.safe_load((CORPUS / "invalid" / "wrong_types.yaml").read_text())
     assert any("does not match" in e.message for e in validator.iter_errors(bad_name))
+
+
+def test_a_tool_whose_validator_breaks_does_not_break_validate():
+    from pydantic import BaseModel, field_validator
+
+    class Broken(BaseModel):
+        x: int
+
+        @field_validator("x")
+        @classmethod
+        def _boom(cls, value: int) -> int:
+            raise TypeError("a bug in the tool")
+
+    tools = ToolCatalog([KnownTool("a.b", "1.0.0", Broken, ("result",))])
+    text = (
+        "id: x\nsteps:\n  - name: s\n    tool: a.b\n"
+        "    inputs: [{name: x, value: 1}, {name: y, value: 2}]\n"
+    )
+    report = check_document(text, tools=tools)
+    assert [p.message for p in report.problems] == [
+        "step 's' passes unknown input 'y' to tool 'a.b' (its inputs: 'x')"
+    ]

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, PydanticUserError, ValidationError
 
 from workflows.dsl._source import Loc, Problem, kind_of, listing, suggest
 from workflows.errors import UnknownToolError, WorkflowDefinitionError
@@ -362,6 +362,8 @@ def _input_problems(
         return
     try:
         model.model_validate(literal)
+    except (TypeError, AttributeError, KeyError):
+        return  # a third-party tool's validator that breaks: its schema says nothing here
     except ValidationError as exc:
         messages: dict[str, list[str]] = {}
         for error in exc.errors():
@@ -387,7 +389,10 @@ def _has_refs(value: Any) -> bool:
 
 def _expected(model: type[BaseModel], field: str) -> str:
     """The JSON Schema type(s) of a field, in words: ``a number``, ``a string or null``."""
-    schema = model.model_json_schema().get("properties", {}).get(field, {})
+    try:
+        schema = model.model_json_schema().get("properties", {}).get(field, {})
+    except PydanticUserError:  # (a field type with no JSON Schema)
+        schema = {}
     options = schema.get("anyOf") or [schema]
     words = {
         "integer": "an integer",
