@@ -793,5 +793,103 @@ def _print_handoffs(entries: list[Any], as_json: bool, *, empty: str, verb: str 
     _emit(as_json, [h.model_dump() for h in entries], human)
 
 
+def _tool_catalog(home: Path | None, node: str | None, local_only: bool) -> tuple[Any, str]:
+    """The tools to check steps against, and a note saying where they come from: the
+    swarm's, as the node (``--node``, else the home's) sees them, or else this machine's
+    installed tools (asking a node imports libp2p: only when there is one to ask)."""
+    from workflows.dsl import ToolCatalog
+    from workflows.tools import ToolRegistry
+
+    local = ToolRegistry.from_entry_points("all")
+    why = "--local"
+    if not local_only:
+        from node.home_lock import lock_holder
+
+        if node is None and lock_holder(_home(home).path) is None:
+            why = f"no node running from {_home(home).path} and no --node"
+        else:
+            from protocols import control
+
+            try:
+                reply = _call(home, node, control.ToolsRequest(), timeout_s=10.0)
+            except NodeError as exc:
+                why = f"could not ask the node: {exc}"
+            else:
+                offered = [(t.name, t.version) for t in reply.tools]
+                return ToolCatalog.of_swarm(offered, local), "tools checked against the swarm's"
+    catalog = ToolCatalog.of_registry(local, "this machine")
+    return catalog, f"tools checked against this machine's installed tools only ({why})"
+
+
+@main.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@target_options
+@click.option(
+    "--local", "local_only", is_flag=True, help="Check tools against this machine's only."
+)
+def validate(
+    files: tuple[Path, ...], home: Path | None, node: str | None, as_json: bool, local_only: bool
+) -> None:
+    """Check workflow files and report every problem, one line each:
+    FILE:LINE:COL: error: what is wrong (and what was expected).
+
+    Files are read within the home's workflow_files bounds, as a node reads them. Steps are
+    checked against the swarm's tools when a node is reachable (the home's, or --node),
+    else against the tools installed here. Exit status 0 only if every file is valid.
+    """
+    from node.config import load_config
+    from workflows.dsl import Diagnostic, check_document, read_workflow_file
+    from workflows.errors import WorkflowDefinitionError
+
+    limits = load_config(config_file=_home(home).config_file).workflow_files.parse_limits()
+    catalog, note = _tool_catalog(home, node, local_only)
+    results: list[tuple[str, tuple[Diagnostic, ...]]] = []
+    for file in files:
+        try:
+            data = read_workflow_file(file, limits)
+        except WorkflowDefinitionError as exc:
+            results.append((str(file), (Diagnostic.of(exc),)))
+            continue
+        report = check_document(data, source=str(file), limits=limits, tools=catalog)
+        results.append((str(file), report.problems))
+    valid = all(not problems for _, problems in results)
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "valid": valid,
+                    "note": note,
+                    "files": [
+                        {"file": f, "valid": not p, "errors": [d.as_dict() for d in p]}
+                        for f, p in results
+                    ],
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo(f"note: {note}", err=True)
+        for file_name, problems in results:
+            for problem in problems:
+                click.echo(" ".join(problem.format().splitlines()))
+            if not problems:
+                click.echo(f"{file_name}: ok")
+    if not valid:
+        sys.exit(1)
+
+
+@main.group("schema")
+def schema_group() -> None:
+    """JSON Schemas of hivemesh's file formats (for editors and other tools)."""
+
+
+@schema_group.command("workflow")
+def schema_workflow() -> None:
+    """The JSON Schema of a workflow YAML file."""
+    from workflows.dsl import workflow_json_schema
+
+    click.echo(json.dumps(workflow_json_schema(), indent=2))
+
+
 if __name__ == "__main__":
     main()

@@ -39,8 +39,11 @@ class WorkflowDefinitionError(WorkflowError):
     """A workflow definition is invalid.
 
     ``str(error)`` reads ``"source:line: message"`` when the source and line are known, e.g.
-    ``"flow.yaml:12: step 'count' references unknown step 'shout2'"``.
+    ``"flow.yaml:12: step 'count' references unknown step 'shout2'"``. ``column`` (1-based),
+    when the parser knows it, is kept for ``hivemesh validate``; the string leaves it out.
     """
+
+    column: int | None = None
 
     def __init__(self, message: str, source: str | None = None, line: int | None = None) -> None:
         self.message = _one_line(message)

@@ -168,6 +168,31 @@ def test_unknown_tool_fails_naming_it(swarm: Swarm, tmp_path: Path) -> None:
     assert len(out.stderr.strip().splitlines()) == 1
 
 
+def test_validate_checks_steps_against_the_swarms_tools(swarm: Swarm, tmp_path: Path) -> None:
+    # the swarm offers text.* and math.* (not util.*, installed here all the same)
+    wf = tmp_path / "mixed.yaml"
+    wf.write_text(
+        "id: mixed\nsteps:\n"
+        "  - name: add\n    tool: math.add\n"
+        "    inputs: [{name: a, value: x}, {name: b, value: 1}]\n"
+        "  - name: echo\n    tool: util.echo\n    inputs: [{name: value, value: 1}]\n"
+    )
+    home = str(swarm.none.home)
+    out = swarm.local.cli("validate", str(wf), "--home", home)
+    assert out.returncode == 1, out.stderr
+    assert out.stderr == "note: tools checked against the swarm's\n"
+    assert out.stdout.splitlines() == [
+        f"{wf}:5:31: error: step 'add' passes a string ('x') as input 'a' of tool 'math.add', "
+        "which expects an integer or a number",
+        f"{wf}:7:11: error: step 'echo' uses unknown tool 'util.echo': not installed or not "
+        "enabled on any node of the swarm (enabled tools: math.add, math.multiply, "
+        "math.sum_list, text.lower, text.reverse, text.upper, text.word_count)",
+    ]
+    local = swarm.local.cli("validate", str(wf), "--home", home, "--local")
+    assert local.returncode == 1 and "util.echo" not in local.stdout
+    assert "--local" in local.stderr
+
+
 def test_user_errors_are_one_line(swarm: Swarm, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("id: broken\nsteps:\n  - name: a\n    tool: text.upper\n    inputs: [\n")

@@ -276,9 +276,9 @@ DEFINITION_ERRORS: list[tuple[str, str, str]] = [
     (
         "empty file",
         "",
-        "flow.yaml: the workflow is empty: it needs at least an 'id' and a list of 'steps'",
+        "flow.yaml:1: the workflow is empty: it needs at least an 'id' and a list of 'steps'",
     ),
-    ("only comments", "# nothing here\n", "flow.yaml: the workflow is empty"),
+    ("only comments", "# nothing here\n", "flow.yaml:1: the workflow is empty"),
     (
         "top level list",
         "- id: x\n",
@@ -331,7 +331,7 @@ DEFINITION_ERRORS: list[tuple[str, str, str]] = [
     ),
     (
         "duplicate yaml key",
-        "id: x\nid: y\n",
+        "id: x\nid: y\nsteps:\n  - name: a\n    tool: text.upper\n",
         "flow.yaml:2: duplicate key 'id' (first given on line 1)",
     ),
     (
@@ -505,7 +505,8 @@ DEFINITION_ERRORS: list[tuple[str, str, str]] = [
     (
         "several problems",
         "id: x\nsteps:\n  - name: a\n  - name: b\n",
-        "flow.yaml:3: step 'a' is missing required key 'tool' (and 1 more problem)",
+        "flow.yaml:3: step 'a' is missing required key 'tool' (and 1 more problem: run "
+        "hivemesh validate flow.yaml)",
     ),
 ]
 

@@ -24,8 +24,11 @@ They parse within :class:`ParseLimits` (bytes, nesting, YAML nodes and bytes wit
 expanded, steps, any one value's size, time; safe defaults), so that a hostile file costs
 bounded time and memory: a bound broken is a :class:`WorkflowLimitError` naming it.
 :func:`check_tools` additionally checks the steps against the tools a node offers.
+:func:`check_document` finds *every* problem instead, each with its line and column (and,
+given a :class:`ToolCatalog`, every step against its tool): ``hivemesh validate``.
 """
 
+from workflows.dsl._checks import KnownTool, ToolCatalog
 from workflows.dsl._limits import ParseLimits
 from workflows.dsl._parse import (
     load_workflow,
@@ -33,6 +36,7 @@ from workflows.dsl._parse import (
     read_workflow_file,
     workflow_bytes,
 )
+from workflows.dsl._source import Diagnostic
 from workflows.dsl._spec import (
     InputSpec,
     OutputDecl,
@@ -43,24 +47,32 @@ from workflows.dsl._spec import (
     VerifySpec,
     WorkflowSpec,
     check_tools,
+    workflow_json_schema,
 )
+from workflows.dsl._validate import Report, check_document
 from workflows.errors import WorkflowDefinitionError, WorkflowLimitError
 
 __all__ = [
+    "Diagnostic",
     "InputSpec",
+    "KnownTool",
     "OutputDecl",
     "OutputSpec",
     "ParseLimits",
     "PlacementSpec",
+    "Report",
     "StepSpec",
+    "ToolCatalog",
     "ValueBinding",
     "VerifySpec",
     "WorkflowDefinitionError",
     "WorkflowLimitError",
     "WorkflowSpec",
+    "check_document",
     "check_tools",
     "load_workflow",
     "parse_workflow",
     "read_workflow_file",
     "workflow_bytes",
+    "workflow_json_schema",
 ]

@@ -139,12 +139,24 @@ class BoundedComposer:
         self.root: Node | None = None
         self.nodes = 0  # the document's nodes, every alias counted as a copy
         self.size = 0  # its scalars' bytes, likewise
+        self.event: Any = None  # the event being composed (for an error's column)
 
     def compose(self, parser: Any) -> Node | None:
+        """The document's root node (None for an empty document); an error raised here
+        carries the column of the event it was raised at, when it is on that line."""
+        try:
+            return self._compose(parser)
+        except WorkflowDefinitionError as exc:
+            event = self.event
+            if exc.column is None and event is not None and exc.line == _line(event):
+                exc.column = int(event.start_mark.column) + 1
+            raise
+
+    def _compose(self, parser: Any) -> Node | None:
         documents = 0
         count = 0
         while True:
-            event = parser.get_event()
+            event = self.event = parser.get_event()
             count += 1
             if count % _CHECK_CLOCK_EVERY == 0 and self.clock() > self.deadline:
                 self._limit(

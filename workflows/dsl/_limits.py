@@ -48,16 +48,25 @@ def line_at(data: bytes | str, offset: int) -> int:
     return data.count("\n", 0, offset) + 1
 
 
+def column_at(data: bytes | str, offset: int) -> int:
+    """The 1-based column of ``offset`` in ``data`` (counted in bytes for bytes)."""
+    if isinstance(data, bytes):
+        return offset - data.rfind(b"\n", 0, offset)
+    return offset - data.rfind("\n", 0, offset)
+
+
 def check_size(data: bytes, source: str, limits: ParseLimits) -> None:
     """Refuse a file over ``max_bytes`` (naming the line where it crosses the limit)."""
     if len(data) > limits.max_bytes:
-        raise WorkflowLimitError(
+        error = WorkflowLimitError(
             f"the file is larger than {limits.max_bytes} bytes",
             source,
             line_at(data, limits.max_bytes),
             bound="max_bytes",
             limit=limits.max_bytes,
         )
+        error.column = column_at(data, limits.max_bytes)
+        raise error
 
 
 def decode(data: bytes, source: str) -> str:
@@ -65,9 +74,11 @@ def decode(data: bytes, source: str) -> str:
     try:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise WorkflowDefinitionError(
+        error = WorkflowDefinitionError(
             f"the file is not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start}): "
             "a workflow file is YAML text",
             source,
             line_at(data, exc.start),
-        ) from None
+        )
+        error.column = column_at(data, exc.start)
+        raise error from None

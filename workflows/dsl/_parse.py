@@ -11,11 +11,10 @@ import time
 from collections.abc import Callable
 from os import PathLike
 
-from pydantic import ValidationError
-
-from workflows.dsl._limits import ParseLimits, check_size, decode, line_at
-from workflows.dsl._source import kind_of, load_yaml, translate, with_internal_fields
-from workflows.dsl._spec import MODELS, WorkflowSpec
+from workflows.dsl._limits import ParseLimits, check_size, line_at
+from workflows.dsl._source import first_error
+from workflows.dsl._spec import WorkflowSpec
+from workflows.dsl._validate import check_document
 from workflows.errors import WorkflowDefinitionError, WorkflowLimitError
 
 Clock = Callable[[], float]
@@ -50,30 +49,14 @@ def parse_workflow(
 ) -> WorkflowSpec:
     """Parse and validate workflow YAML (text, or the UTF-8 bytes of a file) within
     ``limits`` (default: :class:`ParseLimits`' safe defaults). ``source`` names it in error
-    messages; ``clock`` measures ``limits.timeout_s``."""
-    limits = limits or ParseLimits()
-    deadline = clock() + limits.timeout_s
-    if isinstance(text, bytes):
-        check_size(text, source, limits)
-        text = decode(text, source)
-    else:
-        workflow_bytes(text, source=source, limits=limits)
-    data, lines = load_yaml(text, source, limits, deadline=deadline, clock=clock)
-    if data is None:
-        raise WorkflowDefinitionError(
-            "the workflow is empty: it needs at least an 'id' and a list of 'steps'", source
-        )
-    if not isinstance(data, dict):
-        raise WorkflowDefinitionError(
-            f"a workflow must be a mapping with 'id' and 'steps' keys, not {kind_of(data)}",
-            source,
-            lines.get((), 1),
-        )
-    data = with_internal_fields(data, lines, source, MODELS)
-    try:
-        return WorkflowSpec.model_validate(data)
-    except ValidationError as exc:
-        raise translate(exc, data, lines, source, MODELS) from None
+    messages; ``clock`` measures ``limits.timeout_s``. The error raised is the first problem
+    :func:`check_document` finds, saying how many more there are."""
+    report = check_document(text, source=source, limits=limits, clock=clock)
+    if report.error is not None:
+        raise report.error
+    if report.spec is None:
+        raise first_error(list(report.problems), source)
+    return report.spec
 
 
 def workflow_bytes(

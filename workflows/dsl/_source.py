@@ -7,6 +7,7 @@ from __future__ import annotations
 import difflib
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
@@ -26,6 +27,75 @@ ModelsByPlace = Mapping[tuple[str, ...], type[BaseModel]]
 """The model of each place in the document (by its keys), to list its allowed keys."""
 
 
+Pos = tuple[int, int]
+"""A 1-based (line, column)."""
+
+
+@dataclass
+class Positions:
+    """Where the parts of a YAML document are: ``keys`` maps the place of a mapping's key
+    (or a list's item) to where that key (item) starts, ``values`` the place of every value
+    to where the value starts. A place missing (an alias, a merged key) is looked up at its
+    nearest ancestor."""
+
+    keys: dict[Loc, Pos] = field(default_factory=dict)
+    values: dict[Loc, Pos] = field(default_factory=dict)
+
+    def value(self, loc: Loc) -> Pos | None:
+        """Where the value at ``loc`` (else its nearest recorded ancestor) starts; where
+        its key starts if the value starts on a later line (a block list or mapping: the
+        line that names it is where to look)."""
+        for end in range(len(loc), -1, -1):
+            value, key = self.values.get(loc[:end]), self.keys.get(loc[:end])
+            if value is not None and key is not None and value[0] != key[0]:
+                return key
+            if value or key:
+                return value or key
+        return None
+
+    def key(self, loc: Loc) -> Pos | None:
+        """Where the key at ``loc`` starts (else as :meth:`value`)."""
+        return self.keys.get(loc) or self.value(loc)
+
+    def line(self, loc: Loc) -> int | None:
+        found = self.key(loc)
+        return found[0] if found else None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    """One problem of a workflow file, where it is (1-based line and column, when known).
+    ``bound`` names the :class:`ParseLimits` bound a hostile file broke."""
+
+    message: str
+    source: str | None = None
+    line: int | None = None
+    column: int | None = None
+    bound: str | None = None
+
+    @classmethod
+    def of(cls, exc: WorkflowDefinitionError) -> Diagnostic:
+        bound = exc.bound if isinstance(exc, WorkflowLimitError) else None
+        message = exc.message.removesuffix(f" (column {exc.column})")  # (said by the place)
+        return cls(message, exc.source, exc.line, exc.column, bound)
+
+    def format(self) -> str:
+        """``FILE:LINE:COL: error: message`` (as compilers print it, for editors)."""
+        where = self.source or "<string>"
+        if self.line is not None:
+            where += f":{self.line}:{self.column or 1}"
+        return f"{where}: error: {self.message}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.source,
+            "line": self.line,
+            "column": self.column,
+            "message": self.message,
+            **({"bound": self.bound} if self.bound else {}),
+        }
+
+
 class Problem(ValueError):
     """A semantic problem found by a model validator, at ``loc`` relative to that model."""
 
@@ -42,20 +112,31 @@ def load_yaml(
     *,
     deadline: float,
     clock: Callable[[], float] = time.monotonic,
-) -> tuple[Any, dict[Loc, int]]:
-    """Parse YAML within ``limits`` into JSON-like data; also return the line of every key
-    and list item. Errors are :class:`WorkflowDefinitionError` (or its
-    :class:`WorkflowLimitError`) of one line."""
+    problems: list[Diagnostic] | None = None,
+) -> tuple[Any, Positions]:
+    """Parse YAML within ``limits`` into JSON-like data; also return where every key, item
+    and value is. Errors are :class:`WorkflowDefinitionError` (or its
+    :class:`WorkflowLimitError`) of one line; a duplicate key is one too, unless
+    ``problems`` is given: then each duplicate key is added to it and the parse goes on."""
     parser: Any = None
     try:
         parser = new_parser(text)  # (PyYAML's own reader checks every character here)
         node = BoundedComposer(source, limits, deadline=deadline, clock=clock).compose(parser)
         if node is None:
-            return None, {}
-        lines: dict[Loc, int] = {}
+            return None, Positions()
+        positions = Positions()
+        found: list[Diagnostic] = []
         # before constructing: construction flattens merge keys ('<<') in place
-        _record_lines(node, (), lines, set(), source)
-        return yaml.constructor.SafeConstructor().construct_document(node), lines
+        positions.values[()] = _mark(node)
+        _record_positions(node, (), positions, set(), source, found)
+        if found and problems is None:
+            first = found[0]
+            error = WorkflowDefinitionError(first.message, source, first.line)
+            error.column = first.column
+            raise error
+        if problems is not None:
+            problems.extend(found)
+        return yaml.constructor.SafeConstructor().construct_document(node), positions
     except yaml.reader.ReaderError as exc:
         raise _reader_error(exc, text, source) from None
     except yaml.MarkedYAMLError as exc:
@@ -104,45 +185,74 @@ def _yaml_error(exc: yaml.MarkedYAMLError, source: str) -> WorkflowDefinitionErr
         message = f"{exc.context}, {message}"
     if mark:
         message += f" (column {mark.column + 1})"
-    return WorkflowDefinitionError(
+    error = WorkflowDefinitionError(
         f"invalid YAML: {message}", source, mark.line + 1 if mark else None
     )
+    error.column = mark.column + 1 if mark else None
+    return error
 
 
-def _record_lines(
-    node: yaml.Node, loc: Loc, lines: dict[Loc, int], seen: set[int], source: str
+def _mark(node: yaml.Node) -> Pos:
+    return node.start_mark.line + 1, node.start_mark.column + 1
+
+
+def _record_positions(
+    node: yaml.Node,
+    loc: Loc,
+    positions: Positions,
+    seen: set[int],
+    source: str,
+    problems: list[Diagnostic],
 ) -> None:
-    if id(node) in seen:  # an alias: lines were recorded where the anchor is
+    """Record where each key, item and value inside ``node`` (the value at ``loc``, whose
+    own place its parent recorded) starts; add each duplicate key to ``problems``."""
+    if id(node) in seen:  # an alias: what is inside was recorded where the anchor is
         return
     seen.add(id(node))
-    lines.setdefault(loc, node.start_mark.line + 1)
+    keys, values = positions.keys, positions.values
     if isinstance(node, yaml.MappingNode):
         has_merge = any(key.tag == "tag:yaml.org,2002:merge" for key, _ in node.value)
         first_line: dict[str, int] = {}
         for key_node, value_node in node.value:
             if not isinstance(key_node, yaml.ScalarNode):
                 continue
-            key, line = key_node.value, key_node.start_mark.line + 1
+            key, at = key_node.value, _mark(key_node)
             if key in first_line and not has_merge:
-                raise WorkflowDefinitionError(
-                    f"duplicate key {key!r} (first given on line {first_line[key]})", source, line
-                )
-            first_line.setdefault(key, line)
-            lines[(*loc, key)] = line
-            _record_lines(value_node, (*loc, key), lines, seen, source)
+                message = f"duplicate key {key!r} (first given on line {first_line[key]})"
+                problems.append(Diagnostic(message, source, *at))
+            first_line.setdefault(key, at[0])
+            place = (*loc, key)
+            keys[place] = at  # (a duplicate's: the value kept is the last one)
+            values[place] = _mark(value_node)
+            if not isinstance(value_node, yaml.ScalarNode):
+                _record_positions(value_node, place, positions, seen, source, problems)
     elif isinstance(node, yaml.SequenceNode):
         for index, item in enumerate(node.value):
-            _record_lines(item, (*loc, index), lines, seen, source)
+            place = (*loc, index)
+            values[place] = _mark(item)
+            if not isinstance(item, yaml.ScalarNode):
+                _record_positions(item, place, positions, seen, source, problems)
 
 
 def with_internal_fields(
-    data: dict[str, Any], lines: dict[Loc, int], source: str, models: ModelsByPlace
+    data: dict[str, Any],
+    positions: Positions,
+    source: str,
+    models: ModelsByPlace,
+    problems: list[Diagnostic] | None = None,
 ) -> dict[str, Any]:
-    """Reject ``source``/``line`` written by hand, then fill them in."""
+    """Reject ``source``/``line`` written by hand, then fill them in. A key written by hand
+    is an error raised, or, when ``problems`` is given, added to it (and dropped)."""
+    found: list[Diagnostic] = []
+
+    def refuse(who: str, key: str, loc: Loc) -> None:
+        at = positions.key(loc)
+        line, column = at if at else (None, None)
+        found.append(Diagnostic(_unknown_key(who, key, loc[:-1], models), source, line, column))
+
     if "source" in data:
-        raise WorkflowDefinitionError(
-            _unknown_key("workflow", "source", (), models), source, lines.get(("source",))
-        )
+        refuse("workflow", "source", ("source",))
+        data = {k: v for k, v in data.items() if k != "source"}
     steps = data.get("steps")
     if isinstance(steps, list):
         filled: list[Any] = []
@@ -150,14 +260,18 @@ def with_internal_fields(
             if isinstance(step, dict):
                 if "line" in step:
                     who, _ = _where(("steps", index), data)
-                    raise WorkflowDefinitionError(
-                        _unknown_key(who, "line", ("steps", index), models),
-                        source,
-                        lines.get(("steps", index, "line")),
-                    )
-                step = {**step, "line": lines.get(("steps", index))}
+                    refuse(who, "line", ("steps", index, "line"))
+                    step = {k: v for k, v in step.items() if k != "line"}
+                step = {**step, "line": positions.line(("steps", index))}
             filled.append(step)
         data = {**data, "steps": filled}
+    if found and problems is None:
+        first = found[0]
+        error = WorkflowDefinitionError(first.message, source, first.line)
+        error.column = first.column
+        raise error
+    if problems is not None:
+        problems.extend(found)
     return {**data, "source": source}
 
 
@@ -169,30 +283,68 @@ _SINGULAR_TOP = {"inputs": "workflow input", "steps": "step", "outputs": "workfl
 _SINGULAR_NESTED = {"inputs": "input", "outputs": "output"}
 
 
-def translate(
+def diagnose(
     exc: ValidationError,
     data: Any,
-    lines: dict[Loc, int],
+    positions: Positions,
     source: str | None,
     models: ModelsByPlace,
-) -> WorkflowDefinitionError:
-    problems: list[tuple[int | None, str]] = []
+) -> list[Diagnostic]:
+    """Every error of ``exc`` as a :class:`Diagnostic`, placed where it is in the file: an
+    unknown key at the key, a missing key at its mapping, anything else at the value."""
+    found: list[Diagnostic] = []
     for error in exc.errors():
         loc: Loc = tuple(error["loc"])
         cause = error.get("ctx", {}).get("error")
+        at: Pos | None
         if isinstance(cause, Problem):
             who, _ = _where(loc, data)
             message = cause.message if who == "workflow" else f"{who}: {cause.message}"
-            loc = loc + cause.loc
+            at = positions.value(loc + cause.loc)
         else:
             message = _describe(error, data, models)
-        problems.append((_line_for(loc, lines), message))
-    problems.sort(key=lambda p: (p[0] is None, p[0] or 0))
-    line, message = problems[0]
-    if len(problems) > 1:
-        more = len(problems) - 1
-        message += f" (and {more} more problem{'s' if more > 1 else ''})"
-    return WorkflowDefinitionError(message, source, line)
+            if error["type"] == "extra_forbidden":
+                at = positions.key(loc)
+            elif error["type"] == "missing":
+                at = positions.value(loc[:-1])
+            else:
+                at = positions.value(loc)
+        line, column = at if at else (None, None)
+        found.append(Diagnostic(message, source, line, column))
+    return found
+
+
+def translate(
+    exc: ValidationError,
+    data: Any,
+    positions: Positions,
+    source: str | None,
+    models: ModelsByPlace,
+) -> WorkflowDefinitionError:
+    """The first (in the file) of ``exc``'s errors as one error, saying how many more."""
+    return first_error(diagnose(exc, data, positions, source, models), source)
+
+
+def first_error(problems: list[Diagnostic], source: str | None) -> WorkflowDefinitionError:
+    """The first of ``problems`` (in file order) as one error of one line, saying how many
+    more there are and where to see them all."""
+    ordered = sorted(problems, key=place)
+    first = ordered[0]
+    message = first.message
+    if len(ordered) > 1:
+        more = len(ordered) - 1
+        command = "hivemesh validate " + (
+            source if source and not source.startswith("<") else "FILE"
+        )
+        message += f" (and {more} more problem{'s' if more > 1 else ''}: run {command})"
+    error = WorkflowDefinitionError(message, first.source or source, first.line)
+    error.column = first.column
+    return error
+
+
+def place(problem: Diagnostic) -> tuple[bool, int, int]:
+    """Sort key: file order, problems without a place last."""
+    return (problem.line is None, problem.line or 0, problem.column or 0)
 
 
 def _describe(error: ErrorDetails, data: Any, models: ModelsByPlace) -> str:
@@ -252,13 +404,6 @@ def _unknown_key(who: str, key: str, parent: Loc, models: ModelsByPlace) -> str:
     return (
         f"{who} has unknown key {key!r}{suggest(key, allowed)} (allowed keys: {', '.join(allowed)})"
     )
-
-
-def _line_for(loc: Loc, lines: Mapping[Loc, int]) -> int | None:
-    for end in range(len(loc), -1, -1):
-        if loc[:end] in lines:
-            return lines[loc[:end]]
-    return None
 
 
 def kind_of(value: Any) -> str:

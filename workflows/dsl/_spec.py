@@ -18,9 +18,10 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 
 from workflows.dsl._checks import check_tools, check_workflow, unique_names
-from workflows.dsl._source import Problem, listing, suggest, translate
+from workflows.dsl._source import Positions, Problem, listing, suggest, translate
 from workflows.errors import WorkflowDefinitionError
 from workflows.refs import NAME_PATTERN, find_refs
 from workflows.tools import check_tool_name, split_tool_ref
@@ -35,12 +36,18 @@ __all__ = [
     "VerifySpec",
     "WorkflowSpec",
     "check_tools",
+    "workflow_json_schema",
 ]
 
 _ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _PEER_ID_RE = re.compile(r"^[1-9A-HJ-NP-Za-km-z]{32,128}$")  # base58
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
 _FROZEN = ConfigDict(extra="forbid", frozen=True)
+# names' pattern for the JSON Schema (validators check it, with messages that say why)
+_NAME_SCHEMA: dict[str, Any] = {"pattern": _NAME_RE.pattern}
+CHECKED_BY_PARSER = "hivemesh.checked_by_parser"
+"""A validation context key: the workflow-wide checks run outside the model (to find them
+all, even where a part of the file has the wrong shape)."""
 
 
 def _check_name(value: str, what: str) -> str:
@@ -64,10 +71,15 @@ class InputSpec(BaseModel):
 
     model_config = _FROZEN
 
-    name: str
-    default: Any = None
-    required: bool = True
-    description: str | None = None
+    name: str = Field(
+        description="The input's name; steps use it as {{inputs.NAME}}.",
+        json_schema_extra=_NAME_SCHEMA,
+    )
+    default: Any = Field(default=None, description="Its value when none is given.")
+    required: bool = Field(
+        default=True, description="Whether a value must be given (default: when no default)."
+    )
+    description: str | None = Field(default=None, description="What the input is for.")
 
     @model_validator(mode="before")
     @classmethod
@@ -96,8 +108,13 @@ class ValueBinding(BaseModel):
 
     model_config = _FROZEN
 
-    name: str
-    value: Any
+    name: str = Field(
+        description="The tool's input (argument) name.", json_schema_extra=_NAME_SCHEMA
+    )
+    value: Any = Field(
+        description="Any JSON value; strings may hold references such as {{inputs.NAME}} "
+        "and {{steps.STEP.outputs.NAME}}."
+    )
 
     @field_validator("name")
     @classmethod
@@ -110,7 +127,7 @@ class OutputDecl(BaseModel):
 
     model_config = _FROZEN
 
-    name: str
+    name: str = Field(description="An output of the step's tool.", json_schema_extra=_NAME_SCHEMA)
 
     @field_validator("name")
     @classmethod
@@ -123,8 +140,10 @@ class OutputSpec(BaseModel):
 
     model_config = _FROZEN
 
-    name: str
-    value: Any
+    name: str = Field(description="The workflow output's name.", json_schema_extra=_NAME_SCHEMA)
+    value: Any = Field(
+        description="Any JSON value, usually a reference such as {{steps.STEP.outputs.NAME}}."
+    )
 
     @field_validator("name")
     @classmethod
@@ -161,7 +180,11 @@ class PlacementSpec(BaseModel):
 
     model_config = _FROZEN
 
-    peers: tuple[str, ...] = Field(min_length=1, max_length=MAX_PLACEMENT_PEERS)
+    peers: tuple[str, ...] = Field(
+        min_length=1,
+        max_length=MAX_PLACEMENT_PEERS,
+        description="Peer ids (base58, like 12D3KooW...) of the nodes the step may run on.",
+    )
 
     @field_validator("peers", mode="before")
     @classmethod
@@ -185,7 +208,9 @@ class VerifySpec(BaseModel):
 
     model_config = _FROZEN
 
-    replicas: int = Field(ge=1, le=MAX_REPLICAS)
+    replicas: int = Field(
+        ge=1, le=MAX_REPLICAS, description="How many distinct nodes run the step."
+    )
 
 
 class StepSpec(BaseModel):
@@ -200,15 +225,39 @@ class StepSpec(BaseModel):
 
     model_config = _FROZEN
 
-    name: str
-    tool: str
-    version: str | None = None
-    inputs: tuple[ValueBinding, ...] = ()
-    outputs: tuple[OutputDecl, ...] = ()
-    placement: PlacementSpec | None = None
-    verify: VerifySpec | None = None
-    wait_for_provider: float | None = None
-    line: int | None = None
+    name: str = Field(
+        description="The step's name, unique in the workflow.", json_schema_extra=_NAME_SCHEMA
+    )
+    tool: str = Field(
+        description="The tool the step calls: NAME (e.g. text.upper) or NAME@VERSION, where "
+        "VERSION matches as a dotted prefix (text.upper@1 matches 1.4.2)."
+    )
+    version: str | None = Field(
+        default=None, description="The tool's version, if not given in 'tool' (a string)."
+    )
+    inputs: tuple[ValueBinding, ...] = Field(
+        default=(), description="The arguments passed to the tool."
+    )
+    outputs: tuple[OutputDecl, ...] = Field(
+        default=(), description="If given, the only outputs other steps may reference."
+    )
+    placement: PlacementSpec | None = Field(default=None, description="Where the step may run.")
+    verify: VerifySpec | None = Field(
+        default=None, description="Run the step on several nodes and compare their outputs."
+    )
+    wait_for_provider: float | None = Field(
+        default=None,
+        description="How long the step waits for a node offering its tool to appear: seconds, "
+        "or a duration such as 30s, 5m, 1h (default: the node's routing.provider_wait_s).",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "number", "minimum": 0, "maximum": MAX_WAIT_FOR_PROVIDER_S},
+                {"type": "string", "pattern": _DURATION_RE.pattern},
+                {"type": "null"},
+            ]
+        },
+    )
+    line: SkipJsonSchema[int | None] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -299,13 +348,21 @@ class WorkflowSpec(BaseModel):
 
     model_config = _FROZEN
 
-    id: str
-    name: str
-    description: str | None = None
-    inputs: tuple[InputSpec, ...] = ()
-    steps: tuple[StepSpec, ...]
-    outputs: tuple[OutputSpec, ...] = ()
-    source: str | None = None
+    id: str = Field(
+        description="The workflow's id: letters, digits, '.', '_' and '-', starting with a "
+        "letter or digit.",
+        json_schema_extra={"pattern": _ID_RE.pattern},
+    )
+    name: str = Field(description="A readable name (default: the id).")
+    description: str | None = Field(default=None, description="What the workflow does.")
+    inputs: tuple[InputSpec, ...] = Field(
+        default=(), description="Values given when the workflow is submitted."
+    )
+    steps: tuple[StepSpec, ...] = Field(
+        description="The steps; each runs once the steps whose outputs it references are done."
+    )
+    outputs: tuple[OutputSpec, ...] = Field(default=(), description="The workflow's results.")
+    source: SkipJsonSchema[str | None] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -334,8 +391,9 @@ class WorkflowSpec(BaseModel):
         return value
 
     @model_validator(mode="after")
-    def _consistent(self) -> WorkflowSpec:
-        check_workflow(self)
+    def _consistent(self, info: ValidationInfo) -> WorkflowSpec:
+        if not (isinstance(info.context, dict) and info.context.get(CHECKED_BY_PARSER)):
+            check_workflow(self)  # (the parser runs these checks itself, on the raw data)
         return self
 
     def step(self, name: str) -> StepSpec:
@@ -417,8 +475,25 @@ class WorkflowSpec(BaseModel):
                 data = None
             source = data.get("source") if isinstance(data, dict) else None
             raise translate(
-                exc, data, {}, source if isinstance(source, str) else None, MODELS
+                exc, data, Positions(), source if isinstance(source, str) else None, MODELS
             ) from None
+
+
+def workflow_json_schema() -> dict[str, Any]:
+    """The JSON Schema (2020-12) of a workflow file, from the models (for editors: YAML
+    language servers read it). What the schema cannot say (references resolve, no cycle,
+    unique names) ``hivemesh validate`` checks."""
+    schema = WorkflowSpec.model_json_schema()
+    schema["required"] = [key for key in schema.get("required", []) if key != "name"]
+    schema["description"] = (
+        "A hivemesh workflow: a DAG of steps, each calling one tool with arguments that may "
+        "reference the workflow's inputs and other steps' outputs."
+    )
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "hivemesh workflow",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
 
 
 # where each model sits in the document: for error messages that list allowed keys
