@@ -12,7 +12,10 @@
 * the private-network layer (:mod:`node.p2p.pnet`) in front of Noise when a swarm key is
   given, and QUIC refused then (py-libp2p's QUIC bypasses it);
 * TCP listen sockets bound by hivemesh without ``SO_REUSEPORT`` (:mod:`node.p2p.listen`),
-  before libp2p starts: a port in use is an error naming it, never a shared port.
+  before libp2p starts: a port in use is an error naming it, never a shared port;
+* streams we open are negotiated lazily (the protocol proposal goes out with the first
+  message), and yamux window updates are sent as go-yamux sends them
+  (:mod:`node.p2p.yamux_window`), not after every read.
 
 libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
 """
@@ -49,6 +52,7 @@ from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
 from node.p2p.listen import ListenSockets
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
 from node.p2p.tcp import ExclusiveTCP
+from node.p2p.yamux_window import use_go_yamux_window_updates
 from node.swarmkey import SwarmKey
 from protocols.errors import StreamClosedError
 
@@ -214,6 +218,8 @@ class P2PHost:
         shutdown_timeout_s: float = 5.0,
         refusal_log: RefusalLog | None = None,
     ) -> None:
+        # half the frames of a handoff were py-libp2p's window updates (node.p2p.yamux_window)
+        use_go_yamux_window_updates()
         noise = NoiseTransport(key_pair, noise_privkey=create_x25519_key_pair().private_key)
         sec_opt = {NOISE_PROTOCOL_ID: noise}
         # yamux only: libp2p's yamux option also offers mplex (no flow control)
