@@ -70,7 +70,13 @@ async def request(
     ``swarm_key``: the key of the node's swarm (None for an open swarm).
     ``timeout_s=None`` waits as long as the node keeps the stream open (``result --wait``).
     """
-    host = P2PHost(key, swarm_key=swarm_key, dial_timeout_s=dial_timeout_s, shutdown_timeout_s=2.0)
+    host = P2PHost(
+        key,
+        swarm_key=swarm_key,
+        dial_timeout_s=dial_timeout_s,
+        shutdown_timeout_s=2.0,
+        graceful_shutdown=False,  # the answer is in: close the connection, do not linger
+    )
     reply: Any = None
     error: NodeError | None = None
     # Errors are carried out of host.run() by hand: raised inside, libp2p's nurseries
