@@ -92,7 +92,13 @@ async def session(
     dial_timeout_s: float = 5.0,
 ) -> T:
     """Run ``work(host, peer_id)`` with a client host connected to the node."""
-    host = P2PHost(key, swarm_key=swarm_key, dial_timeout_s=dial_timeout_s, shutdown_timeout_s=2.0)
+    host = P2PHost(
+        key,
+        swarm_key=swarm_key,
+        dial_timeout_s=dial_timeout_s,
+        shutdown_timeout_s=2.0,
+        graceful_shutdown=False,  # the answer is in: close the connection, do not linger
+    )
     reply: Any = None
     error: NodeError | None = None
     # Errors are carried out of host.run() by hand: raised inside, libp2p's nurseries

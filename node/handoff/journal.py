@@ -345,6 +345,35 @@ class HandoffJournal:
             ),
         )
 
+    def get_or_accept(
+        self,
+        handoff_id: str,
+        *,
+        peer: str,
+        tool: str,
+        workflow_id: str | None,
+        step: str | None,
+        epoch: int,
+        accept: Callable[[HandoffRecord | None], bool],
+    ) -> tuple[HandoffRecord | None, bool]:
+        """In one transaction: what is stored of the ``in`` handoff ``handoff_id`` of
+        ``peer``, and — if ``accept(stored)`` says so — the offer recorded as ACCEPTED
+        (:meth:`record_handoff`). Returns (the record as it was before, whether it was
+        recorded). One round trip to the journal's thread instead of two on a handoff's
+        path; ``accept`` runs in that thread, with the journal locked: keep it pure."""
+        with self._tx() as db:
+            cur = db.execute(
+                "SELECT * FROM handoffs WHERE direction = 'in' AND peer = ? AND handoff_id = ?",
+                (peer, handoff_id),
+            )
+            cur.row_factory = sqlite3.Row
+            row = cur.fetchone()
+            stored = _record(row) if row is not None else None
+            if not accept(stored):
+                return stored, False
+            self._upsert(db, handoff_id, "in", peer, tool, workflow_id, step, "ACCEPTED", epoch)
+            return stored, True
+
     def get_handoff(
         self, handoff_id: str, *, direction: Direction, peer: str
     ) -> HandoffRecord | None:

@@ -313,6 +313,8 @@ class HandoffServer:
             log.info("bad first handoff message from %s: %s", peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
+            except ProtocolError:
+                pass  # the stream was reset: the delegator is gone, nobody to tell
             finally:
                 await ms.reset()
             return
@@ -383,9 +385,28 @@ class HandoffServer:
         capacity = self._capacity(offer, peer)
         self._jobs[key] = job
         self._per_peer[peer] += 1
+        # the journal over its bound: the slow path below may prune it (two stat() calls:
+        # cheap enough for the event loop)
+        full = capacity is None and self.journal.sync.file_bytes() > self.config.max_journal_bytes
+
+        def admit(stored: HandoffRecord | None) -> bool:
+            """Record the offer as accepted in the same transaction that looked it up: it is
+            neither superseded nor a re-attach to a finished attempt, and there is room."""
+            superseded = stored is not None and stored.epoch > epoch
+            return not (full or superseded or capacity is not None) and (
+                _replay(hid, epoch, stored) is None
+            )
+
         try:
-            stored = await self.journal.call(
-                self.journal.sync.get_handoff, hid, direction="in", peer=peer
+            stored, recorded = await self.journal.call(
+                self.journal.sync.get_or_accept,
+                hid,
+                peer=peer,
+                tool=offer.tool,
+                workflow_id=offer.workflow_id,
+                step=offer.step,
+                epoch=epoch,
+                accept=admit,
             )
             if stored is not None and stored.epoch > epoch:
                 self._drop(job)
@@ -399,7 +420,7 @@ class HandoffServer:
             if capacity is not None:
                 self._drop(job)
                 return None, capacity
-            if await self._journal_full():
+            if full and await self._journal_full():
                 self._drop(job)
                 return None, _reject(
                     offer,
@@ -407,17 +428,18 @@ class HandoffServer:
                     "this node's handoff journal is full; try another peer",
                     retry_after_s=PRUNE_INTERVAL_S,
                 )
-            await self.journal.call(
-                self.journal.sync.record_handoff,
-                hid,
-                direction="in",
-                peer=peer,
-                tool=offer.tool,
-                workflow_id=offer.workflow_id,
-                step=offer.step,
-                status="ACCEPTED",
-                epoch=epoch,
-            )
+            if not recorded:  # the journal was full, and pruning made room
+                await self.journal.call(
+                    self.journal.sync.record_handoff,
+                    hid,
+                    direction="in",
+                    peer=peer,
+                    tool=offer.tool,
+                    workflow_id=offer.workflow_id,
+                    step=offer.step,
+                    status="ACCEPTED",
+                    epoch=epoch,
+                )
         except BaseException:
             self._drop(job)
             # whoever joined the reservation meanwhile (a duplicate offer, a cancel) must not

@@ -23,6 +23,9 @@
 * what peers may hold of this node at once (inbound streams, bytes of unfinished frames)
   is bounded per peer and in total, and a peer that keeps breaking limits is banned
   (:mod:`node.p2p.guard`).
+* streams we open are negotiated lazily (the protocol proposal goes out with the first
+  message), and yamux window updates are sent as go-yamux sends them
+  (:mod:`node.p2p.yamux_window`), not after every read.
 
 libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
 """
@@ -49,10 +52,12 @@ from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.multiselect import MULTISELECT_PROTOCOL_ID as MULTISTREAM_PROTOCOL_ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
 from libp2p.stream_muxer.yamux.yamux import PROTOCOL_ID as YAMUX_PROTOCOL_ID
 from libp2p.stream_muxer.yamux.yamux import Yamux
+from libp2p.utils.varint import encode_delim
 
 from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
 from node.p2p import inbound
@@ -60,11 +65,16 @@ from node.p2p.guard import GuardLimits, PeerGuard, StreamAccount
 from node.p2p.listen import ListenSockets
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
 from node.p2p.tcp import ExclusiveTCP
+from node.p2p.yamux_window import use_go_yamux_window_updates
 from node.swarmkey import SwarmKey
 from protocols._logsafe import logsafe
 from protocols.errors import PeerOverLimitError, StreamClosedError
 
 log = logging.getLogger(__name__)
+
+# how long a host without graceful shutdown gives py-libp2p to tidy up after it closed its
+# connections itself
+QUICK_SHUTDOWN_S = 0.02
 
 
 @dataclass(frozen=True)
@@ -80,12 +90,24 @@ class ConnectionInfo:
 class P2PStream:
     """A libp2p stream seen as a :class:`protocols.stream.ByteStream`.
 
+    A stream we open is negotiated lazily (see :meth:`P2PHost.open_stream`): ``proposal`` is
+    the multistream-select header and protocol line, sent with our first write, and the
+    peer's echo of it is checked before our first read returns anything.
+
     ``account``: for a stream a peer opened, its share of the peer's limits (what it reads
     is metered; garbage reported by its MessageStream is a strike)."""
 
-    def __init__(self, stream: INetStream, *, account: StreamAccount | None = None) -> None:
+    def __init__(
+        self,
+        stream: INetStream,
+        proposal: bytes | None = None,
+        *,
+        account: StreamAccount | None = None,
+    ) -> None:
         self._stream = stream
         self.remote_peer = str(stream.muxed_conn.peer_id)
+        self._unsent = proposal  # not yet written
+        self._unechoed = proposal  # not yet confirmed by the peer
         self._account = account
 
     def connection(self) -> ConnectionInfo | None:
@@ -100,10 +122,16 @@ class P2PStream:
         return ConnectionInfo(str(remote[0]), int(remote[1]), str(direction) == "outbound")
 
     async def read(self, n: int) -> bytes:
+        if self._unsent is not None:
+            await self.write(b"")
         try:
+            if self._unechoed is not None:
+                await self._check_echo()
             data = await self._stream.read(n)
         except StreamEOF:
             return b""
+        except StreamClosedError:
+            raise
         except Exception as exc:
             raise StreamClosedError(f"stream from {self.remote_peer} broke: {exc!r}") from None
         if self._account is not None and data:
@@ -115,7 +143,25 @@ class P2PStream:
         if self._account is not None:
             self._account.fault(error)
 
+    async def _check_echo(self) -> None:
+        expected = self._unechoed
+        assert expected is not None
+        got = b""
+        while len(got) < len(expected):
+            chunk = await self._stream.read(len(expected) - len(got))
+            if not chunk or not expected.startswith(got + chunk):
+                problem = "closed the stream" if not chunk else "refused it"
+                protocol = self._stream.get_protocol()
+                raise StreamClosedError(
+                    f"peer {self.remote_peer} {problem} while the protocol ({protocol}) "
+                    "was being negotiated: it does not speak it, or it is shutting down"
+                )
+            got += chunk
+        self._unechoed = None
+
     async def write(self, data: bytes) -> None:
+        if self._unsent is not None:
+            data, self._unsent = self._unsent + data, None
         try:
             await self._stream.write(data)
         except Exception as exc:
@@ -123,6 +169,8 @@ class P2PStream:
 
     async def close(self) -> None:
         try:
+            if self._unsent is not None:
+                await self.write(b"")
             await self._stream.close()
         except Exception:
             log.debug("close of stream to %s failed", self.remote_peer, exc_info=True)
@@ -227,7 +275,14 @@ class P2PHost:
         shutdown_timeout_s: float = 5.0,
         refusal_log: RefusalLog | None = None,
         guard: GuardLimits | None = None,
+        graceful_shutdown: bool = True,
     ) -> None:
+        """``graceful_shutdown=False`` (a client that has its answers): at the end, close the
+        TCP connections this host dialled and do not wait for py-libp2p's own teardown of
+        each connection (it sleeps 0.1 s twice per connection: 0.2 s added to every CLI
+        call)."""
+        # half the frames of a handoff were py-libp2p's window updates (node.p2p.yamux_window)
+        use_go_yamux_window_updates()
         # what peers may hold of this node, and who is banned (node/p2p/guard.py)
         self.guard = PeerGuard(guard or GuardLimits(), on_ban=self._banned)
         self._inbound_streams: dict[str, list[INetStream]] = {}
@@ -278,6 +333,7 @@ class P2PHost:
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
+        self._graceful = graceful_shutdown
         self._running = False
 
     # -- setup ---------------------------------------------------------------------------
@@ -450,13 +506,22 @@ class P2PHost:
                 stop.set()
 
     async def _shutdown(self) -> None:
+        if not self._graceful:
+            await self._tcp.close_dialed()
+            # what is left is py-libp2p's bookkeeping of connections already closed
+            with trio.move_on_after(QUICK_SHUTDOWN_S):
+                await self._close_all()
+            return
         with trio.move_on_after(self.shutdown_timeout_s) as scope:
-            async with trio.open_nursery() as nursery:
-                for peer in list(self._host.get_connected_peers()):
-                    nursery.start_soon(self._disconnect_quietly, peer)
-            await self._host.close()
+            await self._close_all()
         if scope.cancelled_caught:
             log.warning("libp2p shutdown took over %ss; abandoned", self.shutdown_timeout_s)
+
+    async def _close_all(self) -> None:
+        async with trio.open_nursery() as nursery:
+            for peer in list(self._host.get_connected_peers()):
+                nursery.start_soon(self._disconnect_quietly, peer)
+        await self._host.close()
 
     async def _disconnect_quietly(self, peer: ID) -> None:
         # Each connection closed by itself, not libp2p's host.disconnect (swarm.close_peer):
@@ -555,11 +620,20 @@ class P2PHost:
         return peer_id
 
     async def open_stream(self, peer_id: str, protocol: str) -> P2PStream:
+        """A new stream to ``peer_id`` speaking ``protocol``.
+
+        The stream is negotiated lazily, as go-libp2p and js-libp2p do when they propose a
+        single protocol: the multistream-select header and the protocol line go out with
+        the stream's first message, and the peer's echo of both is checked before the first
+        read returns (a peer that refuses the protocol makes that read raise
+        :class:`StreamClosedError`). py-libp2p's own ``new_stream`` waits for the header's
+        echo, then for the protocol's: two round trips and two more frames per stream, which
+        made up a good part of a handoff's cost."""
         if not valid_peer_id(peer_id):
             raise NodeUnreachableError(f"invalid peer id {peer_id!r}")
         try:
             with trio.fail_after(self.dial_timeout_s):
-                stream = await self._host.new_stream(ID.from_base58(peer_id), [TProtocol(protocol)])
+                stream = await self._host.get_network().new_stream(ID.from_base58(peer_id))
         except trio.TooSlowError:
             raise NodeUnreachableError(
                 f"peer {peer_id} did not open a {protocol} stream within {self.dial_timeout_s:g}s"
@@ -568,7 +642,9 @@ class P2PHost:
             raise NodeUnreachableError(
                 f"cannot open {protocol} stream to {peer_id}: {_first_line(exc)}"
             ) from None
-        return P2PStream(stream)
+        stream.set_protocol(TProtocol(protocol))
+        proposal = encode_delim(MULTISTREAM_PROTOCOL_ID.encode()) + encode_delim(protocol.encode())
+        return P2PStream(stream, proposal)
 
     async def disconnect(self, peer_id: str) -> None:
         if valid_peer_id(peer_id):

@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 # multistream-select 1.0's header, varint-length-prefixed: the first bytes that any libp2p
 # peer sends on a connection once the private-network layer (if any) is in place.
 MULTISTREAM_HEADER = b"\x13/multistream/1.0.0\n"
+# the most a connection reads from its socket at once (see GuardedConnection.read)
+READ_AHEAD = 64 * 1024
 
 # The ways a handshake fails, phrased about the peer ("it"), for log lines and errors.
 NO_KEY = "it has no swarm key"
@@ -132,7 +134,8 @@ class GuardedConnection(IRawConnection):
         self._deadline = deadline
         self._timeout_s = timeout_s
         self._checked = False
-        self._ahead = b""  # plaintext read during the check, not yet handed out
+        self._ahead = b""  # plaintext read ahead, not yet handed out (from _ahead_at on)
+        self._ahead_at = 0
         self.failure: PrivateNetworkRefused | None = None
 
     async def write(self, data: bytes) -> None:
@@ -144,13 +147,28 @@ class GuardedConnection(IRawConnection):
         if not self._checked:
             await self._check_first_bytes()
         if self._ahead:
-            take = len(self._ahead) if n is None else min(n, len(self._ahead))
-            out, self._ahead = self._ahead[:take], self._ahead[take:]
-            return out
-        data = await self._raw.read(n)
+            return self._take(n)
+        # Read what the socket has, up to READ_AHEAD bytes, not just the ``n`` asked for:
+        # Noise reads each frame as a 2-byte length and then its body, and a handoff is
+        # many small frames; one read (one syscall and one cipher call) serves several.
+        data = await self._raw.read(None if n is None else max(n, READ_AHEAD))
         if self._read_cipher is not None:
             data = self._read_cipher.xor(data)
-        return data
+        if n is None or len(data) <= n:
+            return data
+        self._ahead, self._ahead_at = data, 0
+        return self._take(n)
+
+    def _take(self, n: int | None) -> bytes:
+        """Up to ``n`` bytes of what was read ahead."""
+        start = self._ahead_at
+        end = len(self._ahead) if n is None else min(len(self._ahead), start + n)
+        out = self._ahead[start:end]
+        if end == len(self._ahead):
+            self._ahead, self._ahead_at = b"", 0
+        else:
+            self._ahead_at = end
+        return out
 
     async def _check_first_bytes(self) -> None:
         keyed = self._read_cipher is not None
@@ -159,6 +177,7 @@ class GuardedConnection(IRawConnection):
             with trio.move_on_at(self._deadline):
                 raw = await _read_exactly(self._raw, want, plaintext_peer_means=None)
                 self._ahead = self._read_cipher.xor(raw) if self._read_cipher else raw
+                self._ahead_at = 0
                 self._checked = True
             if not self._checked:
                 raise PrivateNetworkRefused(silent(self._timeout_s))

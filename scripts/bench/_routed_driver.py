@@ -22,6 +22,8 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Collection
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +117,8 @@ def _inside(path: str, tree: Path) -> bool:
     return Path(path).resolve().is_relative_to(tree.resolve())
 
 
-def main() -> dict[str, Any]:
-    args = parse_args()
+def setup_process() -> None:
+    """A driver process: a loopback-only Ray without usage stats; warnings to stderr."""
     os.environ["RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"] = "0"  # Ray binds 127.0.0.1 only
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
     logging.basicConfig(
@@ -124,6 +126,11 @@ def main() -> dict[str, Any]:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+
+
+def main() -> dict[str, Any]:
+    args = parse_args()
+    setup_process()
 
     import node
     import workflows.tools.math
@@ -175,6 +182,71 @@ def main() -> dict[str, Any]:
     return result
 
 
+@dataclass
+class NodeFactory:
+    """Makes the nodes of one driver run, as tests/integration/harness.py does, for the tree
+    before issue 8 (``swarm_key_cls`` None: no swarm key, the old home) and after."""
+
+    tmp: Path
+    node_cls: Any
+    home_cls: Any
+    config_cls: Any
+    swarm_key_cls: Any
+    private: bool
+    cpus: int
+    synchronous: str | None = None
+    handoff: dict[str, Any] | None = None  # the handoff section (new tree), e.g. LIFTED
+
+    def __post_init__(self) -> None:
+        self.key_file = self.tmp / "swarm.key"
+        if self.private:
+            self.swarm_key_cls.generate().write_new(self.key_file)
+
+    def __call__(self, name: str, tools: str, bootstrap: list[str], **handoff: Any) -> Any:
+        home = self.home_cls(self.tmp / name)
+        raw: dict[str, Any] = {"tools": tools, "network": {"bootstrap": bootstrap}}
+        if self.synchronous:
+            raw["journal"] = {"synchronous": self.synchronous}
+        if self.swarm_key_cls is None:
+            home.init()  # the old home: identity only
+        else:
+            home.init_identity(open_swarm=not self.private)
+            raw["swarm"] = {"key_file": str(self.key_file)} if self.private else {"open": True}
+            if self.handoff or handoff:
+                raw["handoff"] = {**(self.handoff or {}), **handoff}
+        return self.node_cls(self.config_cls.model_validate(raw), home, cpus=self.cpus)
+
+
+async def run_checked(
+    target: Any,
+    spec: Any,
+    steps: int,
+    expected: Any,
+    ran_on: Collection[str],
+    timeout_s: float = 300.0,
+) -> tuple[float, Any]:
+    """Submit ``spec`` to ``target`` and wait for it: (seconds from submit to the end, the
+    workflow's view). Checks the result, the number of steps, and that every step ran on one
+    of the nodes ``ran_on``."""
+    import trio
+
+    from workflows.status import WorkflowStatus
+
+    started = time.perf_counter()
+    wid, _ = await target.workflows.submit(spec, {})
+    with trio.fail_after(timeout_s):
+        view = await target.workflows.wait(wid)
+    elapsed = time.perf_counter() - started
+    if view.status is not WorkflowStatus.SUCCESSFUL:
+        raise RuntimeError(f"{spec.id} on {target.peer_id}: {view.status} {view.error}")
+    if view.outputs != {"result": expected}:
+        raise RuntimeError(f"{spec.id}: wrong result {view.outputs}")
+    where = {s.node for s in view.steps}
+    if len(view.steps) != steps or not where <= set(ran_on):
+        raise RuntimeError(f"{spec.id}: {len(view.steps)} steps ran on {where}, not on {ran_on}")
+    return elapsed, view
+
+
 async def _measure(
     tmp: Path,
     args: argparse.Namespace,
@@ -187,45 +259,25 @@ async def _measure(
     import trio
 
     from workflows.dsl import parse_workflow
-    from workflows.status import WorkflowStatus
 
-    key_file = tmp / "swarm.key"
-    if private:
-        swarm_key_cls.generate().write_new(key_file)
-
-    def make_node(name: str, tools: str, bootstrap: list[str]) -> Any:
-        home = home_cls(tmp / name)
-        raw: dict[str, Any] = {"tools": tools, "network": {"bootstrap": bootstrap}}
-        if args.synchronous:
-            raw["journal"] = {"synchronous": args.synchronous}
-        if swarm_key_cls is None:
-            home.init()  # the old home: identity only
-        else:
-            home.init_identity(open_swarm=not private)
-            raw["swarm"] = {"key_file": str(key_file)} if private else {"open": True}
-            if not args.default_quotas:
-                raw["handoff"] = dict(LIFTED)
-        return node_cls(config_cls.model_validate(raw), home, cpus=args.node_cpus)
-
+    make_node = NodeFactory(
+        tmp,
+        node_cls,
+        home_cls,
+        config_cls,
+        swarm_key_cls,
+        private,
+        args.node_cpus,
+        synchronous=args.synchronous,
+        handoff=None if args.default_quotas else dict(LIFTED),
+    )
     specs = {name: parse_workflow(text) for name, (text, _, _) in WORKLOADS.items()}
 
     async def run(target: Any, name: str, routed_to: str | None) -> float:
         """Seconds from submit to the end of one workflow; checks result and placement."""
         _, steps, expected = WORKLOADS[name]
-        started = time.perf_counter()
-        wid, _ = await target.workflows.submit(specs[name], {})
-        with trio.fail_after(300):
-            view = await target.workflows.wait(wid)
-        elapsed = time.perf_counter() - started
-        if view.status is not WorkflowStatus.SUCCESSFUL:
-            raise RuntimeError(f"{name} on {target.peer_id}: {view.status} {view.error}")
-        if view.outputs != {"result": expected}:
-            raise RuntimeError(f"{name}: wrong result {view.outputs}")
-        where = {s.node for s in view.steps}
-        want = routed_to or target.peer_id
-        if len(view.steps) != steps or where != {want}:
-            raise RuntimeError(f"{name}: {len(view.steps)} steps ran on {where}, not on {want}")
-        return elapsed
+        where = [routed_to or target.peer_id]
+        return (await run_checked(target, specs[name], steps, expected, where))[0]
 
     async with trio.open_nursery() as nursery:
         a = make_node("a", "util,math", [])

@@ -117,6 +117,33 @@ def test_record_handoff_again_updates_the_status_and_a_new_epoch_forgets_the_out
     assert (record.epoch, record.error, record.code, record.size) == (2, None, None, 0)
 
 
+def test_get_or_accept_looks_up_and_records_in_one_transaction(journal: Journal) -> None:
+    seen = []
+
+    def never(stored: object) -> bool:
+        seen.append(stored)
+        return False
+
+    args = {"peer": "a", "tool": "t", "workflow_id": "w", "step": "s", "epoch": 1}
+    assert journal.get_or_accept("h1", accept=never, **args) == (None, False)
+    assert seen == [None] and journal.get_handoff("h1", direction="in", peer="a") is None
+    stored, recorded = journal.get_or_accept("h1", accept=lambda s: s is None, **args)
+    assert (stored, recorded) == (None, True)
+    record = journal.get_handoff("h1", direction="in", peer="a")
+    assert record is not None and (record.status, record.epoch) == ("ACCEPTED", 1)
+    journal.finish_handoff("h1", "SUCCESSFUL", direction="in", peer="a", outputs={"x": 1})
+    # what the callback sees is the record before this offer; refusing leaves it as it was
+    stored, recorded = journal.get_or_accept("h1", accept=never, **args)
+    assert stored is not None and (stored.status, stored.outputs, recorded) == (
+        "SUCCESSFUL",
+        {"x": 1},
+        False,
+    )
+    assert seen[-1] == stored
+    # another peer's offer with the same id is another handoff
+    assert journal.get_or_accept("h1", accept=never, **{**args, "peer": "b"}) == (None, False)
+
+
 def test_failed_handoff_keeps_its_error_and_code(journal: Journal) -> None:
     journal.record_handoff(
         "h2", direction="out", peer="b", tool="t", workflow_id=None, step=None, status="RUNNING"

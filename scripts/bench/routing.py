@@ -1,0 +1,384 @@
+"""Routed steps against local ones, in one run: what a handoff costs a workflow.
+
+    nice .venv/bin/python scripts/bench/routing.py                   # 3 rounds + 10,000 steps
+    nice .venv/bin/python scripts/bench/routing.py --rounds 5 --big 2000 --json .bench/routing.json
+
+One process, one local Ray (127.0.0.1, ``--ray-cpus``), and in one trio run (as
+tests/integration/harness.py does) six nodes: ``p1``..``p4`` with the ``util`` and ``math``
+tools, ``c1`` without tools that may hand steps only to ``p1`` (``handoff.delegate_to``), and
+``c4`` without tools bootstrapped to all four. The same workflows — a ``--chain``-step chain
+of ``math.add`` (default 50) and a ``--fanout``-step fan-out of ``math.add`` into one
+``math.sum_list`` (default 200 + 1) — run on ``p1`` (local: the reference), through ``c1``
+(routed, one provider) and through ``c4`` (routed, four providers), interleaved: each round
+runs every workflow on the three, in an order that rotates round by round (this machine's
+speed drifts, and it is shared). Then a ``--big``-step fan-out (default 10,000) runs once on
+``p1`` and once through ``c4``.
+
+Per step, the handoff overhead is the step's time as the delegator's engine records it
+(``status``: placed -> result back) minus the time the tool took on the delegatee (its
+runner's call: submitting the Ray task and getting its result); the same difference for a
+local step (its runner's call on ``p1``) is the engine's own per-step cost, printed beside it.
+In a fan-out a step's time also includes waiting for a free slot, so its overhead is mostly
+queueing; the chain's is the latency a handoff adds.
+
+The timed runs lift the per-peer quotas of every node (``_routed_driver.LIFTED``, as
+routed.py does) unless ``--default-quotas``; every busy-peer rejection (``quota_exceeded``,
+``overloaded``) the delegators saw and asked again after is counted and printed, and a
+workflow that fails is reported, not hidden. Prints medians over rounds, the same-round
+ratios, and the issue's targets, each marked met / MISSED.
+
+All nodes share this process's trio loop: a routed step's two sides take turns on one core,
+where two node processes would each have their own. The figures are an upper bound of the
+overhead separate processes would see.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+# scripts/bench is on sys.path as the running script's folder (it is not a package).
+from _routed_driver import (
+    LIFTED,
+    NodeFactory,
+    chain_yaml,
+    fanout_yaml,
+    run_checked,
+    setup_process,
+)
+
+PLACES = ("local", "routed x1", "routed x4")
+TARGETS = {"chain": 1.5, "fanout": 1.2}  # routed within this many times local, per step
+OVERHEAD_TARGETS_MS = {"p50": 5.0, "p99": 20.0}
+
+
+@dataclass
+class StepClock:
+    """Seconds each tool call took in the runner it wraps, by the step's idempotency key."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def wrap(
+        self, runner: Callable[..., Awaitable[dict[str, Any]]]
+    ) -> Callable[..., Awaitable[dict[str, Any]]]:
+        async def timed(
+            tool: str, version: str | None, args: dict[str, Any], key: str | None
+        ) -> dict[str, Any]:
+            started = time.perf_counter()
+            try:
+                return await runner(tool, version, args, key)
+            finally:
+                if key is not None:
+                    self.seconds[key] = time.perf_counter() - started
+
+        return timed
+
+
+class BusyCounter(logging.Handler):
+    """Counts the delegators' "busy peer: asking again" decisions (node.executor logs each)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.busy = 0
+        self.other_node = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if "asking again" in text:
+            self.busy += 1
+        elif "trying another node" in text:
+            self.other_node += 1
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def overheads_ms(view: Any, clock: StepClock) -> list[float]:
+    """Each step's time in ``status`` minus its tool's time on the node that ran it, in ms."""
+    out = []
+    for step in view.steps:
+        tool_s = clock.seconds.get(f"{view.workflow_id}/{step.name}")
+        if tool_s is None or step.started_at is None or step.ended_at is None:
+            continue
+        out.append((step.ended_at - step.started_at - tool_s) * 1000)
+    return out
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3, help="runs of each workflow per place")
+    parser.add_argument("--chain", type=int, default=50, help="steps of the chain")
+    parser.add_argument("--fanout", type=int, default=200, help="branches of the fan-out")
+    parser.add_argument(
+        "--big", type=int, default=10_000, help="branches of the big fan-out (0: skip it)"
+    )
+    parser.add_argument("--ray-cpus", type=int, default=2)
+    parser.add_argument("--node-cpus", type=int, default=1, help="CPUs each node is given")
+    parser.add_argument(
+        "--synchronous",
+        choices=["FULL", "NORMAL"],
+        help="every node's journal.synchronous (default: the config's, FULL)",
+    )
+    parser.add_argument(
+        "--default-quotas", action="store_true", help="keep the per-peer quotas at their defaults"
+    )
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also save the raw figures")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = parse_args()
+    setup_process()
+    busy = BusyCounter()
+    executor_log = logging.getLogger("node.executor")
+    executor_log.addHandler(busy)
+    executor_log.setLevel(logging.INFO)
+    executor_log.propagate = False  # counted, not printed: there may be thousands
+
+    import trio
+
+    from node.config import NodeConfig
+    from node.daemon import Node, start_ray, stop_ray
+    from node.home import Home
+    from node.swarmkey import SwarmKey
+
+    load_before = os.getloadavg()
+    cpus, _ = start_ray(NodeConfig.model_validate({"ray": {"num_cpus": args.ray_cpus}}).ray)
+    try:
+        with tempfile.TemporaryDirectory(prefix="hm-bench-routing") as tmp:
+            factory = NodeFactory(
+                Path(tmp),
+                Node,
+                Home,
+                NodeConfig,
+                SwarmKey,
+                private=True,
+                cpus=args.node_cpus,
+                synchronous=args.synchronous,
+                handoff=None if args.default_quotas else dict(LIFTED),
+            )
+            result = trio.run(measure, factory, args, busy)
+    finally:
+        stop_ray()
+    load_after = os.getloadavg()
+    report(result, args, cpus, load_before, load_after)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result))
+    return 0 if not result["failures"] else 1
+
+
+async def measure(factory: NodeFactory, args: argparse.Namespace, busy: BusyCounter) -> Any:
+    import trio
+
+    from workflows.dsl import ParseLimits, parse_workflow
+
+    big_limits = ParseLimits(
+        max_steps=100_000,
+        max_bytes=64 * 1024 * 1024,
+        max_nodes=10_000_000,
+        max_expanded_bytes=256 * 1024 * 1024,
+        timeout_s=600,
+    )
+    workloads = {
+        "chain": (chain_yaml(args.chain), args.chain, args.chain),
+        "fanout": (
+            fanout_yaml(args.fanout),
+            args.fanout + 1,
+            sum(i + 1 for i in range(args.fanout)),
+        ),
+    }
+    specs = {n: parse_workflow(text, limits=big_limits) for n, (text, _, _) in workloads.items()}
+    clock = StepClock()
+
+    async with trio.open_nursery() as nursery:
+        providers = []
+        for i in range(4):
+            bootstrap = [a for q in providers for a in q.host.addrs()]
+            # providers run every step they get themselves: p1 is the local reference
+            p = factory(f"p{i + 1}", "util,math", bootstrap, delegate_to=[])
+            await nursery.start(p.run)
+            p.handoff.run_tool = clock.wrap(p.handoff.run_tool)
+            providers.append(p)
+        p1 = providers[0]
+        p1.executor.run_local = clock.wrap(p1.executor.run_local)
+        c1 = factory("c1", "none", p1.host.addrs(), delegate_to=[p1.peer_id])
+        await nursery.start(c1.run)
+        c4 = factory("c4", "none", [a for p in providers for a in p.host.addrs()])
+        await nursery.start(c4.run)
+        with trio.fail_after(60):
+            while not (
+                c1.registry.has_fresh_card(p1.peer_id)
+                and all(c4.registry.has_fresh_card(p.peer_id) for p in providers)
+            ):
+                await trio.sleep(0.05)
+        every = [p.peer_id for p in providers]
+        places = {
+            "local": (p1, [p1.peer_id]),
+            "routed x1": (c1, [p1.peer_id]),
+            "routed x4": (c4, every),
+        }
+        failures: list[str] = []
+
+        async def run(place: str, name: str, spec: Any, steps: int, expected: Any) -> Any:
+            target, ran_on = places[place]
+            try:
+                return await run_checked(target, spec, steps, expected, ran_on, timeout_s=3600)
+            except RuntimeError as exc:
+                failures.append(f"{place} {name}: {exc}")
+                return None
+
+        # warm-up: Ray's workers, imports, connections, the delegators' evidence of their peers
+        for place in PLACES:
+            for name, (_, steps, expected) in workloads.items():
+                await run(place, name, specs[name], steps, expected)
+        busy_warm = busy.busy
+
+        # name -> place -> [seconds per run]; name -> place -> [overhead ms of each step]
+        seconds: dict[str, dict[str, list[float]]] = {n: {p: [] for p in PLACES} for n in specs}
+        overhead: dict[str, dict[str, list[float]]] = {n: {p: [] for p in PLACES} for n in specs}
+        for rnd in range(args.rounds):
+            order = PLACES[rnd % 3 :] + PLACES[: rnd % 3]
+            print(f"round {rnd + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr)
+            for name, (_, steps, expected) in workloads.items():
+                for place in order:
+                    done = await run(place, name, specs[name], steps, expected)
+                    if done is not None:
+                        seconds[name][place].append(done[0])
+                        overhead[name][place] += overheads_ms(done[1], clock)
+        busy_rounds = busy.busy - busy_warm
+
+        big: dict[str, float | None] = {}
+        if args.big:
+            print(f"the {args.big}-step fan-out: local, then routed x4", file=sys.stderr)
+            text = fanout_yaml(args.big)
+            spec = parse_workflow(text, limits=big_limits)
+            expected = sum(i + 1 for i in range(args.big))
+            for place in ("local", "routed x4"):
+                before = busy.busy
+                done = await run(place, "big", spec, args.big + 1, expected)
+                big[place] = None if done is None else done[0]
+                big[f"{place} busy"] = busy.busy - before
+        nursery.cancel_scope.cancel()
+    return {
+        "steps": {n: s for n, (_, s, _) in workloads.items()},
+        "seconds": seconds,
+        "overhead_ms": overhead,
+        "big": big,
+        "busy_rejections": {"rounds": busy_rounds, "all": busy.busy},
+        "failures": failures,
+    }
+
+
+def report(
+    result: Any,
+    args: argparse.Namespace,
+    ray_cpus: int,
+    load_before: tuple[float, float, float],
+    load_after: tuple[float, float, float],
+) -> None:
+    steps, seconds = result["steps"], result["seconds"]
+    print(
+        f"\nms per step: median over {args.rounds} rounds (local = on p1, which has the tools; "
+        "routed xN = submitted to a tool-less node with N providers); "
+        "x local: median of the same round's ratios"
+    )
+    print(
+        f"{'workflow':<22}"
+        + "".join(f"{p:>12}" for p in PLACES)
+        + f"{'x1/local':>10}{'x4/local':>10}"
+    )
+    ratios: dict[str, dict[str, float]] = {}
+    for name, runs in seconds.items():
+        per_step = {p: [s * 1000 / steps[name] for s in runs[p]] for p in PLACES}
+        ratio = {
+            p: statistics.median(
+                [r / loc for r, loc in zip(per_step[p], per_step["local"], strict=False)]
+            )
+            if per_step[p] and per_step["local"]
+            else float("nan")
+            for p in PLACES[1:]
+        }
+        ratios[name] = ratio
+        label = f"{name} ({steps[name]} steps)"
+        cells = "".join(
+            f"{statistics.median(per_step[p]) if per_step[p] else float('nan'):>12.2f}"
+            for p in PLACES
+        )
+        print(f"{label:<22}{cells}{ratio['routed x1']:>10.2f}{ratio['routed x4']:>10.2f}")
+
+    print("\nper-step overhead, ms (step's time in status minus the tool's run on its node):")
+    print(f"{'workflow':<22}{'place':<12}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>8}{'n':>6}")
+    for name, by_place in result["overhead_ms"].items():
+        for place in PLACES:
+            values = by_place[place]
+            cells = (
+                "".join(f"{percentile(values, q):>8.2f}" for q in (0.5, 0.9, 0.99))
+                + f"{max(values) if values else float('nan'):>8.2f}"
+            )
+            print(f"{name:<22}{place:<12}{cells}{len(values):>6}")
+
+    big = result["big"]
+    if big:
+        local_s, routed_s = big.get("local"), big.get("routed x4")
+        n = args.big + 1
+        line = f"\n{args.big}-step fan-out (+ sum): "
+        line += "local " + (
+            f"{local_s * 1000 / n:.2f} ms/step ({local_s:.1f} s)" if local_s else "FAILED"
+        )
+        line += ", routed x4 " + (
+            f"{routed_s * 1000 / n:.2f} ms/step ({routed_s:.1f} s)" if routed_s else "FAILED"
+        )
+        if local_s and routed_s:
+            line += f", x{routed_s / local_s:.2f}"
+        line += f"; busy rejections asked again: {big.get('routed x4 busy', 0)}"
+        print(line)
+
+    print("\ntargets:")
+    chain_oh = result["overhead_ms"]["chain"]
+    for name, limit in TARGETS.items():
+        for place in PLACES[1:]:
+            r = ratios[name][place]
+            verdict = "met" if r <= limit else "MISSED"
+            print(f"  {name} {place} within {limit}x local per step: x{r:.2f} {verdict}")
+    for place in PLACES[1:]:
+        for q, limit in OVERHEAD_TARGETS_MS.items():
+            v = percentile(chain_oh[place], 0.5 if q == "p50" else 0.99)
+            verdict = "met" if v < limit else "MISSED"
+            print(f"  chain {place} handoff overhead {q} < {limit:g} ms: {v:.2f} ms {verdict}")
+    if big:
+        ok = big.get("routed x4") is not None
+        print(
+            f"  {args.big}-step fan-out through four providers completes: "
+            f"{'met' if ok else 'MISSED'}"
+        )
+    quotas = "defaults" if args.default_quotas else f"lifted ({LIFTED})"
+    print(
+        f"\nper-peer quotas {quotas}; busy rejections asked again in the timed rounds: "
+        f"{result['busy_rejections']['rounds']}; failures: {len(result['failures'])}"
+    )
+    for failure in result["failures"]:
+        print(f"  FAILED {failure}")
+    print(
+        f"Ray CPUs {ray_cpus}, node cpus {args.node_cpus}, journal.synchronous "
+        f"{args.synchronous or 'FULL (default)'}; load average (1 min) {load_before[0]:.2f} "
+        f"before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs, shared)"
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,136 @@
+"""Streams between real libp2p hosts on 127.0.0.1, as hivemesh opens them: negotiated lazily
+(the protocol proposal travels with the first message) and with go-yamux's window updates
+(:mod:`node.p2p.yamux_window`): small exchanges send no window update at all, and transfers of
+many windows still flow both ways, read in small pieces or large."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+from libp2p.crypto.ed25519 import create_new_key_pair
+
+from node.p2p import P2PHost, P2PStream
+from node.swarmkey import SwarmKey
+from protocols.errors import StreamClosedError
+from tests.integration.harness import wait_until
+
+ECHO = "/test/echo/1"
+DIGEST = "/test/digest/1"
+YAMUX_LOG = "libp2p.stream_muxer.yamux.yamux"
+
+
+def host(key: SwarmKey) -> P2PHost:
+    return P2PHost(create_new_key_pair(), swarm_key=key, shutdown_timeout_s=2.0)
+
+
+async def read_exactly(stream: P2PStream, n: int, chunk: int) -> bytes:
+    out = bytearray()
+    while len(out) < n:
+        data = await stream.read(min(chunk, n - len(out)))
+        assert data, f"the stream ended after {len(out)} of {n} bytes"
+        out += data
+    return bytes(out)
+
+
+async def echo(stream: P2PStream) -> None:
+    while data := await stream.read(65536):
+        await stream.write(data)
+    await stream.close()
+
+
+async def digest(stream: P2PStream) -> None:
+    """Reads 8 bytes of length, then that many bytes in small pieces; answers their SHA-256
+    and then sends the same number of bytes back."""
+    n = int.from_bytes(await read_exactly(stream, 8, 8), "big")
+    data = await read_exactly(stream, n, 1000)
+    await stream.write(hashlib.sha256(data).digest())
+    for i in range(0, n, 100_000):
+        await stream.write(data[i : i + 100_000])
+    await stream.close()
+
+
+@asynccontextmanager
+async def pair(
+    handlers: dict[str, Callable[[P2PStream], Awaitable[None]]],
+) -> AsyncIterator[tuple[P2PHost, P2PHost]]:
+    key = SwarmKey.generate()
+    a, b = host(key), host(key)
+    for protocol, handler in handlers.items():
+        b.set_handler(protocol, handler)
+    async with a.run(["/ip4/127.0.0.1/tcp/0"]), b.run(["/ip4/127.0.0.1/tcp/0"]):
+        await a.connect_addr(b.addrs()[0])
+        yield a, b
+
+
+async def test_small_exchanges_send_no_window_update(caplog: pytest.LogCaptureFixture) -> None:
+    with trio.fail_after(30):
+        async with pair({ECHO: echo}) as (a, b):
+            with caplog.at_level(logging.DEBUG, logger=YAMUX_LOG):
+                for i in range(20):
+                    stream = await a.open_stream(b.peer_id, ECHO)
+                    for _ in range(5):
+                        await stream.write(b"x" * (i + 1) * 100)
+                        assert await read_exactly(stream, (i + 1) * 100, 65536) == b"x" * (
+                            (i + 1) * 100
+                        )
+                    await stream.close()
+    sent = [r.getMessage() for r in caplog.records if "YAMUX TX" in r.getMessage()]
+    assert sent, "the yamux log did not show the frames sent"
+    updates = [m for m in sent if "type=WINDOW_UPDATE flags=0 " in m]
+    assert updates == []
+
+
+async def test_transfers_of_many_windows_flow_both_ways() -> None:
+    size = 3 * 1024 * 1024 + 17  # twelve 256 KiB windows and a bit
+    data = bytes(i % 251 for i in range(size))
+    with trio.fail_after(60):
+        async with pair({DIGEST: digest}) as (a, b):
+            stream = await a.open_stream(b.peer_id, DIGEST)
+            await stream.write(size.to_bytes(8, "big"))
+            for i in range(0, size, 65536):
+                await stream.write(data[i : i + 65536])
+            assert await read_exactly(stream, 32, 32) == hashlib.sha256(data).digest()
+            assert await read_exactly(stream, size, 777) == data
+            assert await stream.read(1) == b""
+
+
+async def test_a_protocol_the_peer_does_not_speak_fails_the_first_read() -> None:
+    with trio.fail_after(30):
+        async with pair({ECHO: echo}) as (a, b):
+            stream = await a.open_stream(b.peer_id, "/test/unknown/1")
+            await stream.write(b"hello")
+            with pytest.raises(StreamClosedError, match="/test/unknown/1"):
+                await stream.read(100)
+            # the connection still serves the protocols the peer speaks
+            stream = await a.open_stream(b.peer_id, ECHO)
+            await stream.write(b"hi")
+            assert await read_exactly(stream, 2, 10) == b"hi"
+
+
+async def test_a_host_without_graceful_shutdown_closes_its_connections_at_once() -> None:
+    """What the CLI's client does after its answer: the peer sees the connection end, and
+    the next client (the same identity, as a CLI's next command) is served."""
+    key = SwarmKey.generate()
+    server = host(key)
+    server.set_handler(ECHO, echo)
+    client_key = create_new_key_pair()
+    with trio.fail_after(30):
+        async with server.run(["/ip4/127.0.0.1/tcp/0"]):
+            for _ in range(3):
+                client = P2PHost(client_key, swarm_key=key, graceful_shutdown=False)
+                async with client.run(["/ip4/127.0.0.1/tcp/0"]):
+                    await client.connect_addr(server.addrs()[0])
+                    stream = await client.open_stream(server.peer_id, ECHO)
+                    await stream.write(b"ping")
+                    assert await read_exactly(stream, 4, 10) == b"ping"
+                    await stream.close()
+                assert not client.connected_peers()
+                await wait_until(
+                    lambda c=client: c.peer_id not in server.connected_peers(),
+                    what="the server to see the client's connection end",
+                )
