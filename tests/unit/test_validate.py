@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import resource
 import subprocess
 import sys
 from pathlib import Path
@@ -131,7 +132,13 @@ def _parse_in_worker(data: bytes, source: str) -> dict[str, Any]:
     """One request through the parse worker's loop (what a node's parse pool runs)."""
     header = json.dumps({"source": source, "limits": ParseLimits().model_dump()}).encode()
     replies = io.BytesIO()
-    assert serve(io.BytesIO(frame(header) + frame(data)), replies) == 0
+    # the worker's loop limits its own process's CPU time (RLIMIT_CPU, a budget per parse):
+    # here that process is the test run's, which must not be killed minutes later
+    cpu_limit = resource.getrlimit(resource.RLIMIT_CPU)
+    try:
+        assert serve(io.BytesIO(frame(header) + frame(data)), replies) == 0
+    finally:
+        resource.setrlimit(resource.RLIMIT_CPU, cpu_limit)
     replies.seek(0)
     reply = read_frame(replies, 1 << 20)
     assert reply is not None
