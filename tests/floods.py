@@ -12,7 +12,8 @@ It prints one JSON line: what was attempted, accepted and refused. Kinds:
 - ``idle``: 4 keys, each opening 800 discovery streams and leaving them idle (negotiated,
   no frame), then one key opening 2,000 more;
 - ``trickle``: 16 keys x 32 streams, each announcing a frame of 4 MiB (the largest allowed)
-  and then trickling 64 KiB every 50 ms;
+  and then trickling 64 KiB every 50 ms; a stream the node resets or refuses is opened
+  again until the flood ends;
 - ``connections``: 400 keys, each connecting and staying (no streams);
 - ``garbage``: one key sending a garbage frame on a new stream, again and again (and trying
   to come back once it is banned).
@@ -122,20 +123,25 @@ class Flood:
 
     async def trickle(self, scale: float) -> None:
         async def stream_trickle(host: P2PHost) -> None:
-            stream = await self.open(host)
-            if stream is None:
-                return
-            try:
-                await stream.write(encode_uvarint(MAX_FRAME))
-                sent = 0
-                while trio.current_time() < self.deadline and sent < MAX_FRAME - CHUNK:
-                    await stream.write(b" " * CHUNK)
-                    sent += CHUNK
+            # as an attacker would: a stream the node resets (or refuses) is opened again,
+            # until the flood's end
+            while trio.current_time() < self.deadline:
+                stream = await self.open(host)
+                if stream is None:
+                    await trio.sleep(0.2)
+                    continue
+                try:
+                    await stream.write(encode_uvarint(MAX_FRAME))
+                    sent = 0
+                    while trio.current_time() < self.deadline and sent < MAX_FRAME - CHUNK:
+                        await stream.write(b" " * CHUNK)
+                        sent += CHUNK
+                        await trio.sleep(0.05)
+                    # (a write to a stream the node reset does not fail on yamux)
+                    self.counts["trickles written to the end"] += 1
+                except ProtocolError:
+                    self.counts["trickles reset by the node"] += 1
                     await trio.sleep(0.05)
-                # (a write to a stream the node reset does not fail on yamux)
-                self.counts["trickles written to the end"] += 1
-            except ProtocolError:
-                self.counts["trickles reset by the node"] += 1
 
         async def many(host: P2PHost, n: int) -> None:
             async with trio.open_nursery() as nursery:

@@ -43,13 +43,19 @@ class InboundConnections:
     When they are all taken, a newcomer does not simply get refused: the oldest connection
     that has been idle (no stream open) for ``idle_grace_s`` is closed to make room. A crowd
     of keys that connect and sit there therefore cannot keep an honest client out; one that
-    keeps streams open is bounded by the stream limits (node/p2p/guard.py)."""
+    keeps streams open is bounded by the stream limits (node/p2p/guard.py).
+
+    The grace is short (0.5 s): it only has to cover a new connection's first stream, which
+    a client or peer opens within milliseconds of its handshake; with 5 s, 400 keys that
+    connected at once kept every newcomer out for their first 5 s (an honest client's
+    ``info`` failed meanwhile). An honest peer evicted while idle redials when it next
+    needs the node."""
 
     def __init__(
         self,
         limiter: trio.CapacityLimiter,
         *,
-        idle_grace_s: float = 5.0,
+        idle_grace_s: float = 0.5,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.limiter = limiter

@@ -161,10 +161,13 @@ def test_unknown_tool_fails_naming_it(swarm: Swarm, tmp_path: Path) -> None:
     wf.write_text(
         "id: unknown-tool\nsteps:\n  - name: x\n    tool: image.resize\n"
         "    inputs: [{name: path, value: a.png}]\n"
+        # no node offers it: the step waits this long for one to appear (default 300 s)
+        "    wait_for_provider: 2s\n"
     )
     out = swarm.local.cli("submit", str(wf), "--home", str(swarm.none.home), "--wait")
     assert out.returncode != 0
     assert "image.resize" in out.stderr and "Traceback" not in out.stderr
+    assert "waited 2s for a node offering it to appear" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 
