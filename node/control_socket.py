@@ -234,18 +234,20 @@ class ControlSocket:
 
     async def _listen(self) -> trio.SocketListener | None:
         path = self.path
-        if not _clear_stale(path):
+        if not clear_stale(path):
             return None
         sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        bound = False
         try:
             await sock.bind(str(path))
+            bound = True
             # before listen(): until then nobody can connect, whatever the umask gave it
             os.chmod(path, 0o600)
             sock.listen(min(128, self.max_connections or 128))
         except OSError as exc:
             sock.close()
-            with contextlib.suppress(OSError):
-                if stat.S_ISSOCK(os.lstat(path).st_mode):
+            if bound:  # (only the file this made)
+                with contextlib.suppress(OSError):
                     os.unlink(path)
             log.warning(
                 "no local control socket at %s (%s): the CLI uses libp2p", path, exc.strerror
@@ -297,7 +299,7 @@ class ControlSocket:
             await stream.close()
 
 
-def _clear_stale(path: Path) -> bool:
+def clear_stale(path: Path) -> bool:
     """Make way for the socket at ``path``: remove a socket file left by a node that is
     gone (nobody accepts on it). False (and one log line) if something else is there, or
     a live node answers on it."""

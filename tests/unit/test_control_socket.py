@@ -19,6 +19,7 @@ from node.control_socket import (
     MAX_SOCKET_PATH,
     PeerCred,
     PendingBudget,
+    clear_stale,
     parse_peercred,
     peer_cred,
     refusal,
@@ -69,6 +70,22 @@ def test_pending_bytes_are_bounded_together_and_given_back() -> None:
     assert budget.charge(-100) and budget.held == 0
     unbounded = PendingBudget(None)
     assert unbounded.charge(10**12)
+
+
+def test_only_a_socket_nobody_accepts_on_is_cleared(tmp_path: Path) -> None:
+    path = tmp_path / "control.sock"
+    assert clear_stale(path)  # nothing there
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    assert clear_stale(path) and not path.exists()
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as live:
+        live.bind(str(path))
+        live.listen(1)
+        assert not clear_stale(path) and path.exists()  # a live node's: left alone
+    path.unlink()
+    path.write_text("mine")
+    assert not clear_stale(path) and path.read_text() == "mine"
 
 
 def _runtime(home: Home, **info: object) -> None:
