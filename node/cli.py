@@ -792,7 +792,7 @@ def _print_handoffs(entries: list[Any], as_json: bool, *, empty: str, verb: str 
 def _tool_catalog(home: Path | None, node: str | None, local_only: bool) -> tuple[Any, str]:
     """The tools to check steps against, and a note saying where they come from: the
     swarm's, as the node (``--node``, else the home's) sees them, or else this machine's
-    installed tools (asking a node imports libp2p: only when there is one to ask)."""
+    installed tools (a node is asked only when there is one to ask)."""
     from workflows.dsl import ToolCatalog
     from workflows.tools import ToolRegistry
 
