@@ -10,7 +10,8 @@ each once over the socket and once over libp2p, alternating which goes first (th
 machine's speed drifts). Printed: p50 and p90 of each command's wall time per path, the
 ratio, and the CLI's import time on each path (``python -X importtime``: the sum of the
 top-level imports of a ``status`` run, the median of ``--import-runs``). The interpreter's
-own start (``python -c pass``) is printed as the floor.
+own start (``python -c pass``) is printed as the floor, and the machine's load before and
+after (the target is for an idle machine; a busy one is flagged).
 
     .venv/bin/python scripts/bench/cli.py [--runs 20] [--import-runs 5]
 """
@@ -93,6 +94,7 @@ def main() -> None:
     from node.localswarm import LocalSwarm, cli_command
 
     hivemesh = cli_command()
+    load_before = os.getloadavg()[0]
     with (
         tempfile.TemporaryDirectory(prefix="hm-cli-") as tmp,
         LocalSwarm(Path(tmp), num_cpus=1) as local,
@@ -151,6 +153,13 @@ def main() -> None:
             f"  (libp2p imported: {'yes' if loaded[p] else 'no'})"
         )
     print(f"  python -c pass (the interpreter's start, whole process): {min(floor):.3f} s")
+    load_after = os.getloadavg()[0]
+    cores = os.cpu_count() or 1
+    busy = max(load_before, load_after) > cores / 2
+    print(
+        f"  machine load (1-min average) {load_before:.1f} before, {load_after:.1f} after, "
+        f"{cores} cores" + (": NOT idle, figures are inflated" if busy else "")
+    )
     best = pct(walls[("submit --wait", "socket")], 0.5)
     worst = pct(walls[("submit --wait", "socket")], 0.9)
     verdict = "met" if worst < TARGET_S else "met at p50 only" if best < TARGET_S else "MISSED"
