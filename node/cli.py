@@ -87,9 +87,7 @@ def _emit(as_json: bool, data: Any, human: Callable[[], None]) -> None:
 
 def _call(home: Path | None, node: str | None, message: Any, timeout_s: float | None = 30.0) -> Any:
     from node.client import call
-    from node.p2p import quiet_libp2p_logging
 
-    quiet_libp2p_logging()  # again: importing libp2p resets its loggers
     swarm_key = click.get_current_context().meta.get("hivemesh.swarm_key")
     return call(_home(home), node, message, timeout_s=timeout_s, swarm_key_file=swarm_key)
 
@@ -398,11 +396,9 @@ def _watch(
     lines (JSON lines with ``as_json``). Returns its ``workflow_finished`` event and, if
     ``then_result``, its ``result``. Ctrl-C detaches (the workflow goes on)."""
     from node.client import ask, run, watch
-    from node.p2p import quiet_libp2p_logging
     from node.watch_view import JsonView, PlainView, TableView
     from protocols import control
 
-    quiet_libp2p_logging()
     swarm_key = click.get_current_context().meta.get("hivemesh.swarm_key")
     table = not as_json and sys.stdout.isatty()
 
@@ -796,7 +792,7 @@ def _print_handoffs(entries: list[Any], as_json: bool, *, empty: str, verb: str 
 def _tool_catalog(home: Path | None, node: str | None, local_only: bool) -> tuple[Any, str]:
     """The tools to check steps against, and a note saying where they come from: the
     swarm's, as the node (``--node``, else the home's) sees them, or else this machine's
-    installed tools (asking a node imports libp2p: only when there is one to ask)."""
+    installed tools (a node is asked only when there is one to ask)."""
     from workflows.dsl import ToolCatalog
     from workflows.tools import ToolRegistry
 

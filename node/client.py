@@ -1,16 +1,24 @@
-"""A control-protocol client: what the CLI uses to talk to a node."""
+"""A control-protocol client: what the CLI uses to talk to a node.
+
+Two ways to a node: libp2p (any node: ``--node ADDR``, or the home's), and, for the node
+running from the CLI's own home, its local control socket (node.control_socket: no Noise
+handshake, no libp2p import). :func:`run` takes the socket when it can and libp2p
+otherwise; ``HIVEMESH_CLIENT_VIA=libp2p`` forces libp2p, ``=socket`` the socket.
+
+libp2p (and the config's models) are imported only on the libp2p path.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import trio
-from libp2p.crypto.keys import KeyPair
 
-from node.config import load_config
+from node.control_socket import LocalStream, socket_path
 from node.errors import (
     NoAnswerError,
     NodeError,
@@ -21,15 +29,30 @@ from node.errors import (
 )
 from node.home import Home, SwarmMembership
 from node.home_lock import lock_holder, start_hint
-from node.p2p import P2PHost, split_p2p_addr
-from node.p2p.pnet import KEYED_PEER, NO_KEY
 from node.swarmkey import SwarmKey
 from protocols import control
 from protocols.errors import PeerErrorResponse, ProtocolError, ProtocolTimeoutError
-from protocols.stream import MessageStream
+from protocols.stream import ByteStream, MessageStream
+
+if TYPE_CHECKING:
+    from libp2p.crypto.keys import KeyPair
+
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
+
+VIA_ENV = "HIVEMESH_CLIENT_VIA"
+VIA_CHOICES = ("auto", "socket", "libp2p")
+
+
+class ControlHost(Protocol):
+    """What :func:`ask` and :func:`watch` need of the way to a node: a libp2p host
+    (node.p2p.P2PHost) or the home's control socket (:class:`LocalControl`)."""
+
+    async def open_stream(self, peer_id: str, protocol: str) -> ByteStream: ...
+
+    def is_connected(self, peer_id: str) -> bool: ...
+
 
 # a watch with no frame for this long is dead: a node heartbeats at most every 60 s
 WATCH_IDLE_S = 130.0
@@ -39,6 +62,8 @@ WATCH_RECONNECTS = 5
 def resolve_node_addr(home: Home, node: str | None) -> str:
     """The node to talk to: ``--node`` if given, else the node running from ``home``."""
     if node:
+        from node.p2p import split_p2p_addr
+
         try:
             split_p2p_addr(node)
         except ValueError as exc:
@@ -77,7 +102,7 @@ async def request(
     ``timeout_s=None`` waits as long as the node keeps the stream open (``result --wait``).
     """
 
-    async def one(host: P2PHost, peer_id: str) -> Any:
+    async def one(host: ControlHost, peer_id: str) -> Any:
         return await ask(host, peer_id, message, timeout_s)
 
     return await session(key, node_addr, one, swarm_key=swarm_key, dial_timeout_s=dial_timeout_s)
@@ -86,12 +111,14 @@ async def request(
 async def session(
     key: KeyPair,
     node_addr: str,
-    work: Callable[[P2PHost, str], Awaitable[T]],
+    work: Callable[[ControlHost, str], Awaitable[T]],
     *,
     swarm_key: SwarmKey | None = None,
     dial_timeout_s: float = 5.0,
 ) -> T:
     """Run ``work(host, peer_id)`` with a client host connected to the node."""
+    from node.p2p import P2PHost
+
     host = P2PHost(
         key,
         swarm_key=swarm_key,
@@ -114,7 +141,7 @@ async def session(
     return reply
 
 
-async def ask(host: P2PHost, peer_id: str, message: Any, timeout_s: float | None) -> Any:
+async def ask(host: ControlHost, peer_id: str, message: Any, timeout_s: float | None) -> Any:
     """One request on a new stream; its response (``heartbeat`` frames are skipped)."""
     stream = await host.open_stream(peer_id, control.PROTOCOL_ID)
     ms = MessageStream(stream, control.RESPONSE_CODEC)
@@ -144,7 +171,7 @@ def _refused(exc: PeerErrorResponse) -> NodeError:
 
 
 async def watch(
-    host: P2PHost,
+    host: ControlHost,
     peer_id: str,
     workflow_id: str,
     on_frame: Callable[[Any], None],
@@ -205,6 +232,8 @@ def client_swarm(home: Home, node: str | None, swarm_key_file: Path | None) -> S
             if recorded is None:
                 return SwarmMembership(None, None)
             return SwarmMembership(SwarmKey.load(Path(recorded)), Path(recorded))
+    from node.config import load_config
+
     config = load_config(config_file=home.config_file)
     if config.swarm.open:
         return SwarmMembership(None, None)
@@ -216,6 +245,8 @@ def client_swarm(home: Home, node: str | None, swarm_key_file: Path | None) -> S
 
 def explain_refusal(addr: str, reason: str, swarm: SwarmMembership) -> str:
     """One line for a user whose command reached a node of another swarm."""
+    from node.p2p.pnet import KEYED_PEER, NO_KEY
+
     if swarm.key is None:
         what = (
             "is in a private swarm"
@@ -238,6 +269,90 @@ def explain_refusal(addr: str, reason: str, swarm: SwarmMembership) -> str:
     )
 
 
+# -- the local control socket -------------------------------------------------------------
+
+
+class LocalControl:
+    """The node of the CLI's home, reached on its control socket: a :class:`ControlHost`.
+
+    Every :meth:`open_stream` is a new connection (one control stream each); the first one
+    is made by :meth:`connect`, which is how a node that does not answer is told apart
+    before anything is sent (the caller may then take libp2p instead)."""
+
+    def __init__(self, path: Path, first: trio.SocketStream | None = None) -> None:
+        self.path = path
+        self._first = first
+
+    @classmethod
+    async def connect(cls, path: Path) -> LocalControl:
+        """OSError if nobody accepts on ``path`` (no file, a stale file, not a socket)."""
+        return cls(path, await trio.open_unix_socket(str(path)))
+
+    async def open_stream(self, peer_id: str, protocol: str) -> ByteStream:
+        if protocol != control.PROTOCOL_ID:  # (no negotiation: the node's own version)
+            raise ValueError(f"the local control socket speaks {control.PROTOCOL_ID} only")
+        first, self._first = self._first, None
+        if first is not None:
+            return LocalStream(first, peer_id)
+        try:
+            return LocalStream(await trio.open_unix_socket(str(self.path)), peer_id)
+        except OSError as exc:
+            raise NodeUnreachableError(
+                f"the node's control socket {self.path} does not answer: {exc.strerror}"
+            ) from None
+
+    def is_connected(self, peer_id: str) -> bool:
+        return self.path.exists()
+
+    async def aclose(self) -> None:
+        first, self._first = self._first, None
+        if first is not None:
+            await first.aclose()
+
+
+def client_via() -> str:
+    """``HIVEMESH_CLIENT_VIA``: ``auto`` (the default), ``socket`` or ``libp2p``."""
+    via = os.environ.get(VIA_ENV, "auto").strip().lower() or "auto"
+    if via not in VIA_CHOICES:
+        raise NodeUnreachableError(f"{VIA_ENV}={via!r} is not one of {', '.join(VIA_CHOICES)}")
+    return via
+
+
+def local_socket(home: Home) -> tuple[Path, str] | None:
+    """The control socket of the node running from ``home``, with its peer id, if that
+    node serves one in this client's protocol version; else None (use libp2p)."""
+    path = socket_path(home.path)
+    if path is None:
+        return None
+    try:
+        info = home.read_runtime()
+    except NodeError:
+        return None
+    if not info or info.get("control_socket") != str(path):
+        return None
+    if info.get("control_protocol") != control.PROTOCOL_ID:
+        return None  # another version: libp2p negotiates one both speak
+    return path, str(info.get("peer_id") or "the local node")
+
+
+class _SocketUnavailable(Exception):
+    """Nobody accepted on the control socket: nothing was sent."""
+
+
+async def local_session(
+    path: Path, peer_id: str, work: Callable[[ControlHost, str], Awaitable[T]]
+) -> T:
+    """Run ``work(host, peer_id)`` over the control socket at ``path``."""
+    try:
+        local = await LocalControl.connect(path)
+    except OSError as exc:
+        raise _SocketUnavailable(exc.strerror or str(exc)) from None
+    try:
+        return await work(local, peer_id)
+    finally:
+        await local.aclose()
+
+
 def call(
     home: Home,
     node: str | None,
@@ -248,7 +363,7 @@ def call(
 ) -> Any:
     """Synchronous wrapper for the CLI."""
 
-    async def one(host: P2PHost, peer_id: str) -> Any:
+    async def one(host: ControlHost, peer_id: str) -> Any:
         return await ask(host, peer_id, message, timeout_s)
 
     return run(home, node, one, swarm_key_file=swarm_key_file)
@@ -257,11 +372,46 @@ def call(
 def run(
     home: Home,
     node: str | None,
-    work: Callable[[P2PHost, str], Awaitable[T]],
+    work: Callable[[ControlHost, str], Awaitable[T]],
     *,
     swarm_key_file: Path | None = None,
 ) -> T:
-    """Run ``work(host, peer_id)`` against the node (``--node``, or the home's), for the CLI."""
+    """Run ``work(host, peer_id)`` against the node (``--node``, or the home's), for the CLI:
+    the home's node on its control socket if it answers there (see :func:`client_via`),
+    else over libp2p."""
+    via = client_via()
+    if node is None and via != "libp2p":
+        local = local_socket(home)
+        if local is not None:
+            path, peer_id = local
+            try:
+                return trio.run(local_session, path, peer_id, work)
+            except _SocketUnavailable as exc:
+                if via == "socket":
+                    raise NodeUnreachableError(
+                        f"the node's control socket {path} does not answer ({exc})"
+                    ) from None
+                log.debug("control socket %s: %s; using libp2p", path, exc)
+        elif via == "socket":
+            raise NodeUnreachableError(
+                f"no node serves a control socket in {home.path} "
+                f"({VIA_ENV}=socket; unset it to use libp2p)"
+            )
+    elif via == "socket":
+        raise NodeUnreachableError(f"--node is reached over libp2p only (unset {VIA_ENV})")
+    return _run_libp2p(home, node, work, swarm_key_file=swarm_key_file)
+
+
+def _run_libp2p(
+    home: Home,
+    node: str | None,
+    work: Callable[[ControlHost, str], Awaitable[T]],
+    *,
+    swarm_key_file: Path | None = None,
+) -> T:
+    from node.p2p import quiet_libp2p_logging
+
+    quiet_libp2p_logging()  # (again: importing libp2p resets its loggers)
     addr = resolve_node_addr(home, node)
     swarm = client_swarm(home, node, swarm_key_file)
     key = home.load_client_key(create=node is not None)

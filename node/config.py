@@ -216,6 +216,9 @@ class ControlConfig(_Section):
     watch_queue: int = Field(default=256, ge=1, le=100_000)
     # a watcher that does not take a frame within this long is cut off
     watch_write_timeout_s: float = Field(default=10.0, gt=0, le=600)
+    # the local control endpoint HOME/control.sock (node.control_socket): this user's CLI
+    # without libp2p
+    local_socket: bool = True
 
     _lists = field_validator("allowed_clients", mode="before")(_split_list)
 
@@ -421,6 +424,7 @@ control:
   watch_workflows_kept: 256  # workflows whose events are kept
   watch_queue: 256         # events queued for one watcher; beyond, it is cut off (lagged)
   watch_write_timeout_s: 10  # a watcher that takes no frame for this long is cut off
+  local_socket: true       # also serve this user's CLI on HOME/control.sock (no libp2p)
 workflow_files:            # bounds of reading a workflow file sent to this node (and the CLI's)
   max_bytes: 1048576       # the file
   max_depth: 64            # nesting of lists and mappings

@@ -19,7 +19,7 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import trio
 
@@ -27,7 +27,7 @@ from node.config import ControlConfig, NetworkConfig, WorkflowFilesConfig
 from node.errors import ParserBusyError, ParseWorkerError
 from node.handoff.journal import AsyncHandoffJournal, JournalError
 from node.handoff.server import HandoffServer, JobInfo
-from node.p2p import P2PHost, P2PStream
+from node.p2p import P2PHost
 from node.parse_pool import ParsePool
 from node.progress import ProgressHub
 from node.registry import PeerRegistry, PeerState
@@ -36,7 +36,7 @@ from node.workflow_service import WorkflowService, WorkflowView
 from protocols import control, logsafe
 from protocols.errors import ProtocolError
 from protocols.framing import encode_frame
-from protocols.stream import MessageStream
+from protocols.stream import ByteStream, MessageStream
 from protocols.versioning import dump_for, parse_version, version_of
 from workflows.dsl import WorkflowSpec
 from workflows.engine.storage import StorageError
@@ -52,6 +52,13 @@ class _NotFound(Exception):
 
 class _CreationFailed(Exception):
     """A workflow accepted with ``PENDING`` could not be created (wire code ``internal``)."""
+
+
+class ControlStream(ByteStream, Protocol):
+    """A control stream, from libp2p (node.p2p.P2PStream) or from the local control socket
+    (node.control_socket.LocalStream): bytes, and the client identity on the other end."""
+
+    remote_peer: str
 
 
 _FAILED_KEPT = 256  # failed creations remembered, for the clients that were told PENDING
@@ -124,29 +131,37 @@ class ControlService:
     def authorised(self, peer: str) -> bool:
         return self.allow_any or peer in self.allowed
 
-    async def handle(self, stream: P2PStream) -> None:
+    async def handle(self, stream: ControlStream) -> None:
+        """Serve one control stream of the current version (libp2p's, or a connection of
+        the local control socket)."""
         await self._serve(stream, version_of(control.PROTOCOL_ID))
 
-    def legacy_handler(self, protocol_id: str) -> Callable[[P2PStream], Awaitable[None]]:
+    def legacy_handler(self, protocol_id: str) -> Callable[[ControlStream], Awaitable[None]]:
         """A handler for an older minor version of the protocol (docs/protocols.md §3.1)."""
         version = version_of(protocol_id)
 
-        async def handle(stream: P2PStream) -> None:
+        async def handle(stream: ControlStream) -> None:
             await self._serve(stream, version)
 
         return handle
 
-    async def _serve(self, stream: P2PStream, version: str) -> None:
+    async def refuse(self, stream: ControlStream, why: str) -> None:
+        """Answer a client that may not use this node with ``unauthorised``, before reading
+        its request, and close the stream (docs/protocols.md §10.1)."""
         ms = MessageStream(stream, control.REQUEST_CODEC, limits=self.network.frame_limits())
+        await ms.send_error("unauthorised", why)
+        await ms.close()
+
+    async def _serve(self, stream: ControlStream, version: str) -> None:
         if not self.authorised(stream.remote_peer):
             log.warning("refused control request from unauthorised peer %s", stream.remote_peer)
-            await ms.send_error(
-                "unauthorised",
+            await self.refuse(
+                stream,
                 f"client key {stream.remote_peer} is not authorised on this node "
                 "(use the client.key of the node's home, or add it to control.allowed_clients)",
             )
-            await ms.close()
             return
+        ms = MessageStream(stream, control.REQUEST_CODEC, limits=self.network.frame_limits())
         try:
             request = await ms.receive_within(self.network.request_timeout_s)
         except ProtocolError as exc:

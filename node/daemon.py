@@ -22,6 +22,7 @@ import trio
 from node import identity
 from node.config import NodeConfig, RayConfig
 from node.control import ControlService
+from node.control_socket import ControlSocket, socket_path
 from node.discovery import DiscoveryService
 from node.errors import ConfigError, HomeError
 from node.executor import SwarmExecutor
@@ -240,6 +241,8 @@ class Node:
             workflow_files=config.workflow_files,
             progress=self.progress,
         )
+        # the local control endpoint: the same handler, for this user's processes
+        self.control_socket = self._control_socket(owner_client)
         # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
         self.host.set_handler(
             discovery.PROTOCOL_ID, self.discovery.handle, timeout_s=net.request_timeout_s * 2
@@ -254,6 +257,29 @@ class Node:
         self.host.set_handler(control.PROTOCOL_ID, self.control.handle)
         for legacy in control.LEGACY_PROTOCOL_IDS:
             self.host.set_handler(legacy, self.control.legacy_handler(legacy))
+
+    def _control_socket(self, owner_client: str) -> ControlSocket | None:
+        if not self.config.control.local_socket:
+            return None
+        path = socket_path(self.home.path)
+        if path is None:
+            log.warning(
+                "no local control socket: the home path %s is too long for a Unix socket; "
+                "the CLI uses libp2p",
+                self.home.path,
+            )
+            return None
+        net = self.config.network
+        guarded = net.flood_guard
+        return ControlSocket(
+            path,
+            self.control.handle,
+            self.control.refuse,
+            client_peer=owner_client,  # what the home's CLI is on libp2p too
+            max_connections=net.max_streams_per_peer if guarded else None,
+            max_pending_bytes=net.max_pending_bytes_per_peer if guarded else None,
+            write_timeout_s=net.request_timeout_s,
+        )
 
     def card(self) -> discovery.NodeCard:
         """This node's card as peers get it (with its signed address record)."""
@@ -295,6 +321,9 @@ class Node:
                 await n.start(self.workflows.serve)
                 await n.start(self.control.serve)  # (its parse workers, and submits' creations)
                 await n.start(self.discovery.serve)
+                local = None
+                if self.control_socket is not None:
+                    local = await n.start(self.control_socket.serve)
                 self.executor.joined.set()  # bootstrap done: resumed steps may place now
                 info: dict[str, Any] = {
                     "peer_id": self.peer_id,
@@ -308,6 +337,9 @@ class Node:
                         str(self.swarm.key_file) if self.swarm.key_file is not None else None
                     ),
                     "swarm": self.swarm.describe(),
+                    # the local control endpoint (null: none), and the protocol it speaks
+                    "control_socket": str(local) if local is not None else None,
+                    "control_protocol": control.PROTOCOL_ID,
                 }
                 self._log_membership()
                 if net.remember_port:

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from node.config import SwarmConfig, default_config_yaml, read_config_file
 from node.errors import HomeError, SwarmKeyError
 from node.home_lock import HomeLock
 from node.swarmkey import SwarmKey
@@ -20,6 +19,7 @@ from node.swarmkey import SwarmKey
 if TYPE_CHECKING:
     from libp2p.crypto.keys import KeyPair
 
+    from node.config import SwarmConfig
     from node.p2p.listen import ListenSockets
 
 NODE_KEY = "node.key"
@@ -30,6 +30,7 @@ RUNTIME_FILE = "node.json"
 SWARM_KEY = "swarm.key"
 LISTEN_FILE = "listen.json"  # the ports the node listened on last time (Home.bind_listen)
 PEERS_FILE = "peers.json"  # the peers it knew (node.peerstore)
+CONTROL_SOCKET = "control.sock"  # the local control endpoint (node.control_socket)
 MAX_LISTEN_FILE_BYTES = 64 * 1024
 # What the workflow engine keeps in the home (workflows.engine.storage.Storage): checked before a
 # node starts, so that a home the node cannot write fails in milliseconds, not after Ray.
@@ -155,11 +156,16 @@ class Home:
         if not self.client_key.exists():
             _new_key(self.client_key)
         if not self.config_file.exists():
+            from node.config import default_config_yaml
+
             self.config_file.write_text(default_config_yaml(open_swarm=open_swarm))
         return created
 
     def _file_swarm_config(self) -> SwarmConfig:
         """The swarm section of the home's config file (defaults if it has none)."""
+        # (node.config is imported where it is used: the CLI's fast path reads no config)
+        from node.config import SwarmConfig, read_config_file
+
         if not self.config_file.exists():
             return SwarmConfig()
         section = read_config_file(self.config_file).get("swarm") or {}
@@ -169,6 +175,8 @@ class Home:
             raise HomeError(f"{self.config_file}: invalid swarm section: {exc}") from None
 
     def _record_open_swarm(self) -> None:
+        from node.config import read_config_file
+
         data = read_config_file(self.config_file)
         swarm = data.get("swarm")
         if isinstance(swarm, dict) and swarm.get("open") is True:
@@ -250,8 +258,9 @@ class Home:
         """Make the home ready for a node about to start, in milliseconds and before Ray:
         create the folder if missing, check that it is writable and that the journal files
         in it can be opened (:class:`HomeError`), take its lock (:class:`HomeLockedError` if
-        a node runs from it), and remove a ``node.json`` left by a node that is gone (the
-        lock was free, so whatever pid it names is not a node of this home)."""
+        a node runs from it), and remove a ``node.json`` and a ``control.sock`` left by a
+        node that is gone (the lock was free, so whatever pid it names is not a node of this
+        home)."""
         try:
             self.path.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as exc:
@@ -267,7 +276,11 @@ class Home:
                 stale = self.read_runtime()
             except HomeError:
                 stale = {}  # unreadable: stale all the same
-            for leftover in (self.runtime_file, self.runtime_file.with_suffix(".tmp")):
+            leftovers = [self.runtime_file, self.runtime_file.with_suffix(".tmp")]
+            sock = self.path / CONTROL_SOCKET
+            if sock.is_socket():  # (anything else there is left for the node to report)
+                leftovers.append(sock)
+            for leftover in leftovers:
                 try:
                     leftover.unlink(missing_ok=True)
                 except OSError as exc:
