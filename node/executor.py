@@ -38,7 +38,7 @@ from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.progress import ProgressHub
 from node.registry import PeerRegistry
-from node.scheduler import Candidate, Decision, Evidence, Policy, place, short
+from node.scheduler import Candidate, Decision, Evidence, Policy, explanation, place, short
 from node.slot_wait import SlotWaiters
 from protocols import handoff, logsafe
 from protocols.canonical import canonical_json
@@ -229,7 +229,7 @@ class SwarmExecutor:
                     reason=decision.reason if decision else None,
                 ) from None
             try:  # the decision holds a slot there: released when the step ends there
-                await placed(decision.node, decision.reason)
+                await placed(decision.node, decision.reason, explanation(decision))
                 if moved is not None:
                     again = moved[0] == "lost" and moved[1] == decision.node
                     self._note(
@@ -411,7 +411,9 @@ class SwarmExecutor:
                     first = chosen[0]
                     names = ", ".join(short(d.node) for d in chosen)
                     await placed(
-                        first.node, f"replicated on {len(chosen)} nodes ({names}); {first.reason}"
+                        first.node,
+                        f"replicated on {len(chosen)} nodes ({names}); {first.reason}",
+                        explanation(first),
                     )
             except BaseException:
                 for decision in chosen:

@@ -10,7 +10,8 @@ peer with a record is preferred to one without. A card claiming ``0/100000`` buy
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from node.errors import PlacementError
 
@@ -93,6 +94,12 @@ class Decision:
     reason: str
     busy: bool = False
     candidates: tuple[Scored, ...] = field(default=(), compare=False)
+
+
+def explanation(decision: Decision) -> dict[str, Any]:
+    """``decision``'s candidates as JSON (what is journaled with the step, and what control's
+    ``status`` with ``explain`` sends: docs/protocols.md, the ``placement`` of a step)."""
+    return {"candidates": [asdict(s) for s in decision.candidates]}
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ import trio
 
 
 class SlotWaiters:
-    def __init__(self, *, poll_s: float = 0.1, idle_s: float = 2.0) -> None:
+    def __init__(self, *, poll_s: float = 0.1, idle_s: float = 10.0) -> None:
         self.poll_s = poll_s
         self.idle_s = idle_s
         self._lines: dict[Hashable, deque[trio.Event]] = {}

@@ -1,6 +1,7 @@
 """A fan-out over several providers on real nodes (libp2p + journal + Ray in one trio run):
 every provider gets a share in proportion to its free capacity, none gets more of the
-delegator's steps at once than its capacity, and nothing fails or runs twice."""
+delegator's steps at once than its capacity, and nothing fails or runs twice; ``status`` with
+``explain`` (and ``hivemesh status --explain``) shows each step's candidates and scores."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ from pathlib import Path
 
 import pytest
 import trio
+from click.testing import CliRunner
 
-from tests.integration.harness import launch, make_node, wait_until
+from node.cli import main
+from node.scheduler import short
+from protocols import control
+from protocols.versioning import dump_for
+from tests.integration.harness import launch, make_node, swarm_key_file, wait_until
 from workflows.dsl import parse_workflow
 from workflows.status import WorkflowStatus
 
@@ -68,4 +74,32 @@ async def test_a_fan_out_spreads_over_providers_in_proportion_to_capacity(tmp_pa
         # nothing failed or ran twice
         assert all(s.attempts == 1 for s in view.steps)
         assert small.handoff.started_jobs + big.handoff.started_jobs == STEPS
+
+        # status --explain: every step's candidates, the chosen one (where it ran) first
+        plain = await c.control.dispatch(control.StatusRequest(workflow_id=wid))
+        assert all(s.placement is None for s in plain.steps)  # only when asked
+        reply = await c.control.dispatch(control.StatusRequest(workflow_id=wid, explain=True))
+        for step in reply.steps:
+            assert step.placement is not None, step
+            first, other = step.placement.candidates
+            assert (first.node, first.note) == (step.node, "chosen")
+            assert {first.node, other.node} == {small.peer_id, big.peer_id}
+            assert other.note in ("free", "busy") and not first.local
+            assert first.est_ms is not None and first.capacity <= (
+                2 if first.node == small.peer_id else 6
+            )
+        assert any(s.placement and s.placement.candidates[0].done > 0 for s in reply.steps)
+        # a 0.3.0 client gets no member it does not know
+        assert all("placement" not in s for s in dump_for(reply, "0.3.0")["steps"])
+
+        # the CLI (in a thread: it runs its own trio loop)
+        args = ["status", wid, "--explain", "--home", str(tmp_path / "c")]
+        args += ["--node", c.host.addrs()[0], "--swarm-key", str(swarm_key_file(tmp_path))]
+        out = await trio.to_thread.run_sync(lambda: CliRunner().invoke(main, args))
+        assert out.exit_code == 0, out.output
+        lines = out.output.splitlines()
+        header = [i for i, line in enumerate(lines) if line.split()[:2] == ["candidate", "load"]]
+        assert len(header) == STEPS, out.output
+        row = lines[header[0] + 1].split()
+        assert row[0] in (short(small.peer_id), short(big.peer_id)) and row[-1] == "chosen"
         nursery.cancel_scope.cancel()
