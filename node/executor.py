@@ -39,7 +39,7 @@ from node.p2p import P2PHost
 from node.progress import ProgressHub
 from node.registry import PeerRegistry
 from node.scheduler import Candidate, Decision, Evidence, Policy, explanation, place, short
-from node.slot_wait import SlotWaiters
+from node.slot_wait import SlotWaiters, Ticket
 from protocols import handoff, logsafe
 from protocols.canonical import canonical_json
 from protocols.discovery import ToolCard
@@ -513,8 +513,8 @@ class SwarmExecutor:
             provider_deadline = max(provider_deadline, wait_until)
         started = now
         waiting: str | None = None
-        line = (request.tool, request.version, request.peers)
-        woken = False  # woken for a free slot: back to the front of the line if none
+        ticket: Ticket | None = None  # its place in line for a free slot, while it waits
+        took_slot = False
         try:
             while True:
                 candidates = self.candidates(request.tool, request.version, request.peers)
@@ -532,15 +532,15 @@ class SwarmExecutor:
                         )
                         if not decision.busy:
                             self._reserve(decision)  # no checkpoint since place(): no race
-                            if woken:
-                                self.slots.wake_next(line)  # more slots may be free
+                            took_slot = True
                             return decision
                         why = f"waiting: {decision.reason}"
                         if why != waiting:
                             waiting = why
                             self._waiting(request, why, level=logging.DEBUG)  # (a fan-out's)
-                        await self.slots.wait(line, front=woken)
-                        woken = True
+                        if ticket is None:
+                            ticket = self.slots.join((request.tool, request.version, request.peers))
+                        await self.slots.wait(ticket)
                         continue
                     except PlacementError as exc:
                         if not candidates:
@@ -563,8 +563,13 @@ class SwarmExecutor:
                 if why != waiting:
                     waiting = why
                     self._waiting(request, why)
+                if ticket is not None:  # (waiting for something else now)
+                    self.slots.leave(ticket, took_slot=False)
+                    ticket = None
                 await trio.sleep(PROVIDER_POLL_S)
         finally:
+            if ticket is not None:
+                self.slots.leave(ticket, took_slot=took_slot)
             if waiting is not None:
                 self._waiting(request, None)
 

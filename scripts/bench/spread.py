@@ -96,7 +96,16 @@ async def _measure(tmp: Path, args: argparse.Namespace) -> dict[str, Any]:
     logging.getLogger("node.executor").setLevel(logging.INFO)
     logging.getLogger("node.executor").propagate = False
     cpus = [int(x) for x in args.providers.split(",")]
-    spec = parse_workflow(fanout_yaml(args.steps, args.sleep))
+    from workflows.dsl import ParseLimits
+
+    limits = ParseLimits(
+        max_steps=100_000,
+        max_bytes=64 * 1024 * 1024,
+        max_nodes=10_000_000,
+        max_expanded_bytes=256 * 1024 * 1024,
+        timeout_s=600,
+    )
+    spec = parse_workflow(fanout_yaml(args.steps, args.sleep), limits=limits)
     rounds: list[dict[str, Any]] = []
     async with trio.open_nursery() as nursery:
         providers = []
