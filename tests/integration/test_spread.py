@@ -27,7 +27,7 @@ STEPS = 60
 
 def fan_out(n: int) -> str:
     steps = "".join(
-        f"  - name: s{i}\n    tool: util.sleep\n    inputs: [{{name: seconds, value: 0.02}}]\n"
+        f"  - name: s{i}\n    tool: util.sleep\n    inputs: [{{name: seconds, value: 0.05}}]\n"
         for i in range(n)
     )
     return f"id: fan\nsteps:\n{steps}"  # no outputs: the workflow waits for every step
@@ -61,6 +61,15 @@ async def test_a_fan_out_spreads_over_providers_in_proportion_to_capacity(tmp_pa
         async with trio.open_nursery() as sampler:
             sampler.start_soon(sample)
             wid, _ = await c.workflows.submit(parse_workflow(fan_out(STEPS)), {}, "fan-1")
+            # meanwhile the steps beyond the free slots wait, PENDING, and status says why
+            busy = "waiting: all providers of util.sleep busy ("
+            with trio.fail_after(30):
+                while True:
+                    now = await c.control.dispatch(control.StatusRequest(workflow_id=wid))
+                    pending = [s for s in now.steps if s.status == "PENDING"]
+                    if any((s.waiting or "").startswith(busy) for s in pending):
+                        break
+                    await trio.sleep(0.01)
             with trio.fail_after(120):
                 view = await c.workflows.wait(wid)
             sampler.cancel_scope.cancel()
