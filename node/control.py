@@ -415,6 +415,9 @@ class ControlService:
         explain: bool = False,
     ) -> control.WorkflowStatusReply:
         receipts = receipts or {}
+        # (bounded: the placements of the first MAX_EXPLAINED_STEPS steps that have one)
+        explained = [s.name for s in view.steps if s.placement][: control.MAX_EXPLAINED_STEPS]
+        explain_steps = set(explained) if explain else set()
         return control.WorkflowStatusReply(
             workflow_id=view.workflow_id,
             name=view.name,
@@ -437,7 +440,7 @@ class ControlService:
                     receipt=receipts.get((s.name, s.node or ""))
                     if s.status == "SUCCESSFUL"
                     else None,
-                    placement=_placement(s.placement) if explain else None,
+                    placement=_placement(s.placement) if s.name in explain_steps else None,
                 )
                 for s in view.steps
             ],

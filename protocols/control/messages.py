@@ -23,11 +23,14 @@ answers) and the heartbeats of a ``result`` wait."""
 EXPLAIN_VERSION = "0.4.0"
 """The version that added ``status``'s ``explain`` and a step's ``placement``."""
 MAX_PLACEMENT_CANDIDATES = 8
+MAX_EXPLAINED_STEPS = 1000
+"""A ``status`` with ``explain`` carries the ``placement`` of at most this many steps."""
 
 __all__ = [
     "CODEC",
     "EXPLAIN_VERSION",
     "LEGACY_PROTOCOL_IDS",
+    "MAX_EXPLAINED_STEPS",
     "MAX_PLACEMENT_CANDIDATES",
     "PROTOCOL_ID",
     "REQUEST_CODEC",
