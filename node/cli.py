@@ -499,7 +499,11 @@ def _print_result(result: Any, as_json: bool, *, full: bool) -> None:
 @main.command()
 @click.argument("workflow_id")
 @target_options
-@click.option("--explain", is_flag=True, help="Say why each step ran where it ran.")
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Say why each step ran where it ran: the reason, and the candidates with their scores.",
+)
 def status(
     workflow_id: str, home: Path | None, node: str | None, as_json: bool, explain: bool
 ) -> None:
@@ -507,7 +511,8 @@ def status(
     from node.scheduler import short
     from protocols import control
 
-    reply = _call(home, node, control.StatusRequest(workflow_id=workflow_id))
+    request = control.StatusRequest(workflow_id=workflow_id, explain=explain)
+    reply = _call(home, node, request)
     data: dict[str, Any] = {
         "workflow_id": reply.workflow_id,
         "status": reply.status,
@@ -521,6 +526,11 @@ def status(
                 **({"waiting": s.waiting} if s.waiting else {}),
                 **({"error": s.error} if s.error else {}),
                 **({"receipt": s.receipt} if s.receipt else {}),
+                **(
+                    {"placement": s.placement.model_dump(mode="json")}
+                    if explain and s.placement
+                    else {}
+                ),
             }
             for s in reply.steps
         ],
@@ -540,6 +550,9 @@ def status(
                 click.echo(f"  {'':<{width}}  {s.waiting}")
             if explain and s.reason:
                 click.echo(f"  {'':<{width}}  why: {s.reason}")
+            if explain and s.placement:
+                for line in placement_table(s.placement):
+                    click.echo(f"  {'':<{width}}    {line}")
             if explain and s.receipt:
                 r = s.receipt
                 click.echo(
@@ -552,6 +565,39 @@ def status(
                 click.echo(f"  {'':<{width}}  error: {s.error}")
 
     _emit(as_json, data, human)
+
+
+def placement_table(placement: Any) -> list[str]:
+    """A step's placement (control ``Placement``) as lines of a plain-text table: each
+    candidate with what placement believed of it, the chosen one first."""
+    from node.scheduler import short
+
+    def ms(value: float | None) -> str:
+        return "-" if value is None else f"{value:.0f}"
+
+    rows = [("candidate", "load", "done/failed", "run ms", "rtt ms", "est ms", "")]
+    for c in placement.candidates:
+        record = "-" if c.local else f"{c.done}/{c.failed}"
+        if c.recent_failures:
+            record += f" ({c.recent_failures} recent)"
+        rows.append(
+            (
+                "this node" if c.local else short(c.node),
+                f"{c.running}/{c.capacity}",
+                record,
+                ms(c.run_ms),
+                ms(c.rtt_ms),
+                ms(c.est_ms),
+                "".join(ch if ch.isprintable() else "?" for ch in " ".join(c.note.split())),
+            )
+        )
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    return [
+        (
+            "  ".join(f"{cell:<{w}}" for cell, w in zip(r[:-1], widths, strict=True)) + f"  {r[-1]}"
+        ).rstrip()
+        for r in rows
+    ]
 
 
 @main.command()

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import trio
+from pydantic import ValidationError
 
 from node.config import ControlConfig, NetworkConfig, WorkflowFilesConfig
 from node.errors import ParserBusyError, ParseWorkerError
@@ -224,7 +225,9 @@ class ControlService:
             if creation is not None:
                 return self._pending_status(creation)
             view = await self.workflows.view(request.workflow_id)
-            return self._status_reply(view, await self._receipts(view.workflow_id))
+            return self._status_reply(
+                view, await self._receipts(view.workflow_id), explain=request.explain
+            )
         if isinstance(request, control.ResultRequest):
             creation = self._pending(request.workflow_id)
             if creation is not None and not request.wait:
@@ -420,9 +423,16 @@ class ControlService:
         )
 
     def _status_reply(
-        self, view: Any, receipts: dict[tuple[str, str], dict[str, Any]] | None = None
+        self,
+        view: Any,
+        receipts: dict[tuple[str, str], dict[str, Any]] | None = None,
+        *,
+        explain: bool = False,
     ) -> control.WorkflowStatusReply:
         receipts = receipts or {}
+        # (bounded: the placements of the first MAX_EXPLAINED_STEPS steps that have one)
+        explained = [s.name for s in view.steps if s.placement][: control.MAX_EXPLAINED_STEPS]
+        explain_steps = set(explained) if explain else set()
         return control.WorkflowStatusReply(
             workflow_id=view.workflow_id,
             name=view.name,
@@ -445,6 +455,7 @@ class ControlService:
                     receipt=receipts.get((s.name, s.node or ""))
                     if s.status == "SUCCESSFUL"
                     else None,
+                    placement=_placement(s.placement) if s.name in explain_steps else None,
                 )
                 for s in view.steps
             ],
@@ -507,6 +518,17 @@ class ControlService:
             control.ToolEntry(name=name, version=version, **entry)
             for (name, version), entry in sorted(entries.items())
         ]
+
+
+def _placement(stored: dict[str, Any] | None) -> control.Placement | None:
+    """A step's journaled placement detail as sent: None if absent or not what this version
+    wrote (a journal is local, but it outlives versions)."""
+    if not stored:
+        return None
+    try:
+        return control.Placement.model_validate(stored)
+    except ValidationError:
+        return None
 
 
 def _summary(view: WorkflowView) -> control.WorkflowSummary:

@@ -208,6 +208,7 @@ class Node:
             policy=Policy(
                 unknown_capacity=placement.unknown_peer_capacity,
                 capacity_slack=placement.capacity_slack,
+                max_per_peer=config.handoff.max_inflight_per_peer,
             ),
             replicas=placement.replicas,
             progress=self.progress,

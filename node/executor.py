@@ -38,7 +38,8 @@ from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.progress import ProgressHub
 from node.registry import PeerRegistry
-from node.scheduler import Candidate, Decision, Evidence, Policy, place, short
+from node.scheduler import Candidate, Decision, Evidence, Policy, explanation, place, short
+from node.slot_wait import SlotWaiters, Ticket
 from protocols import handoff, logsafe
 from protocols.canonical import canonical_json
 from protocols.discovery import ToolCard
@@ -94,6 +95,8 @@ class SwarmExecutor:
         self.local_running = 0
         self._nursery: trio.Nursery | None = None
         self._gates: dict[str, trio.Semaphore] = {}  # per peer: steps in flight there
+        # steps waiting for a free slot at a provider of their tool (every one is full)
+        self.slots = SlotWaiters(poll_s=PROVIDER_POLL_S)
         self.progress = progress  # where steps' progress is reported (node.progress)
         self.routing = routing or RoutingConfig()
         self.on_waiting = on_waiting
@@ -225,20 +228,24 @@ class SwarmExecutor:
                     node=decision.node if decision else None,
                     reason=decision.reason if decision else None,
                 ) from None
-            await placed(decision.node, decision.reason)
-            if moved is not None:
-                again = moved[0] == "lost" and moved[1] == decision.node
-                self._note(
-                    request,
-                    "reattached" if again else "failed_over",
-                    node=decision.node,
-                    reason=(
-                        f"asking {short(decision.node)} again for the same attempt"
-                        if again
-                        else f"after {moved[0]} node {short(moved[1])}: {last_error}"
-                    ),
-                )
-                moved = None
+            try:  # the decision holds a slot there: released when the step ends there
+                await placed(decision.node, decision.reason, explanation(decision))
+                if moved is not None:
+                    again = moved[0] == "lost" and moved[1] == decision.node
+                    self._note(
+                        request,
+                        "reattached" if again else "failed_over",
+                        node=decision.node,
+                        reason=(
+                            f"asking {short(decision.node)} again for the same attempt"
+                            if again
+                            else f"after {moved[0]} node {short(moved[1])}: {last_error}"
+                        ),
+                    )
+                    moved = None
+            except BaseException:
+                self._release(decision)
+                raise
             if decision.local:
                 return await self._run_here(request, decision)
             try:
@@ -380,31 +387,38 @@ class SwarmExecutor:
                 order.append(decision.node)
 
         for _round in range(self.config.max_attempts):
-            chosen: list[Decision] = []
-            while len(results) + len(chosen) < replicas:
-                try:
-                    decision = await self._place(request, tried)
-                except PlacementError:
+            chosen: list[Decision] = []  # each holds a slot until it runs (or is dropped)
+            try:
+                while len(results) + len(chosen) < replicas:
+                    try:
+                        decision = await self._place(request, tried)
+                    except PlacementError:
+                        break
+                    tried.append(decision.node)
+                    chosen.append(decision)
+                    if not self._deterministic(request, decision):
+                        where = "this node" if decision.local else f"peer {short(decision.node)}"
+                        raise StepExecutionError(
+                            f"step {request.step!r} asks for {replicas} replicas, but tool "
+                            f"{tool!r} on {where} is not declared deterministic (only "
+                            "deterministic tools can be replicated and compared)",
+                            node=decision.node,
+                            reason=decision.reason,
+                        )
+                if not chosen:
                     break
-                tried.append(decision.node)
-                if not self._deterministic(request, decision):
-                    where = "this node" if decision.local else f"peer {short(decision.node)}"
-                    raise StepExecutionError(
-                        f"step {request.step!r} asks for {replicas} replicas, but tool {tool!r} "
-                        f"on {where} is not declared deterministic (only deterministic tools "
-                        "can be replicated and compared)",
-                        node=decision.node,
-                        reason=decision.reason,
+                if first is None:
+                    first = chosen[0]
+                    names = ", ".join(short(d.node) for d in chosen)
+                    await placed(
+                        first.node,
+                        f"replicated on {len(chosen)} nodes ({names}); {first.reason}",
+                        explanation(first),
                     )
-                chosen.append(decision)
-            if not chosen:
-                break
-            if first is None:
-                first = chosen[0]
-                names = ", ".join(short(d.node) for d in chosen)
-                await placed(
-                    first.node, f"replicated on {len(chosen)} nodes ({names}); {first.reason}"
-                )
+            except BaseException:
+                for decision in chosen:
+                    self._release(decision)
+                raise
             async with trio.open_nursery() as nursery:
                 for decision in chosen:
                     nursery.start_soon(run_one, decision)
@@ -481,7 +495,12 @@ class SwarmExecutor:
         reappear. If no node offers the tool (none ever did, or the only one is restarting),
         wait for a provider to appear up to :meth:`provider_wait_s`; if every provider was
         tried or is excluded, wait only until ``wait_until`` (a lost step's wait), if given.
-        While it waits the step stays pending: a log line and ``on_waiting`` say why."""
+        While it waits the step stays pending: a log line and ``on_waiting`` say why.
+
+        If every provider is full (``Decision.busy``), wait in line for a free slot (see
+        :mod:`node.slot_wait`), as long as it takes. The decision returned holds a slot on its
+        node (reserved here, before anything else can place a step): the caller releases it
+        (:meth:`_release`; running the step there does)."""
         if prefer is not None and prefer != self.host.peer_id and not self.joined.is_set():
             # resumed while this node starts: no card of that peer yet, nor of any other;
             # the grace for it to reappear counts from when the node has joined the swarm
@@ -494,6 +513,8 @@ class SwarmExecutor:
             provider_deadline = max(provider_deadline, wait_until)
         started = now
         waiting: str | None = None
+        ticket: Ticket | None = None  # its place in line for a free slot, while it waits
+        took_slot = False
         try:
             while True:
                 candidates = self.candidates(request.tool, request.version, request.peers)
@@ -501,7 +522,7 @@ class SwarmExecutor:
                 prev_gone = prefer is not None and all(c.node != prefer for c in candidates)
                 if not prev_gone or now >= grace:
                     try:
-                        return place(
+                        decision = place(
                             request.tool,
                             request.version,
                             candidates,
@@ -509,6 +530,18 @@ class SwarmExecutor:
                             previous=prefer,
                             policy=self.policy,
                         )
+                        if not decision.busy:
+                            self._reserve(decision)  # no checkpoint since place(): no race
+                            took_slot = True
+                            return decision
+                        why = f"waiting: {decision.reason}"
+                        if why != waiting:
+                            waiting = why
+                            self._waiting(request, why, level=logging.DEBUG)  # (a fan-out's)
+                        if ticket is None:
+                            ticket = self.slots.join((request.tool, request.version, request.peers))
+                        await self.slots.wait(ticket)
+                        continue
                     except PlacementError as exc:
                         if not candidates:
                             if now >= provider_deadline:
@@ -530,21 +563,42 @@ class SwarmExecutor:
                 if why != waiting:
                     waiting = why
                     self._waiting(request, why)
+                if ticket is not None:  # (waiting for something else now)
+                    self.slots.leave(ticket, took_slot=False)
+                    ticket = None
                 await trio.sleep(PROVIDER_POLL_S)
         finally:
+            if ticket is not None:
+                self.slots.leave(ticket, took_slot=took_slot)
             if waiting is not None:
                 self._waiting(request, None)
 
-    def _waiting(self, request: ToolCall, why: str | None) -> None:
+    def _waiting(self, request: ToolCall, why: str | None, *, level: int = logging.INFO) -> None:
         """The step starts (``why``) or stops (None) waiting for a provider."""
         if why is not None:
-            log.info("step %s: %s", logsafe(request.idempotency_key), why)
+            log.log(level, "step %s: %s", logsafe(request.idempotency_key), why)
             self._note(request, "waiting", reason=why)
         if self.on_waiting is not None:
             self.on_waiting(request, why)
 
+    def _reserve(self, decision: Decision) -> None:
+        """Count the step on its node from the moment it is placed there: the next step
+        placed (possibly before this one's offer is out) sees the slot taken."""
+        if decision.local:
+            self.local_running += 1
+        else:
+            self.registry.step_started(decision.node)
+
+    def _release(self, decision: Decision) -> None:
+        """The step placed by ``decision`` ended there (or never went): its slot is free."""
+        if decision.local:
+            self.local_running -= 1
+        else:
+            self.registry.step_ended(decision.node)
+        self.slots.freed()
+
     async def _run_here(self, request: ToolCall, decision: Decision) -> ToolOutcome:
-        self.local_running += 1
+        """Run the step on this node's Ray (its slot was reserved by :meth:`_place`)."""
         self._note(request, "running", node=decision.node)
         try:
             outputs = await self.run_local(
@@ -553,10 +607,18 @@ class SwarmExecutor:
         except ToolError as exc:
             raise StepExecutionError(str(exc), node=decision.node, reason=decision.reason) from None
         finally:
-            self.local_running -= 1
+            self._release(decision)
         return ToolOutcome(outputs, decision.node, decision.reason)
 
     async def _run_remote(self, request: ToolCall, decision: Decision) -> ToolOutcome:
+        """Hand the step to the peer of ``decision`` (its slot there was reserved by
+        :meth:`_place`, and is released when this returns)."""
+        try:
+            return await self._delegate(request, decision)
+        finally:
+            self._release(decision)
+
+    async def _delegate(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         peer = decision.node
         hid = f"{request.idempotency_key}@{peer}"
         journal = self.journal
@@ -588,8 +650,9 @@ class SwarmExecutor:
         gate = self._gates.get(peer)
         if gate is None:
             gate = self._gates[peer] = trio.Semaphore(self.config.max_inflight_per_peer)
-        self.registry.step_started(peer)
         if gate.value == 0:
+            # (placement keeps within this limit: only re-attaches, placed without a free
+            # slot, can find the gate full)
             self._note(
                 request,
                 "waiting",
@@ -597,26 +660,21 @@ class SwarmExecutor:
                 reason=f"waiting: {self.config.max_inflight_per_peer} steps of this node "
                 f"already in flight at {short(peer)}",
             )
-        try:
-            # no more steps in flight at one peer than a node accepts from one peer (our own
-            # limit, the default everywhere): beyond, they wait here instead of being refused
-            async with gate:
-                self._note(request, "running", node=peer)
-                started = time.monotonic()
-                try:
-                    outcome = await self._offer(
-                        request, peer, hid, epoch, stored is not None, check
-                    )
-                except HandoffRejectedError as exc:
-                    if exc.code != "superseded" or exc.epoch is None:
-                        raise
-                    # the peer remembers a later attempt than we do (our record was pruned)
-                    outcome = await self._offer(request, peer, hid, exc.epoch + 1, True, check)
-            run_ms = (time.monotonic() - started) * 1000
-            # while the step still counts as outstanding: that is what the peer sustained
-            self.registry.record_success(peer, outcome.rtt_ms, tool=request.tool, run_ms=run_ms)
-        finally:
-            self.registry.step_ended(peer)
+        # no more steps in flight at one peer than a node accepts from one peer (our own
+        # limit, the default everywhere): beyond, they wait here instead of being refused
+        async with gate:
+            self._note(request, "running", node=peer)
+            started = time.monotonic()
+            try:
+                outcome = await self._offer(request, peer, hid, epoch, stored is not None, check)
+            except HandoffRejectedError as exc:
+                if exc.code != "superseded" or exc.epoch is None:
+                    raise
+                # the peer remembers a later attempt than we do (our record was pruned)
+                outcome = await self._offer(request, peer, hid, exc.epoch + 1, True, check)
+        run_ms = (time.monotonic() - started) * 1000
+        # while the step still counts as outstanding: that is what the peer sustained
+        self.registry.record_success(peer, outcome.rtt_ms, tool=request.tool, run_ms=run_ms)
         return ToolOutcome(outcome.outputs, peer, decision.reason)
 
     async def _offer(

@@ -10,7 +10,8 @@ peer with a record is preferred to one without. A card claiming ``0/100000`` buy
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from node.errors import PlacementError
 
@@ -50,13 +51,55 @@ class Policy:
     capacity_slack: int = 2
     default_rtt_ms: float = 50.0
     default_run_ms: float = 100.0
+    # the most steps this node hands one peer at once (``handoff.max_inflight_per_peer``: a
+    # peer accepts no more from one peer by default); None: no such bound
+    max_per_peer: int | None = None
+
+
+MAX_EXPLAINED = 8  # candidates kept per decision
+MAX_NOTE = 200  # characters of a candidate's note
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate of a decision as placement saw it: what ``status --explain`` shows.
+
+    ``running``/``capacity`` are what placement believed (a peer's claims capped by the
+    evidence); ``done``/``failed``/``run_ms`` are this node's own measurements of the peer;
+    ``est_ms`` the estimated completion time (None for this node). ``note`` says what became of
+    it: ``chosen``, ``busy``, ``free``, ``tried`` or ``excluded: <why>``."""
+
+    node: str
+    local: bool
+    running: int
+    capacity: int
+    note: str
+    done: int = 0
+    failed: int = 0
+    recent_failures: int = 0
+    run_ms: float | None = None
+    rtt_ms: float | None = None
+    est_ms: float | None = None
 
 
 @dataclass(frozen=True)
 class Decision:
+    """Where a step runs and why. ``busy``: every provider is full, and some of them run this
+    node's steps (each that ends frees a slot): the step should wait instead of running on
+    ``node``. ``candidates``: every node considered (at most :data:`MAX_EXPLAINED`), the
+    chosen one first."""
+
     node: str
     local: bool
     reason: str
+    busy: bool = False
+    candidates: tuple[Scored, ...] = field(default=(), compare=False)
+
+
+def explanation(decision: Decision) -> dict[str, Any]:
+    """``decision``'s candidates as JSON (what is journaled with the step, and what control's
+    ``status`` with ``explain`` sends: docs/protocols.md, the ``placement`` of a step)."""
+    return {"candidates": [asdict(s) for s in decision.candidates]}
 
 
 @dataclass(frozen=True)
@@ -68,10 +111,15 @@ class _Assessed:
     running: int
     capacity: int
     est_ms: float
+    claimed: int = 0  # the capacity its card claims (within ``Policy.max_per_peer``)
 
     @property
     def saturated(self) -> bool:
         return self.running >= self.capacity
+
+    @property
+    def full_by_claim(self) -> bool:
+        return self.running >= self.claimed
 
     @property
     def proven(self) -> bool:
@@ -108,12 +156,15 @@ def assess(c: Candidate, policy: Policy) -> _Assessed:
         bound = max(policy.unknown_capacity, ev.sustained + policy.capacity_slack)
     else:
         bound = policy.unknown_capacity
-    capacity = max(0, min(c.capacity, bound))
+    claimed = max(0, c.capacity)
+    if policy.max_per_peer is not None and not c.local:
+        claimed = min(claimed, policy.max_per_peer)
+    capacity = min(claimed, bound)
     running = max(c.running, ev.outstanding)
     rtt = c.rtt_ms if c.rtt_ms is not None else policy.default_rtt_ms
     run = ev.run_ms if ev.run_ms is not None else policy.default_run_ms
     est = rtt + run * (1 + running / max(capacity, 1))
-    return _Assessed(c, ev, running, capacity, est)
+    return _Assessed(c, ev, running, capacity, est, claimed)
 
 
 def _record(a: _Assessed) -> str:
@@ -140,6 +191,78 @@ def _details(a: _Assessed) -> list[str]:
     return out
 
 
+def _bounded(text: str) -> str:
+    return text if len(text) <= MAX_NOTE else text[: MAX_NOTE - 1] + "…"
+
+
+def _scored(a: _Assessed, note: str) -> Scored:
+    c = a.c
+    return Scored(
+        node=c.node,
+        local=False,
+        running=a.running,
+        capacity=a.capacity,
+        note=note,
+        done=a.ev.done,
+        failed=a.ev.failed,
+        recent_failures=c.recent_failures,
+        run_ms=None if a.ev.run_ms is None else round(a.ev.run_ms, 1),
+        rtt_ms=None if c.rtt_ms is None else round(c.rtt_ms, 1),
+        est_ms=round(a.est_ms, 1),
+    )
+
+
+def _explain(
+    candidates: Sequence[Candidate],
+    ranked: Sequence[_Assessed],
+    exclude: Collection[str],
+    chosen: str | None,
+    policy: Policy,
+) -> tuple[Scored, ...]:
+    """Every candidate as placement saw it: the chosen one, the usable peers best first, this
+    node, then those tried already and those excluded; at most :data:`MAX_EXPLAINED`."""
+    by_node = {a.c.node: a for a in ranked}
+    first: list[Scored] = []
+    rest: list[Scored] = []
+    for a in ranked:
+        note = "chosen" if a.c.node == chosen else "busy" if a.saturated else "free"
+        (first if note == "chosen" else rest).append(_scored(a, note))
+    tail: list[Scored] = []
+    for c in candidates:
+        if c.node in by_node:
+            continue
+        if c.excluded is not None or c.node in exclude:
+            a = assess(c, policy)
+            note = f"excluded: {c.excluded}" if c.excluded is not None else "tried"
+            tail.append(_scored(a, _bounded(note)) if not c.local else _here(c, note))
+            continue
+        if c.local:
+            busy = c.running >= max(c.capacity, 1)
+            note = "chosen" if c.node == chosen else "busy" if busy else "free"
+            (first if note == "chosen" else rest).append(_here(c, note))
+            continue
+        a = assess(c, policy)  # (a usable peer not ranked: placement stopped before)
+        (first if c.node == chosen else rest).append(
+            _scored(a, "chosen" if c.node == chosen else "busy" if a.saturated else "free")
+        )
+    return tuple((first + rest + tail)[:MAX_EXPLAINED])
+
+
+def _here(c: Candidate, note: str) -> Scored:
+    return Scored(c.node, True, c.running, c.capacity, _bounded(note))
+
+
+def _busy_loads(ranked: Sequence[_Assessed], local: Candidate | None) -> str:
+    # (in peer id order: the reason stays the same while the loads do)
+    by_id = sorted(ranked, key=lambda a: a.c.node)
+    loads = [f"{short(a.c.node)}: {a.running}/{a.capacity}" for a in by_id[:4]]
+    if len(ranked) > 4:
+        loads.append(f"{len(ranked) - 4} more")
+    if local is not None:
+        loads.insert(0, f"this node: {local.running}/{local.capacity}")
+    return ", ".join(loads)
+
+
 def place(
     tool: str,
     version: str | None,
@@ -157,6 +280,16 @@ def place(
     tried for this step. ``previous`` is where the step was running before an
     interruption: it is asked again first, if still a usable candidate. Raises
     :class:`PlacementError`, naming the tool, when no candidate is left.
+
+    A step goes only where a slot is free, which spreads a fan-out over the providers in
+    proportion to their capacity and speed. When every usable node is full (its load at the
+    capacity placement believes) and a peer with a record runs this node's steps, the
+    decision is ``busy``: the step should wait for a slot to free rather than queue behind
+    one node. If none of them has a record yet (a new swarm), a peer's card is believed up
+    to its claimed capacity (within ``Policy.max_per_peer``) rather than leave the claimed
+    room idle until a step comes back; full even by their claims, the step waits likewise.
+    With none of this node's steps running anywhere (nothing of ours will free a slot; the
+    loads are claims), the best node is chosen anyway: a busy answer is backpressure.
     """
     policy = policy or Policy()
     label = _tool_label(tool, version)
@@ -176,29 +309,65 @@ def place(
         raise PlacementError(
             f"no node in the swarm offers tool '{label}' (not this node, no known peer)"
         )
+    remote = sorted((assess(c, policy) for c in usable if not c.local), key=_Assessed.key)
+
+    def decided(node: str, local: bool, reason: str, busy: bool = False) -> Decision:
+        chosen = None if busy else node
+        why = _explain(candidates, remote, exclude, chosen, policy)
+        return Decision(node, local, reason, busy, why)
+
     again = next((c for c in usable if c.node == previous), None)
     if again is not None:
         where = "this node" if again.local else f"peer {short(again.node)}"
-        return Decision(
+        return decided(
             again.node,
             again.local,
             f"re-attach: the step was running on {where} when the workflow was interrupted; "
             "asked again there (same handoff id: a finished run returns its stored result)",
         )
     local = next((c for c in usable if c.local), None)
-    if local is not None and prefer_local and local.running < max(local.capacity, 1):
-        return Decision(local.node, True, f"local: this node offers {tool} {local.version}")
-    remote = sorted((assess(c, policy) for c in usable if not c.local), key=_Assessed.key)
+    local_free = local is not None and local.running < max(local.capacity, 1)
+    if local is not None and prefer_local and local_free:
+        return decided(local.node, True, f"local: this node offers {tool} {local.version}")
     if not remote:
         assert local is not None
-        return Decision(
+        if local_free:
+            return decided(local.node, True, f"local: this node offers {tool} {local.version}")
+        return decided(
             local.node,
             True,
             f"local: this node offers {tool} {local.version} (busy, but no peer offers it)",
         )
     best = remote[0]
+    if best.saturated and local is not None and local_free:
+        return decided(
+            local.node,
+            True,
+            f"local: this node offers {tool} {local.version} (every peer offering it is busy)",
+        )
+    ours = any(a.ev.outstanding > 0 for a in remote) or (local is not None and local.running > 0)
+    beyond = ""
+    if best.saturated and not any(a.proven and a.ev.outstanding > 0 for a in remote):
+        # no peer with a record will free a slot: believe the cards' claims (a new swarm)
+        roomy = sorted((a for a in remote if not a.full_by_claim), key=_Assessed.key)
+        if roomy:
+            best = roomy[0]
+            beyond = (
+                "; every peer is at the load this node trusts it with and none has run a step "
+                "for this node yet: believed up to its card's claim"
+            )
+            ours = False
+    if best.saturated and ours:
+        return decided(
+            best.c.node,
+            False,
+            f"all providers of {tool} busy ({_busy_loads(remote, local)})",
+            busy=True,
+        )
     if local is None:
         why = "this node does not offer it"
+    elif local_free:
+        why = "peers first (prefer_local is off)"
     else:
         why = f"this node is busy ({local.running}/{local.capacity})"
     if len(remote) == 1:
@@ -208,7 +377,7 @@ def place(
     if exclude:
         choice += f", after {len(exclude)} failed attempt(s)"
     reason = f"remote: {why}; peer {short(best.c.node)} is {choice} ({', '.join(_details(best))})"
-    if len(remote) > 1:
-        nxt = remote[1]
+    nxt = next((a for a in remote if a is not best), None)
+    if nxt is not None:
         reason += f"; next: peer {short(nxt.c.node)} ({', '.join(_details(nxt)[:3])})"
-    return Decision(best.c.node, False, reason)
+    return decided(best.c.node, False, reason + beyond)

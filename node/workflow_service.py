@@ -30,6 +30,7 @@ from workflows.engine.lifecycle import Engine
 from workflows.engine.outputs import load_task_output, stored_status
 from workflows.engine.serde import loads
 from workflows.engine.storage import Storage, TaskRow, WorkflowRow
+from workflows.engine.tool_runs import Placed
 from workflows.errors import WorkflowNotFoundError, WorkflowStillActiveError
 from workflows.status import WorkflowStatus
 from workflows.tool_steps import StepExecutionError, StepExecutor, ToolCall, ToolOutcome
@@ -49,6 +50,7 @@ class StepView:
     attempts: int
     started_at: float | None
     ended_at: float | None
+    placement: dict[str, Any] | None = None  # how its last placement was decided (JSON)
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class WorkflowService:
 
     # -- engine → trio -------------------------------------------------------------------
 
-    def _tool_runner(self, call: ToolCall, placed: Callable[[str, str], None]) -> Future[Any]:
+    def _tool_runner(self, call: ToolCall, placed: Placed) -> Future[Any]:
         fut: Future[Any] = Future()
         assert self._token is not None and self._nursery is not None
         nursery = self._nursery
@@ -119,13 +121,13 @@ class WorkflowService:
             self._token.run_sync_soon(lambda: nursery.start_soon(self._run_tool, call, placed, fut))
         return fut
 
-    async def _run_tool(
-        self, call: ToolCall, placed: Callable[[str, str], None], fut: Future[Any]
-    ) -> None:
+    async def _run_tool(self, call: ToolCall, placed: Placed, fut: Future[Any]) -> None:
         progress = self.progress
 
-        async def on_placed(node: str, reason: str) -> None:
-            placed(node, reason)  # a queued journal write: does not block
+        async def on_placed(
+            node: str, reason: str, detail: Mapping[str, Any] | None = None
+        ) -> None:
+            placed(node, reason, detail)  # a queued journal write: does not block
             if progress is not None:
                 progress.step(
                     call.workflow_id, call.step, "placed", tool=call.tool, node=node, reason=reason
@@ -261,6 +263,7 @@ class WorkflowService:
                     attempts=r.attempts if r else 0,
                     started_at=r.start_time if r else None,
                     ended_at=r.end_time if r else None,
+                    placement=r.placement if r else None,
                 )
             )
         return views

@@ -7,7 +7,7 @@ runs it locally on Ray or on a peer) and expects a :class:`ToolOutcome`, or a
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -60,13 +60,19 @@ def _rebuild(message: str, node: str | None, reason: str | None) -> StepExecutio
     return StepExecutionError(message, node=node, reason=reason)
 
 
-PlacementCallback = Callable[[str, str], Awaitable[None]]
+class PlacementCallback(Protocol):
+    """``placed(node, reason, detail)``: where the step goes, why, and (optional, JSON-able)
+    how that was decided (e.g. the candidates and their scores); journaled with the step."""
+
+    async def __call__(
+        self, node: str, reason: str, detail: Mapping[str, Any] | None = None
+    ) -> None: ...
 
 
 class StepExecutor(Protocol):
     """Runs tool steps for the engine (on a node: local Ray or a peer, from trio)."""
 
     async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
-        """Run one step somewhere. Call ``placed(node, reason)`` before each attempt.
-        Raise :class:`StepExecutionError` on failure."""
+        """Run one step somewhere. Call ``placed(node, reason, detail)`` before each attempt
+        (``detail`` optional). Raise :class:`StepExecutionError` on failure."""
         ...

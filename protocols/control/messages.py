@@ -9,17 +9,29 @@ from pydantic import Field, StrictInt
 from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/control/0.3.0"
-LEGACY_PROTOCOL_IDS = ("/hivemesh/control/0.2.0", "/hivemesh/control/0.1.0")
+PROTOCOL_ID = "/hivemesh/control/0.4.0"
+LEGACY_PROTOCOL_IDS = (
+    "/hivemesh/control/0.3.0",
+    "/hivemesh/control/0.2.0",
+    "/hivemesh/control/0.1.0",
+)
 """Older minor versions a node still serves (docs/protocols.md §3.1)."""
 MAX_WORKFLOW_TEXT = 1024 * 1024
 WATCH_VERSION = "0.3.0"
 """The version that added ``watch`` (and its ``watching``, ``event`` and ``heartbeat``
 answers) and the heartbeats of a ``result`` wait."""
+EXPLAIN_VERSION = "0.4.0"
+"""The version that added ``status``'s ``explain`` and a step's ``placement``."""
+MAX_PLACEMENT_CANDIDATES = 8
+MAX_EXPLAINED_STEPS = 1000
+"""A ``status`` with ``explain`` carries the ``placement`` of at most this many steps."""
 
 __all__ = [
     "CODEC",
+    "EXPLAIN_VERSION",
     "LEGACY_PROTOCOL_IDS",
+    "MAX_EXPLAINED_STEPS",
+    "MAX_PLACEMENT_CANDIDATES",
     "PROTOCOL_ID",
     "REQUEST_CODEC",
     "RESPONSE_CODEC",
@@ -39,6 +51,8 @@ __all__ = [
     "PeerExclusion",
     "Peers",
     "PeersRequest",
+    "Placement",
+    "PlacementCandidate",
     "ProgressEvent",
     "RayInfo",
     "ResultRequest",
@@ -77,6 +91,11 @@ class SubmitRequest(WireModel):
 class StatusRequest(WireModel):
     type: Literal["status"] = "status"
     workflow_id: str = Field(max_length=MAX_ID_LEN)
+    explain: bool = Field(
+        default=False,
+        description="also send each step's placement: the candidates and their scores",
+        json_schema_extra=since("0.4.0"),
+    )
 
 
 class ResultRequest(WireModel):
@@ -168,6 +187,32 @@ class Submitted(WireModel):
     created: bool = Field(description="false when the id already existed (idempotent submit)")
 
 
+class PlacementCandidate(WireModel):
+    """One node a step's placement considered, as placement saw it (docs/protocols.md
+    §10.4)."""
+
+    node: str = Field(max_length=MAX_ID_LEN, description="its peer id")
+    local: bool = Field(description="the node answering (it offers the tool itself)")
+    running: StrictInt = Field(ge=0, description="its load as placement believed it")
+    capacity: StrictInt = Field(ge=0, description="its capacity as placement believed it")
+    note: str = Field(
+        max_length=200,
+        description="'chosen', 'free', 'busy', 'tried' (failed for this step), 'excluded: …'",
+    )
+    done: StrictInt = Field(default=0, ge=0, description="steps it completed for this node")
+    failed: StrictInt = Field(default=0, ge=0, description="steps it lost or broke")
+    recent_failures: StrictInt = Field(default=0, ge=0)
+    run_ms: float | None = Field(default=None, description="its measured run time of the tool")
+    rtt_ms: float | None = Field(default=None, description="measured round-trip time")
+    est_ms: float | None = Field(default=None, description="estimated completion time")
+
+
+class Placement(WireModel):
+    """How a step's last placement was decided: the candidates, the chosen one first."""
+
+    candidates: list[PlacementCandidate] = Field(max_length=MAX_PLACEMENT_CANDIDATES)
+
+
 class StepStatus(WireModel):
     name: str
     tool: str
@@ -187,6 +232,12 @@ class StepStatus(WireModel):
         default=None,
         description="for a delegated step: the receipt the node that ran it signed (the "
         "signed object and its signature), as checked and journaled by this node",
+    )
+    placement: Placement | None = Field(
+        default=None,
+        description="only when the request asked to 'explain': how the step's last "
+        "placement was decided",
+        json_schema_extra=since("0.4.0"),
     )
 
 

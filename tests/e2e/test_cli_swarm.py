@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from node.localswarm import LocalSwarm, NodeProcess
+from node.scheduler import short
 
 pytestmark = pytest.mark.e2e
 
@@ -92,6 +93,10 @@ def test_workflow_submitted_to_toolless_node_runs_where_the_tools_are(swarm: Swa
         )
     explained = swarm.local.cli("status", result["workflow_id"], "--home", home, "--explain")
     assert explained.stdout.count("receipt: signed by") == 4
+    # and the candidates each placement considered, the chosen one (where it ran) first
+    tables = [line.split() for line in explained.stdout.splitlines()]
+    chosen = [row[0] for row in tables if row and row[-1] == "chosen"]
+    assert chosen == [short(s["node"]) for s in steps.values()]  # (in the steps' order)
     # nothing of a peer's is left running on text; nothing to cancel there
     text_home = str(swarm.text.home)
     running = swarm.local.cli("handoffs", "--home", text_home, "--json")

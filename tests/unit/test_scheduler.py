@@ -267,3 +267,104 @@ def test_an_excluded_peer_already_tried_is_named_with_its_reason() -> None:
     text = str(info.value)
     assert f"(tried: {short(PEER_A)})" in text
     assert "is excluded: answered about another handoff" in text
+
+
+# -- spreading: a step goes where a slot is free, or waits for one -----------------------------
+
+
+def test_every_proven_peer_full_with_our_steps_there_is_a_busy_decision() -> None:
+    full_a = remote(PEER_A, capacity=2, done=5, sustained=2, outstanding=2)
+    full_b = remote(PEER_B, capacity=6, done=5, sustained=6, outstanding=6)
+    decision = place("util.sleep", None, [full_b, full_a])
+    assert decision.busy and not decision.local
+    assert decision.reason == (
+        f"all providers of util.sleep busy ({short(PEER_A)}: 2/2, {short(PEER_B)}: 6/6)"
+    )
+    assert [s.note for s in decision.candidates] == ["busy", "busy"]
+
+
+def test_a_free_slot_anywhere_is_taken_before_waiting() -> None:
+    full = remote(PEER_A, capacity=2, done=5, sustained=2, outstanding=2, run_ms=10)
+    free = remote(PEER_B, capacity=6, done=5, sustained=6, outstanding=5, run_ms=500)
+    decision = place("t", None, [full, free])
+    assert (decision.node, decision.busy) == (PEER_B, False)
+    # this node, busy: peers first; idle: it takes the step when every peer is full
+    assert place("t", None, [full, local(running=4, capacity=4)]).busy
+    assert place("t", None, [full, local(running=1, capacity=4)], prefer_local=False).local
+
+
+def test_a_full_peer_is_asked_anyway_when_none_of_our_steps_runs_anywhere() -> None:
+    """Its load is only a claim, and nothing of ours will free a slot: no wait (a busy answer
+    from it is backpressure)."""
+    claimed_full = remote(PEER_A, running=4, capacity=4, done=5, sustained=4)
+    decision = place("t", None, [claimed_full])
+    assert (decision.node, decision.busy) == (PEER_A, False)
+
+
+def test_in_a_new_swarm_a_cards_claim_is_believed_beyond_the_unknown_capacity() -> None:
+    """No peer has a record: rather than leave claimed room idle until a step comes back, a
+    step goes to a peer with room by its card, up to that claim; then it waits."""
+    a = remote(PEER_A, capacity=2, outstanding=1)
+    b = remote(PEER_B, capacity=6, outstanding=1)
+    decision = place("t", None, [a, b])
+    assert not decision.busy and decision.node == PEER_A  # (a tie: the peer id decides)
+    assert "believed up to its card's claim" in decision.reason
+    decision = place("t", None, [remote(PEER_A, capacity=2, outstanding=2), b])
+    assert decision.node == PEER_B
+    full = [remote(PEER_A, capacity=2, outstanding=2), remote(PEER_B, capacity=6, outstanding=6)]
+    assert place("t", None, full).busy
+
+
+def test_a_peer_with_a_record_full_of_our_steps_is_waited_for_not_a_strangers_claim() -> None:
+    honest = remote(PEER_A, capacity=8, done=9, sustained=2, outstanding=4)  # 4/4: full
+    stranger = remote(STRANGER, capacity=100_000, outstanding=1)  # 1/1 trusted
+    assert place("t", None, [honest, stranger]).busy
+
+
+def test_a_peer_gets_at_most_max_per_peer_steps_at_once() -> None:
+    big = remote(PEER_A, capacity=64, done=50, sustained=40)
+    assert assess(big, Policy(max_per_peer=16)).capacity == 16
+    assert assess(big, Policy()).capacity == 42
+
+
+# -- the explanation of a decision -------------------------------------------------------------
+
+
+def test_a_decision_keeps_its_candidates_and_their_scores_chosen_first() -> None:
+    slow = remote(PEER_A, done=5, failed=1, run_ms=900.04, rtt_ms=2.26, outstanding=1)
+    fast = remote(PEER_B, done=7, run_ms=20, rtt_ms=40, running=1, capacity=4)
+    barred = remote(PEER_C, excluded="broke the protocol")
+    decision = place("t", None, [slow, barred, fast, local(running=4, capacity=4)])
+    assert decision.node == PEER_B
+    first, second, here, excluded = decision.candidates
+    assert (first.node, first.note, first.local) == (PEER_B, "chosen", False)
+    assert (first.running, first.capacity, first.done, first.run_ms) == (1, 3, 7, 20)
+    assert first.est_ms == pytest.approx(40 + 20 * (1 + 1 / 3), abs=0.1)
+    assert (second.node, second.note, second.done, second.failed) == (PEER_A, "free", 5, 1)
+    assert (second.run_ms, second.rtt_ms) == (900.0, 2.3)  # rounded
+    assert (here.node, here.local, here.note, here.running, here.capacity) == (
+        SELF,
+        True,
+        "busy",
+        4,
+        4,
+    )
+    assert here.est_ms is None
+    assert (excluded.node, excluded.note) == (PEER_C, "excluded: broke the protocol")
+
+
+def test_the_explanation_is_bounded() -> None:
+    many = [remote(f"12D3KooWPeer{i:040d}", excluded="x" * 1000) for i in range(20)]
+    decision = place("t", None, [*many, remote(PEER_A)])
+    assert len(decision.candidates) == 8
+    assert decision.candidates[0].node == PEER_A
+    assert all(len(s.note) <= 200 for s in decision.candidates)
+
+
+def test_tried_nodes_and_a_reattach_are_explained() -> None:
+    candidates = [remote(PEER_A), remote(PEER_B)]
+    tried = place("t", None, candidates, exclude=[PEER_A])
+    assert [(s.node, s.note) for s in tried.candidates] == [(PEER_B, "chosen"), (PEER_A, "tried")]
+    again = place("t", None, candidates, previous=PEER_B)
+    assert again.reason.startswith("re-attach") and again.candidates[0].note == "chosen"
+    assert again.candidates[0].node == PEER_B

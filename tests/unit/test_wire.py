@@ -697,3 +697,31 @@ async def test_message_stream_takes_its_limits_and_a_frame_size_over_them() -> N
     ms = MessageStream(MemoryStream(), handoff.CODEC, limits=limits, max_frame_size=2048)
     assert (ms.limits.max_depth, ms.limits.max_frame_size, ms.max_frame_size) == (3, 2048, 2048)
     assert MessageStream(MemoryStream(), handoff.CODEC).limits == FrameLimits()
+
+
+def test_status_explain_and_a_steps_placement_are_optional_and_bounded() -> None:
+    """control 0.4.0: ``status`` may ask to ``explain``; a step's ``placement`` lists at most 8
+    candidates with bounded notes; an older client gets neither (versioning.dump_for)."""
+    from protocols.versioning import dump_for
+
+    request = control.REQUEST_CODEC.decode({"type": "status", "workflow_id": "w"})
+    assert isinstance(request, control.StatusRequest) and request.explain is False
+    candidate = {"node": "p", "local": False, "running": 1, "capacity": 2, "note": "chosen"}
+    step = {"name": "s", "tool": "t", "status": "SUCCESSFUL", "placement": {"candidates": []}}
+    reply = {"type": "status", "workflow_id": "w", "name": "n", "status": "S", "created_at": 1.0}
+    decoded = control.RESPONSE_CODEC.decode(
+        {**reply, "steps": [{**step, "placement": {"candidates": [candidate] * 8}}]}
+    )
+    assert isinstance(decoded, control.WorkflowStatusReply)
+    placement = decoded.steps[0].placement
+    assert placement is not None and placement.candidates[0].done == 0
+    assert "placement" not in dump_for(decoded, "0.3.0")["steps"][0]
+    assert "placement" in dump_for(decoded, "0.4.0")["steps"][0]
+    for bad in (
+        {"candidates": [candidate] * 9},
+        {"candidates": [{**candidate, "note": "x" * 201}]},
+        {"candidates": [{**candidate, "running": -1}]},
+        {"candidates": [{**candidate, "running": "1"}]},
+    ):
+        with pytest.raises(MessageValidationError):
+            control.RESPONSE_CODEC.decode({**reply, "steps": [{**step, "placement": bad}]})

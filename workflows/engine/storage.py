@@ -87,7 +87,13 @@ _ADDED_COLUMNS = {
         # why the workflow is QUARANTINED (not resumed on its own), or NULL
         ("quarantine", "TEXT"),
     ),
+    "task": (
+        # how the step's last placement was decided (JSON: the candidates and their scores,
+        # as the runner reported them), or NULL
+        ("placement", "TEXT"),
+    ),
 }
+MAX_PLACEMENT_BYTES = 16 * 1024  # of a step's placement detail (larger: not kept)
 
 TaskStatusName = Literal["RUNNING", "SUCCESSFUL", "FAILED", "CONTINUED", "CANCELED"]
 
@@ -133,6 +139,7 @@ class TaskRow:
     tool: str | None = None
     node: str | None = None
     reason: str | None = None
+    placement: dict[str, Any] | None = None
 
     @property
     def has_output(self) -> bool:
@@ -546,4 +553,15 @@ def _task_row(r: sqlite3.Row) -> TaskRow:
         tool=r["tool"],
         node=r["node"],
         reason=r["reason"],
+        placement=_placement(r["placement"]),
     )
+
+
+def _placement(text: str | None) -> dict[str, Any] | None:
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return None
+    return value if isinstance(value, dict) else None

@@ -4,17 +4,22 @@ workflow's ``outputs`` from the steps' outputs."""
 
 from __future__ import annotations
 
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future
 from typing import Any
 
 from workflows.engine.host import StepHost
 from workflows.engine.runstate import Run, Task
+from workflows.engine.storage import MAX_PLACEMENT_BYTES
 from workflows.errors import WorkflowError
 from workflows.tool_steps import ToolCall, ToolOutcome
 
-ToolRunner = Callable[[ToolCall, Callable[[str, str], None]], Future[ToolOutcome]]
+# placed(node, reason, detail): the runner placed the step (before each attempt); ``detail``
+# (JSON-able, optional) says how it decided, and is journaled with the step
+Placed = Callable[[str, str, Mapping[str, Any] | None], None]
+ToolRunner = Callable[[ToolCall, Placed], Future[ToolOutcome]]
 
 
 class ToolSteps:
@@ -59,17 +64,19 @@ class ToolSteps:
             return
         wid, tid = run.workflow_id, step.task_id
 
-        def placed(node: str, reason: str) -> None:
+        def placed(node: str, reason: str, detail: Mapping[str, Any] | None = None) -> None:
             task.node, task.reason = node, reason
+            placement = _placement_text(detail)
 
             def write(db: Any) -> None:
                 db.execute(
                     "INSERT INTO task(workflow_id, task_id, status, attempts, tool, node, reason,"
-                    " start_time) VALUES (?, ?, 'RUNNING', 1, ?, ?, ?, ?)"
+                    " start_time, placement) VALUES (?, ?, 'RUNNING', 1, ?, ?, ?, ?, ?)"
                     " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'RUNNING',"
                     " attempts = task.attempts + 1, node = excluded.node,"
-                    " reason = excluded.reason, start_time = excluded.start_time",
-                    (wid, tid, tool, node, reason, time.time()),
+                    " reason = excluded.reason, start_time = excluded.start_time,"
+                    " placement = excluded.placement",
+                    (wid, tid, tool, node, reason, time.time(), placement),
                 )
 
             engine._write(write)
@@ -110,3 +117,15 @@ class ToolSteps:
         outcome = fut.result()
         task.node, task.reason = outcome.node, outcome.reason
         engine._succeed(run, task, outcome.outputs)
+
+
+def _placement_text(detail: Mapping[str, Any] | None) -> str | None:
+    """The placement detail as journaled: compact JSON, or None if absent, not JSON-able or
+    larger than :data:`MAX_PLACEMENT_BYTES`."""
+    if not detail:
+        return None
+    try:
+        text = json.dumps(detail, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return text if len(text.encode()) <= MAX_PLACEMENT_BYTES else None
