@@ -59,9 +59,15 @@ def check(round_: FloodRound, node: NodeProcess) -> None:
     what = f"{round_.kind} flood ({round_.flooder})"
     assert node.alive(), f"the node died in the {what}:\n{node.log_tail()}"
     assert growth < BOUND, f"RSS grew by {growth / MiB:.0f} MiB in the {what}"
-    assert not round_.info_failures, f"info failed in the {what}: {round_.info_failures[:3]}"
+    failed = round_.info_failures
+    if round_.kind == "connections":
+        # 400 keys for 250 slots: a new connection that arrives while every slot is held by
+        # a handshake in progress (none idle to evict) is refused; rare, never most of them
+        assert len(failed) * 10 <= len(round_.latencies), f"info failed in the {what}: {failed}"
+    else:
+        assert not failed, f"info failed in the {what}: {failed[:3]}"
     assert len(round_.latencies) >= 5, f"too few info answers in the {what}"
-    # every probe answered (within 5 s); half of them within a second even on a busy machine
+    # the probes answered (within 5 s); half of them within a second even on a busy machine
     assert statistics.median(round_.latencies) < 1.0, f"info latencies {round_.latencies}"
     assert round_.workflow == "SUCCESSFUL", f"honest workflow in the {what}: {round_.workflow}"
 
