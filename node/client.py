@@ -119,13 +119,7 @@ async def session(
     """Run ``work(host, peer_id)`` with a client host connected to the node."""
     from node.p2p import P2PHost
 
-    host = P2PHost(
-        key,
-        swarm_key=swarm_key,
-        dial_timeout_s=dial_timeout_s,
-        shutdown_timeout_s=2.0,
-        graceful_shutdown=False,  # the answer is in: close the connection, do not linger
-    )
+    host = P2PHost(key, swarm_key=swarm_key, dial_timeout_s=dial_timeout_s, shutdown_timeout_s=2.0)
     reply: Any = None
     error: NodeError | None = None
     # Errors are carried out of host.run() by hand: raised inside, libp2p's nurseries

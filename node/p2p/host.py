@@ -72,10 +72,6 @@ from protocols.errors import PeerOverLimitError, StreamClosedError
 
 log = logging.getLogger(__name__)
 
-# how long a host without graceful shutdown gives py-libp2p to tidy up after it closed its
-# connections itself
-QUICK_SHUTDOWN_S = 0.02
-
 
 @dataclass(frozen=True)
 class ConnectionInfo:
@@ -275,12 +271,7 @@ class P2PHost:
         shutdown_timeout_s: float = 5.0,
         refusal_log: RefusalLog | None = None,
         guard: GuardLimits | None = None,
-        graceful_shutdown: bool = True,
     ) -> None:
-        """``graceful_shutdown=False`` (a client that has its answers): at the end, close the
-        TCP connections this host dialled and do not wait for py-libp2p's own teardown of
-        each connection (it sleeps 0.1 s twice per connection: 0.2 s added to every CLI
-        call)."""
         # half the frames of a handoff were py-libp2p's window updates (node.p2p.yamux_window)
         use_go_yamux_window_updates()
         # what peers may hold of this node, and who is banned (node/p2p/guard.py)
@@ -333,7 +324,6 @@ class P2PHost:
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
         self.shutdown_timeout_s = shutdown_timeout_s
-        self._graceful = graceful_shutdown
         self._running = False
 
     # -- setup ---------------------------------------------------------------------------
@@ -506,22 +496,13 @@ class P2PHost:
                 stop.set()
 
     async def _shutdown(self) -> None:
-        if not self._graceful:
-            await self._tcp.close_dialed()
-            # what is left is py-libp2p's bookkeeping of connections already closed
-            with trio.move_on_after(QUICK_SHUTDOWN_S):
-                await self._close_all()
-            return
         with trio.move_on_after(self.shutdown_timeout_s) as scope:
-            await self._close_all()
+            async with trio.open_nursery() as nursery:
+                for peer in list(self._host.get_connected_peers()):
+                    nursery.start_soon(self._disconnect_quietly, peer)
+            await self._host.close()
         if scope.cancelled_caught:
             log.warning("libp2p shutdown took over %ss; abandoned", self.shutdown_timeout_s)
-
-    async def _close_all(self) -> None:
-        async with trio.open_nursery() as nursery:
-            for peer in list(self._host.get_connected_peers()):
-                nursery.start_soon(self._disconnect_quietly, peer)
-        await self._host.close()
 
     async def _disconnect_quietly(self, peer: ID) -> None:
         # Each connection closed by itself, not libp2p's host.disconnect (swarm.close_peer):

@@ -9,7 +9,7 @@ from typing import Any
 
 import multiaddr
 import trio
-from libp2p.abc import IListener, IRawConnection
+from libp2p.abc import IListener
 from libp2p.custom_types import THandler
 from libp2p.io.trio import TrioTCPStream
 from libp2p.transport.exceptions import OpenConnectionError
@@ -30,21 +30,6 @@ class ExclusiveTCP(TCP):
     def __init__(self) -> None:
         super().__init__()
         self.sockets: ListenSockets | None = None
-        self._dialed: list[IRawConnection] = []  # outbound connections, for close_dialed()
-
-    async def dial(self, maddr: multiaddr.Multiaddr) -> IRawConnection:
-        conn = await super().dial(maddr)
-        self._dialed.append(conn)
-        return conn
-
-    async def close_dialed(self) -> None:
-        """Close the TCP connections this transport dialled (the peer sees them end)."""
-        dialed, self._dialed = self._dialed, []
-        for conn in dialed:
-            try:
-                await conn.close()
-            except Exception:
-                log.debug("closing a dialled connection failed", exc_info=True)
 
     def create_listener(self, handler_function: THandler) -> ExclusiveTCPListener:  # type: ignore[override]
         return ExclusiveTCPListener(handler_function, self)

@@ -17,7 +17,6 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 from node.p2p import P2PHost, P2PStream
 from node.swarmkey import SwarmKey
 from protocols.errors import StreamClosedError
-from tests.integration.harness import wait_until
 
 ECHO = "/test/echo/1"
 DIGEST = "/test/digest/1"
@@ -110,27 +109,3 @@ async def test_a_protocol_the_peer_does_not_speak_fails_the_first_read() -> None
             stream = await a.open_stream(b.peer_id, ECHO)
             await stream.write(b"hi")
             assert await read_exactly(stream, 2, 10) == b"hi"
-
-
-async def test_a_host_without_graceful_shutdown_closes_its_connections_at_once() -> None:
-    """What the CLI's client does after its answer: the peer sees the connection end, and
-    the next client (the same identity, as a CLI's next command) is served."""
-    key = SwarmKey.generate()
-    server = host(key)
-    server.set_handler(ECHO, echo)
-    client_key = create_new_key_pair()
-    with trio.fail_after(30):
-        async with server.run(["/ip4/127.0.0.1/tcp/0"]):
-            for _ in range(3):
-                client = P2PHost(client_key, swarm_key=key, graceful_shutdown=False)
-                async with client.run(["/ip4/127.0.0.1/tcp/0"]):
-                    await client.connect_addr(server.addrs()[0])
-                    stream = await client.open_stream(server.peer_id, ECHO)
-                    await stream.write(b"ping")
-                    assert await read_exactly(stream, 4, 10) == b"ping"
-                    await stream.close()
-                assert not client.connected_peers()
-                await wait_until(
-                    lambda c=client: c.peer_id not in server.connected_peers(),
-                    what="the server to see the client's connection end",
-                )
