@@ -232,10 +232,7 @@ class PeerRegistry:
         if state is None:
             return False
         self._vouched(state)
-        for addr in addrs:
-            if addr not in state.static_addrs:
-                state.static_addrs.append(addr)
-        del state.static_addrs[MAX_ADDRS_PER_PEER:]
+        _add_addrs(state.static_addrs, addrs)
         return new
 
     def remember(self, peer_id: str, addrs: list[str]) -> bool:
@@ -247,10 +244,7 @@ class PeerRegistry:
         if state is None:
             return False
         self._vouched(state)
-        for addr in addrs:
-            if addr not in state.remembered_addrs:
-                state.remembered_addrs.append(addr)
-        del state.remembered_addrs[MAX_ADDRS_PER_PEER:]
+        _add_addrs(state.remembered_addrs, addrs)
         state.redial_until = max(state.redial_until, self._clock() + self.redial_for_s)
         return new
 
@@ -529,3 +523,11 @@ class PeerRegistry:
     def pardon(self, peer_id: str) -> None:
         """End an exclusion early."""
         self._excluded.pop(peer_id, None)
+
+
+def _add_addrs(known: list[str], addrs: list[str]) -> None:
+    """Append the addresses ``known`` lacks, in order, keeping at most MAX_ADDRS_PER_PEER."""
+    for addr in addrs:
+        if addr not in known:
+            known.append(addr)
+    del known[MAX_ADDRS_PER_PEER:]
