@@ -253,3 +253,44 @@ async def test_every_example_of_the_docs_runs(tmp_path: Path):
         }
         assert steps_of(rules)["never"].status == "SKIPPED"
         nursery.cancel_scope.cancel()
+
+
+async def test_a_resumed_foreach_runs_only_the_items_that_had_not_finished(tmp_path: Path):
+    flow = """
+id: naps
+inputs: [{name: naps}]
+steps:
+  - name: nap
+    tool: util.sleep
+    foreach: {items: "{{inputs.naps}}", max_parallel: 1}
+    inputs: [{name: seconds, value: "{{item}}"}]
+outputs: [{name: slept, value: "{{steps.nap.outputs.result}}"}]
+"""
+    naps = [0, 0, 0, 1.5, 0]
+    a = make_node(tmp_path, "a", "util")
+    async with trio.open_nursery() as nursery:
+        scope = await launch(nursery, a)
+        wid, _ = await a.workflows.submit(parse_workflow(flow), {"naps": naps})
+
+        def rows() -> dict[str, Any]:
+            return {r.task_id: r for r in a.storage.list_tasks(wid)}
+
+        # stopped (as if killed) while item 3 runs, items 0-2 journaled
+        with trio.fail_after(30):
+            while not (rows().get("nap[3]") and rows()["nap[3]"].status == "RUNNING"):
+                await trio.sleep(0.02)
+        scope.cancel()
+        done = rows()
+        assert all(done[f"nap[{i}]"].status == "SUCCESSFUL" for i in range(3))
+        assert "nap[4]" not in done
+
+        again = make_node(tmp_path, "a", "util")
+        await launch(nursery, again)
+        with trio.fail_after(60):
+            view = await again.workflows.wait(wid)
+        assert view.status is WorkflowStatus.SUCCESSFUL, view.error
+        assert view.outputs == {"slept": [0.0, 0.0, 0.0, 1.5, 0.0]}
+        after = {r.task_id: r for r in again.storage.list_tasks(wid)}
+        # each run of an item is placed (and counted) once: the finished ones never again
+        assert [after[f"nap[{i}]"].attempts for i in range(5)] == [1, 1, 1, 2, 1]
+        nursery.cancel_scope.cancel()
