@@ -35,6 +35,7 @@ import ray
 
 import workflows as workflow
 from workflows.events import EventListener
+from workflows.status import WorkflowStatus
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHAIN_ID = "chain"
@@ -287,8 +288,10 @@ def event_then_file(event: str, ack: str, polls: str, release: str, runs: str) -
 def logged_chain(steps: int, log: str) -> Any:
     """``steps`` chained steps with task ids ``s000``, ``s001``, …; the output is ``steps``."""
     node: Any = 0
+    width = max(3, len(str(steps - 1)))
     for i in range(steps):
-        node = logged_step.options(**workflow.options(task_id=f"s{i:03d}")).bind(node, i, log)
+        options = workflow.options(task_id=f"s{i:0{width}d}")
+        node = logged_step.options(**options).bind(node, i, log)
     return node
 
 
@@ -422,6 +425,19 @@ def _drive(mode: str, storage: str, address: str, args: list[str]) -> None:
     if mode == "chain":
         (log,) = args
         result = workflow.run(logged_chain(200, log), workflow_id=CHAIN_ID)
+    elif mode == "chain_or_resume":
+        # run the logged chain ``wid`` of ``steps`` steps, or resume it if it exists
+        wid, steps, log = args
+        try:
+            status = workflow.get_status(wid)
+        except ValueError:
+            status = None
+        if status is None:
+            result = workflow.run(logged_chain(int(steps), log), workflow_id=wid)
+        elif status is WorkflowStatus.SUCCESSFUL:
+            result = workflow.get_output(wid)
+        else:
+            result = workflow.resume(wid)
     elif mode == "sleep":
         dag = identity.bind(workflow.sleep(SLEEP_S))
         result = workflow.run(dag, workflow_id=SLEEPER_ID)

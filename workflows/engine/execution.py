@@ -33,13 +33,20 @@ from workflows.engine.liveness import ray_session
 from workflows.engine.loop import EngineLoop
 from workflows.engine.outputs import execution_error, load_task_output
 from workflows.engine.runstate import (
+    NO_RESULT,
     Run,
     Task,
     add_steps,
     continuation_subtree,
     resolve_alias,
 )
-from workflows.engine.step import ContinuationGraph, function_key, make_runner, remote_execute_step
+from workflows.engine.step import (
+    ContinuationGraph,
+    ParentContinued,
+    function_key,
+    make_runner,
+    remote_execute_step,
+)
 from workflows.engine.storage import Storage
 from workflows.engine.tool_runs import StepEvents, ToolRunner, ToolSteps
 from workflows.engine.waits import WaitSteps
@@ -52,6 +59,12 @@ from workflows.errors import (
 from workflows.status import WorkflowStatus
 
 BURST = 16  # starting at least this many tasks at once holds the completion watcher
+PIPELINE_WINDOW = 64
+"""How many steps of a workflow may be submitted before the steps they read have committed
+(0: none). Each reads the ObjectRefs of what it reads, as plain Ray chains tasks; results
+are still committed strictly in dependency order (see :meth:`StepExecution._pipeline`).
+After a crash, at most this many steps beyond the committed ones may have run already and
+run again (steps run at least once; a committed one never runs again)."""
 
 
 class StepExecution(EngineLoop):
@@ -64,9 +77,11 @@ class StepExecution(EngineLoop):
         tool_runner: ToolRunner | None,
         limits: StepLimits,
         step_events: StepEvents | None = None,
+        pipeline_window: int = PIPELINE_WINDOW,
     ) -> None:
         super().__init__(storage)
         self.limits = limits
+        self.pipeline_window = pipeline_window
         # the Ray the engine runs on: a ray.shutdown() under it ends it (ray_lost)
         self.ray_session = ray_session()
         self._runs: dict[str, Run] = {}
@@ -156,7 +171,7 @@ class StepExecution(EngineLoop):
                     task.value = None
                     task.has_value = False
 
-    def _start_task(self, run: Run, task: Task) -> None:
+    def _start_task(self, run: Run, task: Task, pipeline: bool = True) -> None:
         if run.finished:
             return
         step = task.step
@@ -190,10 +205,46 @@ class StepExecution(EngineLoop):
             task.ref = ref
             run.running[step.task_id] = ref
             self._completions.watch(ref, (run, step.task_id))
+            if pipeline and self.pipeline_window > 0 and task.dependents:
+                self._pipeline(run, task)
         elif step.kind == "sleep":
             self._waits.start_sleep(run, task, float(args[0]))
         else:
             self._waits.start_event(run, task, args)
+
+    def _pipeline(self, run: Run, first: Task) -> None:
+        """Submit the readers of ``first`` (just submitted) now, with the ObjectRefs of what
+        they read, and theirs in turn: a chain goes to Ray at once, as a plain Ray chain
+        does, and its steps run back to back without a round trip through the engine.
+
+        Durability is unchanged: a result is committed only after every result it depends
+        on (:meth:`_on_task_done` holds it in ``early_result`` until then), so no committed
+        result ever depends on an uncommitted one, and a crash reruns what follows the
+        committed prefix (steps run at least once, as always). Only plain task steps that
+        read their inputs as top-level arguments are pipelined, and only on plain task
+        steps: not on ``catch_exceptions`` steps (their output is not the task's return),
+        sleeps, events or tool steps. A parent that returns a continuation is found by the
+        reader's task before its body runs (:class:`ParentContinued`), which then starts
+        again the usual way once the continuation's output is known."""
+        todo = [first]
+        while todo:
+            parent = todo.pop()
+            for tid in parent.dependents:
+                reader = run.tasks[tid]
+                if reader.state != "WAITING" or reader.pending == 0:
+                    continue
+                if not _pipelinable(run, reader):
+                    continue
+                if run.early >= self.pipeline_window:
+                    run.blocked.append(parent)  # (again once a pipelined step is done)
+                    break
+                reader.early = True
+                run.early += 1
+                self._start_task(run, reader, pipeline=False)
+                if reader.state == "RUNNING":
+                    todo.append(reader)
+                if run.finished:
+                    return
 
     def _remote_for(self, step: StepDef) -> tuple[Any, bool]:
         """(Ray remote function, whether to pass the step function as first argument).
@@ -231,6 +282,13 @@ class StepExecution(EngineLoop):
         task = run.tasks[tid]
         if task.state == "ABANDONED":
             return
+        if task.early:
+            if isinstance(result, RayTaskError) and isinstance(result.cause, ParentContinued):
+                self._unpipeline(run, task)
+                return
+            if task.pending > 0:
+                task.early_result = result  # committed once what it read is
+                return
         step = task.step
         exc = result if isinstance(result, RayError) else None
         if exc is not None and not isinstance(exc, RayTaskError) and self.ray_lost():
@@ -456,12 +514,29 @@ class StepExecution(EngineLoop):
         self._mark_done(run, run.tasks[tid])
         self._maybe_finish(run)
 
+    def _unpipeline(self, run: Run, task: Task) -> None:
+        """A pipelined step whose parent returned a continuation: back to waiting, to be
+        started the usual way when the continuation's output is known."""
+        task.early = False
+        run.early -= 1
+        task.state = "WAITING"
+        task.started_at = None
+        task.ref = None
+        for dep in task.step.deps:  # (it will read them again)
+            run.tasks[dep].consumers_left += 1
+        if task.pending == 0:
+            self._start_task(run, task)
+
     def _mark_done(self, run: Run, task: Task) -> None:
         stack = [task]
         ready: list[Task] = []
+        held: list[Task] = []
         while stack:
             t = stack.pop()
             t.state = "DONE"
+            if t.early:
+                t.early = False
+                run.early -= 1
             tid = t.step.task_id
             for fut in run.waiters.pop(tid, []):
                 try:
@@ -473,9 +548,19 @@ class StepExecution(EngineLoop):
                 d.pending -= 1
                 if d.pending == 0 and d.state == "WAITING":
                     ready.append(d)
+                elif d.pending == 0 and d.early_result is not NO_RESULT:
+                    held.append(d)
             for pid in t.alias_parents:
                 stack.append(run.tasks[pid])
         self._start_tasks(run, ready)
+        for d in held:  # pipelined steps that finished first: their turn to commit
+            result, d.early_result = d.early_result, NO_RESULT
+            self._on_task_done(run, d.step.task_id, result)
+        if run.blocked and run.early < self.pipeline_window:
+            blocked, run.blocked = run.blocked, []
+            for parent in dict.fromkeys(blocked):  # (in order, each once)
+                if parent.state == "RUNNING" and not run.finished:
+                    self._pipeline(run, parent)
 
     def _start_tasks(self, run: Run, tasks: list[Task]) -> None:
         """Start ``tasks``; a burst of them with the completion watcher held."""
@@ -596,6 +681,49 @@ class StepExecution(EngineLoop):
 
     def _load_output(self, workflow_id: str, task_id: str) -> Any:
         return load_task_output(self.storage, workflow_id, task_id)
+
+
+def _pipelinable(run: Run, reader: Task) -> bool:
+    """Whether ``reader`` may be submitted before the steps it reads have committed."""
+    step = reader.step
+    if step.kind != "task" or step.catch_exceptions:
+        return False
+    for dep in step.deps:
+        parent = run.tasks[dep]
+        if parent.state == "DONE":
+            continue
+        if (
+            parent.state != "RUNNING"
+            or parent.step.kind != "task"
+            or parent.step.catch_exceptions
+            or parent.ref is None
+        ):
+            return False
+    return _refs_on_top(step.args) and _refs_on_top(step.kwargs.values())
+
+
+def _refs_on_top(values: Any) -> bool:
+    """No step output nested inside a container among ``values`` (a task reads nested
+    ObjectRefs as they are: one of a continued parent would not be caught)."""
+    for value in values:
+        if type(value) in ATOMS or isinstance(value, StepRef | InputRef):
+            continue
+        if isinstance(value, list | tuple | set | frozenset | dict) and _has_ref(value):
+            return False
+    return True
+
+
+def _has_ref(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, StepRef):
+            return True
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple | set | frozenset):
+            stack.extend(item)
+    return False
 
 
 def clean_point(db: Any, workflow_id: str) -> None:

@@ -15,6 +15,9 @@ import ray
 from workflows.engine.graph import StepDef, TaskIdAllocator
 from workflows.status import WorkflowStatus
 
+NO_RESULT: Any = object()
+"""``Task.early_result`` when the task has not finished."""
+
 
 @dataclass(eq=False, slots=True)
 class Task:
@@ -40,6 +43,11 @@ class Task:
     timer_end: float | None = None
     node: str | None = None
     reason: str | None = None
+    # pipelined: submitted to Ray before every step it reads had committed (with their
+    # ObjectRefs, as plain Ray chains tasks); its result waits in ``early_result`` until
+    # they have, so that results are committed in dependency order
+    early: bool = False
+    early_result: Any = NO_RESULT
 
 
 @dataclass(eq=False)
@@ -62,6 +70,9 @@ class Run:
     timers: int = 0  # armed timers in the engine's heap
     # resumed, and no step committed since: its first commit is a clean point
     unclean: bool = False
+    early: int = 0  # pipelined tasks not done yet (at most the engine's pipeline window)
+    # running tasks with readers not pipelined because the window was full
+    blocked: list[Task] = field(default_factory=list)
 
 
 def add_steps(run: Run, steps: list[StepDef]) -> None:

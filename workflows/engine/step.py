@@ -39,9 +39,21 @@ class ContinuationGraph:
     graph: Graph
 
 
+class ParentContinued(Exception):
+    """A pipelined step's parent returned a continuation: its output is not the value the
+    step reads yet. Raised before the step's body runs; the engine starts the step again
+    once the continuation's output is known."""
+
+
 def execute_step(func: Any, ctx: list[str], *args: Any, **kwargs: Any) -> Any:
     """Run one step body; ``ctx`` is ``[workflow_id, task_id]`` (a list: Ray packs a list
     of strings with msgpack, while a tuple takes its slower pickle path)."""
+    for value in args:
+        if type(value) is ContinuationGraph:
+            raise ParentContinued()
+    for value in kwargs.values():
+        if type(value) is ContinuationGraph:
+            raise ParentContinued()
     token = _CONTEXT.set(StepContext(*ctx))
     try:
         result = func(*args, **kwargs)
