@@ -126,7 +126,7 @@ class Node:
         swarm: SwarmMembership | None = None,
         listen_sockets: ListenSockets | None = None,
     ) -> None:
-        from workflows.ray_tools import RayToolRunner
+        from workflows.ray_tools import PackageInstall, RayToolRunner
 
         self.config = config
         # TCP listen sockets bound before Ray started (None: bound when the host starts)
@@ -179,11 +179,23 @@ class Node:
         # CPU each). Peers' steps get at most the slots not reserved for this node's own.
         self.local_capacity = max(2, cpus * 2)
         peer_slots, _reserved = split_slots(self.local_capacity, config.handoff.reserved_share)
+        packages = config.tool_packages
         run_local = RayToolRunner(
             max_concurrent=self.local_capacity + peer_slots,
             num_cpus=cpus / self.local_capacity,
             limits=config.workflows.step_limits(),  # applied in the worker
+            # tools installed per step: only where allowed (it runs code from an index)
+            install=PackageInstall(
+                index_url=packages.index_url,
+                no_index=packages.no_index,
+                find_links=tuple(packages.find_links),
+                timeout_s=packages.install_timeout_s,
+            )
+            if packages.install
+            else None,
+            tools=self.tools,
         )
+        self.run_local = run_local
         self.handoff = HandoffServer(
             self.tools,
             run_local,
@@ -193,6 +205,7 @@ class Node:
             peer_id=self.peer_id,
             sign=partial(identity.sign, key),
             slots=peer_slots,
+            packages=run_local if packages.install else None,
         )
         # every step's progress, for ``watch`` and the waiting reasons of ``status``
         self.progress = hub_from(config.control)
@@ -213,6 +226,7 @@ class Node:
             replicas=placement.replicas,
             progress=self.progress,
             routing=config.routing,
+            packages=run_local if packages.install else None,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(
@@ -255,6 +269,8 @@ class Node:
                 timeout_s=net.request_timeout_s * 2,
             )
         self.host.set_handler(handoff.PROTOCOL_ID, self.handoff.handle)
+        for legacy in handoff.LEGACY_PROTOCOL_IDS:  # (its offers lack the 1.1.0 members)
+            self.host.set_handler(legacy, self.handoff.handle)
         self.host.set_handler(control.PROTOCOL_ID, self.control.handle)
         for legacy in control.LEGACY_PROTOCOL_IDS:
             self.host.set_handler(legacy, self.control.legacy_handler(legacy))
@@ -297,6 +313,10 @@ class Node:
                 capacity=self.local_capacity,
             ),
             ttl_s=self.config.discovery.card_ttl_s,
+            installs=discovery.InstallInfo(
+                allowed=self.config.tool_packages.install,
+                packages=self.run_local.installed[-discovery.MAX_PACKAGES :],
+            ),
         )
 
     async def run(

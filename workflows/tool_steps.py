@@ -29,6 +29,18 @@ class ToolCall:
     replicas: int = 1  # >1: run on that many nodes; accept the output only if all agree
     # how long it waits for a node offering its tool (None: the runner's default)
     provider_wait_s: float | None = None
+    # a pip requirement installed for the step (on a node with tools.install); ``tool`` is
+    # then a tool of that package, or the package's name for its own tool
+    package: str | None = None
+    # environment variables of the step's process, (name, value) sorted by name
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def package_tool(self) -> str | None:
+        """For a package step: the tool asked for, or None for the package's own tool."""
+        if self.package is None:
+            return None
+        return self.tool if "." in self.tool else None
 
     @property
     def idempotency_key(self) -> str:

@@ -158,6 +158,9 @@ def test_decorator_builds_models_from_the_signature():
         "input_schema",
         "output_schema",
         "deterministic",
+        "idempotent",
+        "tags",
+        "resources",
     }
     assert spec["version"] == "2.1.0" and spec["deterministic"] is False  # unless declared
     json.dumps(spec)

@@ -93,6 +93,8 @@ class ToolSteps:
             peers=tuple(options.get("peers", ())),
             replicas=int(options.get("replicas", 1)),
             provider_wait_s=options.get("provider_wait_s"),
+            package=options.get("package"),
+            parameters=tuple(sorted(dict(options.get("parameters") or {}).items())),
         )
         fut = self.runner(call, placed)
 
