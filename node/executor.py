@@ -221,13 +221,9 @@ class SwarmExecutor:
 
     def _candidates_for(self, request: ToolCall) -> list[Candidate]:
         """The candidates of a step: for a package step the nodes that install packages
-        (warm: the requirement is installed there already); for a step with parameters the
-        providers that take them (handoff 1.1.0: cards of discovery 0.3.0)."""
+        (warm: the requirement is installed there already); else those offering its tool."""
         if request.package is None:
-            found = self.candidates(request.tool, request.version, request.peers)
-            if request.parameters:
-                found = [c for c in found if c.local or self.registry.speaks_packages(c.node)]
-            return found
+            return self.candidates(request.tool, request.version, request.peers)
         peers, package = request.peers, request.package
         out: list[Candidate] = []
         if self.packages is not None and (not peers or self.host.peer_id in peers):

@@ -337,12 +337,6 @@ class PeerRegistry:
             and state.card.installs.allowed
         ]
 
-    def speaks_packages(self, peer_id: str) -> bool:
-        """Whether the peer's card is of discovery 0.3.0 or later (it carries ``installs``):
-        such a peer takes handoff 1.1.0 offers (a step's ``parameters``)."""
-        state = self._peers.get(peer_id)
-        return state is not None and state.card is not None and state.card.installs is not None
-
     def peer_refs(self, limit: int, *, exclude: str | None = None) -> list[PeerRef]:
         """Peers worth telling others about: heard from recently, with a signed address
         record to pass on (a receiver dials no other address), and not excluded."""

@@ -54,14 +54,10 @@ from protocols.errors import (
     ProtocolTimeoutError,
     StreamClosedError,
 )
-from protocols.framing import encode_frame
 from protocols.handoff.machine import Delegator, DelegatorState
-from protocols.handoff.messages import LEGACY_PROTOCOL_IDS, MAX_REASON_LEN, HandoffMessage
+from protocols.handoff.messages import MAX_REASON_LEN, HandoffMessage
 from protocols.stream import MessageStream
-from protocols.versioning import dump_for
 from protocols.wire import ErrorMessage
-
-LEGACY_HANDOFF = LEGACY_PROTOCOL_IDS[0]  # /hivemesh/handoff/1.0.0
 
 log = logging.getLogger(__name__)
 
@@ -143,21 +139,14 @@ async def delegate(
     after ``record`` has stored it, in the background, so the caller gets the outputs first
     and the delegatee keeps its copy until ours is safe."""
     started = time.monotonic()
-    # 1.1.0 only for an offer that needs it (a package, parameters): a node of either
-    # version runs the others' ordinary steps (docs/protocols.md §9)
-    protocol = handoff.PROTOCOL_ID if offer.needs_1_1() else LEGACY_HANDOFF
-    stream = await host.open_stream(peer_id, protocol)
+    stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
     ms = MessageStream(stream, handoff.CODEC, limits=network.frame_limits())
     machine = Delegator(offer)
     offered = False
     rtt_ms = 0.0
     try:
         with trio.fail_after(offer.deadline_ms / 1000 + config.heartbeat_timeout_s):
-            if protocol == LEGACY_HANDOFF:
-                frame = encode_frame(dump_for(offer, "1.0.0"), network.max_frame_size)
-                await ms.stream.write(frame)
-            else:
-                await ms.send(offer)
+            await ms.send(offer)
             offered = True
             while not machine.finished:
                 try:
@@ -376,8 +365,7 @@ async def cancel_handoff(
     step is stopped, or ``not_canceled`` (unknown to the peer, or already finished).
 
     Raises :class:`HandoffLostError` when the peer does not answer (outcome unknown)."""
-    # (a cancel is the same in 1.0.0: every node takes it there)
-    stream = await host.open_stream(peer_id, LEGACY_HANDOFF)
+    stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
     ms = MessageStream(stream, handoff.CODEC, limits=network.frame_limits())
     cancel = handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN])
     machine = Delegator(cancel)

@@ -19,8 +19,8 @@ from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
 PROTOCOL_ID = "/hivemesh/handoff/1.1.0"
 LEGACY_PROTOCOL_IDS = ("/hivemesh/handoff/1.0.0",)
-"""Older minor versions a node still serves; a delegator opens 1.0.0 for an offer without
-the 1.1.0 members, so that nodes of either version run each other's ordinary steps."""
+"""Older minor versions a node still serves (an older delegator's offers have no 1.1.0
+members); a delegator opens the newest (docs/protocols.md §3.1)."""
 
 RejectCode = Literal[
     "no_such_tool",
@@ -69,10 +69,6 @@ class Offer(WireModel):
         description="environment variables of the step's process",
         json_schema_extra=since("1.1.0"),
     )
-
-    def needs_1_1(self) -> bool:
-        """Whether the offer uses a member of version 1.1.0 (else it is sent as 1.0.0)."""
-        return self.package is not None or bool(self.parameters)
 
 
 class Accept(WireModel):

@@ -68,11 +68,8 @@ def test_every_member_added_after_0_1_0_is_marked() -> None:
         assert entry[name].json_schema_extra == {"since": "0.2.0"}, name
 
 
-def test_an_offer_without_the_1_1_members_is_sent_as_1_0() -> None:
-    """A delegator opens handoff 1.0.0 for an ordinary offer (an older node takes it) and
-    1.1.0 only for a package or parameters, whose members 1.0.0 does not have."""
+def test_an_offer_for_a_1_0_peer_has_no_package_or_parameters() -> None:
     plain = handoff.Offer(handoff_id="h", workflow_id="w", step="s", tool="a.b", deadline_ms=1)
-    assert not plain.needs_1_1()
-    assert set(dump_for(plain, "1.0.0")) == set(plain.model_dump()) - {"package", "parameters"}
-    assert handoff.Offer(**{**plain.model_dump(), "package": "p==1"}).needs_1_1()
-    assert handoff.Offer(**{**plain.model_dump(), "parameters": {"A": "1"}}).needs_1_1()
+    full = handoff.Offer(**{**plain.model_dump(), "package": "p==1", "parameters": {"A": "1"}})
+    assert set(dump_for(full, "1.0.0")) == set(plain.model_dump()) - {"package", "parameters"}
+    assert dump_for(full, "1.1.0") == full.model_dump(mode="json")

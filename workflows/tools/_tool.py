@@ -233,8 +233,8 @@ def tool(
             remote_callable=remote_callable,
             bare_result=bare,
             deterministic=deterministic,
-            tags=tuple(tags),
-            resources=dict(resources or {}),
+            tags=check_tags(name, tags),
+            resources=check_resources(name, resources or {}),
             idempotent=idempotent,
         )
 
