@@ -57,7 +57,7 @@ async def test_package_steps_run_on_an_installing_node_each_with_its_own_version
     """c (no installs) hands both steps to a (tools.install): one runs hm-probe 1.0.0, the
     other 2.0.0, at the same time, each seeing its own parameters; a's card then lists both
     packages. A package tool's exception comes back through the handoff with its type,
-    message and traceback. On a itself the same steps run locally."""
+    message and traceback. On a itself the same steps run locally, and fail alike."""
     wheels = tmp_path / "wheels"
     write_tool_wheel(wheels, "hm-probe", "1.0.0")
     write_tool_wheel(wheels, "hm-probe", "2.0.0")
@@ -104,6 +104,14 @@ async def test_package_steps_run_on_an_installing_node_each_with_its_own_version
         assert view.status is WorkflowStatus.SUCCESSFUL, view.error
         assert view.outputs["one"]["env"] == "hello-1" and view.outputs["two"]["env"] == "42"
         assert {s.node for s in view.steps} == {a.peer_id}
+        wid, _ = await a.workflows.submit(parse_workflow(FAILING), {}, "failing-a")
+        with trio.fail_after(120):
+            view = await a.workflows.wait(wid)
+        assert view.status is WorkflowStatus.FAILED
+        (step,) = view.steps
+        for text in (view.error or "", step.error or ""):
+            assert "ValueError: the probe was asked to fail" in text, text
+            assert "Traceback (most recent call last):" in text, text
         nursery.cancel_scope.cancel()
 
 
