@@ -202,7 +202,7 @@ class RayToolRunner:
     def _options(self, name: str, parameters: Mapping[str, str] | None) -> dict[str, Any]:
         options: dict[str, Any] = {}
         if self._tools is not None and self._tools.has(name):
-            options.update(self._tools.get(name).resources)
+            options.update(ray_resource_options(name, self._tools.get(name).resources))
         if parameters:
             options["runtime_env"] = {"env_vars": dict(parameters)}
         return options
@@ -218,11 +218,16 @@ class RayToolRunner:
     ) -> dict[str, Any]:
         """Run tool ``name``; inside it, ``current_call().idempotency_key`` is the key and
         ``parameters`` are environment variables."""
-        options = self._options(name, parameters)
-        remote = self._remote.options(**options) if options else self._remote
-        ref = await trio.to_thread.run_sync(
-            functools.partial(remote.remote, name, version, args, idempotency_key, self._limits)
-        )
+
+        def submit() -> ray.ObjectRef:  # (in a worker thread: it may ask the cluster)
+            options = self._options(name, parameters)
+            remote = self._remote
+            if options:  # (the slot's CPUs unless the tool says otherwise)
+                base = {} if self._num_cpus is None else {"num_cpus": self._num_cpus}
+                remote = _invoke_remote.options(**{**base, **options})
+            return remote.remote(name, version, args, idempotency_key, self._limits)
+
+        ref = await trio.to_thread.run_sync(submit)
         return cast(dict[str, Any], await self._result(ref, name))
 
     async def run_package(
@@ -290,6 +295,37 @@ class RayToolRunner:
 
     def _bound(self, text: str) -> str:
         return text if self._limits is None else bound_error_text(text, self._limits)
+
+
+# a tool's declared resources that are Ray task options of their own; others are custom
+# resources (Ray's ``resources={...}``)
+_RAY_RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+
+
+def ray_resource_options(name: str, resources: Mapping[str, float]) -> dict[str, Any]:
+    """A tool's declared ``resources`` as Ray task options. Raises
+    :class:`ToolExecutionError` when the cluster has less of one in all than one call needs:
+    such a task would wait forever."""
+    if not resources:
+        return {}
+    total = ray.cluster_resources()
+    options: dict[str, Any] = {}
+    custom: dict[str, float] = {}
+    for key, amount in resources.items():
+        have = total.get(_RAY_RESOURCE_KEYS.get(key, key), 0.0)
+        if amount > have:
+            raise ToolExecutionError(
+                f"tool {name!r} needs {key}={amount:g} for one call, but this node's Ray has "
+                f"{have:g} in all",
+                name,
+            )
+        if key in _RAY_RESOURCE_KEYS:
+            options[key] = int(amount) if key == "memory" else amount
+        else:
+            custom[key] = amount
+    if custom:
+        options["resources"] = custom
+    return options
 
 
 def _pip_error(exc: RuntimeEnvSetupError) -> str:

@@ -150,3 +150,19 @@ async def test_with_no_installing_node_a_package_step_fails_naming_the_package(
             )
         assert info.value.code == "installs_not_allowed"
         nursery.cancel_scope.cancel()
+
+
+def test_a_tool_s_declared_resources_are_ray_options_and_an_impossible_one_fails() -> None:
+    """Declared resources become the task's Ray options (custom ones under ``resources``); one
+    more than the cluster has in all fails the step at once instead of waiting forever."""
+    from workflows.errors import ToolExecutionError
+    from workflows.ray_tools import ray_resource_options
+
+    assert ray_resource_options("demo.t", {"num_cpus": 1, "memory": 1e6}) == {
+        "num_cpus": 1,
+        "memory": 1_000_000,
+    }
+    with pytest.raises(ToolExecutionError, match=r"needs num_cpus=1000 .* has 2 in all"):
+        ray_resource_options("demo.t", {"num_cpus": 1000})  # (the session's Ray has 2)
+    with pytest.raises(ToolExecutionError, match="needs licence=1"):
+        ray_resource_options("demo.t", {"licence": 1})
