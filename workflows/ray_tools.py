@@ -21,6 +21,7 @@ from workflows.engine.limits import (
 )
 from workflows.errors import ToolError, ToolExecutionError
 from workflows.tools import ToolRegistry, load_package_tool, tool_call
+from workflows.tools._packages import step_environment
 
 MAX_INSTALLED_LISTED = 64
 """Packages a node lists on its card as installed (the most recently used)."""
@@ -204,7 +205,7 @@ class RayToolRunner:
         if self._tools is not None and self._tools.has(name):
             options.update(ray_resource_options(name, self._tools.get(name).resources))
         if parameters:
-            options["runtime_env"] = {"env_vars": dict(parameters)}
+            options["runtime_env"] = {"env_vars": step_environment(parameters)}
         return options
 
     async def __call__(
@@ -250,7 +251,7 @@ class RayToolRunner:
                 tool,
             )
         remote = _invoke_package_remote.options(
-            runtime_env=self.install.runtime_env(requirement, parameters or {}),
+            runtime_env=self.install.runtime_env(requirement, step_environment(parameters or {})),
             **({} if self._num_cpus is None else {"num_cpus": self._num_cpus}),
         )
         ref = await trio.to_thread.run_sync(

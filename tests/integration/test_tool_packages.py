@@ -33,9 +33,13 @@ steps:
     package: "hm-probe==2.0.0"
     inputs: [{name: value, value: second}, {name: env, value: HM_GREETING}]
     parameters: [{name: HM_GREETING, value: 42}]
+  - name: installed
+    tool: util.parameters
+    parameters: [{name: HM_MODE, value: fast}, {name: HM_LIMIT, value: 2.5}]
 outputs:
   - {name: one, value: "{{steps.one.outputs.result}}"}
   - {name: two, value: "{{steps.two.outputs.result}}"}
+  - {name: installed, value: "{{steps.installed.outputs.result}}"}
 """
 
 FAILING = """
@@ -54,14 +58,15 @@ def _installer_config(wheels: Path) -> dict[str, object]:
 async def test_package_steps_run_on_an_installing_node_each_with_its_own_version(
     tmp_path: Path,
 ) -> None:
-    """c (no installs) hands both steps to a (tools.install): one runs hm-probe 1.0.0, the
-    other 2.0.0, at the same time, each seeing its own parameters; a's card then lists both
-    packages. A package tool's exception comes back through the handoff with its type,
-    message and traceback. On a itself the same steps run locally, and fail alike."""
+    """c (no installs, no tools) hands its steps to a (tools.install): one runs hm-probe
+    1.0.0, the other 2.0.0, at the same time, each seeing its own parameters, and an
+    installed tool's step gets its parameters too; a's card then lists both packages. A
+    package tool's exception comes back through the handoff with its type, message and
+    traceback. On a itself the same steps run locally, and fail alike."""
     wheels = tmp_path / "wheels"
     write_tool_wheel(wheels, "hm-probe", "1.0.0")
     write_tool_wheel(wheels, "hm-probe", "2.0.0")
-    a = make_node(tmp_path, "a", "none", tool_packages=_installer_config(wheels))
+    a = make_node(tmp_path, "a", "util", tool_packages=_installer_config(wheels))
     async with trio.open_nursery() as nursery:
         await launch(nursery, a)
         c = make_node(tmp_path, "c", "none", bootstrap=a.host.addrs())
@@ -75,8 +80,9 @@ async def test_package_steps_run_on_an_installing_node_each_with_its_own_version
         assert view.outputs == {
             "one": {"version": "1.0.0", "value": "first", "env": "hello-1"},
             "two": {"version": "2.0.0", "value": "second", "env": "42"},
+            "installed": {"HM_MODE": "fast", "HM_LIMIT": "2.5"},
         }
-        assert {s.name: s.node for s in view.steps} == {"one": a.peer_id, "two": a.peer_id}
+        assert {s.node for s in view.steps} == {a.peer_id}
         assert set(a.run_local.installed) == {"hm-probe==1.0.0", "hm-probe==2.0.0"}
         await wait_until(
             lambda: (
@@ -103,6 +109,7 @@ async def test_package_steps_run_on_an_installing_node_each_with_its_own_version
             view = await a.workflows.wait(wid)
         assert view.status is WorkflowStatus.SUCCESSFUL, view.error
         assert view.outputs["one"]["env"] == "hello-1" and view.outputs["two"]["env"] == "42"
+        assert view.outputs["installed"] == {"HM_MODE": "fast", "HM_LIMIT": "2.5"}
         assert {s.node for s in view.steps} == {a.peer_id}
         wid, _ = await a.workflows.submit(parse_workflow(FAILING), {}, "failing-a")
         with trio.fail_after(120):

@@ -42,6 +42,7 @@ BUILTINS = [
     "text.word_count",
     "util.echo",
     "util.fill",
+    "util.parameters",
     "util.sleep",
     "util.step_key",
 ]
@@ -256,12 +257,12 @@ def test_registry_loads_all_builtins_from_entry_points(registry: ToolRegistry):
 @pytest.mark.parametrize(
     ("selection", "groups", "count"),
     [
-        ("all", ["math", "text", "util"], 11),
+        ("all", ["math", "text", "util"], 12),
         ("text", ["text"], 4),
         ("text,math", ["math", "text"], 7),
         (" text , math ", ["math", "text"], 7),
         (["text", "math"], ["math", "text"], 7),
-        (["util"], ["util"], 4),
+        (["util"], ["util"], 5),
         ("none", [], 0),
         ("", [], 0),
         ([], [], 0),

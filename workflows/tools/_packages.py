@@ -46,6 +46,9 @@ _ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # (e.g. PIP_INDEX_URL would redirect the step's own install)
 RESERVED_PREFIXES = ("PIP_", "RAY_", "PYTHON", "LD_", "HIVEMESH_", "VIRTUAL_ENV", "UV_")
 RESERVED_NAMES = frozenset({"PATH", "HOME", "SHELL", "USER", "TMPDIR", "CONDA_PREFIX"})
+PARAMETERS_ENV = "HIVEMESH_PARAMETERS"
+"""Set in a step's process with parameters: their names, comma-separated (``util.parameters``
+reads them, and nothing else of the node's environment)."""
 
 
 def check_requirement(text: str) -> str:
@@ -184,6 +187,14 @@ def check_parameters(items: Mapping[str, Any] | Iterable[tuple[str, Any]]) -> di
             )
         out[name] = text
     return out
+
+
+def step_environment(parameters: Mapping[str, str]) -> dict[str, str]:
+    """The environment variables of a step's process: its parameters, and their names in
+    :data:`PARAMETERS_ENV` (empty for a step without parameters)."""
+    if not parameters:
+        return {}
+    return {**parameters, PARAMETERS_ENV: ",".join(sorted(parameters))}
 
 
 def is_tool_name(name: str) -> bool:

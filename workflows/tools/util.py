@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Annotated, Any
 
 from pydantic import Field
 
 from workflows.tools._context import current_call
+from workflows.tools._packages import PARAMETERS_ENV
 from workflows.tools._tool import tool
 
 MAX_SLEEP_SECONDS = 3600.0
@@ -42,3 +44,11 @@ def fill(size: Annotated[int, Field(ge=0, le=MAX_FILL_CHARS)], char: str = "x") 
     if len(char) != 1:
         raise ValueError(f"char must be one character, not {char!r}")
     return char * size
+
+
+@tool("util.parameters", output=dict[str, str])
+def parameters() -> dict[str, str]:
+    """Return the step's parameters (its environment variables from 'parameters'), and
+    nothing else of the node's environment. Empty for a step without parameters."""
+    names = [n for n in os.environ.get(PARAMETERS_ENV, "").split(",") if n]
+    return {name: os.environ.get(name, "") for name in names}
