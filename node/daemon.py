@@ -269,8 +269,8 @@ class Node:
                 timeout_s=net.request_timeout_s * 2,
             )
         self.host.set_handler(handoff.PROTOCOL_ID, self.handoff.handle)
-        for legacy in handoff.LEGACY_PROTOCOL_IDS:  # (its offers lack the 1.1.0 members)
-            self.host.set_handler(legacy, self.handoff.handle)
+        for legacy in handoff.LEGACY_PROTOCOL_IDS:  # (1.0.0: its offers lack 1.1.0's members)
+            self.host.set_handler(legacy, self.handoff.handle_1_0)
         self.host.set_handler(control.PROTOCOL_ID, self.control.handle)
         for legacy in control.LEGACY_PROTOCOL_IDS:
             self.host.set_handler(legacy, self.control.legacy_handler(legacy))

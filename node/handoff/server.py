@@ -317,7 +317,12 @@ class HandoffServer:
 
     # -- a stream ------------------------------------------------------------------------
 
-    async def handle(self, stream: P2PStream) -> None:
+    async def handle_1_0(self, stream: P2PStream) -> None:
+        """The handler of ``/hivemesh/handoff/1.0.0``: the same, for an older delegator (its
+        offers have no ``package`` or ``parameters``)."""
+        await self.handle(stream, legacy=True)
+
+    async def handle(self, stream: P2PStream, *, legacy: bool = False) -> None:
         ms = MessageStream(stream, handoff.CODEC, limits=self.network.frame_limits())
         machine = Delegatee()
         peer = stream.remote_peer
@@ -353,6 +358,10 @@ class HandoffServer:
             await self._answer_cancel(ms, machine, first, peer)
             return
         assert isinstance(first, handoff.Offer)
+        if legacy and (first.package is not None or first.parameters is not None):
+            problem = "'package' and 'parameters' are not members of handoff 1.0.0: use 1.1.0"
+            await self._send_final(ms, machine, _reject(first, "invalid", problem))
+            return
         await self._answer_offer(ms, machine, first, peer)
 
     async def _answer_offer(

@@ -14,6 +14,8 @@ import trio
 from node.handoff.delegator import delegate
 from node.handoff.errors import HandoffRejectedError
 from protocols import handoff
+from protocols.framing import encode_frame
+from protocols.stream import MessageStream
 from tests.integration.harness import launch, make_node, wait_until
 from tests.tool_wheels import write_tool_wheel
 from workflows.dsl import parse_workflow
@@ -156,6 +158,27 @@ async def test_with_no_installing_node_a_package_step_fails_naming_the_package(
                 c.host, b.peer_id, offer, network=c.config.network, config=c.config.handoff
             )
         assert info.value.code == "installs_not_allowed"
+
+        # on handoff 1.0.0 (an older delegator's id) an ordinary offer is taken as before, and
+        # one with 1.1.0's members is refused
+        legacy = handoff.LEGACY_PROTOCOL_IDS[0]
+        plain = handoff.Offer(
+            handoff_id="old/echo@b",
+            workflow_id="old",
+            step="echo",
+            tool="util.echo",
+            args={"value": 1},
+            deadline_ms=10_000,
+        )
+        for sent, expected in ((plain, handoff.Accept), (offer, handoff.Reject)):
+            ms = MessageStream(await c.host.open_stream(b.peer_id, legacy), handoff.CODEC)
+            payload = sent.model_dump(mode="json", exclude_none=True)
+            await ms.stream.write(encode_frame(payload))
+            reply = await ms.receive_within(10)
+            assert isinstance(reply, expected), reply
+            if isinstance(reply, handoff.Reject):
+                assert reply.code == "invalid" and "handoff 1.0.0" in reply.message
+            await ms.reset()
         nursery.cancel_scope.cancel()
 
 
