@@ -21,7 +21,13 @@ import trio
 
 from node.config import HandoffConfig, NetworkConfig, RoutingConfig
 from node.errors import NodeError, NodeUnreachableError, PlacementError
-from node.handoff.delegator import HandoffOutcome, delegate
+from node.handoff.delegator import (
+    Abandon,
+    HandoffOutcome,
+    abandon_on_cancel,
+    current_abandon,
+    delegate,
+)
 from node.handoff.errors import (
     HandoffCanceledError,
     HandoffError,
@@ -44,7 +50,13 @@ from protocols import handoff, logsafe
 from protocols.canonical import canonical_json
 from protocols.discovery import ToolCard
 from workflows.errors import ToolError, error_text
-from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall, ToolOutcome
+from workflows.tool_steps import (
+    STEP_TIMEOUT,
+    PlacementCallback,
+    StepExecutionError,
+    ToolCall,
+    ToolOutcome,
+)
 from workflows.tools import ToolRegistry
 
 if TYPE_CHECKING:  # (it imports Ray: the node imports it where it runs steps)
@@ -59,8 +71,8 @@ MAX_BACKOFF_S = 30.0
 # how often a step with no provider looks again at the registry (a new peer's card)
 PROVIDER_POLL_S = 0.1
 
-# (tool, version, args, idempotency key) -> outputs; a step's parameters (environment
-# variables) come as the keyword ``parameters``, only when it has some
+# (tool, version, args, idempotency key[, resources=..., parameters=...]) -> outputs; the
+# keywords only when the step has them (its placement.resources, its parameters)
 LocalRunner = Callable[..., Awaitable[dict[str, Any]]]
 # (step, why it waits) when a step starts waiting for a provider; (step, None) when it stops
 WaitingCallback = Callable[[ToolCall, str | None], None]
@@ -175,18 +187,23 @@ class SwarmExecutor:
         return allowed == "any" or peer_id in allowed
 
     def candidates(
-        self, tool: str, version: str | None, peers: Collection[str] = ()
+        self, tool: str, version: str | None, peers: Collection[str] = (), mode: str = "auto"
     ) -> list[Candidate]:
         """Nodes that may run ``tool``: this one and peers with fresh cards offering it, within
-        ``handoff.delegate_to`` and, if given, ``peers`` (a step's ``placement.peers``)."""
+        ``handoff.delegate_to`` and, if given, ``peers`` (a step's ``placement.peers``);
+        ``mode`` (a step's ``placement``) ``local`` keeps only this node, ``remote`` only
+        peers."""
         out = []
-        if self.tools.has(tool, version) and (not peers or self.host.peer_id in peers):
+        here = mode != "remote" and (not peers or self.host.peer_id in peers)
+        if here and self.tools.has(tool, version):
             t = self.tools.get(tool, version)
             out.append(
                 Candidate(
                     self.host.peer_id, True, t.version, self.local_running, self.local_capacity
                 )
             )
+        if mode == "local":
+            return out
         now = self.registry.now()
         for state, card in self.registry.providers(tool, version):
             if not self.may_delegate_to(state.peer_id) or (peers and state.peer_id not in peers):
@@ -223,10 +240,11 @@ class SwarmExecutor:
         """The candidates of a step: for a package step the nodes that install packages
         (warm: the requirement is installed there already); else those offering its tool."""
         if request.package is None:
-            return self.candidates(request.tool, request.version, request.peers)
+            return self.candidates(request.tool, request.version, request.peers, request.mode)
         peers, package = request.peers, request.package
         out: list[Candidate] = []
-        if self.packages is not None and (not peers or self.host.peer_id in peers):
+        here = request.mode != "remote" and (not peers or self.host.peer_id in peers)
+        if self.packages is not None and here:
             out.append(
                 Candidate(
                     self.host.peer_id,
@@ -237,6 +255,8 @@ class SwarmExecutor:
                     warm=package in self.packages.installed,
                 )
             )
+        if request.mode == "local":
+            return out
         now = self.registry.now()
         for state in self.registry.installers():
             if not self.may_delegate_to(state.peer_id) or (peers and state.peer_id not in peers):
@@ -271,6 +291,41 @@ class SwarmExecutor:
         return out
 
     async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        """Run the step (see :meth:`_execute`), within its ``timeout_s`` if it has one: past
+        it, the step is stopped where it runs (a local Ray task is cancelled, a peer is sent
+        a handoff ``cancel``) and fails with error type ``StepTimeout``."""
+        if request.timeout_s is None:
+            return await self._execute(request, placed)
+        timeout = request.timeout_s
+        deadline = trio.current_time() + timeout
+        # a delegated step cancelled by its deadline is abandoned (the peer is sent a
+        # ``cancel``), as when its workflow is canceled; cancelled by the node shutting down,
+        # it is not (the workflow re-attaches after the restart)
+        abandon = _Deadline(current_abandon(), deadline, f"its timeout of {timeout:g}s passed")
+        with trio.CancelScope(deadline=deadline) as scope, abandon_on_cancel(abandon):
+            return await self._execute(request, placed)
+        assert scope.cancelled_caught
+        self._note(request, "failed", reason=f"stopped after its timeout of {timeout:g}s")
+        raise StepExecutionError(
+            f"step stopped after its timeout of {timeout:g}s", error_type=STEP_TIMEOUT
+        )
+
+    async def _execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        if request.mode == "local" and request.package is not None and self.packages is None:
+            raise StepExecutionError(
+                f"step has placement 'local' and needs package {request.package!r}, but this "
+                f"node does not install packages: set {INSTALL_HINT}, or use placement auto"
+            )
+        if (
+            request.mode == "local"
+            and request.package is None
+            and not self.tools.has(request.tool, request.version)
+        ):
+            raise StepExecutionError(
+                f"step has placement 'local', but this node does not offer tool "
+                f"{request.tool!r}{'@' + request.version if request.version else ''}: enable "
+                "it here (config 'tools') or use placement auto"
+            )
         replicas = max(request.replicas, self.replicas.get(request.tool, 1))
         if replicas > 1:
             return await self._execute_replicated(request, placed, replicas)
@@ -680,6 +735,11 @@ class SwarmExecutor:
         """Run the step on this node's Ray (its slot was reserved by :meth:`_place`)."""
         self._note(request, "running", node=decision.node)
         try:
+            extra: dict[str, Any] = {}
+            if request.resources:
+                extra["resources"] = request.resources
+            if request.parameters:
+                extra["parameters"] = dict(request.parameters)
             if request.package is not None:
                 if self.packages is None:  # (placement never chooses this node then)
                     raise StepExecutionError(
@@ -694,24 +754,19 @@ class SwarmExecutor:
                     request.version,
                     request.args,
                     request.idempotency_key,
-                    parameters=dict(request.parameters),
+                    **extra,
                 )
                 outputs = ran.outputs
-            elif request.parameters:
-                outputs = await self.run_local(
-                    request.tool,
-                    request.version,
-                    request.args,
-                    request.idempotency_key,
-                    parameters=dict(request.parameters),
-                )
             else:
                 outputs = await self.run_local(
-                    request.tool, request.version, request.args, request.idempotency_key
+                    request.tool, request.version, request.args, request.idempotency_key, **extra
                 )
         except ToolError as exc:
             raise StepExecutionError(
-                error_text(exc), node=decision.node, reason=decision.reason
+                error_text(exc),
+                node=decision.node,
+                reason=decision.reason,
+                error_type=getattr(exc, "exc_type", None) or type(exc).__name__,
             ) from None
         finally:
             self._release(decision)
@@ -728,6 +783,8 @@ class SwarmExecutor:
     async def _delegate(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         peer = decision.node
         hid = f"{request.idempotency_key}@{peer}"
+        if request.attempt:  # a retry is a new handoff, never a re-attach to the last one
+            hid += f"#retry{request.attempt}"
         journal = self.journal
         stored = await journal.call(journal.sync.get_handoff, hid, direction="out", peer=peer)
         if stored is not None and stored.status == "SUCCESSFUL" and stored.outputs is not None:
@@ -873,6 +930,31 @@ class SwarmExecutor:
         if tool_card is not None:
             return check_outputs(outputs, schema=tool_card.output_schema)
         return None
+
+
+class _Deadline(Abandon):
+    """The :class:`Abandon` of a step with a timeout: abandoned once ``deadline`` passed
+    (its reason then), or when the one it wraps (the workflow's) is."""
+
+    def __init__(self, outer: Abandon | None, deadline: float, why: str) -> None:
+        self._outer = outer
+        self._deadline = deadline
+        self._why = why
+        self._own: str | None = None
+
+    @property
+    def reason(self) -> str | None:  # type: ignore[override]
+        if self._outer is not None and self._outer.reason is not None:
+            return self._outer.reason
+        if self._own is not None:
+            return self._own
+        return self._why if trio.current_time() >= self._deadline else None
+
+    def request(self, reason: str) -> None:
+        if self._outer is not None:
+            self._outer.request(reason)
+        elif self._own is None:
+            self._own = reason
 
 
 def _one_line(text: str, limit: int = 300) -> str:

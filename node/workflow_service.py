@@ -33,7 +33,13 @@ from workflows.engine.storage import Storage, TaskRow, WorkflowRow
 from workflows.engine.tool_runs import Placed
 from workflows.errors import WorkflowNotFoundError, WorkflowStillActiveError
 from workflows.status import WorkflowStatus
-from workflows.tool_steps import StepExecutionError, StepExecutor, ToolCall, ToolOutcome
+from workflows.tool_steps import (
+    SKIPPED_REASON,
+    StepExecutionError,
+    StepExecutor,
+    ToolCall,
+    ToolOutcome,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -95,6 +101,7 @@ class WorkflowService:
                     lambda: Engine(
                         self.storage,
                         tool_runner=self._tool_runner,
+                        step_events=self._step_event,
                         limits=cfg.step_limits(),
                         max_resume_attempts=cfg.max_resume_attempts,
                         resume_stall_s=cfg.resume_stall_s,
@@ -120,6 +127,18 @@ class WorkflowService:
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(lambda: nursery.start_soon(self._run_tool, call, placed, fut))
         return fut
+
+    def _step_event(self, workflow_id: str, step: str, kind: str, reason: str) -> None:
+        """A step the engine skipped, or one that waits for its retry (engine thread)."""
+        progress, token = self.progress, self._token
+        if progress is None or token is None:
+            return
+
+        def record() -> None:
+            progress.step(workflow_id, step, kind, reason=reason)
+
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(record)
 
     async def _run_tool(self, call: ToolCall, placed: Placed, fut: Future[Any]) -> None:
         progress = self.progress
@@ -250,6 +269,8 @@ class WorkflowService:
                 WorkflowStatus.QUARANTINED,
             ):
                 state = "PENDING"
+            elif r.status == "SUCCESSFUL" and (r.reason or "").startswith(SKIPPED_REASON):
+                state = "SKIPPED"
             else:
                 state = r.status
             views.append(

@@ -147,6 +147,30 @@ class PackageRun:
 CANCEL_GRACE_S = 2.0
 
 
+def ray_resource_options(resources: dict[str, float]) -> dict[str, Any]:
+    """Ray task options asking for ``resources`` (``num_cpus``, ``num_gpus``, ``memory``
+    or custom names). Blocking (asks the cluster what it has): call it from a thread.
+    Raises :class:`ToolExecutionError` naming a resource the cluster has too little of."""
+    total = ray.cluster_resources()
+    names = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+    custom: dict[str, float] = {}
+    options: dict[str, Any] = {}
+    for key, amount in resources.items():
+        have = total.get(names.get(key, key), 0.0)
+        if amount > have:
+            raise ToolExecutionError(
+                f"the step needs {key}={amount:g}, but this node's Ray cluster has "
+                f"{have:g} in all: lower placement.resources, or run it where there is more"
+            )
+        if key in names:
+            options[key] = int(amount) if key == "memory" else amount
+        else:
+            custom[key] = amount
+    if custom:
+        options["resources"] = custom
+    return options
+
+
 def stop_task(ref: ray.ObjectRef, grace_s: float = CANCEL_GRACE_S) -> None:
     stop_tasks([ref], grace_s)
 
@@ -200,13 +224,28 @@ class RayToolRunner:
         """Requirements of package steps that ran here (at most the last 64)."""
         return list(self._installed)
 
-    def _options(self, name: str, parameters: Mapping[str, str] | None) -> dict[str, Any]:
-        options: dict[str, Any] = {}
-        if self._tools is not None and self._tools.has(name):
-            options.update(ray_resource_options(name, self._tools.get(name).resources))
-        if parameters:
-            options["runtime_env"] = {"env_vars": step_environment(parameters)}
-        return options
+    def _task(
+        self,
+        remote: Any,
+        name: str | None,
+        resources: Mapping[str, float] | None,
+        runtime_env: dict[str, Any] | None,
+    ) -> Any:
+        """``remote`` with the options of one step's task: the resources the tool declares,
+        with the step's own (``placement.resources``) over them, and its runtime env.
+        Blocking (it may ask the cluster what it has): call it from a worker thread."""
+        wanted: dict[str, float] = {}
+        if name is not None and self._tools is not None and self._tools.has(name):
+            wanted.update(self._tools.get(name).resources)
+        wanted.update(resources or {})
+        if not wanted and not runtime_env and remote is _invoke_remote:
+            return self._remote  # (built once: the common case)
+        options = ray_resource_options(wanted) if wanted else {}
+        if runtime_env:
+            options["runtime_env"] = runtime_env
+        if self._num_cpus is not None:  # (the slot's share unless the tool or step says)
+            options = {"num_cpus": self._num_cpus, **options}
+        return remote.options(**options) if options else remote
 
     async def __call__(
         self,
@@ -215,17 +254,18 @@ class RayToolRunner:
         args: dict[str, Any],
         idempotency_key: str | None = None,
         *,
+        resources: dict[str, float] | None = None,
         parameters: Mapping[str, str] | None = None,
     ) -> dict[str, Any]:
         """Run tool ``name``; inside it, ``current_call().idempotency_key`` is the key and
-        ``parameters`` are environment variables."""
+        ``parameters`` are environment variables. ``resources`` (a step's
+        ``placement.resources``, over what the tool declares) are asked of Ray for its task;
+        a resource the cluster does not have at all fails the step at once (Ray would leave
+        the task pending forever)."""
+        env = {"env_vars": step_environment(parameters)} if parameters else None
 
-        def submit() -> ray.ObjectRef:  # (in a worker thread: it may ask the cluster)
-            options = self._options(name, parameters)
-            remote = self._remote
-            if options:  # (the slot's CPUs unless the tool says otherwise)
-                base = {} if self._num_cpus is None else {"num_cpus": self._num_cpus}
-                remote = _invoke_remote.options(**{**base, **options})
+        def submit() -> ray.ObjectRef:
+            remote = self._task(_invoke_remote, name, resources, env)
             return remote.remote(name, version, args, idempotency_key, self._limits)
 
         ref = await trio.to_thread.run_sync(submit)
@@ -239,6 +279,7 @@ class RayToolRunner:
         args: dict[str, Any],
         idempotency_key: str | None = None,
         *,
+        resources: dict[str, float] | None = None,
         parameters: Mapping[str, str] | None = None,
     ) -> PackageRun:
         """Run ``tool`` of package ``requirement`` (None: the package's own tool) in a Ray
@@ -250,15 +291,13 @@ class RayToolRunner:
                 "tools.install: true in its config",
                 tool,
             )
-        remote = _invoke_package_remote.options(
-            runtime_env=self.install.runtime_env(requirement, step_environment(parameters or {})),
-            **({} if self._num_cpus is None else {"num_cpus": self._num_cpus}),
-        )
-        ref = await trio.to_thread.run_sync(
-            functools.partial(
-                remote.remote, requirement, tool, version, args, idempotency_key, self._limits
-            )
-        )
+        env = self.install.runtime_env(requirement, step_environment(parameters or {}))
+
+        def submit() -> ray.ObjectRef:
+            remote = self._task(_invoke_package_remote, None, resources, env)
+            return remote.remote(requirement, tool, version, args, idempotency_key, self._limits)
+
+        ref = await trio.to_thread.run_sync(submit)
         result = await self._result(ref, tool or requirement, requirement)
         self._installed.pop(requirement, None)
         self._installed[requirement] = None
@@ -296,37 +335,6 @@ class RayToolRunner:
 
     def _bound(self, text: str) -> str:
         return text if self._limits is None else bound_error_text(text, self._limits)
-
-
-# a tool's declared resources that are Ray task options of their own; others are custom
-# resources (Ray's ``resources={...}``)
-_RAY_RESOURCE_KEYS = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
-
-
-def ray_resource_options(name: str, resources: Mapping[str, float]) -> dict[str, Any]:
-    """A tool's declared ``resources`` as Ray task options. Raises
-    :class:`ToolExecutionError` when the cluster has less of one in all than one call needs:
-    such a task would wait forever."""
-    if not resources:
-        return {}
-    total = ray.cluster_resources()
-    options: dict[str, Any] = {}
-    custom: dict[str, float] = {}
-    for key, amount in resources.items():
-        have = total.get(_RAY_RESOURCE_KEYS.get(key, key), 0.0)
-        if amount > have:
-            raise ToolExecutionError(
-                f"tool {name!r} needs {key}={amount:g} for one call, but this node's Ray has "
-                f"{have:g} in all",
-                name,
-            )
-        if key in _RAY_RESOURCE_KEYS:
-            options[key] = int(amount) if key == "memory" else amount
-        else:
-            custom[key] = amount
-    if custom:
-        options["resources"] = custom
-    return options
 
 
 def _pip_error(exc: RuntimeEnvSetupError) -> str:

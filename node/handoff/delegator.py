@@ -103,6 +103,11 @@ def abandon_on_cancel(abandon: Abandon) -> Iterator[Abandon]:
         _ABANDON.reset(token)
 
 
+def current_abandon() -> Abandon | None:
+    """The :class:`Abandon` bound to the current task, if any."""
+    return _ABANDON.get()
+
+
 @dataclass(frozen=True)
 class HandoffOutcome:
     outputs: dict[str, Any]

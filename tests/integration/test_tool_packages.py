@@ -182,17 +182,21 @@ async def test_with_no_installing_node_a_package_step_fails_naming_the_package(
         nursery.cancel_scope.cancel()
 
 
-def test_a_tool_s_declared_resources_are_ray_options_and_an_impossible_one_fails() -> None:
-    """Declared resources become the task's Ray options (custom ones under ``resources``); one
+async def test_a_tool_s_declared_resources_are_asked_for_and_an_impossible_one_fails() -> None:
+    """A tool's declared resources go into its Ray task's options, the step's own over them;
     more than the cluster has in all fails the step at once instead of waiting forever."""
     from workflows.errors import ToolExecutionError
-    from workflows.ray_tools import ray_resource_options
+    from workflows.ray_tools import RayToolRunner
+    from workflows.tools import ToolRegistry, tool
 
-    assert ray_resource_options("demo.t", {"num_cpus": 1, "memory": 1e6}) == {
-        "num_cpus": 1,
-        "memory": 1_000_000,
-    }
-    with pytest.raises(ToolExecutionError, match=r"needs num_cpus=1000 .* has 2 in all"):
-        ray_resource_options("demo.t", {"num_cpus": 1000})  # (the session's Ray has 2)
-    with pytest.raises(ToolExecutionError, match="needs licence=1"):
-        ray_resource_options("demo.t", {"licence": 1})
+    @tool("demo.greedy", resources={"num_cpus": 1000})
+    def greedy() -> int:  # pragma: no cover - never runs
+        return 0
+
+    runner = RayToolRunner(num_cpus=0.5, tools=ToolRegistry([greedy]))
+    with pytest.raises(ToolExecutionError, match=r"needs num_cpus=1000, .* has 2 in all"):
+        await runner("demo.greedy", None, {})  # (the session's Ray has 2 CPUs)
+    # a registry tool with no resources declared, and the step's own resources: runs
+    assert await RayToolRunner(num_cpus=0.5)(
+        "util.echo", None, {"value": 3}, resources={"num_cpus": 1}
+    ) == {"result": 3}
