@@ -280,6 +280,9 @@ class ToolPackagesConfig(_Section):
     no_index: bool = False  # only find_links (pip's --no-index)
     find_links: list[str] = Field(default_factory=list, max_length=16)  # folders or URLs
     install_timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    # disk the installed packages' environments may keep (each is a copy of the node's
+    # virtualenv, ~0.5 GB with Ray); the least recently used go beyond it (a local Ray only)
+    cache_gb: float = Field(default=10.0, gt=0, le=10_000)
 
     _lists = field_validator("find_links", mode="before")(_split_list)
 
@@ -392,6 +395,8 @@ tool_packages:             # tools installed per step (tool: PACKAGE@VERSION, pa
   no_index: false          # true: only find_links (pip's --no-index)
   find_links: []           # folders (or URLs) of wheels pip looks in
   install_timeout_s: 600   # an install that takes longer fails the step
+  cache_gb: 10             # disk kept for installed packages' environments (a copy of the
+                           # node's virtualenv each, ~0.5 GB); least recently used go first
 log_level: INFO
 network:
   listen: ["/ip4/127.0.0.1/tcp/0"]  # port 0: the port of the last start if free, else any

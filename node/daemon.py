@@ -74,10 +74,12 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def start_ray(config: RayConfig) -> tuple[int, str]:
+def start_ray(config: RayConfig, *, pip_cache_gb: float | None = None) -> tuple[int, str]:
     """Start a local Ray (bound to 127.0.0.1) or join ``config.address``.
 
-    Returns the cluster's CPUs and its GCS address."""
+    ``pip_cache_gb``: how much disk the runtime envs of package steps may keep (Ray deletes
+    the least recently used beyond it; each is a copy of the node's virtualenv); only for a
+    Ray started here. Returns the cluster's CPUs and its GCS address."""
     from workflows._loopback import is_loopback_address, keep_ray_on_loopback
 
     check_ray_address(config.address)
@@ -86,6 +88,9 @@ def start_ray(config: RayConfig) -> tuple[int, str]:
         # a node's private Ray (or a cluster on loopback) stays on 127.0.0.1
         keep_ray_on_loopback()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if pip_cache_gb is not None and config.address is None:
+        # (read by the runtime env agent that the local Ray starts)
+        os.environ["RAY_RUNTIME_ENV_PIP_CACHE_SIZE_GB"] = f"{pip_cache_gb:g}"
     import ray
 
     kwargs: dict[str, Any] = {
@@ -443,7 +448,7 @@ def _run_daemon(
     # py-libp2p logs expected events (a CLI client without our protocols, a peer going
     # away) as multi-line errors; hivemesh logs what matters itself.
     quiet_libp2p_logging(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
-    cpus, ray_address = start_ray(config.ray)
+    cpus, ray_address = start_ray(config.ray, pip_cache_gb=config.tool_packages.cache_gb)
     try:
         node = Node(
             config,
