@@ -768,8 +768,18 @@ def peers(home: Path | None, node: str | None, as_json: bool) -> None:
 
 @main.command()
 @target_options
-def tools(home: Path | None, node: str | None, as_json: bool) -> None:
-    """Tools offered in the swarm, and by which peers."""
+@click.option(
+    "--local",
+    "local_only",
+    is_flag=True,
+    help="This machine's own tools (installed entry points, the home's tool groups) with "
+    "their input and output schemas; no node needed.",
+)
+def tools(home: Path | None, node: str | None, as_json: bool, local_only: bool) -> None:
+    """Tools offered in the swarm, and by which peers (--local: this node's own tools)."""
+    if local_only:
+        _local_tools(home, as_json)
+        return
     from node.scheduler import short
     from protocols import control
 
@@ -786,6 +796,92 @@ def tools(home: Path | None, node: str | None, as_json: bool) -> None:
                 click.echo(f"{'':<18} {t.description}")
 
     _emit(as_json, data, human)
+
+
+def _local_tools(home: Path | None, as_json: bool) -> None:
+    """``tools --local``: what this machine's node offers (or would), read from the installed
+    entry points with the home's tool groups; imports pydantic, not libp2p or Ray."""
+    from node.config import load_config
+    from workflows.tools import ToolRegistry
+
+    config = load_config(config_file=_home(home).config_file)
+    try:
+        registry = ToolRegistry.from_entry_points(config.tools)
+    except ValueError as exc:
+        fail(str(exc))
+    data = {
+        "tools": [{**t.spec(), "remote_callable": t.remote_callable} for t in registry],
+        "installs": config.tool_packages.install,
+    }
+
+    def human() -> None:
+        if not len(registry):
+            click.echo(f"no tools enabled here (tools: {config.tools!r})")
+        for t in registry:
+            flags = [
+                name
+                for name, on in (
+                    ("deterministic", t.deterministic),
+                    ("idempotent", t.idempotent),
+                    ("local only", not t.remote_callable),
+                )
+                if on
+            ]
+            extra = f"  [{', '.join(flags)}]" if flags else ""
+            click.echo(f"{t.name:<18} {t.version:<8} {t.description}{extra}")
+            inputs = t.input_schema().get("properties", {})
+            required = set(t.input_schema().get("required", []))
+            args = ", ".join(
+                f"{k}{'' if k in required else '?'}: {_schema_type(v)}" for k, v in inputs.items()
+            )
+            outputs = ", ".join(
+                f"{k}: {_schema_type(v)}"
+                for k, v in t.output_schema().get("properties", {}).items()
+            )
+            click.echo(f"{'':<18} inputs: {args or '(none)'} -> outputs: {outputs or '(none)'}")
+            if t.tags or t.resources:
+                res = ", ".join(f"{k}={v:g}" for k, v in t.resources.items())
+                click.echo(f"{'':<18} tags: {', '.join(t.tags) or '-'}; resources: {res or '-'}")
+        state = "allowed (tools.install)" if config.tool_packages.install else "off"
+        click.echo(f"packages named by steps: {state}")
+
+    _emit(as_json, data, human)
+
+
+def _schema_type(schema: dict[str, Any]) -> str:
+    if "type" in schema:
+        return str(schema["type"])
+    options = schema.get("anyOf") or schema.get("oneOf")
+    if isinstance(options, list):
+        return " | ".join(_schema_type(o) for o in options if isinstance(o, dict))
+    return "any"
+
+
+@main.group("tool")
+def tool_group() -> None:
+    """Write tool packages."""
+
+
+@tool_group.command("new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "folder",
+    type=click.Path(path_type=Path, file_okay=False),
+    default=Path("."),
+    show_default=True,
+    help="Where to create the package's folder.",
+)
+def tool_new(name: str, folder: Path) -> None:
+    """Create a tool package NAME: pyproject with the hivemesh.tools entry point, the tool
+    module and its test; ready for 'pip install -e' or 'pip wheel'."""
+    from workflows.tools._scaffold import new_tool_package
+
+    try:
+        target = new_tool_package(name, folder)
+    except ValueError as exc:
+        fail(str(exc))
+    click.echo(f"created {target}: pip install -e '{target}[test]' && pytest {target}")
 
 
 @main.group("handoffs", invoke_without_command=True)

@@ -270,6 +270,31 @@ class WorkflowsConfig(_Section):
         )
 
 
+class ToolPackagesConfig(_Section):
+    """Tools installed per step (``tool: PACKAGE@VERSION`` or ``package: REQUIREMENT``):
+    off by default, since such a step runs code this node fetches from a package index.
+    Written in YAML as ``tools: {enable: all, install: true, ...}`` or as this section."""
+
+    install: bool = False
+    index_url: str | None = None  # pip's --index-url (None: pip's own default)
+    no_index: bool = False  # only find_links (pip's --no-index)
+    find_links: list[str] = Field(default_factory=list, max_length=16)  # folders or URLs
+    install_timeout_s: float = Field(default=600.0, gt=0, le=3600)
+    # disk the installed packages' environments may keep (each is a copy of the node's
+    # virtualenv, ~0.5 GB with Ray); the least recently used go beyond it (a local Ray only)
+    cache_gb: float = Field(default=10.0, gt=0, le=10_000)
+
+    _lists = field_validator("find_links", mode="before")(_split_list)
+
+    @field_validator("index_url", "find_links")
+    @classmethod
+    def _no_options(cls, value: Any) -> Any:
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and (item.startswith("-") or not item.strip()):
+                raise ValueError(f"{item!r} is not a folder or URL")
+        return value
+
+
 class SwarmConfig(_Section):
     """Membership. A node is in a private swarm (the nodes that hold the same swarm key)
     unless ``open`` is true."""
@@ -301,6 +326,20 @@ class NodeConfig(BaseModel):
     workflows: WorkflowsConfig = Field(default_factory=WorkflowsConfig)
     swarm: SwarmConfig = Field(default_factory=SwarmConfig)
     workflow_files: WorkflowFilesConfig = Field(default_factory=WorkflowFilesConfig)
+    tool_packages: ToolPackagesConfig = Field(default_factory=ToolPackagesConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tools_section(cls, data: Any) -> Any:
+        """``tools: {enable: GROUPS, install: ..., index_url: ...}`` is ``tools: GROUPS``
+        plus the ``tool_packages`` section (its keys win over the section's)."""
+        if not isinstance(data, Mapping) or not isinstance(data.get("tools"), Mapping):
+            return data
+        section = dict(data["tools"])
+        enable = section.pop("enable", "all")
+        packages = data.get("tool_packages")
+        packages = dict(packages) if isinstance(packages, Mapping) else {}
+        return {**data, "tools": enable, "tool_packages": {**packages, **section}}
 
     @model_validator(mode="before")
     @classmethod
@@ -350,6 +389,14 @@ swarm:
   open: {open}              # true: no swarm key: anyone who can reach the node may connect
   handshake_timeout_s: 1.5 # a peer must complete the private-network handshake in this time
 tools: all                 # tool groups this node offers: all, none, or e.g. "text,math"
+tool_packages:             # tools installed per step (tool: PACKAGE@VERSION, package: ...);
+  install: false           # true: run such steps here (pip installs code from an index!)
+  index_url: null          # pip's --index-url (null: pip's default)
+  no_index: false          # true: only find_links (pip's --no-index)
+  find_links: []           # folders (or URLs) of wheels pip looks in
+  install_timeout_s: 600   # an install that takes longer fails the step
+  cache_gb: 10             # disk kept for installed packages' environments (a copy of the
+                           # node's virtualenv each, ~0.5 GB); least recently used go first
 log_level: INFO
 network:
   listen: ["/ip4/127.0.0.1/tcp/0"]  # port 0: the port of the last start if free, else any

@@ -74,10 +74,12 @@ def check_ray_address(address: str | None, timeout_s: float = 5.0) -> None:
         ) from None
 
 
-def start_ray(config: RayConfig) -> tuple[int, str]:
+def start_ray(config: RayConfig, *, pip_cache_gb: float | None = None) -> tuple[int, str]:
     """Start a local Ray (bound to 127.0.0.1) or join ``config.address``.
 
-    Returns the cluster's CPUs and its GCS address."""
+    ``pip_cache_gb``: how much disk the runtime envs of package steps may keep (Ray deletes
+    the least recently used beyond it; each is a copy of the node's virtualenv); only for a
+    Ray started here. Returns the cluster's CPUs and its GCS address."""
     from workflows._loopback import is_loopback_address, keep_ray_on_loopback
 
     check_ray_address(config.address)
@@ -86,6 +88,9 @@ def start_ray(config: RayConfig) -> tuple[int, str]:
         # a node's private Ray (or a cluster on loopback) stays on 127.0.0.1
         keep_ray_on_loopback()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if pip_cache_gb is not None and config.address is None:
+        # (read by the runtime env agent that the local Ray starts)
+        os.environ["RAY_RUNTIME_ENV_PIP_CACHE_SIZE_GB"] = f"{pip_cache_gb:g}"
     import ray
 
     kwargs: dict[str, Any] = {
@@ -126,7 +131,7 @@ class Node:
         swarm: SwarmMembership | None = None,
         listen_sockets: ListenSockets | None = None,
     ) -> None:
-        from workflows.ray_tools import RayToolRunner
+        from workflows.ray_tools import PackageInstall, RayToolRunner
 
         self.config = config
         # TCP listen sockets bound before Ray started (None: bound when the host starts)
@@ -179,11 +184,23 @@ class Node:
         # CPU each). Peers' steps get at most the slots not reserved for this node's own.
         self.local_capacity = max(2, cpus * 2)
         peer_slots, _reserved = split_slots(self.local_capacity, config.handoff.reserved_share)
+        packages = config.tool_packages
         run_local = RayToolRunner(
             max_concurrent=self.local_capacity + peer_slots,
             num_cpus=cpus / self.local_capacity,
             limits=config.workflows.step_limits(),  # applied in the worker
+            # tools installed per step: only where allowed (it runs code from an index)
+            install=PackageInstall(
+                index_url=packages.index_url,
+                no_index=packages.no_index,
+                find_links=tuple(packages.find_links),
+                timeout_s=packages.install_timeout_s,
+            )
+            if packages.install
+            else None,
+            tools=self.tools,
         )
+        self.run_local = run_local
         self.handoff = HandoffServer(
             self.tools,
             run_local,
@@ -193,6 +210,7 @@ class Node:
             peer_id=self.peer_id,
             sign=partial(identity.sign, key),
             slots=peer_slots,
+            packages=run_local if packages.install else None,
         )
         # every step's progress, for ``watch`` and the waiting reasons of ``status``
         self.progress = hub_from(config.control)
@@ -213,6 +231,7 @@ class Node:
             replicas=placement.replicas,
             progress=self.progress,
             routing=config.routing,
+            packages=run_local if packages.install else None,
         )
         self.storage = Storage(home.path, synchronous=config.journal.synchronous)
         self.workflows = WorkflowService(
@@ -255,6 +274,8 @@ class Node:
                 timeout_s=net.request_timeout_s * 2,
             )
         self.host.set_handler(handoff.PROTOCOL_ID, self.handoff.handle)
+        for legacy in handoff.LEGACY_PROTOCOL_IDS:  # (1.0.0: its offers lack 1.1.0's members)
+            self.host.set_handler(legacy, self.handoff.handle_1_0)
         self.host.set_handler(control.PROTOCOL_ID, self.control.handle)
         for legacy in control.LEGACY_PROTOCOL_IDS:
             self.host.set_handler(legacy, self.control.legacy_handler(legacy))
@@ -297,6 +318,10 @@ class Node:
                 capacity=self.local_capacity,
             ),
             ttl_s=self.config.discovery.card_ttl_s,
+            installs=discovery.InstallInfo(
+                allowed=self.config.tool_packages.install,
+                packages=self.run_local.installed[-discovery.MAX_PACKAGES :],
+            ),
         )
 
     async def run(
@@ -423,7 +448,7 @@ def _run_daemon(
     # py-libp2p logs expected events (a CLI client without our protocols, a peer going
     # away) as multi-line errors; hivemesh logs what matters itself.
     quiet_libp2p_logging(logging.DEBUG if config.log_level == "DEBUG" else logging.CRITICAL)
-    cpus, ray_address = start_ray(config.ray)
+    cpus, ray_address = start_ray(config.ray, pip_cache_gb=config.tool_packages.cache_gb)
     try:
         node = Node(
             config,

@@ -15,7 +15,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
@@ -49,7 +49,7 @@ from node.slot_wait import SlotWaiters, Ticket
 from protocols import handoff, logsafe
 from protocols.canonical import canonical_json
 from protocols.discovery import ToolCard
-from workflows.errors import ToolError
+from workflows.errors import ToolError, error_text
 from workflows.tool_steps import (
     STEP_TIMEOUT,
     PlacementCallback,
@@ -58,6 +58,9 @@ from workflows.tool_steps import (
     ToolOutcome,
 )
 from workflows.tools import ToolRegistry
+
+if TYPE_CHECKING:  # (it imports Ray: the node imports it where it runs steps)
+    from workflows.ray_tools import PackageRun
 
 log = logging.getLogger(__name__)
 
@@ -68,11 +71,35 @@ MAX_BACKOFF_S = 30.0
 # how often a step with no provider looks again at the registry (a new peer's card)
 PROVIDER_POLL_S = 0.1
 
-# (tool, version, args, idempotency key) -> outputs
-# (tool, version, args, idempotency key[, resources=...]) -> outputs
+# (tool, version, args, idempotency key[, resources=..., parameters=...]) -> outputs; the
+# keywords only when the step has them (its placement.resources, its parameters)
 LocalRunner = Callable[..., Awaitable[dict[str, Any]]]
 # (step, why it waits) when a step starts waiting for a provider; (step, None) when it stops
 WaitingCallback = Callable[[ToolCall, str | None], None]
+
+
+class PackageRunner(Protocol):
+    """Runs package steps on this node (``workflows.ray_tools.RayToolRunner`` with an
+    ``install`` config): given only when the node allows installs (``tools.install``)."""
+
+    @property
+    def installed(self) -> list[str]:
+        """Requirements installed here already (placement prefers nodes that have them)."""
+        ...
+
+    async def run_package(
+        self,
+        requirement: str,
+        tool: str | None,
+        version: str | None,
+        args: dict[str, Any],
+        idempotency_key: str | None = None,
+        *,
+        parameters: Mapping[str, str] | None = None,
+    ) -> PackageRun: ...
+
+
+INSTALL_HINT = "tools.install: true (or tool_packages.install) in a node's config"
 
 
 class SwarmExecutor:
@@ -94,6 +121,7 @@ class SwarmExecutor:
         progress: ProgressHub | None = None,
         routing: RoutingConfig | None = None,
         on_waiting: WaitingCallback | None = None,
+        packages: PackageRunner | None = None,
     ) -> None:
         self.host = host
         self.registry = registry
@@ -116,6 +144,8 @@ class SwarmExecutor:
         # set once the node has joined the swarm (bootstrap peers dialled, their cards in):
         # a step resumed at start waits for it before it looks for the node it ran on
         self.joined = trio.Event()
+        # runs package steps here; None: this node does not install packages
+        self.packages = packages
 
     def _note(
         self,
@@ -206,6 +236,60 @@ class SwarmExecutor:
             )
         return out
 
+    def _candidates_for(self, request: ToolCall) -> list[Candidate]:
+        """The candidates of a step: for a package step the nodes that install packages
+        (warm: the requirement is installed there already); else those offering its tool."""
+        if request.package is None:
+            return self.candidates(request.tool, request.version, request.peers, request.mode)
+        peers, package = request.peers, request.package
+        out: list[Candidate] = []
+        here = request.mode != "remote" and (not peers or self.host.peer_id in peers)
+        if self.packages is not None and here:
+            out.append(
+                Candidate(
+                    self.host.peer_id,
+                    True,
+                    package,
+                    self.local_running,
+                    self.local_capacity,
+                    warm=package in self.packages.installed,
+                )
+            )
+        if request.mode == "local":
+            return out
+        now = self.registry.now()
+        for state in self.registry.installers():
+            if not self.may_delegate_to(state.peer_id) or (peers and state.peer_id not in peers):
+                continue
+            assert state.card is not None and state.card.installs is not None
+            load = state.card.load
+            exclusion = self.registry.exclusion(state.peer_id)
+            out.append(
+                Candidate(
+                    state.peer_id,
+                    False,
+                    package,
+                    running=load.running,
+                    capacity=load.capacity,
+                    rtt_ms=state.rtt_ms,
+                    recent_failures=self.registry.recent_failures(state.peer_id),
+                    evidence=Evidence(
+                        done=state.done,
+                        failed=state.failed,
+                        outstanding=state.outstanding,
+                        sustained=state.sustained,
+                        run_ms=state.run_ms.get(request.tool),
+                    ),
+                    excluded=(
+                        f"{exclusion.reason} (for {exclusion.until - now:.0f} s more)"
+                        if exclusion is not None
+                        else None
+                    ),
+                    warm=package in state.card.installs.packages,
+                )
+            )
+        return out
+
     async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
         """Run the step (see :meth:`_execute`), within its ``timeout_s`` if it has one: past
         it, the step is stopped where it runs (a local Ray task is cancelled, a peer is sent
@@ -227,7 +311,16 @@ class SwarmExecutor:
         )
 
     async def _execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
-        if request.mode == "local" and not self.tools.has(request.tool, request.version):
+        if request.mode == "local" and request.package is not None and self.packages is None:
+            raise StepExecutionError(
+                f"step has placement 'local' and needs package {request.package!r}, but this "
+                f"node does not install packages: set {INSTALL_HINT}, or use placement auto"
+            )
+        if (
+            request.mode == "local"
+            and request.package is None
+            and not self.tools.has(request.tool, request.version)
+        ):
             raise StepExecutionError(
                 f"step has placement 'local', but this node does not offer tool "
                 f"{request.tool!r}{'@' + request.version if request.version else ''}: enable "
@@ -257,12 +350,7 @@ class SwarmExecutor:
             if trouble_since is not None and prefer is not None:
                 # after a loss: back to that peer only while it is the one that answers
                 alive = self.host.is_connected(prefer)
-                others = any(
-                    c.node != prefer
-                    for c in self.candidates(
-                        request.tool, request.version, request.peers, request.mode
-                    )
-                )
+                others = any(c.node != prefer for c in self._candidates_for(request))
                 prefer = prefer if alive or not others else None
             try:
                 decision = await self._place(request, excluded, prefer, wait_until)
@@ -563,16 +651,14 @@ class SwarmExecutor:
         took_slot = False
         try:
             while True:
-                candidates = self.candidates(
-                    request.tool, request.version, request.peers, request.mode
-                )
+                candidates = self._candidates_for(request)
                 now = trio.current_time()
                 prev_gone = prefer is not None and all(c.node != prefer for c in candidates)
                 if not prev_gone or now >= grace:
                     try:
                         decision = place(
-                            request.tool,
-                            request.version,
+                            _need(request),
+                            None if request.package else request.version,
                             candidates,
                             exclude=tried,
                             previous=prefer,
@@ -599,7 +685,7 @@ class SwarmExecutor:
                                     "wait_for_provider)"
                                 ) from None
                             why = (
-                                f"waiting: no live node offers {request.tool} (waits up to "
+                                f"waiting: no live node offers {_need(request)} (waits up to "
                                 f"{provider_deadline - started:.0f}s)"
                             )
                         elif now >= grace or (tried and wait_until is None):
@@ -649,16 +735,35 @@ class SwarmExecutor:
         """Run the step on this node's Ray (its slot was reserved by :meth:`_place`)."""
         self._note(request, "running", node=decision.node)
         try:
-            outputs = await self.run_local(
-                request.tool,
-                request.version,
-                request.args,
-                request.idempotency_key,
-                **({"resources": request.resources} if request.resources else {}),
-            )
+            extra: dict[str, Any] = {}
+            if request.resources:
+                extra["resources"] = request.resources
+            if request.parameters:
+                extra["parameters"] = dict(request.parameters)
+            if request.package is not None:
+                if self.packages is None:  # (placement never chooses this node then)
+                    raise StepExecutionError(
+                        f"this node does not install packages ({request.package}): set "
+                        f"{INSTALL_HINT}",
+                        node=decision.node,
+                        reason=decision.reason,
+                    )
+                ran = await self.packages.run_package(
+                    request.package,
+                    request.package_tool,
+                    request.version,
+                    request.args,
+                    request.idempotency_key,
+                    **extra,
+                )
+                outputs = ran.outputs
+            else:
+                outputs = await self.run_local(
+                    request.tool, request.version, request.args, request.idempotency_key, **extra
+                )
         except ToolError as exc:
             raise StepExecutionError(
-                str(exc),
+                error_text(exc),
                 node=decision.node,
                 reason=decision.reason,
                 error_type=getattr(exc, "exc_type", None) or type(exc).__name__,
@@ -773,6 +878,8 @@ class SwarmExecutor:
             deadline_ms=int(self.config.default_deadline_s * 1000),
             hops=1,
             epoch=epoch,
+            package=request.package,
+            parameters=dict(request.parameters) or None,
         )
 
         async def recorded(outcome: HandoffOutcome) -> None:
@@ -813,6 +920,8 @@ class SwarmExecutor:
     ) -> str | None:
         """Check a peer's outputs against the tool's output model if this node has the same
         tool (name and version), else against the output schema of the peer's card."""
+        if request.package is not None:
+            return None  # installed for the step there: no schema known here
         version = tool_card.version if tool_card is not None else request.version
         if self.tools.has(request.tool, version):
             local = self.tools.get(request.tool, version)
@@ -853,7 +962,17 @@ def _one_line(text: str, limit: int = 300) -> str:
     return line if len(line) <= limit else line[: limit - 1] + "…"
 
 
+def _need(request: ToolCall) -> str:
+    """What a step needs of a node, for placement's messages: its tool, or its package."""
+    return request.tool if request.package is None else f"package {request.package}"
+
+
 def _placement_problem(exc: PlacementError, request: ToolCall) -> str:
+    if request.package is not None:
+        return (
+            f"step {request.step!r} needs package {request.package!r}, but no node that "
+            f"installs packages could run it: set {INSTALL_HINT} ({exc})"
+        )
     if not request.peers:
         return str(exc)
     allowed = ", ".join(short(p) for p in request.peers)

@@ -324,6 +324,19 @@ class PeerRegistry:
                 out.append((state, card))
         return out
 
+    def installers(self) -> list[PeerState]:
+        """Peers whose fresh cards say they install the packages steps name
+        (``tools.install``)."""
+        now = self._clock()
+        return [
+            state
+            for state in self._peers.values()
+            if state.card is not None
+            and now < state.card_expires_at
+            and state.card.installs is not None
+            and state.card.installs.allowed
+        ]
+
     def peer_refs(self, limit: int, *, exclude: str | None = None) -> list[PeerRef]:
         """Peers worth telling others about: heard from recently, with a signed address
         record to pass on (a receiver dials no other address), and not excluded."""

@@ -41,6 +41,8 @@ class Candidate:
     recent_failures: int = 0
     evidence: Evidence | None = None
     excluded: str | None = None  # why the node may not be used now (it is skipped)
+    # it has what the step needs installed already (a package step's requirement)
+    warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,7 @@ class _Assessed:
         return (
             self.c.recent_failures,
             int(self.saturated),
+            int(not self.c.warm),  # (a package already installed there: no install)
             int(not self.proven),
             round(self.est_ms, 1),
             self.c.node,
@@ -327,6 +330,8 @@ def place(
         )
     local = next((c for c in usable if c.local), None)
     local_free = local is not None and local.running < max(local.capacity, 1)
+    if local is not None and not local.warm and any(a.c.warm and not a.saturated for a in remote):
+        prefer_local = False  # a free peer has the package installed: no install here
     if local is not None and prefer_local and local_free:
         return decided(local.node, True, f"local: this node offers {tool} {local.version}")
     if not remote:
@@ -366,6 +371,8 @@ def place(
         )
     if local is None:
         why = "this node does not offer it"
+    elif local_free and not local.warm and best.c.warm:
+        why = "a peer has it installed already, this node has not"
     elif local_free:
         why = "peers first (prefer_local is off)"
     else:

@@ -170,14 +170,31 @@ class StepOutputTooLargeError(ToolOutputError):
 
 
 class ToolExecutionError(ToolError):
-    """The tool's function raised. ``exc_type`` is the name of the original exception type."""
+    """The tool's function raised. ``exc_type`` is the name of the original exception type;
+    ``traceback`` the text of the tool's own frames (None when unknown). ``str(error)`` is
+    the message alone; :func:`error_text` adds the traceback."""
 
-    def __init__(self, message: str, tool: str | None = None, exc_type: str | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        tool: str | None = None,
+        exc_type: str | None = None,
+        traceback: str | None = None,
+    ) -> None:
         self.exc_type = exc_type
+        self.traceback = traceback
         super().__init__(message, tool)
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (type(self), (self.message, self.tool, self.exc_type), self.__dict__)
+        return (type(self), (self.message, self.tool, self.exc_type, self.traceback), self.__dict__)
+
+
+def error_text(exc: BaseException) -> str:
+    """What a step's error says: the message, and for a tool that raised, its traceback on
+    the lines below (``Traceback (most recent call last): ...``)."""
+    text = str(exc)
+    tb = getattr(exc, "traceback", None) if isinstance(exc, ToolExecutionError) else None
+    return f"{text}\n{tb}" if tb else text
 
 
 class ToolConfigError(ToolError, ValueError):

@@ -34,6 +34,18 @@ class ToolCall:
     mode: str = "auto"  # auto, local (this node only) or remote (a peer only)
     resources: dict[str, float] | None = None  # what its Ray task needs (num_cpus, ...)
     attempt: int = 0  # its retries (``retries:``) so far: each retry is a new handoff
+    # a pip requirement installed for the step (on a node with tools.install); ``tool`` is
+    # then a tool of that package, or the package's name for its own tool
+    package: str | None = None
+    # environment variables of the step's process, (name, value) sorted by name
+    parameters: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def package_tool(self) -> str | None:
+        """For a package step: the tool asked for, or None for the package's own tool."""
+        if self.package is None:
+            return None
+        return self.tool if "." in self.tool else None
 
     @property
     def idempotency_key(self) -> str:

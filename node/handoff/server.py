@@ -46,14 +46,19 @@ from protocols.handoff.messages import HandoffMessage
 from protocols.handoff.receipt import receipt_payload, signed_bytes
 from protocols.stream import MessageStream
 from protocols.wire import ErrorMessage
-from workflows.errors import ToolError, ToolInputError, UnknownToolError
-from workflows.tools import ToolRegistry
+from workflows.engine.limits import StepLimits, bound_error_text
+from workflows.errors import ToolError, ToolInputError, UnknownToolError, error_text
+from workflows.tools import ToolRegistry, check_parameters, check_requirement
+
+if typing.TYPE_CHECKING:
+    from node.executor import PackageRunner
 
 log = logging.getLogger(__name__)
 
 
 # (tool, version, args, idempotency key) -> outputs
-ToolRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
+# (tool, version, args, key) -> outputs; parameters as the keyword ``parameters`` if any
+ToolRunner = Callable[..., Awaitable[dict[str, Any]]]
 Signer = Callable[[bytes], str]
 
 JobOutcome = handoff.StepResult | handoff.StepFailed | handoff.Canceled
@@ -137,9 +142,17 @@ def _superseded(offer: handoff.Offer, current: int) -> handoff.Reject:
     )
 
 
+# what of a failed step's text fits a ``failed`` message (16384 characters): the message's
+# head and the traceback's tail (its last frames, where the error was raised)
+_FAILED_TEXT = StepLimits(max_error_chars=4096, max_traceback_chars=12000)
+
+
 def _failed(job: _Job, code: handoff.FailureCode, message: str) -> handoff.StepFailed:
     return handoff.StepFailed(
-        handoff_id=job.handoff_id, epoch=job.epoch, code=code, message=message[:16384]
+        handoff_id=job.handoff_id,
+        epoch=job.epoch,
+        code=code,
+        message=bound_error_text(message, _FAILED_TEXT)[:16384],
     )
 
 
@@ -201,8 +214,11 @@ class HandoffServer:
         sign: Signer,
         slots: int,
         clock: Callable[[], float] = time.monotonic,
+        packages: PackageRunner | None = None,
     ) -> None:
         self.tools = tools
+        # runs package steps (offers with ``package``); None: this node refuses them
+        self.packages = packages
         self.run_tool = run_tool
         self.journal = journal
         self.network = network
@@ -301,7 +317,12 @@ class HandoffServer:
 
     # -- a stream ------------------------------------------------------------------------
 
-    async def handle(self, stream: P2PStream) -> None:
+    async def handle_1_0(self, stream: P2PStream) -> None:
+        """The handler of ``/hivemesh/handoff/1.0.0``: the same, for an older delegator (its
+        offers have no ``package`` or ``parameters``)."""
+        await self.handle(stream, legacy=True)
+
+    async def handle(self, stream: P2PStream, *, legacy: bool = False) -> None:
         ms = MessageStream(stream, handoff.CODEC, limits=self.network.frame_limits())
         machine = Delegatee()
         peer = stream.remote_peer
@@ -337,6 +358,10 @@ class HandoffServer:
             await self._answer_cancel(ms, machine, first, peer)
             return
         assert isinstance(first, handoff.Offer)
+        if legacy and (first.package is not None or first.parameters is not None):
+            problem = "'package' and 'parameters' are not members of handoff 1.0.0: use 1.1.0"
+            await self._send_final(ms, machine, _reject(first, "invalid", problem))
+            return
         await self._answer_offer(ms, machine, first, peer)
 
     async def _answer_offer(
@@ -661,6 +686,13 @@ class HandoffServer:
             return _reject(
                 offer, "hop_limit", f"hop count {offer.hops} exceeds {self.config.max_hops}"
             )
+        if offer.parameters:
+            try:
+                check_parameters(offer.parameters)
+            except ValueError as exc:
+                return _reject(offer, "invalid", str(exc))
+        if offer.package is not None:
+            return self._check_package(offer)
         try:
             tool = self.tools.get(offer.tool, offer.version)
         except UnknownToolError as exc:
@@ -669,6 +701,24 @@ class HandoffServer:
             return _reject(offer, "invalid", str(exc))
         if not tool.remote_callable:
             return _reject(offer, "no_such_tool", f"tool {offer.tool!r} is not offered to peers")
+        return self._check_limits(offer)
+
+    def _check_package(self, offer: handoff.Offer) -> handoff.Reject | None:
+        """An offer of a package step: this node must install packages (``tools.install``)."""
+        try:
+            check_requirement(offer.package or "")
+        except ValueError as exc:
+            return _reject(offer, "invalid", str(exc))
+        if self.packages is None:
+            return _reject(
+                offer,
+                "installs_not_allowed",
+                f"this node does not install packages (package {offer.package!r}): its "
+                "tools.install is off",
+            )
+        return self._check_limits(offer)
+
+    def _check_limits(self, offer: handoff.Offer) -> handoff.Reject | None:
         if offer.deadline_ms > self.config.max_deadline_s * 1000:
             return _reject(
                 offer,
@@ -723,9 +773,29 @@ class HandoffServer:
                     with trio.fail_after(offer.deadline_ms / 1000):
                         # the step's key, as on the delegator: the same on every node and attempt
                         key = f"{offer.workflow_id}/{offer.step}"
-                        outputs = await self.run_tool(
-                            offer.tool, offer.version, dict(offer.args), key
-                        )
+                        tool_version: str | None = None
+                        if offer.package is not None and self.packages is not None:
+                            ran = await self.packages.run_package(
+                                offer.package,
+                                offer.tool if "." in offer.tool else None,
+                                offer.version,
+                                dict(offer.args),
+                                key,
+                                parameters=offer.parameters,
+                            )
+                            outputs, tool_version = ran.outputs, ran.tool_version
+                        elif offer.parameters:
+                            outputs = await self.run_tool(
+                                offer.tool,
+                                offer.version,
+                                dict(offer.args),
+                                key,
+                                parameters=offer.parameters,
+                            )
+                        else:
+                            outputs = await self.run_tool(
+                                offer.tool, offer.version, dict(offer.args), key
+                            )
                 finally:
                     self.slots.release(peer)
             if job.scope.cancelled_caught:
@@ -736,10 +806,10 @@ class HandoffServer:
                 work = rough_json_size(outputs) + rough_json_size(offer.args)
                 if work > OFFLOAD_BYTES:  # do not hold up the event loop
                     outcome = await trio.to_thread.run_sync(
-                        self._result, offer, job, outputs, duration
+                        self._result, offer, job, outputs, duration, tool_version
                     )
                 else:
-                    outcome = self._result(offer, job, outputs, duration)
+                    outcome = self._result(offer, job, outputs, duration, tool_version)
         except trio.TooSlowError:
             outcome = handoff.StepFailed(
                 handoff_id=hid,
@@ -750,7 +820,7 @@ class HandoffServer:
         except ToolInputError as exc:
             outcome = _failed(job, "invalid_input", str(exc))
         except ToolError as exc:
-            outcome = _failed(job, "tool_failed", str(exc))
+            outcome = _failed(job, "tool_failed", error_text(exc))
         except Exception as exc:
             log.exception("handoff %s failed internally", logsafe(hid))
             outcome = _failed(job, "internal", f"{type(exc).__name__}: {exc}")
@@ -786,7 +856,12 @@ class HandoffServer:
             self._drop(job)
 
     def _result(
-        self, offer: handoff.Offer, job: _Job, outputs: dict[str, Any], duration_ms: int
+        self,
+        offer: handoff.Offer,
+        job: _Job,
+        outputs: dict[str, Any],
+        duration_ms: int,
+        tool_version: str | None = None,
     ) -> handoff.StepResult | handoff.StepFailed:
         """The signed result of a step, or a failure if the result is too large to hand back."""
         size, outputs_sha256 = json_size_and_sha256(outputs)
@@ -799,19 +874,20 @@ class HandoffServer:
                 message=f"the step's result is {size} bytes, over this node's limit of "
                 f"{limit} bytes",
             )
-        tool = self.tools.get(offer.tool, offer.version)
+        if tool_version is None:  # (a package step's tool says its version as it runs)
+            tool_version = self.tools.get(offer.tool, offer.version).version
         payload = receipt_payload(
             handoff_id=offer.handoff_id,
             epoch=offer.epoch,
             delegator=job.peer,
             delegatee=self.peer_id,
             tool=offer.tool,
-            tool_version=tool.version,
+            tool_version=tool_version,
             args_sha256=json_sha256(offer.args),
             outputs_sha256=outputs_sha256,
         )
         receipt = handoff.Receipt(
-            tool_version=tool.version,
+            tool_version=tool_version,
             args_sha256=payload["args_sha256"],
             outputs_sha256=payload["outputs_sha256"],
             signature=self._sign(signed_bytes(payload)),

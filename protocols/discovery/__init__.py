@@ -1,4 +1,4 @@
-"""``/hivemesh/discovery/0.2.0`` (and 0.1.0): node cards and peer exchange.
+"""``/hivemesh/discovery/0.3.0`` (and 0.2.0, 0.1.0): node cards and peer exchange.
 
 See docs/protocols.md for the wire specification.
 """
@@ -6,8 +6,10 @@ See docs/protocols.md for the wire specification.
 from protocols.discovery.messages import (
     CODEC,
     LEGACY_PROTOCOL_IDS,
+    MAX_PACKAGES,
     PROTOCOL_ID,
     Hello,
+    InstallInfo,
     LoadInfo,
     NodeCard,
     PeerRef,
@@ -17,8 +19,10 @@ from protocols.discovery.messages import (
 __all__ = [
     "CODEC",
     "LEGACY_PROTOCOL_IDS",
+    "MAX_PACKAGES",
     "PROTOCOL_ID",
     "Hello",
+    "InstallInfo",
     "LoadInfo",
     "NodeCard",
     "PeerRef",

@@ -2,20 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictInt, StringConstraints
 
 from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/discovery/0.2.0"
-LEGACY_PROTOCOL_IDS = ("/hivemesh/discovery/0.1.0",)
+PROTOCOL_ID = "/hivemesh/discovery/0.3.0"
+LEGACY_PROTOCOL_IDS = ("/hivemesh/discovery/0.2.0", "/hivemesh/discovery/0.1.0")
 """Older minor versions a node still serves (docs/protocols.md §3.1)."""
 
 MAX_TOOLS = 1024
 MAX_ADDRS = 32
 MAX_PEERS = 256
+MAX_TAGS = 16
+MAX_RESOURCES = 8
+MAX_PACKAGES = 64
+MAX_REQUIREMENT_LEN = 200
 MAX_ADDR_RECORD_BYTES = 4096
 MAX_ADDR_RECORD_LEN = 4 * ((MAX_ADDR_RECORD_BYTES + 2) // 3)  # its base64 text
 
@@ -35,6 +39,31 @@ class ToolCard(WireModel):
         default=False,
         description="equal arguments always give equal outputs (steps may be replicated)",
         json_schema_extra=since("0.2.0"),
+    )
+    idempotent: bool = Field(
+        default=False,
+        description="a repeated call (same arguments and idempotency key) has the effect of "
+        "one: a step of it may be retried after a failure midway",
+        json_schema_extra=since("0.3.0"),
+    )
+    tags: list[Annotated[str, StringConstraints(max_length=32)]] = Field(
+        default_factory=list, max_length=MAX_TAGS, json_schema_extra=since("0.3.0")
+    )
+    resources: dict[Annotated[str, StringConstraints(max_length=64)], float] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCES,
+        description="what one call needs from Ray, e.g. {'num_cpus': 1}",
+        json_schema_extra=since("0.3.0"),
+    )
+
+
+class InstallInfo(WireModel):
+    """Whether the node installs packages that steps name (``tools.install``), and the
+    requirements it has installed already (placement prefers a node that has)."""
+
+    allowed: bool = False
+    packages: list[Annotated[str, StringConstraints(max_length=MAX_REQUIREMENT_LEN)]] = Field(
+        default_factory=list, max_length=MAX_PACKAGES
     )
 
 
@@ -59,6 +88,12 @@ class NodeCard(WireModel):
         max_length=MAX_ADDR_RECORD_LEN,
         description=_ADDR_RECORD_DOC,
         json_schema_extra=since("0.2.0"),
+    )
+    installs: InstallInfo | None = Field(
+        default=None,
+        description="tools installed per step: allowed here, and already installed; absent: "
+        "a node older than 0.3.0 (it also speaks handoff 1.0.0 only)",
+        json_schema_extra=since("0.3.0"),
     )
 
 

@@ -4,18 +4,23 @@ The delegator may send ``cancel`` after its offer (on the same stream), or as th
 only message of a fresh stream; the latter is answered with ``canceled`` or ``not_canceled``.
 After a ``result`` or ``failed`` the delegator acknowledges it with ``ack`` (the delegatee may
 then forget the stored outcome). Version 1.0.0 added epochs on the final messages, receipts,
-``ack``, and the quota reject codes; see docs/protocols.md §9.
+``ack``, and the quota reject codes; 1.1.0 the offer's ``package`` and ``parameters`` and
+the reject code ``installs_not_allowed``; see docs/protocols.md §9.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, StrictInt
+from pydantic import Field, StrictInt, StringConstraints
 
+from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/handoff/1.0.0"
+PROTOCOL_ID = "/hivemesh/handoff/1.1.0"
+LEGACY_PROTOCOL_IDS = ("/hivemesh/handoff/1.0.0",)
+"""Older minor versions a node still serves (an older delegator's offers have no 1.1.0
+members); a delegator opens the newest (docs/protocols.md §3.1)."""
 
 RejectCode = Literal[
     "no_such_tool",
@@ -26,6 +31,7 @@ RejectCode = Literal[
     "invalid",
     "hop_limit",
     "superseded",
+    "installs_not_allowed",
 ]
 FailureCode = Literal[
     "invalid_input", "tool_failed", "deadline_exceeded", "result_too_large", "internal"
@@ -33,6 +39,8 @@ FailureCode = Literal[
 NotCanceledCode = Literal["unknown_handoff", "finished"]
 
 MAX_REASON_LEN = 1024
+MAX_REQUIREMENT_LEN = 200
+MAX_PARAMETERS = 64
 MAX_EPOCH = 2**31 - 1
 SHA256_HEX = r"^[0-9a-f]{64}$"
 
@@ -48,6 +56,19 @@ class Offer(WireModel):
     deadline_ms: StrictInt = Field(gt=0, le=7 * 24 * 3600 * 1000)
     hops: StrictInt = Field(default=0, ge=0)
     epoch: StrictInt = Field(default=0, ge=0, le=MAX_EPOCH)
+    package: str | None = Field(
+        default=None,
+        max_length=MAX_REQUIREMENT_LEN,
+        description="a pip requirement installed for the step; 'tool' is a tool of it, or the "
+        "package's name for its own tool",
+        json_schema_extra=since("1.1.0"),
+    )
+    parameters: dict[Annotated[str, StringConstraints(max_length=128)], str] | None = Field(
+        default=None,
+        max_length=MAX_PARAMETERS,
+        description="environment variables of the step's process",
+        json_schema_extra=since("1.1.0"),
+    )
 
 
 class Accept(WireModel):

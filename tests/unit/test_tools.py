@@ -44,6 +44,7 @@ BUILTINS = [
     "util.fail",
     "util.fill",
     "util.flaky",
+    "util.parameters",
     "util.sleep",
     "util.step_key",
 ]
@@ -160,6 +161,9 @@ def test_decorator_builds_models_from_the_signature():
         "input_schema",
         "output_schema",
         "deterministic",
+        "idempotent",
+        "tags",
+        "resources",
     }
     assert spec["version"] == "2.1.0" and spec["deterministic"] is False  # unless declared
     json.dumps(spec)
@@ -255,12 +259,12 @@ def test_registry_loads_all_builtins_from_entry_points(registry: ToolRegistry):
 @pytest.mark.parametrize(
     ("selection", "groups", "count"),
     [
-        ("all", ["math", "text", "util"], 13),
+        ("all", ["math", "text", "util"], 14),
         ("text", ["text"], 4),
         ("text,math", ["math", "text"], 7),
         (" text , math ", ["math", "text"], 7),
         (["text", "math"], ["math", "text"], 7),
-        (["util"], ["util"], 6),
+        (["util"], ["util"], 7),
         ("none", [], 0),
         ("", [], 0),
         ([], [], 0),

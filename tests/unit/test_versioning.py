@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from protocols import control, discovery
+from protocols import control, discovery, handoff
 from protocols.versioning import dump_for, parse_version, version_of
 
 
@@ -24,7 +24,8 @@ def test_a_hello_for_a_0_1_peer_has_no_addr_records_at_any_level() -> None:
     old = dump_for(hello, "0.1.0")
     assert "addr_record" not in old["card"]
     assert old["peers"] == [{"peer_id": "q", "addrs": ["/ip4/1.1.1.1/tcp/1"]}]
-    assert dump_for(hello, "0.2.0") == hello.model_dump(mode="json")
+    assert dump_for(hello, "0.3.0") == hello.model_dump(mode="json")
+    assert "installs" not in dump_for(hello, "0.2.0")["card"]
 
 
 def test_a_peers_reply_for_a_0_1_client_has_only_the_0_1_members() -> None:
@@ -55,6 +56,20 @@ def test_every_member_added_after_0_1_0_is_marked() -> None:
     assert card["addr_record"].json_schema_extra == {"since": "0.2.0"}
     ref = discovery.PeerRef.model_fields
     assert ref["addr_record"].json_schema_extra == {"since": "0.2.0"}
+    assert card["installs"].json_schema_extra == {"since": "0.3.0"}
+    tool = discovery.ToolCard.model_fields
+    for name in ("idempotent", "tags", "resources"):
+        assert tool[name].json_schema_extra == {"since": "0.3.0"}, name
+    offer = handoff.Offer.model_fields
+    for name in ("package", "parameters"):
+        assert offer[name].json_schema_extra == {"since": "1.1.0"}, name
     entry = control.PeerEntry.model_fields
     for name in ("load", "learned_from", "evidence", "excluded"):
         assert entry[name].json_schema_extra == {"since": "0.2.0"}, name
+
+
+def test_an_offer_for_a_1_0_peer_has_no_package_or_parameters() -> None:
+    plain = handoff.Offer(handoff_id="h", workflow_id="w", step="s", tool="a.b", deadline_ms=1)
+    full = handoff.Offer(**{**plain.model_dump(), "package": "p==1", "parameters": {"A": "1"}})
+    assert set(dump_for(full, "1.0.0")) == set(plain.model_dump()) - {"package", "parameters"}
+    assert dump_for(full, "1.1.0") == full.model_dump(mode="json")

@@ -396,6 +396,8 @@ def tool_problems(
     produced: dict[str, tuple[str, tuple[str, ...] | None]] = {}  # step -> (tool, outputs)
     steps = list(steps)
     for i, step in steps:
+        if step.package is not None:
+            continue  # installed for the step where it runs: its tool is not known here
         try:
             tool = catalog.get(step.tool, step.version)
         except UnknownToolError as exc:

@@ -21,11 +21,21 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from workflows.dsl._checks import check_tools, check_workflow, unique_names
-from workflows.dsl._source import Positions, Problem, listing, suggest, translate
+from workflows.dsl._source import Positions, Problem, kind_of, listing, suggest, translate
 from workflows.errors import WorkflowDefinitionError
 from workflows.expr import ExprSyntaxError, parse_expr
 from workflows.refs import NAME_PATTERN, find_refs
-from workflows.tools import check_tool_name, split_tool_ref
+from workflows.tools import (
+    check_parameters,
+    check_requirement,
+    check_tool_name,
+    is_package_ref,
+    normalize_package,
+    package_requirement,
+    requirement_name,
+    split_tool_ref,
+)
+from workflows.tools._packages import PACKAGE_NAME_RE
 
 __all__ = [
     "FallbackSpec",
@@ -34,6 +44,7 @@ __all__ = [
     "OnErrorSpec",
     "OutputDecl",
     "OutputSpec",
+    "ParameterSpec",
     "PlacementSpec",
     "RetrySpec",
     "StepSpec",
@@ -154,6 +165,29 @@ class OutputSpec(BaseModel):
     @classmethod
     def _valid_name(cls, value: str) -> str:
         return _check_name(value, "output")
+
+
+class ParameterSpec(BaseModel):
+    """An environment variable of the step's process: ``name`` and a string value (a number
+    is converted)."""
+
+    model_config = _FROZEN
+
+    name: str = Field(
+        description="An environment variable name (letters, digits and '_').",
+        json_schema_extra={"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
+    )
+    value: str | int | float = Field(
+        description="Its value: a string (a number is converted to its text)."
+    )
+
+    @field_validator("value", mode="before")
+    @classmethod
+    def _text_or_number(cls, value: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            what = "a boolean" if isinstance(value, bool) else kind_of(value)
+            raise ValueError(f"a parameter's value must be a string or a number, not {what}")
+        return value
 
 
 MAX_REPLICAS = 8
@@ -472,6 +506,28 @@ class OnErrorSpec(BaseModel):
         return {"continue": dict(self.continue_ or {})}
 
 
+def _package_form(data: Any) -> Any:
+    """A step's ``tool: PACKAGE@VERSION`` (no dot in PACKAGE: not a tool name) as the
+    package's own tool: ``tool: PACKAGE`` with ``package: PACKAGE==VERSION``."""
+    if not (
+        isinstance(data, dict)
+        and isinstance(data.get("tool"), str)
+        and data.get("package") is None
+        and is_package_ref(data["tool"])
+    ):
+        return data
+    if data.get("version") is not None:
+        raise Problem(
+            "'tool: PACKAGE@VERSION' gives the version already: remove 'version'", ("version",)
+        )
+    name, _, version = data["tool"].strip().partition("@")
+    try:
+        requirement = package_requirement(name, version)
+    except ValueError as exc:
+        raise Problem(str(exc), ("tool",)) from None
+    return {**data, "tool": name.strip(), "package": requirement}
+
+
 def _split_tool_version(data: Any) -> Any:
     if isinstance(data, dict) and isinstance(data.get("tool"), str) and "@" in data["tool"]:
         if data.get("version") is not None:
@@ -606,12 +662,22 @@ class StepSpec(BaseModel):
         "null), {continue: {OUTPUT: VALUE}}, or {fallback: {tool, inputs}}.",
         json_schema_extra=lambda schema: _also(schema, {"enum": ["fail", "continue"]}),
     )
+    package: str | None = Field(
+        default=None,
+        description="A pip requirement (e.g. 'my-tools==1.2.0') installed for this step on a "
+        "node that allows installs (tools.install); 'tool' names a tool it publishes. "
+        "'tool: PACKAGE@VERSION' (no dot in PACKAGE) is short for the package's own tool.",
+    )
+    parameters: tuple[ParameterSpec, ...] = Field(
+        default=(),
+        description="Environment variables of the step's process, as [{name, value}].",
+    )
     line: SkipJsonSchema[int | None] = None
 
     @model_validator(mode="before")
     @classmethod
     def _split_tool_version(cls, data: Any) -> Any:
-        return _split_tool_version(data)
+        return _split_tool_version(_package_form(data))
 
     @field_validator("on_error", mode="before")
     @classmethod
@@ -663,7 +729,40 @@ class StepSpec(BaseModel):
     @field_validator("tool")
     @classmethod
     def _valid_tool(cls, value: str) -> str:
+        if "." not in value and PACKAGE_NAME_RE.match(value):
+            return value  # a package's own tool: checked with 'package' (_package_tool)
         return check_tool_name(value)
+
+    @field_validator("package")
+    @classmethod
+    def _valid_package(cls, value: str | None) -> str | None:
+        return None if value is None else check_requirement(value)
+
+    @field_validator("parameters", mode="before")
+    @classmethod
+    def _parameters_list(cls, value: Any, info: ValidationInfo) -> Any:
+        _reject_mapping(value, info)
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _valid_parameters(cls, value: tuple[ParameterSpec, ...]) -> tuple[ParameterSpec, ...]:
+        check_parameters([(p.name, p.value) for p in value])
+        return value
+
+    @model_validator(mode="after")
+    def _package_tool(self) -> StepSpec:
+        if "." in self.tool:
+            return self
+        # a tool without a dot is only the short form of a package's own tool
+        if self.package is None or normalize_package(
+            requirement_name(self.package)
+        ) != normalize_package(self.tool):
+            try:
+                check_tool_name(self.tool)
+            except ValueError as exc:
+                raise Problem(str(exc), ("tool",)) from None
+        return self
 
     @field_validator("version", mode="before")
     @classmethod
@@ -741,7 +840,23 @@ class StepSpec(BaseModel):
             options["replicas"] = self.verify.replicas
         if self.wait_for_provider is not None:
             options["provider_wait_s"] = self.wait_for_provider
+        if self.package is not None:
+            options["package"] = self.package
+        if self.parameters:
+            options["parameters"] = self.parameter_values()
         return options
+
+    @property
+    def package_tool(self) -> str | None:
+        """The tool of a package step: its name, or None for the package's own tool
+        (``tool: PACKAGE@VERSION``)."""
+        if self.package is None:
+            return None
+        return self.tool if "." in self.tool else None
+
+    def parameter_values(self) -> dict[str, str]:
+        """The parameters as environment variables (numbers as text)."""
+        return check_parameters([(p.name, p.value) for p in self.parameters])
 
 
 class WorkflowSpec(BaseModel):
@@ -912,4 +1027,5 @@ MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     ("steps", "on_error"): OnErrorSpec,
     ("steps", "on_error", "fallback"): FallbackSpec,
     ("steps", "on_error", "fallback", "inputs"): ValueBinding,
+    ("steps", "parameters"): ParameterSpec,
 }

@@ -225,6 +225,8 @@ class ToolSteps:
                 mode=str(options.get("mode", "auto")),
                 resources=options.get("resources"),
                 attempt=state.retries_used[index],
+                package=options.get("package"),
+                parameters=tuple(sorted(dict(options.get("parameters") or {}).items())),
             )
         assert self.runner is not None
         fut = self.runner(call, placed)

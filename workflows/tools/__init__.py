@@ -6,6 +6,15 @@ The built-in tools live in :mod:`workflows.tools.text`, :mod:`workflows.tools.ma
 """
 
 from workflows.tools._context import ToolCallContext, current_call, tool_call
+from workflows.tools._packages import (
+    check_parameters,
+    check_requirement,
+    is_package_ref,
+    load_package_tool,
+    normalize_package,
+    package_requirement,
+    requirement_name,
+)
 from workflows.tools._registry import (
     ENTRY_POINT_GROUP,
     ToolRegistry,
@@ -28,9 +37,16 @@ __all__ = [
     "Tool",
     "ToolCallContext",
     "ToolRegistry",
+    "check_parameters",
+    "check_requirement",
     "check_tool_name",
     "current_call",
+    "is_package_ref",
+    "load_package_tool",
+    "normalize_package",
+    "package_requirement",
     "parse_selection",
+    "requirement_name",
     "split_tool_ref",
     "tool",
     "tool_call",

@@ -9,10 +9,12 @@ one boundary where arguments are validated and foreign exceptions become
 from __future__ import annotations
 
 import inspect
+import math
 import re
+import traceback
 import typing
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from types import SimpleNamespace
 from typing import Any
 
@@ -35,6 +37,13 @@ RESULT_FIELD = "result"
 """The single output field of tools declared with a plain ``output`` type."""
 
 _MODEL_CONFIG = ConfigDict(extra="forbid", frozen=True)
+
+MAX_TAGS = 16
+_TAG_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,31}$")
+MAX_RESOURCES = 8
+_RESOURCE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+TRACEBACK_FRAMES = 30
+"""Frames of a tool's traceback kept in its error (the innermost ones)."""
 
 
 def check_tool_name(name: str) -> str:
@@ -67,9 +76,19 @@ class Tool:
     # the same arguments always give the same outputs: its steps may be replicated on several
     # nodes and their outputs compared (``verify: {replicas: N}``)
     deterministic: bool = False
+    # labels for people and for search (``hivemesh tools``), e.g. ("text", "nlp")
+    tags: tuple[str, ...] = ()
+    # what one call needs from Ray: {"num_cpus": 1}, {"num_gpus": 1}, {"memory": bytes}, or a
+    # custom resource; the node asks Ray for it when it runs the tool's task
+    resources: Mapping[str, float] = field(default_factory=dict, hash=False)
+    # calling it twice with the same arguments (and idempotency key) has the effect of calling
+    # it once: a step of it may be retried after a failure that may have happened mid-call
+    idempotent: bool = False
 
     def __post_init__(self) -> None:
         check_tool_name(self.name)
+        object.__setattr__(self, "tags", check_tags(self.name, self.tags))
+        object.__setattr__(self, "resources", check_resources(self.name, self.resources))
         if not _VERSION_RE.match(self.version):
             raise ToolConfigError(
                 f"tool {self.name!r} has invalid version {self.version!r}: "
@@ -113,6 +132,9 @@ class Tool:
             "input_schema": self.input_schema(),
             "output_schema": self.output_schema(),
             "deterministic": self.deterministic,
+            "idempotent": self.idempotent,
+            "tags": list(self.tags),
+            "resources": dict(self.resources),
         }
 
     def invoke(self, args: Mapping[str, Any]) -> dict[str, Any]:
@@ -139,10 +161,12 @@ class Tool:
         try:
             returned = self.fn(**kwargs)
         except Exception as exc:  # the boundary: whatever a tool raises becomes a ToolError
+            # with the tool's own frames (the runner bounds both: workflows.engine.limits)
             raise ToolExecutionError(
                 f"tool {self.name!r} failed: {type(exc).__name__}: {exc}",
                 self.name,
                 type(exc).__name__,
+                traceback=tool_traceback(exc),
             ) from exc
 
         raw = {RESULT_FIELD: returned} if self.bare_result else returned
@@ -165,6 +189,9 @@ def tool(
     output: Any = Any,
     remote_callable: bool = True,
     deterministic: bool = False,
+    tags: Iterable[str] = (),
+    resources: Mapping[str, float] | None = None,
+    idempotent: bool = False,
 ) -> Callable[[Callable[..., Any]], Tool]:
     """Turn a function into a :class:`Tool`.
 
@@ -173,7 +200,12 @@ def tool(
     defaults to the first line of the docstring. ``output`` is either a pydantic model class
     (the function returns a mapping or an instance of it) or a plain type ``T``, in which case
     the outputs are ``{"result": T}`` and the function returns the bare value.
-    ``deterministic`` declares that equal arguments always give equal outputs.
+    ``deterministic`` declares that equal arguments always give equal outputs;
+    ``idempotent`` that a repeated call (same arguments, same idempotency key) has the effect
+    of one (retries may then repeat a call that failed midway). ``tags`` are labels;
+    ``resources`` is what one call needs from Ray (``{"num_cpus": 1}``, ``{"num_gpus": 1}``,
+    ``{"memory": bytes}`` or a custom resource), asked for when the node runs it.
+    ``remote_callable`` false keeps the tool off the node's card: peers cannot call it.
     """
     check_tool_name(name)
 
@@ -201,9 +233,65 @@ def tool(
             remote_callable=remote_callable,
             bare_result=bare,
             deterministic=deterministic,
+            tags=check_tags(name, tags),
+            resources=check_resources(name, resources or {}),
+            idempotent=idempotent,
         )
 
     return decorate
+
+
+def check_tags(name: str, tags: Iterable[str]) -> tuple[str, ...]:
+    """The tags, checked: at most :data:`MAX_TAGS` lower-case words; :class:`ToolConfigError`
+    otherwise."""
+    if isinstance(tags, str):
+        raise ToolConfigError(f"tool {name!r}: tags must be a list of words, not a string", name)
+    out = tuple(tags)
+    if len(out) > MAX_TAGS:
+        raise ToolConfigError(f"tool {name!r} has {len(out)} tags; at most {MAX_TAGS}", name)
+    for tag in out:
+        if not isinstance(tag, str) or not _TAG_RE.match(tag):
+            raise ToolConfigError(
+                f"tool {name!r}: invalid tag {tag!r}: lower-case letters, digits, '_', '.', '-'"
+                ", at most 32 characters",
+                name,
+            )
+    return out
+
+
+def check_resources(name: str, resources: Mapping[str, float]) -> dict[str, float]:
+    """The resources, checked: names of Ray resources (``num_cpus``, ``num_gpus``,
+    ``memory`` or custom ones) with finite non-negative amounts."""
+    if not isinstance(resources, Mapping):
+        raise ToolConfigError(f"tool {name!r}: resources must be a mapping", name)
+    if len(resources) > MAX_RESOURCES:
+        raise ToolConfigError(f"tool {name!r}: at most {MAX_RESOURCES} resources", name)
+    out: dict[str, float] = {}
+    for key, amount in resources.items():
+        if not isinstance(key, str) or not _RESOURCE_RE.match(key):
+            raise ToolConfigError(f"tool {name!r}: invalid resource name {key!r}", name)
+        if (
+            isinstance(amount, bool)
+            or not isinstance(amount, int | float)
+            or not math.isfinite(amount)
+            or amount < 0
+        ):
+            raise ToolConfigError(
+                f"tool {name!r}: resource {key!r} needs a non-negative number, not {amount!r}",
+                name,
+            )
+        out[key] = amount
+    return out
+
+
+def tool_traceback(exc: BaseException) -> str:
+    """The traceback of an exception a tool raised, from the tool's own frames (the
+    innermost :data:`TRACEBACK_FRAMES`), ending with the exception line."""
+    tb = exc.__traceback__
+    if tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next  # (the first frame is Tool.invoke's)
+    lines = traceback.format_exception(type(exc), exc, tb, limit=-TRACEBACK_FRAMES, chain=False)
+    return "".join(lines).rstrip("\n")
 
 
 def _input_model(name: str, fn: Callable[..., Any], model_name: str) -> type[BaseModel]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -9,6 +10,7 @@ from typing import Annotated, Any
 from pydantic import Field
 
 from workflows.tools._context import current_call
+from workflows.tools._packages import PARAMETERS_ENV
 from workflows.tools._tool import tool
 
 MAX_SLEEP_SECONDS = 3600.0
@@ -74,3 +76,11 @@ def flaky(path: str, failures: Annotated[int, Field(ge=0, le=1000)] = 1) -> int:
     if calls <= failures:
         raise ValueError(f"flaky: call {calls} of the {failures} that fail")
     return calls
+
+
+@tool("util.parameters", output=dict[str, str])
+def parameters() -> dict[str, str]:
+    """Return the step's parameters (its environment variables from 'parameters'), and
+    nothing else of the node's environment. Empty for a step without parameters."""
+    names = [n for n in os.environ.get(PARAMETERS_ENV, "").split(",") if n]
+    return {name: os.environ.get(name, "") for name in names}
