@@ -29,6 +29,9 @@ class ToolCall:
     replicas: int = 1  # >1: run on that many nodes; accept the output only if all agree
     # how long it waits for a node offering its tool (None: the runner's default)
     provider_wait_s: float | None = None
+    # a sub-workflow step: the id of the registered workflow it runs (``tool`` is then
+    # workflows.dsl's SUBWORKFLOW_TOOL and ``args`` that workflow's inputs)
+    workflow: str | None = None
 
     @property
     def idempotency_key(self) -> str:

@@ -288,6 +288,8 @@ def tool_problems(
     produced: dict[str, tuple[str, tuple[str, ...] | None]] = {}  # step -> (tool, outputs)
     steps = list(steps)
     for i, step in steps:
+        if step.workflow is not None:
+            continue  # a sub-workflow: checked against the node's registry of workflows
         try:
             tool = catalog.get(step.tool, step.version)
         except UnknownToolError as exc:

@@ -93,6 +93,7 @@ class ToolSteps:
             peers=tuple(options.get("peers", ())),
             replicas=int(options.get("replicas", 1)),
             provider_wait_s=options.get("provider_wait_s"),
+            workflow=options.get("workflow"),
         )
         fut = self.runner(call, placed)
 
