@@ -33,6 +33,7 @@ from node.parse_pool import ParsePool
 from node.progress import ProgressHub
 from node.registry import PeerRegistry, PeerState
 from node.watch import WatchService, hub_from
+from node.workflow_registry import WorkflowRegistry
 from node.workflow_service import WorkflowService, WorkflowView
 from protocols import control, logsafe
 from protocols.errors import ProtocolError
@@ -75,6 +76,7 @@ class _Creation:
     done: trio.Event = field(default_factory=trio.Event)
     created: bool = False
     error: Exception | None = None
+    metadata: dict[str, Any] | None = None  # journaled with the workflow
 
 
 class ControlService:
@@ -94,6 +96,7 @@ class ControlService:
         ray_info: control.RayInfo | None = None,
         workflow_files: WorkflowFilesConfig | None = None,
         progress: ProgressHub | None = None,
+        workflow_registry: WorkflowRegistry | None = None,
     ) -> None:
         self.host = host
         self.handoffs = handoffs
@@ -116,6 +119,8 @@ class ControlService:
         self._nursery: trio.Nursery | None = None
         self.progress = progress if progress is not None else hub_from(config)
         self.watches = WatchService(self.progress, workflows, config, network)
+        # the workflows registered at start (node.workflow_registry): 'workflows', 'run'
+        self.registered = workflow_registry if workflow_registry is not None else WorkflowRegistry()
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the parse workers and the creations of submitted workflows until cancelled."""
@@ -173,7 +178,14 @@ class ControlService:
                 await ms.reset()
             return
         newer = parse_version(version) >= parse_version(control.WATCH_VERSION)
+        registry_known = parse_version(version) >= parse_version(control.REGISTRY_VERSION)
         try:
+            if isinstance(request, control.WorkflowsRequest | control.RunRequest) and not (
+                registry_known
+            ):  # (an older client never sends them)
+                await ms.send_error("unknown_type", f"{request.type} needs control 0.5.0")
+                await ms.close()
+                return
             if isinstance(request, control.WatchRequest):
                 if not newer:  # (an older client never sends it)
                     await ms.send_error("unknown_type", "watch needs control 0.3.0")
@@ -259,6 +271,10 @@ class ControlService:
         if isinstance(request, control.ListRequest):
             views = await self.workflows.list_all()
             return control.WorkflowList(workflows=[_summary(v) for v in views])
+        if isinstance(request, control.WorkflowsRequest):
+            return self._registered()
+        if isinstance(request, control.RunRequest):
+            return await self._run(request)
         if isinstance(request, control.PeersRequest):
             return self._peers()
         if isinstance(request, control.ToolsRequest):
@@ -282,15 +298,78 @@ class ControlService:
         # (the client's name for the file is quoted in errors and logs: printable only)
         source = "".join(c if c.isprintable() else "?" for c in request.source or "<submitted>")
         spec = await self.parser.parse(request.workflow, source)
+        if spec.sub_workflows():
+            if not self.registered.loaded:
+                raise ParserBusyError("the node is still registering its workflows; try again")
+            self.registered.check_sub_workflows(spec)
         # (in a thread: binding deep-copies defaults, which may be large)
         bound = await trio.to_thread.run_sync(spec.bind_inputs, request.inputs)
         wid = request.workflow_id or f"{spec.id}-{uuid.uuid4().hex[:12]}"
+        return await self.start(spec, bound, wid)
+
+    async def _run(self, request: control.RunRequest) -> control.Submitted:
+        """Start a registered workflow (answered as a submit)."""
+        entry = self.registered.get(request.workflow)
+        if entry is None:
+            raise _NotFound(str(self.registered.unknown(request.workflow)))
+        bound = await trio.to_thread.run_sync(entry.spec.bind_inputs, request.inputs)
+        wid = request.workflow_id or f"{entry.spec.id}-{uuid.uuid4().hex[:12]}"
+        return await self.start(entry.spec, bound, wid)
+
+    async def wait_created(self, workflow_id: str) -> None:
+        """Wait until a workflow that :meth:`start` answered ``PENDING`` is created; raises
+        what its creation raised."""
+        creation = self._pending(workflow_id)
+        if creation is not None:
+            await self._created(creation)
+            if isinstance(creation.error, WorkflowError):
+                raise creation.error
+
+    def _registered(self) -> control.Workflows:
+        reg = self.registered
+        return control.Workflows(
+            workflows=[
+                control.RegisteredWorkflow(
+                    workflow=r.spec.id,
+                    name=r.spec.name,
+                    description=r.spec.description,
+                    inputs=[
+                        control.RegisteredInput(
+                            name=i.name,
+                            required=i.required,
+                            default=i.default,
+                            description=i.description,
+                        )
+                        for i in r.spec.inputs
+                    ],
+                    source=r.source,
+                    file=r.path,
+                    schedule=r.spec.run.describe() if r.spec.run is not None else None,
+                )
+                for r in reg.all()
+            ],
+            problems=[
+                control.RegistryProblem(source=p.source, error=p.error) for p in reg.problems
+            ],
+            problems_dropped=reg.problems_dropped,
+        )
+
+    async def start(
+        self,
+        spec: WorkflowSpec,
+        bound: dict[str, Any],
+        wid: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> control.Submitted:
+        """Create workflow ``wid`` of ``spec`` with the ``bound`` inputs, idempotently (the
+        path of every submit: control's, a ``run``, a schedule's, a sub-workflow's); wait up
+        to ``control.submit_wait_s`` for it to be created."""
         creation = self._creations.get(wid)
         joined = creation is not None
         if creation is None:
             if self._nursery is None:
                 raise ParserBusyError("the node is starting or stopping; try again in a moment")
-            creation = _Creation(wid, spec, time.time())
+            creation = _Creation(wid, spec, time.time(), metadata=metadata)
             self._creations[wid] = creation
             self._failed.pop(wid, None)
             self._nursery.start_soon(self._create, creation, bound)
@@ -314,7 +393,9 @@ class ControlService:
     async def _create(self, creation: _Creation, inputs: dict[str, Any]) -> None:
         wid = creation.workflow_id
         try:
-            _, creation.created = await self.workflows.submit(creation.spec, inputs, wid)
+            _, creation.created = await self.workflows.submit(
+                creation.spec, inputs, wid, creation.metadata
+            )
             if creation.created and self.progress.finished(wid) is None:
                 for step in creation.spec.steps:  # (those not started already)
                     if not self.progress.knows(wid, step.name):

@@ -60,6 +60,8 @@ PROVIDER_POLL_S = 0.1
 LocalRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
 # (step, why it waits) when a step starts waiting for a provider; (step, None) when it stops
 WaitingCallback = Callable[[ToolCall, str | None], None]
+# runs a sub-workflow step (``workflow: ID``) on this node (node.subworkflows)
+SubWorkflowRun = Callable[[ToolCall, PlacementCallback], Awaitable[ToolOutcome]]
 
 
 class SwarmExecutor:
@@ -103,6 +105,8 @@ class SwarmExecutor:
         # set once the node has joined the swarm (bootstrap peers dialled, their cards in):
         # a step resumed at start waits for it before it looks for the node it ran on
         self.joined = trio.Event()
+        # set by the node: how a sub-workflow step runs (None: such a step fails)
+        self.sub_workflows: SubWorkflowRun | None = None
 
     def _note(
         self,
@@ -189,6 +193,8 @@ class SwarmExecutor:
         return out
 
     async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        if request.workflow is not None:
+            return await self._run_sub_workflow(request, placed)
         replicas = max(request.replicas, self.replicas.get(request.tool, 1))
         if replicas > 1:
             return await self._execute_replicated(request, placed, replicas)
@@ -762,6 +768,16 @@ class SwarmExecutor:
         if tool_card is not None:
             return check_outputs(outputs, schema=tool_card.output_schema)
         return None
+
+    async def _run_sub_workflow(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        """A ``workflow: ID`` step: always here, on the node that runs its parent."""
+        if self.sub_workflows is None:
+            raise StepExecutionError(
+                f"step {request.step!r} runs workflow {request.workflow!r}, but this node "
+                "runs no sub-workflows",
+                node=self.host.peer_id,
+            )
+        return await self.sub_workflows(request, placed)
 
 
 def _one_line(text: str, limit: int = 300) -> str:

@@ -103,6 +103,12 @@ def abandon_on_cancel(abandon: Abandon) -> Iterator[Abandon]:
         _ABANDON.reset(token)
 
 
+def current_abandon() -> Abandon | None:
+    """The :class:`Abandon` bound to the current task (by :func:`abandon_on_cancel`), if any:
+    whether a cancellation means "no longer wanted" (its ``reason`` is set) or a shutdown."""
+    return _ABANDON.get()
+
+
 @dataclass(frozen=True)
 class HandoffOutcome:
     outputs: dict[str, Any]
