@@ -254,3 +254,48 @@ async def test_an_interval_schedule_runs_the_latest_missed_slot_only_after_a_res
         await wait_until(lambda: len(again.scheduler.started) >= 2, timeout_s=10)
         scope.cancel()
         nursery.cancel_scope.cancel()
+
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "workflows.md"
+
+
+def documented(*ids: str) -> dict[str, str]:
+    """The ```yaml blocks of docs/workflows.md whose id is one of ``ids``."""
+    import re
+
+    found = {}
+    for block in re.findall(r"```yaml\n(.*?)```", DOC.read_text(), flags=re.S):
+        match = re.search(r"^id: (\S+)", block, flags=re.M)
+        if match and match.group(1) in ids:
+            found[match.group(1)] = block
+    assert sorted(found) == sorted(ids)
+    return found
+
+
+async def test_the_examples_of_the_docs_register_and_run(tmp_path: Path):
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    for wid, text in documented("shout", "shout-twice", "heartbeat", "weekday-report").items():
+        (folder / f"{wid}.yaml").write_text(text)
+    node = registry_node(tmp_path, folder)
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, node)
+        host = P2PHost(Home(tmp_path / "a").load_client_key(), swarm_key=swarm_key(tmp_path))
+        async with host.run(["/ip4/127.0.0.1/tcp/0"]):
+            client = Client(host, await host.connect_addr(node.host.addrs()[0]))
+            listed = await client.ask(control.WorkflowsRequest())
+            assert listed.problems == []
+            assert {w.workflow: w.schedule for w in listed.workflows} == {
+                "heartbeat": "at start, every 600s",
+                "shout": None,
+                "shout-twice": None,
+                "weekday-report": "cron '30 2 * * 1-5' (UTC)",
+            }
+            await client.ask(
+                control.RunRequest(workflow="shout-twice", inputs={"text": "hi"}, workflow_id="t")
+            )
+            assert (await client.result("t")).outputs == {"shouted": "HI AGAIN"}
+            assert (await client.result("t.first")).outputs == {"shouted": "HI"}
+            beat = await client.result("heartbeat@start-1")
+            assert beat.outputs == {"key": "heartbeat@start-1/key"}
+        nursery.cancel_scope.cancel()
