@@ -976,6 +976,57 @@ def _tool_catalog(home: Path | None, node: str | None, local_only: bool) -> tupl
     return catalog, f"tools checked against this machine's installed tools only ({why})"
 
 
+def _registered_ids(
+    home: Path | None, node: str | None, local_only: bool
+) -> tuple[set[str] | None, str]:
+    """The ids of the workflows the node registered (None if it cannot be asked), and a
+    note saying so."""
+    if local_only:
+        return None, "sub-workflows not checked (--local)"
+    from node.home_lock import lock_holder
+    from protocols import control
+
+    if node is None and lock_holder(_home(home).path) is None:
+        return None, "sub-workflows not checked (no node to ask)"
+    try:
+        reply = _call(home, node, control.WorkflowsRequest(), timeout_s=10.0)
+    except NodeError as exc:
+        return None, f"sub-workflows not checked (could not ask the node: {exc})"
+    return {w.workflow for w in reply.workflows}, "sub-workflows checked against the node's"
+
+
+def _sub_workflow_problems(spec: Any, registered: set[str]) -> tuple[Any, ...]:
+    import difflib
+
+    from workflows.dsl import Diagnostic
+
+    found = []
+    for step, wid in spec.sub_workflows():
+        if wid == spec.id:
+            found.append(
+                Diagnostic(
+                    f"step {step.name!r} runs workflow {wid!r}, the workflow itself: a "
+                    "workflow cannot contain itself",
+                    spec.source,
+                    step.line,
+                )
+            )
+            continue
+        if wid in registered:
+            continue
+        close = difflib.get_close_matches(wid, sorted(registered), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        found.append(
+            Diagnostic(
+                f"step {step.name!r} runs workflow {wid!r}, which the node has not "
+                f"registered{hint} ('hivemesh workflows' lists them)",
+                spec.source,
+                step.line,
+            )
+        )
+    return tuple(found)
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @target_options
@@ -999,6 +1050,7 @@ def validate(
     limits = load_config(config_file=_home(home).config_file).workflow_files.parse_limits()
     catalog, note = _tool_catalog(home, node, local_only)
     results: list[tuple[str, tuple[Diagnostic, ...]]] = []
+    specs: dict[str, Any] = {}
     for file in files:
         try:
             data = read_workflow_file(file, limits)
@@ -1007,6 +1059,16 @@ def validate(
             continue
         report = check_document(data, source=str(file), limits=limits, tools=catalog)
         results.append((str(file), report.problems))
+        if report.spec is not None and report.spec.sub_workflows():
+            specs[str(file)] = report.spec
+    if specs:  # steps that run a workflow: checked against the node's registered ones
+        registered, said = _registered_ids(home, node, local_only)
+        note += f"; {said}"
+        if registered is not None:
+            results = [
+                (f, p + _sub_workflow_problems(specs[f], registered) if f in specs else p)
+                for f, p in results
+            ]
     valid = all(not problems for _, problems in results)
     if as_json:
         click.echo(

@@ -99,6 +99,19 @@ def test_registered_workflows_are_listed_and_run_by_name_and_at_start_once_per_s
             "(registered: 'greet', 'shout', 'startup'; 'hivemesh workflows' lists them)"
         ]
 
+        typo = tmp_path / "typo.yaml"
+        typo.write_text(GREET.replace("id: greet", "id: typo").replace("shout", "shuot"))
+        checked = local.cli("validate", str(typo), *at)
+        assert checked.returncode == 1
+        assert checked.stdout.splitlines() == [
+            f"{typo}:4:1: error: step 'twice' runs workflow 'shuot', which the node has not "
+            "registered (did you mean 'shout'?) ('hivemesh workflows' lists them)"
+        ], checked.stdout
+        assert "sub-workflows checked against the node's" in checked.stderr
+        submitted = local.cli("submit", str(typo), *at)
+        assert submitted.returncode == 1
+        assert "runs workflow 'shuot', which is not registered on this node" in submitted.stderr
+
         def startups() -> list[str]:
             out = local.cli("list", *at, "--json")
             assert out.returncode == 0, out.stderr
