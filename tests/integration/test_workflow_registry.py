@@ -299,3 +299,67 @@ async def test_the_examples_of_the_docs_register_and_run(tmp_path: Path):
             beat = await client.result("heartbeat@start-1")
             assert beat.outputs == {"key": "heartbeat@start-1/key"}
         nursery.cancel_scope.cancel()
+
+
+SLOW = """\
+id: slow
+inputs: [{name: seconds, default: 3}]
+steps: [{name: nap, tool: util.sleep, inputs: [{name: seconds, value: "{{inputs.seconds}}"}]}]
+outputs: [{name: slept, value: "{{steps.nap.outputs.result}}"}]
+"""
+WAITS = """\
+id: waits
+inputs: [{name: seconds, default: 3}]
+steps:
+  - name: inner
+    workflow: slow
+    inputs: [{name: seconds, value: "{{inputs.seconds}}"}]
+outputs: [{name: slept, value: "{{steps.inner.outputs.slept}}"}]
+"""
+
+
+async def test_a_restart_re_attaches_to_a_running_sub_workflow_and_a_cancel_reaches_it(
+    tmp_path: Path,
+):
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "slow.yaml").write_text(SLOW)
+    (folder / "waits.yaml").write_text(WAITS)
+
+    def running(node: Node, wid: str) -> bool:
+        rows = node.storage.list_tasks(wid) if node.storage.get_workflow(wid) else []
+        return any(r.status == "RUNNING" for r in rows)
+
+    async with trio.open_nursery() as nursery:
+        node = registry_node(tmp_path, folder)
+        scope = await launch(nursery, node)
+        host = P2PHost(Home(tmp_path / "a").load_client_key(), swarm_key=swarm_key(tmp_path))
+        async with host.run(["/ip4/127.0.0.1/tcp/0"]):
+            client = Client(host, await host.connect_addr(node.host.addrs()[0]))
+            await client.ask(control.RunRequest(workflow="waits", workflow_id="w-1"))
+            await wait_until(lambda: running(node, "w-1.inner"), what="the child running")
+            child_row = node.storage.get_workflow("w-1.inner")
+            assert child_row is not None
+            assert child_row.user_metadata["parent"] == "w-1"
+            assert child_row.user_metadata["depth"] == 1
+        scope.cancel()  # the node stops while the child's step sleeps
+
+        node = registry_node(tmp_path, folder)
+        scope = await launch(nursery, node)
+        async with host.run(["/ip4/127.0.0.1/tcp/0"]):
+            client = Client(host, await host.connect_addr(node.host.addrs()[0]))
+            assert (await client.result("w-1")).outputs == {"slept": 3}
+            ids = sorted(r.workflow_id for r in node.storage.list_workflows())
+            assert ids == ["w-1", "w-1.inner"]  # the same child, not a second one
+            again = node.storage.get_workflow("w-1.inner")
+            assert again is not None and again.created_at == child_row.created_at
+
+            # canceling the outer workflow cancels the child
+            await client.ask(
+                control.RunRequest(workflow="waits", inputs={"seconds": 60}, workflow_id="w-2")
+            )
+            await wait_until(lambda: running(node, "w-2.inner"), what="the second child running")
+            await client.ask(control.CancelRequest(workflow_id="w-2"))
+            child = await client.result("w-2.inner")
+            assert child.status == "CANCELED"
+        nursery.cancel_scope.cancel()
