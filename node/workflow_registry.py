@@ -3,8 +3,8 @@
 Where a node looks, in this order (the first file of an id wins):
 
 1. its workflows folders (``workflows.dirs``, default ``[HOME/workflows]``): every
-   ``*.yaml`` / ``*.yml`` file directly in each (not in subfolders; hidden files skipped),
-   in name order;
+   ``*.yaml`` / ``*.yml`` regular file directly in each (not in subfolders; hidden files
+   skipped), in name order;
 2. installed distributions that publish a folder through the entry-point group
    ``hivemesh.workflows``: an entry point's value names an importable **package** (e.g.
    ``my_flows = "my_flows.workflows"``), and the YAML files in that package's directory are
@@ -163,7 +163,10 @@ def folder_files(folder: Path, max_files: int) -> tuple[list[WorkflowFile], list
         names = sorted(
             entry.name
             for entry in folder.iterdir()
-            if entry.suffix in SUFFIXES and not entry.name.startswith(".")
+            if entry.suffix in SUFFIXES
+            and not entry.name.startswith(".")
+            # (regular files only: reading a FIFO named x.yaml would never end)
+            and entry.is_file()
         )
     except FileNotFoundError:
         return [], []

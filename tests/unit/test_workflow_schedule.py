@@ -4,6 +4,7 @@ clock, and the registry's checks of sub-workflows (node.workflow_registry), with
 from __future__ import annotations
 
 import calendar
+import os
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,8 @@ def test_folder_files_in_name_order_within_the_bound(tmp_path: Path):
         (tmp_path / name).write_text("x")
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "e.yaml").write_text("x")
+    (tmp_path / "dir.yaml").mkdir()
+    os.mkfifo(tmp_path / "fifo.yaml")  # reading it would block forever
     files, problems = folder_files(tmp_path, max_files=2)
     assert [f.path.name for f in files] == ["a.yml", "b.yaml"]
     assert [p.error for p in problems] == [
