@@ -12,7 +12,7 @@ import pytest
 import trio
 import trio.testing
 
-from node.workflow_registry import Registered, WorkflowRegistry, folder_files
+from node.workflow_registry import Registered, WorkflowRegistry, folder_files, workflow_files
 from node.workflow_schedule import WorkflowScheduler, next_start_number
 from workflows.dsl import WorkflowSpec, parse_workflow
 from workflows.errors import WorkflowDefinitionError
@@ -178,3 +178,34 @@ def test_folder_files_in_name_order_within_the_bound(tmp_path: Path):
         "3 workflow files, more than workflows.max_files (2): only the first 2 by name are read"
     ]
     assert folder_files(tmp_path / "missing", 10) == ([], [])
+
+
+def test_packages_publish_their_folder_through_the_entry_point_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    def dist(name: str, entry: str) -> None:
+        info = tmp_path / f"{name.replace('-', '_')}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n")
+        (info / "entry_points.txt").write_text(f"[hivemesh.workflows]\nflows = {entry}\n")
+
+    (tmp_path / "good_flows" / "inner").mkdir(parents=True)
+    (tmp_path / "good_flows" / "__init__.py").write_text("")
+    (tmp_path / "good_flows" / "inner" / "__init__.py").write_text("")
+    (tmp_path / "good_flows" / "inner" / "a.yaml").write_text("x")
+    dist("good-flows", "good_flows.inner")
+    dist("attr-flows", "good_flows:thing")
+    dist("gone-flows", "no_such_package_here")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    files, problems = workflow_files([tmp_path / "none"], max_files=10)
+    ours = [(f.path, f.source) for f in files if f.path.is_relative_to(tmp_path)]
+    assert ours == [(tmp_path / "good_flows" / "inner" / "a.yaml", "package:good-flows")]
+    said = {
+        p.source.split(" ")[0]: p.error
+        for p in problems
+        if p.source.startswith(("package:attr-flows", "package:gone-flows"))
+    }
+    assert said == {
+        "package:attr-flows": "the value must name a package, not 'module:attr'",
+        "package:gone-flows": "no package 'no_such_package_here' is installed",
+    }
