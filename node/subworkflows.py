@@ -17,6 +17,7 @@ canceled or failed while its child runs cancels the child too; a node shutting d
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -27,6 +28,7 @@ from node.handoff.delegator import current_abandon
 from node.workflow_registry import WorkflowRegistry
 from node.workflow_service import WorkflowService
 from protocols import logsafe
+from protocols.wire import MAX_ID_LEN
 from workflows.dsl import WorkflowSpec
 from workflows.errors import WorkflowError
 from workflows.status import WorkflowStatus
@@ -40,8 +42,14 @@ Start = Callable[[WorkflowSpec, dict[str, Any], str, dict[str, Any]], Awaitable[
 
 def child_id(call: ToolCall) -> str:
     """The id of the sub-workflow a step runs: ``<parent id>.<step>`` (stable across
-    restarts, so that the step re-attaches to it)."""
-    return f"{call.workflow_id}.{call.step}"
+    restarts, so that the step re-attaches to it). Longer than a control request's id may
+    be (nested sub-workflows), it is cut and given a digest of the whole instead, so that
+    ``status`` can still ask about it."""
+    wid = f"{call.workflow_id}.{call.step}"
+    if len(wid) <= MAX_ID_LEN:
+        return wid
+    digest = hashlib.sha256(wid.encode()).hexdigest()[:16]
+    return f"{wid[: MAX_ID_LEN - len(digest) - 1]}~{digest}"
 
 
 class SubWorkflowRunner:

@@ -105,3 +105,14 @@ def test_missing_inputs_and_unknown_workflows_fail_the_step():
     gone = ToolCall("outer", "loud", "hivemesh.workflow", None, {}, workflow="kdi")
     with pytest.raises(StepExecutionError, match="no workflow 'kdi' is registered"):
         trio.run(runner(fake).run, gone, placed)
+
+
+def test_a_child_id_stays_within_what_control_accepts():
+    from node.subworkflows import child_id
+    from protocols.wire import MAX_ID_LEN
+
+    long = ToolCall("w" * 260, "step", "hivemesh.workflow", None, {}, workflow="kid")
+    wid = child_id(long)
+    assert len(wid) == MAX_ID_LEN and wid.startswith("w" * 200) and "~" in wid
+    assert child_id(long) == wid  # (the same at every attempt)
+    assert child_id(CALL) == "outer.loud"
