@@ -19,6 +19,7 @@ from node.p2p import P2PHost
 from protocols import control
 from protocols.errors import PeerErrorResponse
 from protocols.stream import MessageStream
+from tests import hostile_workflows
 from tests.integration.harness import launch, make_node, swarm_key, wait_until
 from workflows.schedule import slot_run_id
 
@@ -105,6 +106,10 @@ async def test_registered_workflows_are_listed_run_by_id_and_hostile_files_skipp
     folder.mkdir()
     for name, text in FILES.items():
         (folder / name).write_text(text)
+    # and what an attacker would write (tests/hostile_workflows.py)
+    (folder / "bomb.yaml").write_bytes(hostile_workflows.alias_bomb_in_default())
+    (folder / "garbage.yaml").write_bytes(hostile_workflows.binary_garbage())
+    (folder / "recursive.yaml").write_bytes(hostile_workflows.recursive_alias())
     node = registry_node(tmp_path, folder)
     async with trio.open_nursery() as nursery:
         scope = await launch(nursery, node)
@@ -128,10 +133,14 @@ async def test_registered_workflows_are_listed_run_by_id_and_hostile_files_skipp
             assert sorted(problems) == [
                 "bad.yaml",
                 "big.yaml",
+                "bomb.yaml",
+                "garbage.yaml",
                 "loop.yaml",
                 "needs.yaml",
+                "recursive.yaml",
                 "zdup.yaml",
             ]
+            assert "(workflow_files.max_" in problems["bomb.yaml"], problems["bomb.yaml"]
             assert "already registered from" in problems["zdup.yaml"]
             assert "larger than 4096 bytes" in problems["big.yaml"]
             assert "bad.yaml:" in problems["bad.yaml"]
