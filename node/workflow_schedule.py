@@ -27,6 +27,8 @@ from typing import Any
 
 import trio
 
+from node.errors import HomeError
+from node.home import STARTS_FILE, read_bounded
 from node.workflow_registry import Registered, WorkflowRegistry
 from protocols import logsafe
 from workflows.dsl import WorkflowSpec
@@ -37,23 +39,28 @@ log = logging.getLogger(__name__)
 # (spec, inputs, run id, metadata) -> whatever the start answers
 Start = Callable[[WorkflowSpec, dict[str, Any], str, dict[str, Any]], Awaitable[Any]]
 MAX_SLEEP_S = 60.0  # wakes at least this often, so that a wall-clock jump is noticed
-STARTS_FILE = "starts"
 
 
 def next_start_number(home: Path) -> int:
-    """Count this start of the node in ``HOME/starts`` and return its number (1, 2, …)."""
+    """Count this start of the node in ``HOME/starts`` and return its number (1, 2, …).
+    A file that is not a number counts as 0 (HomeError if it cannot be read or written)."""
     path = home / STARTS_FILE
+    raw = read_bounded(path, 64)
     try:
-        previous = int(path.read_text().strip() or 0)
-    except (FileNotFoundError, ValueError):
+        previous = int(raw.decode().strip() or 0) if raw is not None else 0
+    except (UnicodeDecodeError, ValueError):
+        log.warning("%s is not a number; counting starts from 1 again", path)
         previous = 0
     number = previous + 1
     tmp = path.with_name(f".{STARTS_FILE}.tmp")
-    with open(tmp, "w") as file:
-        file.write(f"{number}\n")
-        file.flush()
-        os.fsync(file.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as file:
+            file.write(f"{number}\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise HomeError(f"cannot write {path}: {exc.strerror or exc}") from None
     return number
 
 

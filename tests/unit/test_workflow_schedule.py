@@ -140,6 +140,8 @@ def test_cron_schedule_and_a_start_that_fails_does_not_stop_the_scheduler():
 def test_start_numbers_count_up_in_the_home(tmp_path: Path):
     assert [next_start_number(tmp_path) for _ in range(3)] == [1, 2, 3]
     assert (tmp_path / "starts").read_text() == "3\n"
+    (tmp_path / "starts").write_text("garbage")
+    assert next_start_number(tmp_path) == 1
 
 
 def test_sub_workflow_checks_name_unknown_ids_and_cycles():
