@@ -21,7 +21,13 @@ import trio
 
 from node.config import HandoffConfig, NetworkConfig, RoutingConfig
 from node.errors import NodeError, NodeUnreachableError, PlacementError
-from node.handoff.delegator import HandoffOutcome, delegate
+from node.handoff.delegator import (
+    Abandon,
+    HandoffOutcome,
+    abandon_on_cancel,
+    current_abandon,
+    delegate,
+)
 from node.handoff.errors import (
     HandoffCanceledError,
     HandoffError,
@@ -44,7 +50,13 @@ from protocols import handoff, logsafe
 from protocols.canonical import canonical_json
 from protocols.discovery import ToolCard
 from workflows.errors import ToolError
-from workflows.tool_steps import PlacementCallback, StepExecutionError, ToolCall, ToolOutcome
+from workflows.tool_steps import (
+    STEP_TIMEOUT,
+    PlacementCallback,
+    StepExecutionError,
+    ToolCall,
+    ToolOutcome,
+)
 from workflows.tools import ToolRegistry
 
 log = logging.getLogger(__name__)
@@ -57,7 +69,8 @@ MAX_BACKOFF_S = 30.0
 PROVIDER_POLL_S = 0.1
 
 # (tool, version, args, idempotency key) -> outputs
-LocalRunner = Callable[[str, str | None, dict[str, Any], str | None], Awaitable[dict[str, Any]]]
+# (tool, version, args, idempotency key[, resources=...]) -> outputs
+LocalRunner = Callable[..., Awaitable[dict[str, Any]]]
 # (step, why it waits) when a step starts waiting for a provider; (step, None) when it stops
 WaitingCallback = Callable[[ToolCall, str | None], None]
 # runs a sub-workflow step (``workflow: ID``) on this node (node.subworkflows)
@@ -148,18 +161,23 @@ class SwarmExecutor:
         return allowed == "any" or peer_id in allowed
 
     def candidates(
-        self, tool: str, version: str | None, peers: Collection[str] = ()
+        self, tool: str, version: str | None, peers: Collection[str] = (), mode: str = "auto"
     ) -> list[Candidate]:
         """Nodes that may run ``tool``: this one and peers with fresh cards offering it, within
-        ``handoff.delegate_to`` and, if given, ``peers`` (a step's ``placement.peers``)."""
+        ``handoff.delegate_to`` and, if given, ``peers`` (a step's ``placement.peers``);
+        ``mode`` (a step's ``placement``) ``local`` keeps only this node, ``remote`` only
+        peers."""
         out = []
-        if self.tools.has(tool, version) and (not peers or self.host.peer_id in peers):
+        here = mode != "remote" and (not peers or self.host.peer_id in peers)
+        if here and self.tools.has(tool, version):
             t = self.tools.get(tool, version)
             out.append(
                 Candidate(
                     self.host.peer_id, True, t.version, self.local_running, self.local_capacity
                 )
             )
+        if mode == "local":
+            return out
         now = self.registry.now()
         for state, card in self.registry.providers(tool, version):
             if not self.may_delegate_to(state.peer_id) or (peers and state.peer_id not in peers):
@@ -193,8 +211,34 @@ class SwarmExecutor:
         return out
 
     async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        """Run the step (see :meth:`_execute`), within its ``timeout_s`` if it has one: past
+        it, the step is stopped where it runs (a local Ray task is cancelled, a peer is sent
+        a handoff ``cancel``) and fails with error type ``StepTimeout``."""
+        if request.timeout_s is None:
+            return await self._execute(request, placed)
+        timeout = request.timeout_s
+        deadline = trio.current_time() + timeout
+        # a delegated step cancelled by its deadline is abandoned (the peer is sent a
+        # ``cancel``), as when its workflow is canceled; cancelled by the node shutting down,
+        # it is not (the workflow re-attaches after the restart)
+        abandon = _Deadline(current_abandon(), deadline, f"its timeout of {timeout:g}s passed")
+        with trio.CancelScope(deadline=deadline) as scope, abandon_on_cancel(abandon):
+            return await self._execute(request, placed)
+        assert scope.cancelled_caught
+        self._note(request, "failed", reason=f"stopped after its timeout of {timeout:g}s")
+        raise StepExecutionError(
+            f"step stopped after its timeout of {timeout:g}s", error_type=STEP_TIMEOUT
+        )
+
+    async def _execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
         if request.workflow is not None:
             return await self._run_sub_workflow(request, placed)
+        if request.mode == "local" and not self.tools.has(request.tool, request.version):
+            raise StepExecutionError(
+                f"step has placement 'local', but this node does not offer tool "
+                f"{request.tool!r}{'@' + request.version if request.version else ''}: enable "
+                "it here (config 'tools') or use placement auto"
+            )
         replicas = max(request.replicas, self.replicas.get(request.tool, 1))
         if replicas > 1:
             return await self._execute_replicated(request, placed, replicas)
@@ -221,7 +265,9 @@ class SwarmExecutor:
                 alive = self.host.is_connected(prefer)
                 others = any(
                     c.node != prefer
-                    for c in self.candidates(request.tool, request.version, request.peers)
+                    for c in self.candidates(
+                        request.tool, request.version, request.peers, request.mode
+                    )
                 )
                 prefer = prefer if alive or not others else None
             try:
@@ -523,7 +569,9 @@ class SwarmExecutor:
         took_slot = False
         try:
             while True:
-                candidates = self.candidates(request.tool, request.version, request.peers)
+                candidates = self.candidates(
+                    request.tool, request.version, request.peers, request.mode
+                )
                 now = trio.current_time()
                 prev_gone = prefer is not None and all(c.node != prefer for c in candidates)
                 if not prev_gone or now >= grace:
@@ -608,10 +656,19 @@ class SwarmExecutor:
         self._note(request, "running", node=decision.node)
         try:
             outputs = await self.run_local(
-                request.tool, request.version, request.args, request.idempotency_key
+                request.tool,
+                request.version,
+                request.args,
+                request.idempotency_key,
+                **({"resources": request.resources} if request.resources else {}),
             )
         except ToolError as exc:
-            raise StepExecutionError(str(exc), node=decision.node, reason=decision.reason) from None
+            raise StepExecutionError(
+                str(exc),
+                node=decision.node,
+                reason=decision.reason,
+                error_type=getattr(exc, "exc_type", None) or type(exc).__name__,
+            ) from None
         finally:
             self._release(decision)
         return ToolOutcome(outputs, decision.node, decision.reason)
@@ -627,6 +684,8 @@ class SwarmExecutor:
     async def _delegate(self, request: ToolCall, decision: Decision) -> ToolOutcome:
         peer = decision.node
         hid = f"{request.idempotency_key}@{peer}"
+        if request.attempt:  # a retry is a new handoff, never a re-attach to the last one
+            hid += f"#retry{request.attempt}"
         journal = self.journal
         stored = await journal.call(journal.sync.get_handoff, hid, direction="out", peer=peer)
         if stored is not None and stored.status == "SUCCESSFUL" and stored.outputs is not None:
@@ -778,6 +837,31 @@ class SwarmExecutor:
                 node=self.host.peer_id,
             )
         return await self.sub_workflows(request, placed)
+
+
+class _Deadline(Abandon):
+    """The :class:`Abandon` of a step with a timeout: abandoned once ``deadline`` passed
+    (its reason then), or when the one it wraps (the workflow's) is."""
+
+    def __init__(self, outer: Abandon | None, deadline: float, why: str) -> None:
+        self._outer = outer
+        self._deadline = deadline
+        self._why = why
+        self._own: str | None = None
+
+    @property
+    def reason(self) -> str | None:  # type: ignore[override]
+        if self._outer is not None and self._outer.reason is not None:
+            return self._outer.reason
+        if self._own is not None:
+            return self._own
+        return self._why if trio.current_time() >= self._deadline else None
+
+    def request(self, reason: str) -> None:
+        if self._outer is not None:
+            self._outer.request(reason)
+        elif self._own is None:
+            self._own = reason
 
 
 def _one_line(text: str, limit: int = 300) -> str:

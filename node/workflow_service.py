@@ -33,7 +33,13 @@ from workflows.engine.storage import Storage, TaskRow, WorkflowRow
 from workflows.engine.tool_runs import Placed
 from workflows.errors import WorkflowNotFoundError, WorkflowStillActiveError
 from workflows.status import WorkflowStatus
-from workflows.tool_steps import StepExecutionError, StepExecutor, ToolCall, ToolOutcome
+from workflows.tool_steps import (
+    SKIPPED_REASON,
+    StepExecutionError,
+    StepExecutor,
+    ToolCall,
+    ToolOutcome,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -260,6 +266,8 @@ class WorkflowService:
                 WorkflowStatus.QUARANTINED,
             ):
                 state = "PENDING"
+            elif r.status == "SUCCESSFUL" and (r.reason or "").startswith(SKIPPED_REASON):
+                state = "SKIPPED"
             else:
                 state = r.status
             views.append(

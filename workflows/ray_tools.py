@@ -56,6 +56,30 @@ _invoke_remote = ray.remote(max_retries=3, retry_exceptions=False)(_invoke)
 CANCEL_GRACE_S = 2.0
 
 
+def ray_resource_options(resources: dict[str, float]) -> dict[str, Any]:
+    """Ray task options asking for ``resources`` (``num_cpus``, ``num_gpus``, ``memory``
+    or custom names). Blocking (asks the cluster what it has): call it from a thread.
+    Raises :class:`ToolExecutionError` naming a resource the cluster has too little of."""
+    total = ray.cluster_resources()
+    names = {"num_cpus": "CPU", "num_gpus": "GPU", "memory": "memory"}
+    custom: dict[str, float] = {}
+    options: dict[str, Any] = {}
+    for key, amount in resources.items():
+        have = total.get(names.get(key, key), 0.0)
+        if amount > have:
+            raise ToolExecutionError(
+                f"the step needs {key}={amount:g}, but this node's Ray cluster has "
+                f"{have:g} in all: lower placement.resources, or run it where there is more"
+            )
+        if key in names:
+            options[key] = int(amount) if key == "memory" else amount
+        else:
+            custom[key] = amount
+    if custom:
+        options["resources"] = custom
+    return options
+
+
 def stop_task(ref: ray.ObjectRef, grace_s: float = CANCEL_GRACE_S) -> None:
     stop_tasks([ref], grace_s)
 
@@ -99,12 +123,19 @@ class RayToolRunner:
         version: str | None,
         args: dict[str, Any],
         idempotency_key: str | None = None,
+        *,
+        resources: dict[str, float] | None = None,
     ) -> dict[str, Any]:
-        """Run tool ``name``; inside it, ``current_call().idempotency_key`` is the key."""
+        """Run tool ``name``; inside it, ``current_call().idempotency_key`` is the key.
+        ``resources`` (a step's ``placement.resources``) are asked of Ray for its task; a
+        resource the cluster does not have at all fails the step at once (Ray would leave
+        the task pending forever)."""
+        remote = self._remote
+        if resources:
+            options = await trio.to_thread.run_sync(ray_resource_options, resources)
+            remote = remote.options(**options)
         ref = await trio.to_thread.run_sync(
-            functools.partial(
-                self._remote.remote, name, version, args, idempotency_key, self._limits
-            )
+            functools.partial(remote.remote, name, version, args, idempotency_key, self._limits)
         )
         try:
             # trio-typing's stubs (pulled in by libp2p) predate ``abandon_on_cancel``.

@@ -1,5 +1,7 @@
 """References inside workflow values: ``{{inputs.<name>}}`` and
-``{{steps.<step>.outputs.<name>}}``.
+``{{steps.<step>.outputs.<name>}}``; in a ``foreach`` step also ``{{item}}`` (the list
+item, or ``{{item.<key>}}`` of a mapping item) and ``{{index}}`` (its position), and in an
+``on_error`` fallback ``{{error.type}}`` and ``{{error.message}}``.
 
 References may appear in any string, at any depth of nested lists and mappings. A string
 that is exactly one reference (surrounding whitespace allowed) resolves to the referenced
@@ -23,14 +25,21 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_-]*"
 _EXACT_RE = re.compile(r"^\s*\{\{((?:(?!\}\}).)*)\}\}\s*$", re.DOTALL)
 _INPUT_RE = re.compile(rf"^\s*inputs\.({NAME_PATTERN})\s*$")
 _STEP_RE = re.compile(rf"^\s*steps\.({NAME_PATTERN})\.outputs\.({NAME_PATTERN})\s*$")
+_ITEM_RE = re.compile(rf"^\s*item(?:\.({NAME_PATTERN}))?\s*$")
+_INDEX_RE = re.compile(r"^\s*index\s*$")
+_ERROR_RE = re.compile(r"^\s*error\.(type|message)\s*$")
 
-RefKind = Literal["input", "step"]
+RefKind = Literal["input", "step", "item", "index", "error"]
+CONTEXT_KINDS = ("item", "index", "error")
+"""Kinds of reference that only some places allow (``foreach`` steps, fallbacks)."""
 
 
 @dataclass(frozen=True)
 class Ref:
-    """One reference: a workflow input (``kind="input"``, ``name``) or an output of a step
-    (``kind="step"``, ``step``, and ``name`` = the output's name)."""
+    """One reference: a workflow input (``kind="input"``, ``name``), an output of a step
+    (``kind="step"``, ``step``, and ``name`` = the output's name), a ``foreach`` item
+    (``kind="item"``, ``name`` = its key or ``""``) or index (``kind="index"``), or the
+    error an ``on_error`` fallback handles (``kind="error"``, ``name`` = type or message)."""
 
     kind: RefKind
     name: str
@@ -44,6 +53,12 @@ class Ref:
     def __str__(self) -> str:
         if self.kind == "input":
             return f"{{{{inputs.{self.name}}}}}"
+        if self.kind == "item":
+            return f"{{{{item.{self.name}}}}}" if self.name else "{{item}}"
+        if self.kind == "index":
+            return "{{index}}"
+        if self.kind == "error":
+            return f"{{{{error.{self.name}}}}}"
         return f"{{{{steps.{self.step}.outputs.{self.name}}}}}"
 
 
@@ -53,6 +68,12 @@ def parse_ref(inner: str) -> Ref | None:
         return Ref("input", m.group(1))
     if m := _STEP_RE.match(inner):
         return Ref("step", m.group(2), m.group(1))
+    if m := _ITEM_RE.match(inner):
+        return Ref("item", m.group(1) or "")
+    if _INDEX_RE.match(inner):
+        return Ref("index", "")
+    if m := _ERROR_RE.match(inner):
+        return Ref("error", m.group(1))
     return None
 
 
@@ -85,40 +106,57 @@ def _braces(text: str) -> Iterator[tuple[int, int]]:
         at = text.find("{{", close + 2)
 
 
+SKIPPED = "__skipped__"
+"""The key of a skipped step's outputs (its value says why): every output of such a step
+resolves to ``null``. (No output name can collide with it: names start with a letter or a
+digit.)"""
+
+
+DEFAULT_OUTPUT = "__default__"
+"""A key of a step's outputs: any output the step did not produce resolves to its value
+(a ``foreach`` step over no items has every output ``[]``)."""
+
+
 def resolve(
     value: Any,
     inputs: Mapping[str, Any],
     step_outputs: Mapping[str, Mapping[str, Any]],
+    context: Mapping[str, Any] | None = None,
 ) -> Any:
     """Replace every reference in ``value`` by its value.
 
     Lists, tuples and mappings are rebuilt with resolved items (mapping keys are left as
-    they are). Raises :class:`ReferenceResolutionError` naming the reference when it is
-    malformed or has no value.
+    they are). ``context`` holds the values of ``item``, ``index`` and ``error`` where
+    those references are allowed. Raises :class:`ReferenceResolutionError` naming the
+    reference when it is malformed or has no value.
     """
+    ctx = context or {}
     if isinstance(value, str):
-        return _resolve_string(value, inputs, step_outputs)
+        return _resolve_string(value, inputs, step_outputs, ctx)
     if isinstance(value, Mapping):
-        return {key: resolve(item, inputs, step_outputs) for key, item in value.items()}
+        return {key: resolve(item, inputs, step_outputs, ctx) for key, item in value.items()}
     if isinstance(value, list):
-        return [resolve(item, inputs, step_outputs) for item in value]
+        return [resolve(item, inputs, step_outputs, ctx) for item in value]
     if isinstance(value, tuple):
-        return tuple(resolve(item, inputs, step_outputs) for item in value)
+        return tuple(resolve(item, inputs, step_outputs, ctx) for item in value)
     return value
 
 
 def _resolve_string(
-    text: str, inputs: Mapping[str, Any], step_outputs: Mapping[str, Mapping[str, Any]]
+    text: str,
+    inputs: Mapping[str, Any],
+    step_outputs: Mapping[str, Mapping[str, Any]],
+    context: Mapping[str, Any],
 ) -> Any:
     if "{{" not in text:
         return text
     if exact := _EXACT_RE.match(text):
-        return _lookup(exact.group(1), inputs, step_outputs)
+        return _lookup(exact.group(1), inputs, step_outputs, context)
 
     parts: list[str] = []
     done = 0
     for start, end in _braces(text):
-        found = _lookup(text[start + 2 : end - 2], inputs, step_outputs)
+        found = _lookup(text[start + 2 : end - 2], inputs, step_outputs, context)
         parts += [
             text[done:start],
             found if isinstance(found, str) else json.dumps(found, default=str),
@@ -129,12 +167,17 @@ def _resolve_string(
 
 
 def _lookup(
-    inner: str, inputs: Mapping[str, Any], step_outputs: Mapping[str, Mapping[str, Any]]
+    inner: str,
+    inputs: Mapping[str, Any],
+    step_outputs: Mapping[str, Mapping[str, Any]],
+    context: Mapping[str, Any],
 ) -> Any:
     ref = parse_ref(inner)
     if ref is None:
         text = f"{{{{{inner}}}}}"
         raise ReferenceResolutionError(_malformed_message(text), text)
+    if ref.kind in CONTEXT_KINDS:
+        return _lookup_context(ref, context)
     if ref.kind == "input":
         if ref.name not in inputs:
             raise ReferenceResolutionError(
@@ -151,6 +194,10 @@ def _lookup(
             f"(finished steps: {_names(step_outputs)})",
             str(ref),
         )
+    if SKIPPED in outputs:
+        return None
+    if ref.name not in outputs and DEFAULT_OUTPUT in outputs:
+        return outputs[DEFAULT_OUTPUT]
     if ref.name not in outputs:
         raise ReferenceResolutionError(
             f"cannot resolve {ref}: step {ref.step!r} produced no output {ref.name!r} "
@@ -158,6 +205,22 @@ def _lookup(
             str(ref),
         )
     return outputs[ref.name]
+
+
+def _lookup_context(ref: Ref, context: Mapping[str, Any]) -> Any:
+    where = {"item": "a foreach step", "index": "a foreach step", "error": "an on_error fallback"}
+    if ref.kind not in context:
+        raise ReferenceResolutionError(
+            f"cannot resolve {ref}: it is only defined in {where[ref.kind]}", str(ref)
+        )
+    value = context[ref.kind]
+    if ref.kind == "index" or not ref.name:
+        return value
+    if not isinstance(value, Mapping) or ref.name not in value:
+        raise ReferenceResolutionError(
+            f"cannot resolve {ref}: the {ref.kind} has no key {ref.name!r}", str(ref)
+        )
+    return value[ref.name]
 
 
 def _strings(value: Any) -> Iterator[str]:

@@ -29,6 +29,11 @@ class ToolCall:
     replicas: int = 1  # >1: run on that many nodes; accept the output only if all agree
     # how long it waits for a node offering its tool (None: the runner's default)
     provider_wait_s: float | None = None
+    # the step is stopped after this many seconds (StepExecutionError, error_type StepTimeout)
+    timeout_s: float | None = None
+    mode: str = "auto"  # auto, local (this node only) or remote (a peer only)
+    resources: dict[str, float] | None = None  # what its Ray task needs (num_cpus, ...)
+    attempt: int = 0  # its retries (``retries:``) so far: each retry is a new handoff
     # a sub-workflow step: the id of the registered workflow it runs (``tool`` is then
     # workflows.dsl's SUBWORKFLOW_TOOL and ``args`` that workflow's inputs)
     workflow: str | None = None
@@ -46,21 +51,41 @@ class ToolOutcome:
     reason: str
 
 
-class StepExecutionError(WorkflowError):
-    """A step could not produce a result. ``node``/``reason`` say where it last was."""
+STEP_TIMEOUT = "StepTimeout"
+"""The ``error_type`` of a step stopped by its ``timeout``."""
 
-    def __init__(self, message: str, *, node: str | None = None, reason: str | None = None):
+
+class StepExecutionError(WorkflowError):
+    """A step could not produce a result. ``node``/``reason`` say where it last was;
+    ``error_type`` names what failed when known (the tool's exception type, e.g.
+    ``ValueError``, or :data:`STEP_TIMEOUT`): what ``retries: {on: [...]}`` matches."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        node: str | None = None,
+        reason: str | None = None,
+        error_type: str | None = None,
+    ):
         super().__init__(message)
         self.message = message
         self.node = node
         self.reason = reason
+        self.error_type = error_type
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.message, self.node, self.reason))
+        return (_rebuild, (self.message, self.node, self.reason, self.error_type))
 
 
-def _rebuild(message: str, node: str | None, reason: str | None) -> StepExecutionError:
-    return StepExecutionError(message, node=node, reason=reason)
+def _rebuild(
+    message: str, node: str | None, reason: str | None, error_type: str | None = None
+) -> StepExecutionError:
+    return StepExecutionError(message, node=node, reason=reason, error_type=error_type)
+
+
+SKIPPED_REASON = "skipped: "
+"""How the journal's reason of a skipped step starts (``status`` shows it SKIPPED)."""
 
 
 class PlacementCallback(Protocol):

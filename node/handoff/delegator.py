@@ -104,8 +104,7 @@ def abandon_on_cancel(abandon: Abandon) -> Iterator[Abandon]:
 
 
 def current_abandon() -> Abandon | None:
-    """The :class:`Abandon` bound to the current task (by :func:`abandon_on_cancel`), if any:
-    whether a cancellation means "no longer wanted" (its ``reason`` is set) or a shutdown."""
+    """The :class:`Abandon` bound to the current task, if any."""
     return _ABANDON.get()
 
 

@@ -301,8 +301,8 @@ DEFINITION_ERRORS: list[tuple[str, str, str]] = [
     ),
     (
         "unknown step key",
-        "id: x\nsteps:\n  - name: a\n    tool: text.upper\n    retries: 3\n",
-        "flow.yaml:5: step 'a' has unknown key 'retries'",
+        "id: x\nsteps:\n  - name: a\n    tool: text.upper\n    retry: 3\n",
+        "flow.yaml:5: step 'a' has unknown key 'retry'",
     ),
     (
         "missing step key",
@@ -662,3 +662,91 @@ def test_bad_placement_and_verify_point_at_the_step(text: str, message: str) -> 
             f"id: x\nsteps:\n  - name: a\n    tool: math.add\n    {text}\n", source="w.yaml"
         )
     assert str(info.value).startswith("w.yaml:5: step 'a'") and message in str(info.value)
+
+
+# -- the step rules: depends_on, when, foreach, retries, timeout, on_error, placement ----
+
+RULES = """
+id: rules
+inputs: [{name: words}]
+steps:
+  - name: a
+    tool: text.upper
+    inputs: [{name: text, value: x}]
+  - name: b
+    tool: text.lower
+    foreach: "{{inputs.words}}"
+    retries: 2
+    timeout: 1.5m
+    placement: remote
+    on_error: continue
+    inputs: [{name: text, value: "{{item}}"}]
+  - name: c
+    tool: text.reverse
+    depends_on: a
+    when: "len(steps.b.outputs.result) > 0"
+    on_error: {fallback: {tool: "text.upper@1", inputs: [{name: text, value: "{{error.message}}"}]}}
+    inputs: [{name: text, value: "y"}]
+"""
+
+
+def test_step_rules_shorthands_and_dependencies():
+    spec = parse_workflow(RULES)
+    b, c = spec.step("b"), spec.step("c")
+    assert b.foreach is not None and b.foreach.items == "{{inputs.words}}"
+    assert b.retries is not None and (b.retries.max, b.retries.backoff) == (2, 1.0)
+    assert b.timeout == 90.0
+    assert b.placement is not None and b.placement.mode == "remote"
+    assert b.on_error is not None and b.on_error.continue_ == {}
+    assert c.depends_on == ("a",)
+    assert c.dependencies() == {"a", "b"}  # depends_on, and the step its condition reads
+    assert c.on_error is not None and c.on_error.fallback is not None
+    assert (c.on_error.fallback.tool, c.on_error.fallback.version) == ("text.upper", "1")
+    assert b.run_options() == {
+        "mode": "remote",
+        "retries": {"max": 2, "backoff": 1.0, "factor": 2.0, "on": []},
+        "timeout_s": 90.0,
+        "foreach": {"items": "{{inputs.words}}", "max_parallel": None},
+        "on_error": {"continue": {}},
+    }
+    assert spec.topological_order() == ["a", "b", "c"]
+    assert WorkflowSpec.from_json(spec.to_json()) == spec
+    assert spec.step("a").run_options() == {}  # (a plain step: run anywhere, once)
+
+
+def test_retry_delays_grow_and_match_error_types():
+    from workflows.dsl import RetrySpec
+
+    retry = RetrySpec.model_validate({"max": 5, "backoff": "100ms", "factor": 3, "on": "KeyError"})
+    assert [round(retry.delay(n), 3) for n in (1, 2, 3)] == [0.1, 0.3, 0.9]
+    assert retry.applies_to("KeyError") and not retry.applies_to("ValueError")
+    assert RetrySpec(max=1).applies_to(None)
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        ("retries: -1", "greater than or equal to 0"),
+        ("retries: {max: 1, backoff: 2h}", "backoff must be at most 1h"),
+        ("retries: {max: 1, on: ['not a type']}", "is not an error type name"),
+        ("timeout: -5", "must be between 0s and 7 days"),
+        ("foreach: 3", "foreach"),
+        ("foreach: {items: [1], max_parallel: 0}", "greater than or equal to 1"),
+        ("on_error: retry", "on_error"),
+        ("placement: {resources: {num_cpus: -1}}", "must be a number >= 0"),
+        ("placement: {resources: {'bad name': 1}}", "invalid resource name"),
+        ("when: 'inputs.x =='", "invalid 'when' condition"),
+        ("depends_on: [nope]", "depends on unknown step 'nope'"),
+        ("depends_on: [s]", "step 's' depends on itself (dependency cycle: s -> s)"),
+    ],
+)
+def test_bad_step_rules_are_reported_at_the_step(rule: str, message: str):
+    text = (
+        "id: x\ninputs: [{name: x}]\nsteps:\n  - name: s\n    tool: text.upper\n"
+        f"    {rule}\n    inputs: [{{name: text, value: hi}}]\n"
+    )
+    with pytest.raises(WorkflowDefinitionError) as info:
+        parse_workflow(text, source="flow.yaml")
+    assert message in info.value.message
+    # (a cycle is reported at the step that starts it)
+    assert info.value.line == (4 if "cycle" in message else 6)

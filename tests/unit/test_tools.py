@@ -41,7 +41,9 @@ BUILTINS = [
     "text.upper",
     "text.word_count",
     "util.echo",
+    "util.fail",
     "util.fill",
+    "util.flaky",
     "util.sleep",
     "util.step_key",
 ]
@@ -253,12 +255,12 @@ def test_registry_loads_all_builtins_from_entry_points(registry: ToolRegistry):
 @pytest.mark.parametrize(
     ("selection", "groups", "count"),
     [
-        ("all", ["math", "text", "util"], 11),
+        ("all", ["math", "text", "util"], 13),
         ("text", ["text"], 4),
         ("text,math", ["math", "text"], 7),
         (" text , math ", ["math", "text"], 7),
         (["text", "math"], ["math", "text"], 7),
-        (["util"], ["util"], 4),
+        (["util"], ["util"], 6),
         ("none", [], 0),
         ("", [], 0),
         ([], [], 0),

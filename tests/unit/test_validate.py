@@ -16,6 +16,7 @@ import re
 import resource
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from workflows.dsl import (
     parse_workflow,
     workflow_json_schema,
 )
+from workflows.dsl._source import load_yaml
 from workflows.dsl.worker import error_from_fields, frame, read_frame, serve
 from workflows.errors import WorkflowDefinitionError
 from workflows.tools import ToolRegistry
@@ -308,7 +310,9 @@ def test_every_example_fits_the_schema_and_a_typo_does_not():
     jsonschema.Draft202012Validator.check_schema(schema)
     files = [(str(p), p.read_text()) for p in [*VALID, *EXAMPLES]]
     for where, text in [*files, *_documented_workflows()]:
-        errors = [e.message for e in validator.iter_errors(yaml.safe_load(text))]
+        # (as the node reads it: YAML 1.2's booleans, so that `on:` is a key, not True)
+        data, _ = load_yaml(text, where, ParseLimits(), deadline=time.monotonic() + 10)
+        errors = [e.message for e in validator.iter_errors(data)]
         assert errors == [], where
     typo = yaml.safe_load((CORPUS / "invalid" / "unknown_fields.yaml").read_text())
     assert any("'tol'" in e.message for e in validator.iter_errors(typo))

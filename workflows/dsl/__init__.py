@@ -38,10 +38,14 @@ from workflows.dsl._parse import (
 )
 from workflows.dsl._source import Diagnostic
 from workflows.dsl._spec import (
+    FallbackSpec,
+    ForeachSpec,
     InputSpec,
+    OnErrorSpec,
     OutputDecl,
     OutputSpec,
     PlacementSpec,
+    RetrySpec,
     RunSpec,
     StepSpec,
     ValueBinding,
@@ -55,13 +59,17 @@ from workflows.errors import WorkflowDefinitionError, WorkflowLimitError
 
 __all__ = [
     "Diagnostic",
+    "FallbackSpec",
+    "ForeachSpec",
     "InputSpec",
     "KnownTool",
+    "OnErrorSpec",
     "OutputDecl",
     "OutputSpec",
     "ParseLimits",
     "PlacementSpec",
     "Report",
+    "RetrySpec",
     "RunSpec",
     "StepSpec",
     "ToolCatalog",

@@ -9,6 +9,7 @@ generator of problems here and to :func:`workflows.dsl.check_document`."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +18,7 @@ from pydantic import BaseModel, PydanticUserError, ValidationError
 
 from workflows.dsl._source import Loc, Problem, kind_of, listing, suggest
 from workflows.errors import UnknownToolError, WorkflowDefinitionError
+from workflows.expr import ExprSyntaxError, parse_expr
 from workflows.refs import find_refs
 from workflows.tools import Tool, ToolRegistry, version_matches
 
@@ -54,18 +56,32 @@ def check_workflow(spec: WorkflowSpec) -> None:
     """Raise the first problem :func:`workflow_problems` finds in ``spec``."""
     data = {  # (the parts the checks read: much cheaper than a model_dump)
         "inputs": [{"name": i.name} for i in spec.inputs],
-        "steps": [
-            {
-                "name": s.name,
-                "inputs": [{"name": b.name, "value": b.value} for b in s.inputs],
-                "outputs": [{"name": o.name} for o in s.outputs],
-            }
-            for s in spec.steps
-        ],
+        "steps": [_step_data(s) for s in spec.steps],
         "outputs": [{"name": o.name, "value": o.value} for o in spec.outputs],
     }
     for problem in workflow_problems(data):
         raise problem
+
+
+def _step_data(step: StepSpec) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "name": step.name,
+        "inputs": [{"name": b.name, "value": b.value} for b in step.inputs],
+        "outputs": [{"name": o.name} for o in step.outputs],
+    }
+    if step.depends_on:
+        data["depends_on"] = list(step.depends_on)
+    if step.when is not None:
+        data["when"] = step.when
+    if step.foreach is not None:
+        data["foreach"] = {"items": step.foreach.items}
+    on_error = step.on_error_spec
+    if on_error is not None and on_error.fallback is not None:
+        inputs = [{"name": b.name, "value": b.value} for b in on_error.fallback.inputs]
+        data["on_error"] = {"fallback": {"inputs": inputs}}
+    elif on_error is not None:
+        data["on_error"] = {"continue": on_error.continue_}
+    return data
 
 
 def workflow_problems(data: Mapping[str, Any]) -> Iterator[Problem]:
@@ -85,10 +101,13 @@ def workflow_problems(data: Mapping[str, Any]) -> Iterator[Problem]:
             steps.setdefault(name, step)
     for i, step in _items(data.get("steps")):
         who = f"step {step['name']!r}" if isinstance(step.get("name"), str) else f"step #{i + 1}"
+        foreach = isinstance(step.get("foreach"), dict | list | str)
+        item_kinds = ("item", "index") if foreach else ()
         for j, binding in _items(step.get("inputs")):
             if "value" in binding:
                 loc: Loc = ("steps", i, "inputs", j, "value")
-                yield from _ref_problems(inputs, steps, binding["value"], loc, who)
+                yield from _ref_problems(inputs, steps, binding["value"], loc, who, item_kinds)
+        yield from _step_extra_problems(i, step, who, inputs, steps, item_kinds)
     for k, output in _items(data.get("outputs")):
         if "value" in output:
             name = output.get("name")
@@ -101,22 +120,105 @@ def workflow_problems(data: Mapping[str, Any]) -> Iterator[Problem]:
     cycle = _find_cycle(data, steps)
     if cycle:
         index = next(i for i, step in _items(data.get("steps")) if step.get("name") == cycle[0])
-        if len(cycle) == 2:
+        depends = steps[cycle[0]].get("depends_on")
+        if len(cycle) == 2 and cycle[0] in (depends if isinstance(depends, list) else [depends]):
+            message = f"step {cycle[0]!r} depends on itself (dependency cycle: "
+        elif len(cycle) == 2:
             message = f"step {cycle[0]!r} references its own output (dependency cycle: "
         else:
             message = "the steps form a dependency cycle (each uses the next one's output: "
         yield Problem(message + " -> ".join(cycle) + ")", ("steps", index))
 
 
-def step_dependencies(step: Mapping[str, Any]) -> set[str]:
-    """Names of the steps whose outputs a raw step references (malformed ones skipped)."""
-    found: set[str] = set()
-    for _, binding in _items(step.get("inputs")):
+def _step_extra_problems(
+    i: int,
+    step: Mapping[str, Any],
+    who: str,
+    inputs: list[str],
+    steps: Mapping[str, Mapping[str, Any]],
+    item_kinds: tuple[str, ...],
+) -> Iterator[Problem]:
+    """The problems of a step's ``depends_on``, ``foreach``, ``when`` and ``on_error``."""
+    depends = step.get("depends_on")
+    if isinstance(depends, str):
+        depends = [depends]
+    if isinstance(depends, list):
+        for k, name in enumerate(depends):
+            if isinstance(name, str) and name not in steps:
+                yield Problem(
+                    f"{who} depends on unknown step {name!r}{suggest(name, list(steps))}",
+                    ("steps", i, "depends_on", k),
+                )
+    foreach = step.get("foreach")
+    items = foreach.get("items") if isinstance(foreach, dict) else foreach
+    if isinstance(items, str):
+        loc: Loc = ("steps", i, "foreach") + (("items",) if isinstance(foreach, dict) else ())
+        yield from _ref_problems(inputs, steps, items, loc, who)
+    when = step.get("when")
+    if isinstance(when, str):
         try:
-            refs = find_refs(binding.get("value"))
+            expr = parse_expr(when)
+        except ExprSyntaxError:
+            expr = None  # (the model reports it)
+        if expr is not None:
+            refs = [f"{{{{inputs.{name}}}}}" for name in sorted(expr.inputs)]
+            refs += [f"{{{{steps.{s}.outputs.{o}}}}}" for s, o in sorted(expr.steps)]
+            yield from _ref_problems(inputs, steps, refs, ("steps", i, "when"), who)
+            if expr.uses_item:
+                yield Problem(
+                    f"{who}'s 'when' uses item or index: a condition is checked once for the "
+                    "whole step, before its items run",
+                    ("steps", i, "when"),
+                )
+    on_error = step.get("on_error")
+    if isinstance(on_error, dict):
+        fallback = on_error.get("fallback")
+        if isinstance(fallback, dict):
+            for j, binding in _items(fallback.get("inputs")):
+                if "value" in binding:
+                    yield from _ref_problems(
+                        inputs,
+                        steps,
+                        binding["value"],
+                        ("steps", i, "on_error", "fallback", "inputs", j, "value"),
+                        f"the fallback of {who}",
+                        (*item_kinds, "error"),
+                    )
+        if isinstance(on_error.get("continue"), dict):
+            yield from _ref_problems(
+                inputs, steps, on_error["continue"], ("steps", i, "on_error", "continue"), who
+            )
+
+
+def step_dependencies(step: Mapping[str, Any]) -> set[str]:
+    """Names of the steps a raw step waits for: those whose outputs it references (in its
+    inputs, foreach, when or on_error) and those it names in ``depends_on`` (malformed
+    parts skipped)."""
+    values: list[Any] = [binding.get("value") for _, binding in _items(step.get("inputs"))]
+    foreach = step.get("foreach")
+    values.append(foreach.get("items") if isinstance(foreach, dict) else foreach)
+    on_error = step.get("on_error")
+    if isinstance(on_error, dict):
+        values.append(on_error.get("continue"))
+        fallback = on_error.get("fallback")
+        if isinstance(fallback, dict):
+            values += [b.get("value") for _, b in _items(fallback.get("inputs"))]
+    found: set[str] = set()
+    for value in values:
+        try:
+            refs = find_refs(value)
         except WorkflowDefinitionError:
             continue
         found.update(ref.step for ref in refs if ref.step is not None)
+    when = step.get("when")
+    if isinstance(when, str):
+        with contextlib.suppress(ExprSyntaxError):
+            found.update(name for name, _ in parse_expr(when).steps)
+    depends = step.get("depends_on")
+    if isinstance(depends, str):
+        depends = [depends]
+    if isinstance(depends, list):
+        found.update(name for name in depends if isinstance(name, str))
     return found
 
 
@@ -126,6 +228,7 @@ def _ref_problems(
     value: Any,
     loc: Loc,
     who: str,
+    allowed: tuple[str, ...] = (),
 ) -> Iterator[Problem]:
     try:
         refs = find_refs(value)
@@ -133,6 +236,11 @@ def _ref_problems(
         yield Problem(f"{who} has a {exc.message}", loc)
         return
     for ref in refs:
+        if ref.kind in ("item", "index", "error"):
+            if ref.kind not in allowed:
+                only = "an on_error fallback" if ref.kind == "error" else "a foreach step"
+                yield Problem(f"{who} uses {ref}, which only {only} has", loc)
+            continue
         if ref.step is None:
             if ref.name not in declared_inputs:
                 yield Problem(
@@ -296,6 +404,16 @@ def tool_problems(
             yield Problem(f"step {step.name!r} uses {exc}", ("steps", i, "tool"))
             continue
         produced[step.name] = (tool.name, tool.outputs)
+        on_error = step.on_error_spec
+        if on_error is not None and on_error.fallback is not None:
+            fallback = on_error.fallback
+            try:
+                catalog.get(fallback.tool, fallback.version)
+            except UnknownToolError as exc:
+                yield Problem(
+                    f"the fallback of step {step.name!r} uses {exc}",
+                    ("steps", i, "on_error", "fallback", "tool"),
+                )
         if tool.input_model is not None:
             yield from _input_problems(i, step, tool, tool.input_model)
         for k, decl in enumerate(step.outputs):

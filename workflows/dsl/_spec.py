@@ -7,7 +7,7 @@ import copy
 import json
 import re
 from collections.abc import Collection, Mapping
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,15 +23,20 @@ from pydantic.json_schema import SkipJsonSchema
 from workflows.dsl._checks import check_tools, check_workflow, unique_names
 from workflows.dsl._source import Positions, Problem, listing, suggest, translate
 from workflows.errors import WorkflowDefinitionError
+from workflows.expr import ExprSyntaxError, parse_expr
 from workflows.refs import NAME_PATTERN, find_refs
 from workflows.schedule import CronError, parse_cron
 from workflows.tools import check_tool_name, split_tool_ref
 
 __all__ = [
+    "FallbackSpec",
+    "ForeachSpec",
     "InputSpec",
+    "OnErrorSpec",
     "OutputDecl",
     "OutputSpec",
     "PlacementSpec",
+    "RetrySpec",
     "RunSpec",
     "StepSpec",
     "ValueBinding",
@@ -176,32 +181,330 @@ def parse_duration(value: Any, what: str) -> float:
     return seconds
 
 
+PlacementMode = Literal["auto", "local", "remote"]
+MAX_RESOURCE_KINDS = 16
+
+
 class PlacementSpec(BaseModel):
-    """Where a step may run: ``peers`` lists the node ids allowed (a node's own id included);
-    the scheduler places the step on none other."""
+    """Where a step may run. ``mode``: ``auto`` (the scheduler decides), ``local`` (only the
+    node running the workflow), ``remote`` (only a peer). ``peers`` lists the node ids
+    allowed (a node's own id included); ``resources`` are what the step needs of the Ray
+    cluster it runs on (``num_cpus``, ``num_gpus``, ``memory`` in bytes, or a custom
+    resource name), given to its Ray task. In YAML, ``placement: local`` is short for
+    ``placement: {mode: local}``."""
 
     model_config = _FROZEN
 
-    peers: tuple[str, ...] = Field(
-        min_length=1,
+    mode: PlacementMode = Field(
+        default="auto",
+        description="auto: the scheduler decides; local: only this node; remote: only a peer.",
+    )
+    peers: tuple[str, ...] | None = Field(
+        default=None,
         max_length=MAX_PLACEMENT_PEERS,
         description="Peer ids (base58, like 12D3KooW...) of the nodes the step may run on.",
     )
+    resources: dict[str, float] = Field(
+        default_factory=dict,
+        max_length=MAX_RESOURCE_KINDS,
+        description="What the step needs of a Ray cluster, e.g. {num_cpus: 2, num_gpus: 1}.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str):
+            return {"mode": data}
+        return data
 
     @field_validator("peers", mode="before")
     @classmethod
     def _list(cls, value: Any) -> Any:
         if isinstance(value, str):
             raise ValueError("'peers' must be a list of peer ids, e.g. [12D3KooW...]")
+        if isinstance(value, list | tuple) and not value:
+            raise ValueError("'placement.peers' must not be empty: leave it out for any node")
         return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> PlacementSpec:
+        if self.mode == "local" and self.peers:
+            raise Problem(
+                "placement 'local' runs the step on this node only: remove 'peers', or use "
+                "mode auto",
+                ("peers",),
+            )
+        return self
 
     @field_validator("peers")
     @classmethod
-    def _peer_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for peer in value:
+    def _peer_ids(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for peer in value or ():
             if not _PEER_ID_RE.match(peer):
                 raise ValueError(f"{peer!r} is not a peer id (base58, like 12D3KooW...)")
         return value
+
+    @field_validator("resources")
+    @classmethod
+    def _resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, amount in value.items():
+            if not _RESOURCE_RE.match(name):
+                raise ValueError(
+                    f"invalid resource name {name!r}: use num_cpus, num_gpus, memory or a "
+                    "custom resource's name (letters, digits, '_', '-', '.', ':')"
+                )
+            if not 0 <= amount < 1e15:  # (NaN fails this too)
+                raise ValueError(f"resource {name!r} must be a number >= 0, not {amount!r}")
+        return value
+
+    def run_options(self) -> dict[str, Any]:
+        options: dict[str, Any] = {}
+        if self.peers:
+            options["peers"] = list(self.peers)
+        if self.mode != "auto":
+            options["mode"] = self.mode
+        if self.resources:
+            options["resources"] = dict(self.resources)
+        return options
+
+
+_RESOURCE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.:-]{0,63}$")
+MAX_RETRIES = 100
+MAX_BACKOFF_S = 3600.0
+_ERROR_TYPE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]{0,127}$")
+
+
+class RetrySpec(BaseModel):
+    """Run a failed step again, up to ``max`` more times, waiting ``backoff`` before the
+    first retry and ``factor`` times longer before each next one (at most an hour); only
+    for errors whose type is listed in ``on`` (the tool's exception type, e.g.
+    ``ValueError``, or ``StepTimeout`` for a step stopped by its ``timeout``), or for any
+    error when ``on`` is empty. In YAML, ``retries: 3`` is short for ``retries: {max: 3}``.
+    """
+
+    model_config = _FROZEN
+
+    max: int = Field(ge=0, le=MAX_RETRIES, description="How many times to retry (0 to 100).")
+    backoff: float = Field(
+        default=1.0,
+        description="Seconds before the first retry (or a duration such as 500ms, 10s).",
+        json_schema_extra=lambda schema: _duration_schema(schema, MAX_BACKOFF_S),
+    )
+    factor: float = Field(
+        default=2.0, ge=1.0, le=10.0, description="How much longer each next wait is."
+    )
+    on: tuple[str, ...] = Field(
+        default=(),
+        max_length=64,
+        description="Retry only errors of these types (e.g. ValueError, StepTimeout); "
+        "empty: any error.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, int) and not isinstance(data, bool):
+            return {"max": data}
+        return data
+
+    @field_validator("backoff", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        seconds = parse_duration(value, "backoff")
+        if seconds > MAX_BACKOFF_S:
+            raise ValueError(f"backoff must be at most 1h, not {value!r}")
+        return seconds
+
+    @field_validator("on", mode="before")
+    @classmethod
+    def _listed(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("on")
+    @classmethod
+    def _types(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not _ERROR_TYPE_RE.match(name):
+                raise ValueError(f"{name!r} is not an error type name (e.g. ValueError)")
+        return value
+
+    def delay(self, retry: int) -> float:
+        """Seconds to wait before retry number ``retry`` (1 for the first)."""
+        return float(min(MAX_BACKOFF_S, self.backoff * self.factor ** max(0, retry - 1)))
+
+    def applies_to(self, error_type: str | None) -> bool:
+        return not self.on or (error_type is not None and error_type in self.on)
+
+
+MAX_FOREACH_ITEMS = 10_000
+MAX_PARALLEL = 10_000
+
+
+class ForeachSpec(BaseModel):
+    """Run the step once per item of ``items`` (a list, or a reference to a list-valued
+    input or output), at most ``max_parallel`` at a time; the step's inputs may use
+    ``{{item}}`` (``{{item.KEY}}`` of a mapping) and ``{{index}}``. Each output of the step is
+    the list of that output of every item, in the items' order. In YAML, ``foreach: LIST``
+    is short for ``foreach: {items: LIST}``."""
+
+    model_config = _FROZEN
+
+    items: Any = Field(
+        description="A list, or a reference such as {{inputs.files}} to one "
+        f"(at most {MAX_FOREACH_ITEMS} items)."
+    )
+    max_parallel: int | None = Field(
+        default=None, ge=1, le=MAX_PARALLEL, description="How many items run at once."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if isinstance(data, str | list | tuple):
+            return {"items": data}
+        return data
+
+    @field_validator("items")
+    @classmethod
+    def _list_or_reference(cls, value: Any) -> Any:
+        if isinstance(value, list | tuple):
+            if len(value) > MAX_FOREACH_ITEMS:
+                raise ValueError(f"foreach has {len(value)} items, over {MAX_FOREACH_ITEMS}")
+            return value
+        if isinstance(value, str):
+            try:
+                refs = find_refs(value)
+            except WorkflowDefinitionError as exc:
+                raise ValueError(exc.message) from None
+            text = value.strip()
+            if (
+                len(refs) == 1
+                and refs[0].kind in ("input", "step")
+                and text.startswith("{{")
+                and text.endswith("}}")
+                and text.count("{{") == 1
+            ):
+                return value
+        raise ValueError(
+            "foreach items must be a list or one reference to a list, such as "
+            "'{{inputs.files}}' or '{{steps.STEP.outputs.NAME}}'"
+        )
+
+
+class FallbackSpec(BaseModel):
+    """The step run instead of a failed one (its outputs become the failed step's); its
+    inputs may use ``{{error.type}}`` and ``{{error.message}}``."""
+
+    model_config = _FROZEN
+
+    tool: str = Field(description="The tool the fallback calls: NAME or NAME@VERSION.")
+    version: str | None = Field(default=None, description="The tool's version (a string).")
+    inputs: tuple[ValueBinding, ...] = Field(
+        default=(), description="The arguments passed to the tool."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_tool_version(cls, data: Any) -> Any:
+        return _split_tool_version(data)
+
+    @field_validator("tool")
+    @classmethod
+    def _valid_tool(cls, value: str) -> str:
+        return check_tool_name(value)
+
+    @field_validator("inputs", mode="before")
+    @classmethod
+    def _list_not_mapping(cls, value: Any, info: ValidationInfo) -> Any:
+        _reject_mapping(value, info)
+        return value
+
+    @model_validator(mode="after")
+    def _unique(self) -> FallbackSpec:
+        unique_names(self.inputs, "inputs", "input")
+        return self
+
+    def run_options(self) -> dict[str, Any]:
+        return {
+            "tool": self.tool,
+            "version": self.version,
+            "args": {binding.name: binding.value for binding in self.inputs},
+        }
+
+
+class OnErrorSpec(BaseModel):
+    """What a step's failure (after its retries) does: ``continue`` with the given outputs
+    (``{continue: {NAME: VALUE}}``; ``continue`` alone: every output null), or run a
+    ``fallback`` tool instead. ``on_error: fail`` (the default) fails the workflow."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    continue_: dict[str, Any] | None = Field(
+        default=None,
+        alias="continue",
+        description="Go on with these outputs (a mapping of output name to value).",
+    )
+    fallback: FallbackSpec | None = Field(
+        default=None, description="A tool step to run instead; its outputs are the step's."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        if data == "continue":
+            return {"continue": {}}
+        if isinstance(data, dict) and "continue" in data and data["continue"] is None:
+            return {**data, "continue": {}}
+        return data
+
+    @model_validator(mode="after")
+    def _one(self) -> OnErrorSpec:
+        if (self.continue_ is None) == (self.fallback is None):
+            raise Problem(
+                "on_error takes 'fail', 'continue', {continue: {OUTPUT: VALUE}} or "
+                "{fallback: {tool: ..., inputs: [...]}}"
+            )
+        for name in self.continue_ or {}:
+            _check_name(name, "output")
+        return self
+
+    def run_options(self) -> dict[str, Any]:
+        if self.fallback is not None:
+            return {"fallback": self.fallback.run_options()}
+        return {"continue": dict(self.continue_ or {})}
+
+
+def _split_tool_version(data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(data.get("tool"), str) and "@" in data["tool"]:
+        if data.get("version") is not None:
+            raise Problem(
+                "give the tool version either in 'tool' (name@version) or in 'version', not both",
+                ("version",),
+            )
+        try:
+            name, version = split_tool_ref(data["tool"])
+        except ValueError as exc:
+            raise Problem(str(exc), ("tool",)) from None
+        return {**data, "tool": name, "version": version}
+    return data
+
+
+def _duration_schema(schema: dict[str, Any], maximum: float) -> None:
+    """A duration field's schema: seconds, or a text such as ``500ms``, ``30s``, ``5m``."""
+    schema.pop("type", None)
+    schema["anyOf"] = [
+        {"type": "number", "minimum": 0, "maximum": maximum},
+        {"type": "string", "pattern": _DURATION_RE.pattern},
+    ]
+
+
+def _also(schema: dict[str, Any], *shapes: dict[str, Any]) -> None:
+    """Add the YAML shorthands (``retries: 3``, ``foreach: LIST``) to a field's schema."""
+    schema.setdefault("anyOf", []).extend(shapes)
+
+
+MAX_TIMEOUT_S = MAX_WAIT_FOR_PROVIDER_S
+MAX_DEPENDS_ON = 1000
 
 
 class VerifySpec(BaseModel):
@@ -243,7 +546,11 @@ class StepSpec(BaseModel):
     outputs: tuple[OutputDecl, ...] = Field(
         default=(), description="If given, the only outputs other steps may reference."
     )
-    placement: PlacementSpec | None = Field(default=None, description="Where the step may run.")
+    placement: PlacementSpec | None = Field(
+        default=None,
+        description="Where the step may run: auto, local, remote, or {mode, peers, resources}.",
+        json_schema_extra=lambda schema: _also(schema, {"enum": ["auto", "local", "remote"]}),
+    )
     verify: VerifySpec | None = Field(
         default=None, description="Run the step on several nodes and compare their outputs."
     )
@@ -258,6 +565,48 @@ class StepSpec(BaseModel):
                 {"type": "null"},
             ]
         },
+    )
+    depends_on: tuple[str, ...] = Field(
+        default=(),
+        max_length=MAX_DEPENDS_ON,
+        description="Steps that must finish first, beyond those whose outputs it references.",
+    )
+    retries: RetrySpec | None = Field(
+        default=None,
+        description="Run the step again when it fails: a count, or {max, backoff, factor, on}.",
+        json_schema_extra=lambda schema: _also(
+            schema, {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES}
+        ),
+    )
+    timeout: float | None = Field(
+        default=None,
+        description="Stop the step after this long (seconds, or a duration such as 30s, 5m); "
+        "it then fails with error type StepTimeout (or is retried).",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_TIMEOUT_S},
+                {"type": "string", "pattern": _DURATION_RE.pattern},
+                {"type": "null"},
+            ]
+        },
+    )
+    foreach: ForeachSpec | None = Field(
+        default=None,
+        description="Run the step once per item of a list: a list, a reference to one, or "
+        "{items, max_parallel}; its inputs may use {{item}} and {{index}}.",
+        json_schema_extra=lambda schema: _also(schema, {"type": "array"}, {"type": "string"}),
+    )
+    when: str | None = Field(
+        default=None,
+        description="Run the step only if this condition holds, e.g. "
+        "\"inputs.mode == 'full' and steps.count.outputs.result > 3\"; otherwise it is "
+        "skipped (and so are the steps that need it).",
+    )
+    on_error: OnErrorSpec | None = Field(
+        default=None,
+        description="After a failure (and its retries): fail (default), continue (outputs "
+        "null), {continue: {OUTPUT: VALUE}}, or {fallback: {tool, inputs}}.",
+        json_schema_extra=lambda schema: _also(schema, {"enum": ["fail", "continue"]}),
     )
     line: SkipJsonSchema[int | None] = None
     workflow: str | None = Field(
@@ -297,19 +646,44 @@ class StepSpec(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _split_tool_version(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("tool"), str) and "@" in data["tool"]:
-            if data.get("version") is not None:
-                raise Problem(
-                    "give the tool version either in 'tool' (name@version) or in 'version', "
-                    "not both",
-                    ("version",),
-                )
+        return _split_tool_version(data)
+
+    @field_validator("on_error", mode="before")
+    @classmethod
+    def _on_error(cls, value: Any) -> Any:
+        return None if value == "fail" else value
+
+    @field_validator("depends_on", mode="before")
+    @classmethod
+    def _depends_list(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("depends_on")
+    @classmethod
+    def _depends_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            _check_name(name, "step")
+        return value
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        seconds = parse_duration(value, "timeout")
+        if seconds <= 0:
+            raise ValueError(f"timeout must be more than 0s, not {value!r}")
+        return seconds
+
+    @field_validator("when")
+    @classmethod
+    def _condition(cls, value: str | None) -> str | None:
+        if value is not None:
             try:
-                name, version = split_tool_ref(data["tool"])
-            except ValueError as exc:
-                raise Problem(str(exc), ("tool",)) from None
-            return {**data, "tool": name, "version": version}
-        return data
+                parse_expr(value)
+            except ExprSyntaxError as exc:
+                raise ValueError(f"invalid 'when' condition: {exc}") from None
+        return value
 
     @field_validator("name")
     @classmethod
@@ -352,14 +726,30 @@ class StepSpec(BaseModel):
         """``"tool@version"``, or just the tool name."""
         return f"{self.tool}@{self.version}" if self.version else self.tool
 
+    @property
+    def placement_spec(self) -> PlacementSpec | None:
+        return self.placement
+
+    @property
+    def on_error_spec(self) -> OnErrorSpec | None:
+        return self.on_error
+
     def dependencies(self) -> set[str]:
-        """Names of the steps whose outputs this step references."""
-        return {
-            ref.step
-            for binding in self.inputs
-            for ref in find_refs(binding.value)
-            if ref.step is not None
-        }
+        """Names of the steps this step waits for: those whose outputs it references (in
+        its inputs, ``foreach``, ``when`` or ``on_error``) and those in ``depends_on``."""
+        values: list[Any] = [binding.value for binding in self.inputs]
+        if self.foreach is not None:
+            values.append(self.foreach.items)
+        on_error = self.on_error_spec
+        if on_error is not None:
+            values.append(on_error.continue_)
+            if on_error.fallback is not None:
+                values += [binding.value for binding in on_error.fallback.inputs]
+        found = {ref.step for ref in find_refs(values) if ref.step is not None}
+        if self.when is not None:
+            found.update(step for step, _ in parse_expr(self.when).steps)
+        found.update(self.depends_on)
+        return found
 
     def args_template(self) -> dict[str, Any]:
         """The tool arguments, references not yet resolved."""
@@ -368,8 +758,20 @@ class StepSpec(BaseModel):
     def run_options(self) -> dict[str, Any]:
         """How the step is run beyond its tool and arguments (empty: anywhere, once)."""
         options: dict[str, Any] = {}
-        if self.placement is not None:
-            options["peers"] = list(self.placement.peers)
+        placement = self.placement_spec
+        if placement is not None:
+            options.update(placement.run_options())
+        if self.retries is not None and self.retries.max > 0:
+            options["retries"] = self.retries.model_dump(mode="json")
+        if self.timeout is not None:
+            options["timeout_s"] = self.timeout
+        if self.foreach is not None:
+            options["foreach"] = self.foreach.model_dump(mode="json")
+        if self.when is not None:
+            options["when"] = self.when
+        on_error = self.on_error_spec
+        if on_error is not None:
+            options["on_error"] = on_error.run_options()
         if self.verify is not None and self.verify.replicas > 1:
             options["replicas"] = self.verify.replicas
         if self.wait_for_provider is not None:
@@ -625,5 +1027,11 @@ MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     ("outputs",): OutputSpec,
     ("steps", "inputs"): ValueBinding,
     ("steps", "outputs"): OutputDecl,
+    ("steps", "placement"): PlacementSpec,
+    ("steps", "retries"): RetrySpec,
+    ("steps", "foreach"): ForeachSpec,
+    ("steps", "on_error"): OnErrorSpec,
+    ("steps", "on_error", "fallback"): FallbackSpec,
+    ("steps", "on_error", "fallback", "inputs"): ValueBinding,
     ("run",): RunSpec,
 }

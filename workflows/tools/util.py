@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import Field
@@ -42,3 +43,34 @@ def fill(size: Annotated[int, Field(ge=0, le=MAX_FILL_CHARS)], char: str = "x") 
     if len(char) != 1:
         raise ValueError(f"char must be one character, not {char!r}")
     return char * size
+
+
+@tool("util.fail", output=Any, remote_callable=False)
+def fail(message: str = "failed on purpose", error: str = "RuntimeError") -> Any:
+    """Raise an error with ``message``; ``error`` is its type: ValueError, RuntimeError,
+    KeyError or TimeoutError. For trying a workflow's error handling (retries, on_error).
+    Not offered to peers."""
+    kinds: dict[str, type[Exception]] = {
+        "ValueError": ValueError,
+        "RuntimeError": RuntimeError,
+        "KeyError": KeyError,
+        "TimeoutError": TimeoutError,
+    }
+    if error not in kinds:
+        raise ValueError(f"error must be one of {', '.join(kinds)}, not {error!r}")
+    raise kinds[error](message)
+
+
+@tool("util.flaky", output=int, remote_callable=False)
+def flaky(path: str, failures: Annotated[int, Field(ge=0, le=1000)] = 1) -> int:
+    """Count this call in the file at ``path`` (one line per call) and fail with a
+    ValueError while it has been called ``failures`` times or fewer; then return the
+    number of calls. For trying retries: the file shows how often the step really ran.
+    Not offered to peers (it writes a file on the node)."""
+    target = Path(path)
+    with target.open("a", encoding="utf-8") as out:
+        out.write("call\n")
+    calls = len(target.read_text(encoding="utf-8").splitlines())
+    if calls <= failures:
+        raise ValueError(f"flaky: call {calls} of the {failures} that fail")
+    return calls
