@@ -42,10 +42,13 @@ Start = Callable[[WorkflowSpec, dict[str, Any], str, dict[str, Any]], Awaitable[
 
 def child_id(call: ToolCall) -> str:
     """The id of the sub-workflow a step runs: ``<parent id>.<step>`` (stable across
-    restarts, so that the step re-attaches to it). Longer than a control request's id may
+    restarts, so that the step re-attaches to it), ``~retryN`` added for its N-th retry.
+    Longer than a control request's id may
     be (nested sub-workflows), it is cut and given a digest of the whole instead, so that
     ``status`` can still ask about it."""
     wid = f"{call.workflow_id}.{call.step}"
+    if call.attempt:  # a retry (``retries:``) runs a new child: the last one ended failed
+        wid += f"~retry{call.attempt}"
     if len(wid) <= MAX_ID_LEN:
         return wid
     digest = hashlib.sha256(wid.encode()).hexdigest()[:16]

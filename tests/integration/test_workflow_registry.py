@@ -372,3 +372,47 @@ async def test_a_restart_re_attaches_to_a_running_sub_workflow_and_a_cancel_reac
             child = await client.result("w-2.inner")
             assert child.status == "CANCELED"
         nursery.cancel_scope.cancel()
+
+
+async def test_sub_workflow_steps_with_foreach_and_retries(tmp_path: Path):
+    folder = tmp_path / "flows"
+    folder.mkdir()
+    (folder / "shout.yaml").write_text(SHOUT)
+    (folder / "flaky.yaml").write_text(
+        "id: flaky\ninputs: [{name: path}]\n"
+        "steps: [{name: try, tool: util.flaky, inputs: [{name: path, value: '{{inputs.path}}'}]}]\n"
+        "outputs: [{name: calls, value: '{{steps.try.outputs.result}}'}]\n"
+    )
+    (folder / "each.yaml").write_text(
+        "id: each\nsteps:\n  - name: loud\n    workflow: shout\n    foreach: [a, b, c]\n"
+        "    inputs: [{name: text, value: '{{item}}'}]\n"
+        "outputs: [{name: all, value: '{{steps.loud.outputs.shouted}}'}]\n"
+    )
+    (folder / "persist.yaml").write_text(
+        "id: persist\ninputs: [{name: path}]\nsteps:\n  - name: again\n    workflow: flaky\n"
+        "    retries: {max: 2, backoff: 0.1}\n"
+        "    inputs: [{name: path, value: '{{inputs.path}}'}]\n"
+        "outputs: [{name: calls, value: '{{steps.again.outputs.calls}}'}]\n"
+    )
+    node = registry_node(tmp_path, folder)
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, node)
+        host = P2PHost(Home(tmp_path / "a").load_client_key(), swarm_key=swarm_key(tmp_path))
+        async with host.run(["/ip4/127.0.0.1/tcp/0"]):
+            client = Client(host, await host.connect_addr(node.host.addrs()[0]))
+            await client.ask(control.RunRequest(workflow="each", workflow_id="e"))
+            assert (await client.result("e")).outputs == {"all": ["A", "B", "C"]}
+            for i, letter in enumerate("ABC"):
+                child = await client.result(f"e.loud[{i}]")
+                assert child.outputs == {"shouted": letter}
+            counter = tmp_path / "calls.txt"
+            await client.ask(
+                control.RunRequest(
+                    workflow="persist", inputs={"path": str(counter)}, workflow_id="p"
+                )
+            )
+            assert (await client.result("p")).outputs == {"calls": 2}
+            assert (await client.result("p.again")).status == "FAILED"
+            assert (await client.result("p.again~retry1")).outputs == {"calls": 2}
+            assert counter.read_text().splitlines() == ["call", "call"]
+        nursery.cancel_scope.cancel()

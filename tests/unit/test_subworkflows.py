@@ -116,3 +116,5 @@ def test_a_child_id_stays_within_what_control_accepts():
     assert len(wid) == MAX_ID_LEN and wid.startswith("w" * 200) and "~" in wid
     assert child_id(long) == wid  # (the same at every attempt)
     assert child_id(CALL) == "outer.loud"
+    retry = ToolCall("outer", "loud", "hivemesh.workflow", None, {}, workflow="kid", attempt=2)
+    assert child_id(retry) == "outer.loud~retry2"
