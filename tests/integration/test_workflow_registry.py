@@ -69,10 +69,10 @@ class Client:
     def __init__(self, host: P2PHost, peer: str) -> None:
         self.host, self.peer = host, peer
 
-    async def ask(self, message: Any, timeout_s: float = 60) -> Any:
-        ms = MessageStream(
-            await self.host.open_stream(self.peer, control.PROTOCOL_ID), control.RESPONSE_CODEC
-        )
+    async def ask(
+        self, message: Any, timeout_s: float = 60, protocol: str = control.PROTOCOL_ID
+    ) -> Any:
+        ms = MessageStream(await self.host.open_stream(self.peer, protocol), control.RESPONSE_CODEC)
         try:
             await ms.send(message)
             while True:
@@ -307,6 +307,10 @@ async def test_the_examples_of_the_docs_register_and_run(tmp_path: Path):
             assert (await client.result("t.first")).outputs == {"shouted": "HI"}
             beat = await client.result("heartbeat@start-1")
             assert beat.outputs == {"key": "heartbeat@start-1/key"}
+            # a client of control 0.4.0 never sends them; one that does gets unknown_type
+            with pytest.raises(PeerErrorResponse) as older:
+                await client.ask(control.WorkflowsRequest(), protocol="/hivemesh/control/0.4.0")
+            assert older.value.code == "unknown_type"
         nursery.cancel_scope.cancel()
 
 
