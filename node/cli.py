@@ -373,6 +373,7 @@ def workflows_(home: Path | None, node: str | None, as_json: bool) -> None:
     data = {
         "workflows": [w.model_dump(mode="json", exclude={"type"}) for w in reply.workflows],
         "problems": [p.model_dump(mode="json") for p in reply.problems],
+        "problems_dropped": reply.problems_dropped,
     }
 
     def human() -> None:
