@@ -312,7 +312,12 @@ class Node:
         files, problems = await trio.to_thread.run_sync(workflow_files, dirs, cfg.max_files)
         parser = self.control.parser
         await load_registry(
-            files, parser.parse, parser.limits, problems, registry=self.workflow_registry
+            files,
+            parser.parse,
+            parser.limits,
+            problems,
+            registry=self.workflow_registry,
+            concurrency=parser.workers,
         )
         reg = self.workflow_registry
         if files or reg.problems:

@@ -245,20 +245,36 @@ async def load_registry(
     limits: ParseLimits,
     problems: Iterable[Problem] = (),
     registry: WorkflowRegistry | None = None,
+    concurrency: int = 2,
 ) -> WorkflowRegistry:
-    """Read, parse and register ``files`` in order (into ``registry``, or a new one);
-    whatever cannot be registered is a problem of the registry, never an exception."""
+    """Read, parse and register ``files`` in order (into ``registry``, or a new one), up to
+    ``concurrency`` at once (the parse workers); whatever cannot be registered is a problem
+    of the registry, never an exception."""
     registry = registry if registry is not None else WorkflowRegistry()
     for p in problems:
         registry.problem(p.source, p.error)
-    for file in files:
+    files = list(files)
+    parsed: list[WorkflowSpec | Exception | None] = [None] * len(files)
+    limiter = trio.Semaphore(max(1, concurrency))
+
+    async def read_and_parse(index: int, file: WorkflowFile) -> None:
+        async with limiter:
+            try:
+                data = await trio.to_thread.run_sync(read_workflow_file, file.path, limits)
+                parsed[index] = await _parse_patiently(parse, data, str(file.path))
+            except (WorkflowError, NodeError) as exc:
+                parsed[index] = exc
+
+    # parsed at once by the pool's workers, registered in order (the first of an id wins)
+    async with trio.open_nursery() as nursery:
+        for index, file in enumerate(files):
+            nursery.start_soon(read_and_parse, index, file)
+    for file, result in zip(files, parsed, strict=True):
         label = _label(file.source, str(file.path))
-        try:
-            data = await trio.to_thread.run_sync(read_workflow_file, file.path, limits)
-            spec = await _parse_patiently(parse, data, str(file.path))
-        except (WorkflowError, NodeError) as exc:
-            registry.problem(label, str(exc))
+        if not isinstance(result, WorkflowSpec):
+            registry.problem(label, str(result))
             continue
+        spec = result
         first = registry.workflows.get(spec.id)
         if first is not None:
             registry.problem(
