@@ -300,8 +300,8 @@ class Node:
     async def _start_workflow(
         self, spec: Any, inputs: dict[str, Any], workflow_id: str, metadata: dict[str, Any]
     ) -> None:
-        """Create a workflow through the control service's idempotent path (a schedule's
-        run, a sub-workflow) and wait until it is created."""
+        """Create a workflow through the control service's idempotent path and wait until
+        it is created (a sub-workflow, whose step then waits for it)."""
         await self.control.start(spec, inputs, workflow_id, metadata)
         await self.control.wait_created(workflow_id)
 
@@ -375,7 +375,7 @@ class Node:
                 start_number = await trio.to_thread.run_sync(next_start_number, self.home.path)
                 self.scheduler = WorkflowScheduler(
                     self.workflow_registry,
-                    self._start_workflow,
+                    self.control.start,  # (within control.submit_wait_s; creation goes on)
                     self.workflows.known_ids,
                     start_number=start_number,
                 )

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # (spec, inputs, run id, metadata) -> whatever the start answers
 Start = Callable[[WorkflowSpec, dict[str, Any], str, dict[str, Any]], Awaitable[Any]]
 MAX_SLEEP_S = 60.0  # wakes at least this often, so that a wall-clock jump is noticed
+MAX_KEPT = 1000  # run ids kept in WorkflowScheduler.started (the journal has them all)
 
 
 def next_start_number(home: Path) -> int:
@@ -95,7 +96,7 @@ class WorkflowScheduler:
         self._known_ids = known_ids
         self.start_number = start_number
         self.clock = clock
-        self.started: list[str] = []  # the run ids this scheduler submitted (for tests, logs)
+        self.started: list[str] = []  # the latest run ids it submitted, oldest first
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the ``at_start`` workflows and the missed latest slots, then every slot as it
@@ -151,4 +152,5 @@ class WorkflowScheduler:
             )
             return
         self.started.append(run_id)
+        del self.started[:-MAX_KEPT]
         log.info("scheduled run %s started (%s)", run_id, why)
