@@ -132,20 +132,32 @@ class WorkflowRegistry:
                 )
 
     def _path_to(self, start: str, target: str, path: list[str]) -> list[str] | None:
-        """A chain of sub-workflows from ``start`` to ``target`` (registered ones)."""
-        path = [*path, start]
+        """A chain of sub-workflows from ``start`` to ``target`` through registered ones,
+        after ``path``; None if there is none. Iterative, and each workflow explored once
+        (a registry of many workflows nested deep, or sharing sub-workflows, costs linear
+        time, not a recursion error or exponential time)."""
+        explored: set[str] = set()
+        chain: list[str] = [start]
+        pending = [iter(self._children(start))]
         if start == target:
-            return path
-        entry = self.workflows.get(start)
-        if entry is None or len(path) > len(self.workflows) + 2:
-            return None
-        for _, child in entry.spec.sub_workflows():
-            if child in path[1:]:  # a cycle not through target: reported at its own load
+            return [*path, start]
+        while pending:
+            child = next(pending[-1], None)
+            if child is None:
+                explored.add(chain.pop())
+                pending.pop()
                 continue
-            found = self._path_to(child, target, path)
-            if found is not None:
-                return found
+            if child == target:
+                return [*path, *chain, child]
+            if child in explored or child in chain:
+                continue  # (a cycle not through target: reported at its own load)
+            chain.append(child)
+            pending.append(iter(self._children(child)))
         return None
+
+    def _children(self, workflow_id: str) -> list[str]:
+        entry = self.workflows.get(workflow_id)
+        return [child for _, child in entry.spec.sub_workflows()] if entry is not None else []
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:
@@ -153,8 +165,12 @@ def suggest(name: str, candidates: Iterable[str]) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def listing(names: Iterable[str]) -> str:
-    return ", ".join(repr(n) for n in names) or "none"
+def listing(names: Iterable[str], most: int = 20) -> str:
+    """``'a', 'b'``, at most ``most`` of them (then how many more); ``none``."""
+    names = list(names)
+    shown = ", ".join(repr(n) for n in names[:most])
+    more = f" and {len(names) - most} more" if len(names) > most else ""
+    return shown + more if names else "none"
 
 
 def folder_files(folder: Path, max_files: int) -> tuple[list[WorkflowFile], list[Problem]]:

@@ -211,3 +211,25 @@ def test_packages_publish_their_folder_through_the_entry_point_group(
         "package:attr-flows": "the value must name a package, not 'module:attr'",
         "package:gone-flows": "no package 'no_such_package_here' is installed",
     }
+
+
+def test_sub_workflow_checks_are_linear_in_a_deep_or_shared_registry():
+    deep = WorkflowRegistry()
+    for i in range(3000):  # w0 -> w1 -> ... -> w2999: deeper than Python's recursion limit
+        leaf = "  - name: s\n    tool: text.upper\n"
+        step = f"  - name: s\n    workflow: w{i + 1}\n" if i < 2999 else leaf
+        spec = parse_workflow(f"id: w{i}\nsteps:\n{step}")
+        deep.workflows[spec.id] = Registered(spec, "f", "f")
+    deep.check_sub_workflows(deep.workflows["w0"].spec)
+    back = parse_workflow("id: w2999\nsteps: [{name: s, workflow: w0}]\n")
+    with pytest.raises(WorkflowDefinitionError, match="makes workflow 'w2999' run itself"):
+        deep.check_sub_workflows(back)
+    lattice = WorkflowRegistry()  # d0 -> (d1, d1'), each -> d2 ...: 2**40 paths, 80 workflows
+    for i in range(40):
+        steps = "steps: [{name: s, tool: text.upper}]\n"
+        if i < 39:
+            steps = f"steps: [{{name: a, workflow: d{i + 1}}}, {{name: b, workflow: e{i + 1}}}]\n"
+        for prefix in "de":
+            spec = parse_workflow(f"id: {prefix}{i}\n{steps}")
+            lattice.workflows[spec.id] = Registered(spec, "f", "f")
+    lattice.check_sub_workflows(parse_workflow("id: top\nsteps: [{name: s, workflow: d0}]\n"))
