@@ -374,6 +374,7 @@ def workflows_(home: Path | None, node: str | None, as_json: bool) -> None:
         "workflows": [w.model_dump(mode="json", exclude={"type"}) for w in reply.workflows],
         "problems": [p.model_dump(mode="json") for p in reply.problems],
         "problems_dropped": reply.problems_dropped,
+        "workflows_dropped": reply.workflows_dropped,
     }
 
     def human() -> None:
@@ -386,10 +387,14 @@ def workflows_(home: Path | None, node: str | None, as_json: bool) -> None:
                 click.echo(f"    {w.description}")
             for i in w.inputs:
                 given = "required" if i.required else f"default {json.dumps(i.default)}"
+                if i.default_omitted:
+                    given = "a default too large to show"
                 about = f": {i.description}" if i.description else ""
                 click.echo(f"    input {i.name} ({given}){about}")
             if w.schedule:
                 click.echo(f"    runs {w.schedule}")
+        if reply.workflows_dropped:
+            click.echo(f"... and {reply.workflows_dropped} more (too many for one answer)")
         for p in reply.problems:
             click.echo(f"skipped {p.source}: {p.error}")
         if reply.problems_dropped:

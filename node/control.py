@@ -13,6 +13,7 @@ failure as an ``internal`` error, and a new ``submit`` with the id tries again
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -326,32 +327,36 @@ class ControlService:
                 raise creation.error
 
     def _registered(self) -> control.Workflows:
+        """The ``workflows`` answer: within half a frame for the workflows (large or deep
+        defaults left out: ``default_omitted``), the rest counted in ``workflows_dropped``."""
         reg = self.registered
+        budget = self.network.max_frame_size // 2
+        listed: list[control.RegisteredWorkflow] = []
+        for r in reg.all():
+            entry = control.RegisteredWorkflow(
+                workflow=r.spec.id,
+                name=r.spec.name,
+                description=r.spec.description,
+                inputs=[_registered_input(i) for i in r.spec.inputs],
+                source=r.source,
+                file=r.path,
+                schedule=r.spec.run.describe() if r.spec.run is not None else None,
+            )
+            budget -= len(entry.model_dump_json())
+            if budget < 0:
+                break
+            listed.append(entry)
+        problems, room = [], self.network.max_frame_size // 4
+        for p in reg.problems:
+            room -= len(p.source) + len(p.error) + 64
+            if room < 0:
+                break
+            problems.append(control.RegistryProblem(source=p.source, error=p.error))
         return control.Workflows(
-            workflows=[
-                control.RegisteredWorkflow(
-                    workflow=r.spec.id,
-                    name=r.spec.name,
-                    description=r.spec.description,
-                    inputs=[
-                        control.RegisteredInput(
-                            name=i.name,
-                            required=i.required,
-                            default=i.default,
-                            description=i.description,
-                        )
-                        for i in r.spec.inputs
-                    ],
-                    source=r.source,
-                    file=r.path,
-                    schedule=r.spec.run.describe() if r.spec.run is not None else None,
-                )
-                for r in reg.all()
-            ],
-            problems=[
-                control.RegistryProblem(source=p.source, error=p.error) for p in reg.problems
-            ],
-            problems_dropped=reg.problems_dropped,
+            workflows=listed,
+            problems=problems,
+            problems_dropped=reg.problems_dropped + len(reg.problems) - len(problems),
+            workflows_dropped=len(reg.workflows) - len(listed),
         )
 
     async def start(
@@ -599,6 +604,41 @@ class ControlService:
             control.ToolEntry(name=name, version=version, **entry)
             for (name, version), entry in sorted(entries.items())
         ]
+
+
+def _registered_input(spec: Any) -> control.RegisteredInput:
+    """A registered workflow's input as listed: its default only if it is small and shallow
+    (it must fit a frame, and any client's nesting limit)."""
+    default, omitted = spec.default, False
+    try:
+        text = json.dumps(default, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = None
+    if (
+        text is None
+        or len(text) > control.MAX_SHOWN_DEFAULT_BYTES
+        or (_depth(default) > control.MAX_SHOWN_DEFAULT_DEPTH)
+    ):
+        default, omitted = None, True
+    return control.RegisteredInput(
+        name=spec.name,
+        required=spec.required,
+        default=default,
+        default_omitted=omitted,
+        description=spec.description,
+    )
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in ``value`` (a scalar: 0)."""
+    depth, level = 0, [value]
+    while level:
+        containers = [v for v in level if isinstance(v, list | dict)]
+        if not containers:
+            break
+        depth += 1
+        level = [item for c in containers for item in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def _placement(stored: dict[str, Any] | None) -> control.Placement | None:

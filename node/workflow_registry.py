@@ -92,7 +92,8 @@ class WorkflowRegistry:
         return [self.workflows[k] for k in sorted(self.workflows)]
 
     def problem(self, source: str, error: str) -> None:
-        """Record (and log, one line) a file skipped."""
+        """Record (and log, one line) a file skipped (each text cut to 1000 characters)."""
+        source, error = _cut(source), _cut(error)
         log.warning("workflow file %s skipped: %s", logsafe(source), logsafe(error))
         if len(self.problems) < MAX_PROBLEMS:
             self.problems.append(Problem(source, error))
@@ -158,6 +159,10 @@ class WorkflowRegistry:
     def _children(self, workflow_id: str) -> list[str]:
         entry = self.workflows.get(workflow_id)
         return [child for _, child in entry.spec.sub_workflows()] if entry is not None else []
+
+
+def _cut(text: str, limit: int = 1000) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def suggest(name: str, candidates: Iterable[str]) -> str:

@@ -35,6 +35,8 @@ __all__ = [
     "LEGACY_PROTOCOL_IDS",
     "MAX_EXPLAINED_STEPS",
     "MAX_PLACEMENT_CANDIDATES",
+    "MAX_SHOWN_DEFAULT_BYTES",
+    "MAX_SHOWN_DEFAULT_DEPTH",
     "PROTOCOL_ID",
     "REGISTRY_VERSION",
     "REQUEST_CODEC",
@@ -303,10 +305,19 @@ class WorkflowList(WireModel):
     workflows: list[WorkflowSummary]
 
 
+MAX_SHOWN_DEFAULT_BYTES = 1024
+"""A registered input's default larger than this (as JSON), or nested deeper than
+:data:`MAX_SHOWN_DEFAULT_DEPTH`, is not sent in ``workflows`` (``default_omitted``)."""
+MAX_SHOWN_DEFAULT_DEPTH = 8
+
+
 class RegisteredInput(WireModel):
     name: str
     required: bool
     default: Any = None
+    default_omitted: bool = Field(
+        default=False, description="the default is too large or too deep to send here"
+    )
     description: str | None = None
 
 
@@ -336,6 +347,9 @@ class Workflows(WireModel):
     workflows: list[RegisteredWorkflow]
     problems: list[RegistryProblem]
     problems_dropped: StrictInt = Field(default=0, description="problems beyond those listed")
+    workflows_dropped: StrictInt = Field(
+        default=0, description="registered workflows beyond what one answer carries"
+    )
 
 
 class PeerEvidence(WireModel):

@@ -62,6 +62,9 @@ FILES = {
     "steps: [{name: up, tool: text.upper, inputs: [{name: text, value: '{{inputs.x}}'}]}]\n",
     "big.yaml": "id: big\n# " + "x" * 5000 + "\nsteps: [{name: s, tool: text.upper}]\n",
     "notes.txt": "not a workflow",
+    "large.yaml": "id: large\ninputs:\n  - {name: blob, default: '" + "x" * 2000 + "'}\n"
+    "  - {name: deep, default: " + "[" * 12 + "]" * 12 + "}\n  - {name: small, default: [1]}\n"
+    "steps: [{name: s, tool: text.upper, inputs: [{name: text, value: x}]}]\n",
 }
 
 
@@ -118,8 +121,14 @@ async def test_registered_workflows_are_listed_run_by_id_and_hostile_files_skipp
             client = Client(host, await host.connect_addr(node.host.addrs()[0]))
             listed = await client.ask(control.WorkflowsRequest())
             assert isinstance(listed, control.Workflows)
-            assert [w.workflow for w in listed.workflows] == ["parent", "shout", "startup"]
-            shout = listed.workflows[1]
+            assert [w.workflow for w in listed.workflows] == ["large", "parent", "shout", "startup"]
+            by_id = {w.workflow: w for w in listed.workflows}
+            assert [(i.name, i.default, i.default_omitted) for i in by_id["large"].inputs] == [
+                ("blob", None, True),
+                ("deep", None, True),
+                ("small", [1], False),
+            ]
+            shout = by_id["shout"]
             assert (shout.description, shout.source, shout.schedule) == (
                 "Upper-case a text.",
                 str(folder / "shout.yaml"),
@@ -128,7 +137,7 @@ async def test_registered_workflows_are_listed_run_by_id_and_hostile_files_skipp
             assert [(i.name, i.required, i.default) for i in shout.inputs] == [
                 ("text", False, "hello")
             ]
-            assert listed.workflows[2].schedule == "at start"
+            assert by_id["startup"].schedule == "at start"
             problems = {Path(p.source).name: p.error for p in listed.problems}
             assert sorted(problems) == [
                 "bad.yaml",

@@ -233,3 +233,26 @@ def test_sub_workflow_checks_are_linear_in_a_deep_or_shared_registry():
             spec = parse_workflow(f"id: {prefix}{i}\n{steps}")
             lattice.workflows[spec.id] = Registered(spec, "f", "f")
     lattice.check_sub_workflows(parse_workflow("id: top\nsteps: [{name: s, workflow: d0}]\n"))
+
+
+def test_the_workflows_answer_fits_a_frame():
+    from node.config import NetworkConfig
+    from node.control import ControlService
+    from protocols import control
+    from protocols.framing import encode_frame
+    from protocols.versioning import dump_for
+
+    registry = registry_of(*(f"id: w{i:03d}\n" + STEP for i in range(200)))
+    for i in range(300):
+        registry.problem(f"/w/bad{i}.yaml", "x" * 5000)  # (cut to 1000 characters)
+    service = object.__new__(ControlService)  # (only what the answer needs)
+    service.registered = registry
+    service.network = NetworkConfig(max_frame_size=16 * 1024)
+    answer = service._registered()
+    assert 0 < len(answer.workflows) < 200
+    assert answer.workflows_dropped == 200 - len(answer.workflows)
+    assert 0 < len(answer.problems) < 300
+    assert answer.problems_dropped == 300 - len(answer.problems)
+    assert len(answer.problems[0].error) == 1000
+    encode_frame(dump_for(answer, "0.5.0"), 16 * 1024)  # (raises if over the limit)
+    assert control.RESPONSE_CODEC.decode(dump_for(answer, "0.5.0")) == answer
