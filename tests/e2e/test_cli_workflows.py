@@ -76,7 +76,13 @@ def test_registered_workflows_are_listed_and_run_by_name_and_at_start_once_per_s
             ("startup", str(home / "workflows" / "startup.yaml")),
         ]
         assert data["workflows"][1]["inputs"] == [
-            {"name": "text", "required": False, "default": "hello", "description": "what to shout"}
+            {
+                "name": "text",
+                "required": False,
+                "default": "hello",
+                "default_omitted": False,
+                "description": "what to shout",
+            }
         ]
         assert [p["source"] for p in data["problems"]] == [str(home / "workflows" / "broken.yaml")]
         human = local.cli("workflows", *at)
