@@ -39,6 +39,7 @@ EVENT_KINDS = (
     "failed_over",  # moved to another node after a failure or a lost node
     "finished",  # its result is in
     "failed",  # it failed: ``error``
+    "skipped",  # its ``when`` was false, or a step it needs was skipped: ``reason``
     "workflow_finished",  # the workflow ended: ``status`` (and ``error``)
 )
 # kinds after which a step no longer waits

@@ -90,6 +90,7 @@ _STATE = {
     "failed_over": "MOVED",
     "finished": "DONE",
     "failed": "FAILED",
+    "skipped": "SKIPPED",
 }
 _STYLE = {"DONE": "green", "SUCCESSFUL": "green", "FAILED": "red", "WAITING": "yellow"}
 

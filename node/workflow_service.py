@@ -101,6 +101,7 @@ class WorkflowService:
                     lambda: Engine(
                         self.storage,
                         tool_runner=self._tool_runner,
+                        step_events=self._step_event,
                         limits=cfg.step_limits(),
                         max_resume_attempts=cfg.max_resume_attempts,
                         resume_stall_s=cfg.resume_stall_s,
@@ -126,6 +127,18 @@ class WorkflowService:
         with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(lambda: nursery.start_soon(self._run_tool, call, placed, fut))
         return fut
+
+    def _step_event(self, workflow_id: str, step: str, kind: str, reason: str) -> None:
+        """A step the engine skipped, or one that waits for its retry (engine thread)."""
+        progress, token = self.progress, self._token
+        if progress is None or token is None:
+            return
+
+        def record() -> None:
+            progress.step(workflow_id, step, kind, reason=reason)
+
+        with contextlib.suppress(trio.RunFinishedError):
+            token.run_sync_soon(record)
 
     async def _run_tool(self, call: ToolCall, placed: Placed, fut: Future[Any]) -> None:
         progress = self.progress

@@ -68,6 +68,11 @@ outputs:
         )
         assert steps["after_loud"].status == "SUCCESSFUL"
 
+        # watch (the node's progress log) says it was skipped, and why
+        skipped = [e for e in node.progress.events(loud.workflow_id) if e.kind == "skipped"]
+        assert [(e.step, e.reason) for e in skipped] == [
+            ("quiet", "skipped: its condition \"inputs.mode != 'loud'\" was false")
+        ]
         quiet = await run_yaml(node, flow, mode="soft")
         assert quiet.status is WorkflowStatus.SUCCESSFUL, quiet.error
         assert quiet.outputs == {"loud": None, "quiet": "quiet"}
@@ -122,6 +127,16 @@ outputs:
         assert "BOOM" in view.outputs["fallback"]
         steps = steps_of(view)
         assert steps["eventually"].attempts == 3
+        waits = [
+            e.reason or ""
+            for e in node.progress.events(view.workflow_id)
+            if e.step == "eventually" and e.kind == "waiting"
+        ]
+        assert [w.split(" after: ")[0] for w in waits] == [
+            "waiting: retry 1 of 3 in 0.05s",
+            "waiting: retry 2 of 3 in 0.1s",
+        ]
+        assert "flaky: call 1 of the 2 that fail" in waits[0]
         assert "on_error continue" in (steps["never"].reason or "")
         nursery.cancel_scope.cancel()
 

@@ -41,7 +41,7 @@ from workflows.engine.runstate import (
 )
 from workflows.engine.step import ContinuationGraph, function_key, make_runner, remote_execute_step
 from workflows.engine.storage import Storage
-from workflows.engine.tool_runs import ToolRunner, ToolSteps
+from workflows.engine.tool_runs import StepEvents, ToolRunner, ToolSteps
 from workflows.engine.waits import WaitSteps
 from workflows.errors import (
     StepOutputTooLargeError,
@@ -59,7 +59,11 @@ class StepExecution(EngineLoop):
     adds starting, resuming, admission and control on top."""
 
     def __init__(
-        self, storage: Storage, tool_runner: ToolRunner | None, limits: StepLimits
+        self,
+        storage: Storage,
+        tool_runner: ToolRunner | None,
+        limits: StepLimits,
+        step_events: StepEvents | None = None,
     ) -> None:
         super().__init__(storage)
         self.limits = limits
@@ -67,7 +71,7 @@ class StepExecution(EngineLoop):
         self.ray_session = ray_session()
         self._runs: dict[str, Run] = {}
         self._pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="workflows-io")
-        self._tools = ToolSteps(self, tool_runner)
+        self._tools = ToolSteps(self, tool_runner, step_events)
         self._waits = WaitSteps(self)
         self._remotes: dict[Any, tuple[Any, bool]] = {}
         self._pin: list[Any] = []

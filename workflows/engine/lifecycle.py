@@ -61,7 +61,7 @@ from workflows.engine.storage import (
     StorageError,
     WorkflowRow,
 )
-from workflows.engine.tool_runs import ToolRunner
+from workflows.engine.tool_runs import StepEvents, ToolRunner
 from workflows.errors import (
     WorkflowCancellationError,
     WorkflowError,
@@ -99,12 +99,13 @@ class Engine(StepExecution):
         max_running_workflows: int | None = None,
         max_pending_workflows: int | None = None,
         tool_runner: ToolRunner | None = None,
+        step_events: StepEvents | None = None,
         limits: StepLimits | None = None,
         max_resume_attempts: int | None = DEFAULT_MAX_RESUME_ATTEMPTS,
         resume_stall_s: float | None = DEFAULT_RESUME_STALL_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        super().__init__(storage, tool_runner, limits or StepLimits())
+        super().__init__(storage, tool_runner, limits or StepLimits(), step_events)
         self.max_running = max_running_workflows
         self.max_pending = max_pending_workflows
         self.max_resume_attempts = max_resume_attempts or None

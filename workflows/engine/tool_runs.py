@@ -13,6 +13,7 @@ enforced by the runner, which stops the step and fails it with ``StepTimeout``.
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections.abc import Callable, Mapping
@@ -32,6 +33,11 @@ from workflows.tool_steps import SKIPPED_REASON, StepExecutionError, ToolCall, T
 # (JSON-able, optional) says how it decided, and is journaled with the step
 Placed = Callable[[str, str, Mapping[str, Any] | None], None]
 ToolRunner = Callable[[ToolCall, Placed], Future[ToolOutcome]]
+# events(workflow_id, step, kind, reason): what the engine decided about a step on its own
+# ("skipped", or "waiting" for a retry), for whoever shows progress (called on its thread)
+StepEvents = Callable[[str, str, str, str], None]
+
+log = logging.getLogger(__name__)
 
 MAX_FOREACH_ITEMS = 10_000
 _ITEM_ROW_RE = re.compile(r"^(.*)\[(\d+)\]$")
@@ -61,9 +67,19 @@ class _StepRun:
 class ToolSteps:
     """The engine's part for tool and template steps (runs on the engine thread)."""
 
-    def __init__(self, engine: StepHost, runner: ToolRunner | None) -> None:
+    def __init__(
+        self, engine: StepHost, runner: ToolRunner | None, events: StepEvents | None = None
+    ) -> None:
         self._engine = engine
         self.runner = runner
+        self.events = events
+
+    def _event(self, run: Run, step: str, kind: str, reason: str) -> None:
+        if self.events is not None:
+            try:
+                self.events(run.workflow_id, step, kind, reason)
+            except Exception:  # (progress is for people: it never stops a workflow)
+                log.exception("step event handler failed")
 
     def start(self, run: Run, task: Task) -> None:
         """A YAML step: resolve its ``{{...}}`` references, then hand it to the external
@@ -159,6 +175,7 @@ class ToolSteps:
         engine = self._engine
         engine._consumed(run, task.step)
         task.node, task.reason = None, SKIPPED_REASON + why
+        self._event(run, task.step.task_id, "skipped", task.reason)
         engine._succeed(run, task, {SKIPPED: why})
 
     # -- calls ---------------------------------------------------------------------------
@@ -254,6 +271,14 @@ class ToolSteps:
             if used < int(retries["max"]):
                 state.retries_used[index] = used + 1
                 delay = _delay(retries, used + 1)
+                row_id = f"{task.step.task_id}[{index}]" if state.foreach else task.step.task_id
+                message = _short(str(getattr(exc, "message", None) or exc), 160)
+                self._event(
+                    run,
+                    row_id,
+                    "waiting",
+                    f"waiting: retry {used + 1} of {retries['max']} in {delay:g}s after: {message}",
+                )
 
                 def again() -> None:
                     if not run.finished:
