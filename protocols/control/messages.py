@@ -331,7 +331,7 @@ class RegisteredWorkflow(WireModel):
     source: str = Field(description="the file's path, or 'package:<distribution>'")
     file: str = Field(description="the file's path")
     schedule: str | None = Field(
-        default=None, description="when it runs by itself, in words ('at start, every 600s')"
+        default=None, description="when it runs by itself, in words ('at start, every 10m')"
     )
 
 

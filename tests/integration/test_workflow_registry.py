@@ -304,7 +304,7 @@ async def test_the_examples_of_the_docs_register_and_run(tmp_path: Path):
             listed = await client.ask(control.WorkflowsRequest())
             assert listed.problems == []
             assert {w.workflow: w.schedule for w in listed.workflows} == {
-                "heartbeat": "at start, every 600s",
+                "heartbeat": "at start, every 10m",
                 "shout": None,
                 "shout-twice": None,
                 "weekday-report": "cron '30 2 * * 1-5' (UTC)",

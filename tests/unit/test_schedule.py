@@ -129,3 +129,15 @@ def test_a_workflow_step():
         parse_workflow("id: p\nsteps: [{name: c, workflow: k, tool: text.upper}]\n")
     with pytest.raises(WorkflowDefinitionError, match="invalid workflow id"):
         parse_workflow("id: p\nsteps: [{name: c, workflow: '-k'}]\n")
+
+
+def test_run_in_words():
+    from workflows.dsl import RunSpec
+
+    assert [RunSpec(every=e).describe() for e in (600, 3600, 90, 5400)] == [
+        "every 10m",
+        "every 1h",
+        "every 90s",
+        "every 90m",
+    ]
+    assert RunSpec(at_start=True, cron="0 2 * * *").describe() == "at start, cron '0 2 * * *' (UTC)"

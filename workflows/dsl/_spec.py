@@ -843,10 +843,14 @@ class RunSpec(BaseModel):
         return self
 
     def describe(self) -> str:
-        """In words, for listings: ``at start, every 600s``."""
+        """In words, for listings: ``at start, every 10m``."""
         parts = ["at start"] if self.at_start else []
         if self.every is not None:
-            parts.append(f"every {self.every:g}s")
+            seconds = int(self.every)  # (whole seconds: the largest whole unit)
+            for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+                if seconds % size == 0:
+                    parts.append(f"every {seconds // size}{unit}")
+                    break
         if self.cron is not None:
             parts.append(f"cron {self.cron!r} (UTC)")
         return ", ".join(parts)
