@@ -359,11 +359,130 @@ def submit(
         where = ".".join(str(part) for part in problem["loc"])
         fail(f"cannot send this workflow: {where}: {problem['msg']}")
     submitted = _submit_once_or_twice(home, node, request, wid)
+    _after_submit(home, node, submitted, wid, as_json=as_json, wait=wait, verb="submitted")
+
+
+@main.command("workflows")
+@target_options
+def workflows_(home: Path | None, node: str | None, as_json: bool) -> None:
+    """Workflows the node registered at start (its workflows folders and installed packages),
+    with their inputs and where they came from; and the files it skipped, with why."""
+    from protocols import control
+
+    reply = _call_newer(home, node, "workflows", control.WorkflowsRequest())
+    data = {
+        "workflows": [w.model_dump(mode="json", exclude={"type"}) for w in reply.workflows],
+        "problems": [p.model_dump(mode="json") for p in reply.problems],
+        "problems_dropped": reply.problems_dropped,
+        "workflows_dropped": reply.workflows_dropped,
+    }
+
+    def human() -> None:
+        if not reply.workflows:
+            click.echo("no registered workflows (put workflow files in HOME/workflows)")
+        for w in reply.workflows:
+            title = f"  {w.name}" if w.name != w.workflow else ""
+            click.echo(f"{w.workflow}{title}  ({w.source})")
+            if w.description:
+                click.echo(f"    {w.description}")
+            for i in w.inputs:
+                given = "required" if i.required else f"default {json.dumps(i.default)}"
+                if i.default_omitted:
+                    given = "a default too large to show"
+                about = f": {i.description}" if i.description else ""
+                click.echo(f"    input {i.name} ({given}){about}")
+            if w.schedule:
+                click.echo(f"    runs {w.schedule}")
+        if reply.workflows_dropped:
+            click.echo(f"... and {reply.workflows_dropped} more (too many for one answer)")
+        for p in reply.problems:
+            click.echo(f"skipped {p.source}: {p.error}")
+        if reply.problems_dropped:
+            click.echo(f"... and {reply.problems_dropped} more skipped (see the node's log)")
+
+    _emit(as_json, data, human)
+
+
+@main.command()
+@click.argument("name")
+@target_options
+@click.option(
+    "--input",
+    "inputs",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Workflow input; VALUE is JSON if it parses, else a string.",
+)
+@click.option("--id", "workflow_id", default=None, help="The run's id (idempotent start).")
+@click.option(
+    "--wait",
+    is_flag=True,
+    help="Wait for the result, showing each step's progress live (with --json: the result only).",
+)
+def run(
+    name: str,
+    home: Path | None,
+    node: str | None,
+    as_json: bool,
+    inputs: tuple[str, ...],
+    workflow_id: str | None,
+    wait: bool,
+) -> None:
+    """Start a workflow the node registered, by its id ('hivemesh workflows' lists them).
+
+    The run's id is chosen here (unless --id), so that a start whose answer is lost can be
+    asked about, or repeated, by that id."""
+    import uuid
+
+    import pydantic
+
+    from protocols import control
+
+    wid = workflow_id or f"{name[:200]}-{uuid.uuid4().hex[:12]}"
+    try:
+        request = control.RunRequest(workflow=name, inputs=_parse_inputs(inputs), workflow_id=wid)
+    except pydantic.ValidationError as exc:
+        problem = exc.errors()[0]
+        where = ".".join(str(part) for part in problem["loc"])
+        fail(f"cannot send this request: {where}: {problem['msg']}")
+    submitted = _started(home, node, request, wid)
+    _after_submit(home, node, submitted, wid, as_json=as_json, wait=wait, verb="started")
+
+
+def _started(home: Path | None, node: str | None, request: Any, wid: str) -> Any:
+    """``_submit_once_or_twice`` for a ``run``: a node that does not know it, or the name,
+    is one line saying what to do."""
+    from node.errors import RequestFailedError
+
+    try:
+        return _submit_once_or_twice(home, node, request, wid)
+    except RequestFailedError as exc:
+        if exc.code == "unknown_type":
+            fail("the node does not know 'run' (it runs an older hivemesh): upgrade it")
+        if exc.code == "not_found":
+            fail(str(exc))
+        raise
+
+
+def _after_submit(
+    home: Path | None,
+    node: str | None,
+    submitted: Any,
+    wid: str,
+    *,
+    as_json: bool,
+    wait: bool,
+    verb: str,
+) -> None:
+    """What ``submit`` and ``run`` print once the node has the workflow: its id and status,
+    or (``wait``) its progress and result."""
+    from protocols import control
+
     if not wait:
         done = {"workflow_id": wid, "status": submitted.status, "created": submitted.created}
 
         def human() -> None:
-            said = "submitted" if submitted.created else "already submitted"
+            said = verb if submitted.created else f"already {verb}"
             if submitted.status == "PENDING":
                 click.echo(
                     f"{said} {wid} (PENDING: the node is still creating it; "
@@ -959,6 +1078,57 @@ def _tool_catalog(home: Path | None, node: str | None, local_only: bool) -> tupl
     return catalog, f"tools checked against this machine's installed tools only ({why})"
 
 
+def _registered_ids(
+    home: Path | None, node: str | None, local_only: bool
+) -> tuple[set[str] | None, str]:
+    """The ids of the workflows the node registered (None if it cannot be asked), and a
+    note saying so."""
+    if local_only:
+        return None, "sub-workflows not checked (--local)"
+    from node.home_lock import lock_holder
+    from protocols import control
+
+    if node is None and lock_holder(_home(home).path) is None:
+        return None, "sub-workflows not checked (no node to ask)"
+    try:
+        reply = _call(home, node, control.WorkflowsRequest(), timeout_s=10.0)
+    except NodeError as exc:
+        return None, f"sub-workflows not checked (could not ask the node: {exc})"
+    return {w.workflow for w in reply.workflows}, "sub-workflows checked against the node's"
+
+
+def _sub_workflow_problems(spec: Any, registered: set[str]) -> tuple[Any, ...]:
+    import difflib
+
+    from workflows.dsl import Diagnostic
+
+    found = []
+    for step, wid in spec.sub_workflows():
+        if wid == spec.id:
+            found.append(
+                Diagnostic(
+                    f"step {step.name!r} runs workflow {wid!r}, the workflow itself: a "
+                    "workflow cannot contain itself",
+                    spec.source,
+                    step.line,
+                )
+            )
+            continue
+        if wid in registered:
+            continue
+        close = difflib.get_close_matches(wid, sorted(registered), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        found.append(
+            Diagnostic(
+                f"step {step.name!r} runs workflow {wid!r}, which the node has not "
+                f"registered{hint} ('hivemesh workflows' lists them)",
+                spec.source,
+                step.line,
+            )
+        )
+    return tuple(found)
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
 @target_options
@@ -982,6 +1152,7 @@ def validate(
     limits = load_config(config_file=_home(home).config_file).workflow_files.parse_limits()
     catalog, note = _tool_catalog(home, node, local_only)
     results: list[tuple[str, tuple[Diagnostic, ...]]] = []
+    specs: dict[str, Any] = {}
     for file in files:
         try:
             data = read_workflow_file(file, limits)
@@ -990,6 +1161,16 @@ def validate(
             continue
         report = check_document(data, source=str(file), limits=limits, tools=catalog)
         results.append((str(file), report.problems))
+        if report.spec is not None and report.spec.sub_workflows():
+            specs[str(file)] = report.spec
+    if specs:  # steps that run a workflow: checked against the node's registered ones
+        registered, said = _registered_ids(home, node, local_only)
+        note += f"; {said}"
+        if registered is not None:
+            results = [
+                (f, p + _sub_workflow_problems(specs[f], registered) if f in specs else p)
+                for f, p in results
+            ]
     valid = all(not problems for _, problems in results)
     if as_json:
         click.echo(

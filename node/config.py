@@ -260,6 +260,20 @@ class WorkflowsConfig(_Section):
     # a step's error text and a traceback in it are cut to these, with a marker
     max_error_chars: int = Field(default=4096, ge=256)
     max_traceback_chars: int = Field(default=16384, ge=256)
+    # folders of workflow files (*.yaml, *.yml) registered at start, by their id; null:
+    # [HOME/workflows]; a relative path is relative to the home folder. Installed packages
+    # add theirs through the entry-point group hivemesh.workflows (docs/workflows.md)
+    dirs: list[Path] | None = None
+    # files read from each folder (and each package) at most; the rest are reported
+    max_files: int = Field(default=1000, ge=1, le=100_000)
+    # a sub-workflow step runs another workflow; nested deeper than this, the step fails
+    max_depth: int = Field(default=8, ge=1, le=64)
+
+    def workflow_dirs(self, home: Path) -> list[Path]:
+        """The workflows folders of a node whose home is ``home``."""
+        if self.dirs is None:
+            return [home / "workflows"]
+        return [d if d.is_absolute() else home / d for d in (p.expanduser() for p in self.dirs)]
 
     def step_limits(self) -> StepLimits:
         """The limits the engine and the tool runner apply."""
@@ -495,6 +509,10 @@ workflows:
   max_step_output_bytes: 8388608  # a step's output above this fails the step
   max_error_chars: 4096    # a step's error text is cut to this...
   max_traceback_chars: 16384  # ...and a traceback in it to this
+  dirs: null               # folders of workflow files registered at start (null: [HOME/workflows];
+                           # relative to the home); packages add theirs (hivemesh.workflows)
+  max_files: 1000          # files read from each folder or package at most
+  max_depth: 8             # sub-workflows nested deeper than this fail their step
 """
 
 

@@ -13,6 +13,7 @@ failure as an ``internal`` error, and a new ``submit`` with the id tries again
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 import uuid
@@ -33,6 +34,7 @@ from node.parse_pool import ParsePool
 from node.progress import ProgressHub
 from node.registry import PeerRegistry, PeerState
 from node.watch import WatchService, hub_from
+from node.workflow_registry import WorkflowRegistry
 from node.workflow_service import WorkflowService, WorkflowView
 from protocols import control, logsafe
 from protocols.errors import ProtocolError
@@ -75,6 +77,7 @@ class _Creation:
     done: trio.Event = field(default_factory=trio.Event)
     created: bool = False
     error: Exception | None = None
+    metadata: dict[str, Any] | None = None  # journaled with the workflow
 
 
 class ControlService:
@@ -94,6 +97,7 @@ class ControlService:
         ray_info: control.RayInfo | None = None,
         workflow_files: WorkflowFilesConfig | None = None,
         progress: ProgressHub | None = None,
+        workflow_registry: WorkflowRegistry | None = None,
     ) -> None:
         self.host = host
         self.handoffs = handoffs
@@ -116,6 +120,8 @@ class ControlService:
         self._nursery: trio.Nursery | None = None
         self.progress = progress if progress is not None else hub_from(config)
         self.watches = WatchService(self.progress, workflows, config, network)
+        # the workflows registered at start (node.workflow_registry): 'workflows', 'run'
+        self.registered = workflow_registry if workflow_registry is not None else WorkflowRegistry()
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Run the parse workers and the creations of submitted workflows until cancelled."""
@@ -173,7 +179,14 @@ class ControlService:
                 await ms.reset()
             return
         newer = parse_version(version) >= parse_version(control.WATCH_VERSION)
+        registry_known = parse_version(version) >= parse_version(control.REGISTRY_VERSION)
         try:
+            if isinstance(request, control.WorkflowsRequest | control.RunRequest) and not (
+                registry_known
+            ):  # (an older client never sends them)
+                await ms.send_error("unknown_type", f"{request.type} needs control 0.5.0")
+                await ms.close()
+                return
             if isinstance(request, control.WatchRequest):
                 if not newer:  # (an older client never sends it)
                     await ms.send_error("unknown_type", "watch needs control 0.3.0")
@@ -259,6 +272,10 @@ class ControlService:
         if isinstance(request, control.ListRequest):
             views = await self.workflows.list_all()
             return control.WorkflowList(workflows=[_summary(v) for v in views])
+        if isinstance(request, control.WorkflowsRequest):
+            return self._registered()
+        if isinstance(request, control.RunRequest):
+            return await self._run(request)
         if isinstance(request, control.PeersRequest):
             return self._peers()
         if isinstance(request, control.ToolsRequest):
@@ -282,15 +299,82 @@ class ControlService:
         # (the client's name for the file is quoted in errors and logs: printable only)
         source = "".join(c if c.isprintable() else "?" for c in request.source or "<submitted>")
         spec = await self.parser.parse(request.workflow, source)
+        if spec.sub_workflows():
+            if not self.registered.loaded:
+                raise ParserBusyError("the node is still registering its workflows; try again")
+            self.registered.check_sub_workflows(spec)
         # (in a thread: binding deep-copies defaults, which may be large)
         bound = await trio.to_thread.run_sync(spec.bind_inputs, request.inputs)
         wid = request.workflow_id or f"{spec.id}-{uuid.uuid4().hex[:12]}"
+        return await self.start(spec, bound, wid)
+
+    async def _run(self, request: control.RunRequest) -> control.Submitted:
+        """Start a registered workflow (answered as a submit)."""
+        entry = self.registered.get(request.workflow)
+        if entry is None:
+            raise _NotFound(str(self.registered.unknown(request.workflow)))
+        bound = await trio.to_thread.run_sync(entry.spec.bind_inputs, request.inputs)
+        wid = request.workflow_id or f"{entry.spec.id}-{uuid.uuid4().hex[:12]}"
+        return await self.start(entry.spec, bound, wid)
+
+    async def wait_created(self, workflow_id: str) -> None:
+        """Wait until a workflow that :meth:`start` answered ``PENDING`` is created; raises
+        what its creation raised."""
+        creation = self._pending(workflow_id)
+        if creation is not None:
+            await self._created(creation)
+            if isinstance(creation.error, WorkflowError):
+                raise creation.error
+
+    def _registered(self) -> control.Workflows:
+        """The ``workflows`` answer: within half a frame for the workflows (large or deep
+        defaults left out: ``default_omitted``), the rest counted in ``workflows_dropped``."""
+        reg = self.registered
+        budget = self.network.max_frame_size // 2
+        listed: list[control.RegisteredWorkflow] = []
+        for r in reg.all():
+            entry = control.RegisteredWorkflow(
+                workflow=r.spec.id,
+                name=r.spec.name,
+                description=r.spec.description,
+                inputs=[_registered_input(i) for i in r.spec.inputs],
+                source=r.source,
+                file=r.path,
+                schedule=r.spec.run.describe() if r.spec.run is not None else None,
+            )
+            budget -= len(entry.model_dump_json())
+            if budget < 0:
+                break
+            listed.append(entry)
+        problems, room = [], self.network.max_frame_size // 4
+        for p in reg.problems:
+            room -= len(p.source) + len(p.error) + 64
+            if room < 0:
+                break
+            problems.append(control.RegistryProblem(source=p.source, error=p.error))
+        return control.Workflows(
+            workflows=listed,
+            problems=problems,
+            problems_dropped=reg.problems_dropped + len(reg.problems) - len(problems),
+            workflows_dropped=len(reg.workflows) - len(listed),
+        )
+
+    async def start(
+        self,
+        spec: WorkflowSpec,
+        bound: dict[str, Any],
+        wid: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> control.Submitted:
+        """Create workflow ``wid`` of ``spec`` with the ``bound`` inputs, idempotently (the
+        path of every submit: control's, a ``run``, a schedule's, a sub-workflow's); wait up
+        to ``control.submit_wait_s`` for it to be created."""
         creation = self._creations.get(wid)
         joined = creation is not None
         if creation is None:
             if self._nursery is None:
                 raise ParserBusyError("the node is starting or stopping; try again in a moment")
-            creation = _Creation(wid, spec, time.time())
+            creation = _Creation(wid, spec, time.time(), metadata=metadata)
             self._creations[wid] = creation
             self._failed.pop(wid, None)
             self._nursery.start_soon(self._create, creation, bound)
@@ -314,7 +398,9 @@ class ControlService:
     async def _create(self, creation: _Creation, inputs: dict[str, Any]) -> None:
         wid = creation.workflow_id
         try:
-            _, creation.created = await self.workflows.submit(creation.spec, inputs, wid)
+            _, creation.created = await self.workflows.submit(
+                creation.spec, inputs, wid, creation.metadata
+            )
             if creation.created and self.progress.finished(wid) is None:
                 for step in creation.spec.steps:  # (those not started already)
                     if not self.progress.knows(wid, step.name):
@@ -518,6 +604,41 @@ class ControlService:
             control.ToolEntry(name=name, version=version, **entry)
             for (name, version), entry in sorted(entries.items())
         ]
+
+
+def _registered_input(spec: Any) -> control.RegisteredInput:
+    """A registered workflow's input as listed: its default only if it is small and shallow
+    (it must fit a frame, and any client's nesting limit)."""
+    default, omitted = spec.default, False
+    try:
+        text = json.dumps(default, separators=(",", ":"))
+    except (TypeError, ValueError):
+        text = None
+    if (
+        text is None
+        or len(text) > control.MAX_SHOWN_DEFAULT_BYTES
+        or (_depth(default) > control.MAX_SHOWN_DEFAULT_DEPTH)
+    ):
+        default, omitted = None, True
+    return control.RegisteredInput(
+        name=spec.name,
+        required=spec.required,
+        default=default,
+        default_omitted=omitted,
+        description=spec.description,
+    )
+
+
+def _depth(value: Any) -> int:
+    """How deeply lists and mappings nest in ``value`` (a scalar: 0)."""
+    depth, level = 0, [value]
+    while level:
+        containers = [v for v in level if isinstance(v, list | dict)]
+        if not containers:
+            break
+        depth += 1
+        level = [item for c in containers for item in (c.values() if isinstance(c, dict) else c)]
+    return depth
 
 
 def _placement(stored: dict[str, Any] | None) -> control.Placement | None:

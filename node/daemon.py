@@ -34,8 +34,11 @@ from node.p2p import ListenSockets, P2PHost, quiet_libp2p_logging, valid_peer_id
 from node.peerstore import PeerStore
 from node.registry import PeerRegistry
 from node.scheduler import Policy
+from node.subworkflows import SubWorkflowRunner
 from node.swarmkey import loosely_readable
 from node.watch import hub_from
+from node.workflow_registry import WorkflowRegistry, load_registry, workflow_files
+from node.workflow_schedule import WorkflowScheduler, next_start_number
 from node.workflow_service import WorkflowService
 from protocols import control, discovery, handoff
 from workflows.engine.storage import Storage
@@ -237,6 +240,9 @@ class Node:
         self.workflows = WorkflowService(
             self.storage, self.executor, config.workflows, progress=self.progress
         )
+        # the workflows of the node's workflows folders and packages, registered at start
+        self.workflow_registry = WorkflowRegistry()
+        self.scheduler: WorkflowScheduler | None = None
         self.discovery = DiscoveryService(
             self.host,
             self.registry,
@@ -260,7 +266,16 @@ class Node:
             ray_info=self.ray_info,
             workflow_files=config.workflow_files,
             progress=self.progress,
+            workflow_registry=self.workflow_registry,
         )
+        self.sub_workflows = SubWorkflowRunner(
+            self.workflow_registry,
+            self.workflows,
+            self._start_workflow,
+            node_id=self.peer_id,
+            max_depth=config.workflows.max_depth,
+        )
+        self.executor.sub_workflows = self.sub_workflows.run
         # the local control endpoint: the same handler, for this user's processes
         self.control_socket = self._control_socket(owner_client)
         # Handlers first, before anything dials (LIBP2P_NOTES pitfall 7).
@@ -302,6 +317,36 @@ class Node:
             max_pending_bytes=net.max_pending_bytes_per_peer if guarded else None,
             write_timeout_s=net.request_timeout_s,
         )
+
+    async def _start_workflow(
+        self, spec: Any, inputs: dict[str, Any], workflow_id: str, metadata: dict[str, Any]
+    ) -> None:
+        """Create a workflow through the control service's idempotent path and wait until
+        it is created (a sub-workflow, whose step then waits for it)."""
+        await self.control.start(spec, inputs, workflow_id, metadata)
+        await self.control.wait_created(workflow_id)
+
+    async def _register_workflows(self) -> None:
+        """Find, parse and register the workflow files (node.workflow_registry)."""
+        cfg = self.config.workflows
+        dirs = cfg.workflow_dirs(self.home.path)
+        files, problems = await trio.to_thread.run_sync(workflow_files, dirs, cfg.max_files)
+        parser = self.control.parser
+        await load_registry(
+            files,
+            parser.parse,
+            parser.limits,
+            problems,
+            registry=self.workflow_registry,
+            concurrency=parser.workers,
+        )
+        reg = self.workflow_registry
+        if files or reg.problems:
+            log.info(
+                "workflows registered: %d (%d files skipped)",
+                len(reg.workflows),
+                len(reg.problems) + reg.problems_dropped,
+            )
 
     def card(self) -> discovery.NodeCard:
         """This node's card as peers get it (with its signed address record)."""
@@ -346,11 +391,20 @@ class Node:
                 await n.start(self.executor.serve)
                 await n.start(self.workflows.serve)
                 await n.start(self.control.serve)  # (its parse workers, and submits' creations)
+                await self._register_workflows()
                 await n.start(self.discovery.serve)
                 local = None
                 if self.control_socket is not None:
                     local = await n.start(self.control_socket.serve)
                 self.executor.joined.set()  # bootstrap done: resumed steps may place now
+                start_number = await trio.to_thread.run_sync(next_start_number, self.home.path)
+                self.scheduler = WorkflowScheduler(
+                    self.workflow_registry,
+                    self.control.start,  # (within control.submit_wait_s; creation goes on)
+                    self.workflows.known_ids,
+                    start_number=start_number,
+                )
+                await n.start(self.scheduler.serve)  # (at_start runs and missed slots first)
                 info: dict[str, Any] = {
                     "peer_id": self.peer_id,
                     "addrs": self.host.addrs(),

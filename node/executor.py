@@ -76,6 +76,8 @@ PROVIDER_POLL_S = 0.1
 LocalRunner = Callable[..., Awaitable[dict[str, Any]]]
 # (step, why it waits) when a step starts waiting for a provider; (step, None) when it stops
 WaitingCallback = Callable[[ToolCall, str | None], None]
+# runs a sub-workflow step (``workflow: ID``) on this node (node.subworkflows)
+SubWorkflowRun = Callable[[ToolCall, PlacementCallback], Awaitable[ToolOutcome]]
 
 
 class PackageRunner(Protocol):
@@ -146,6 +148,8 @@ class SwarmExecutor:
         self.joined = trio.Event()
         # runs package steps here; None: this node does not install packages
         self.packages = packages
+        # set by the node: how a sub-workflow step runs (None: such a step fails)
+        self.sub_workflows: SubWorkflowRun | None = None
 
     def _note(
         self,
@@ -311,6 +315,8 @@ class SwarmExecutor:
         )
 
     async def _execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        if request.workflow is not None:
+            return await self._run_sub_workflow(request, placed)
         if request.mode == "local" and request.package is not None and self.packages is None:
             raise StepExecutionError(
                 f"step has placement 'local' and needs package {request.package!r}, but this "
@@ -930,6 +936,16 @@ class SwarmExecutor:
         if tool_card is not None:
             return check_outputs(outputs, schema=tool_card.output_schema)
         return None
+
+    async def _run_sub_workflow(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
+        """A ``workflow: ID`` step: always here, on the node that runs its parent."""
+        if self.sub_workflows is None:
+            raise StepExecutionError(
+                f"step {request.step!r} runs workflow {request.workflow!r}, but this node "
+                "runs no sub-workflows",
+                node=self.host.peer_id,
+            )
+        return await self.sub_workflows(request, placed)
 
 
 class _Deadline(Abandon):

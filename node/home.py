@@ -31,6 +31,7 @@ SWARM_KEY = "swarm.key"
 LISTEN_FILE = "listen.json"  # the ports the node listened on last time (Home.bind_listen)
 PEERS_FILE = "peers.json"  # the peers it knew (node.peerstore)
 CONTROL_SOCKET = "control.sock"  # the local control endpoint (node.control_socket)
+STARTS_FILE = "starts"  # how many times the node started (node.workflow_schedule)
 MAX_LISTEN_FILE_BYTES = 64 * 1024
 # What the workflow engine keeps in the home (workflows.engine.storage.Storage): checked before a
 # node starts, so that a home the node cannot write fails in milliseconds, not after Ray.

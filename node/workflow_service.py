@@ -207,9 +207,14 @@ class WorkflowService:
     # -- control API ---------------------------------------------------------------------
 
     async def submit(
-        self, spec: WorkflowSpec, inputs: Mapping[str, Any], workflow_id: str | None = None
+        self,
+        spec: WorkflowSpec,
+        inputs: Mapping[str, Any],
+        workflow_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[str, bool]:
-        """Journal a YAML workflow and start it. Idempotent by id: (id, created)."""
+        """Journal a YAML workflow and start it. Idempotent by id: (id, created).
+        ``metadata`` (JSON) is journaled with it (e.g. a sub-workflow's parent and depth)."""
         assert self.engine is not None, "WorkflowService.serve() is not running"
         bound = spec.bind_inputs(inputs)
         wid = workflow_id or f"{spec.id}-{uuid.uuid4().hex[:12]}"
@@ -219,7 +224,12 @@ class WorkflowService:
 
         engine = self.engine
         _, created = await self._io(
-            engine.submit_graph, build, (), bound, wid, {"name": spec.name, "kind": "yaml"}
+            engine.submit_graph,
+            build,
+            (),
+            bound,
+            wid,
+            {**(metadata or {}), "name": spec.name, "kind": "yaml"},
         )
         return wid, created
 
@@ -358,6 +368,16 @@ class WorkflowService:
             await _done(fut)  # (no thread held while waiting: waits may be many)
             await self._io(self.storage.flush)
         return await self.view(workflow_id)
+
+    async def metadata(self, workflow_id: str) -> dict[str, Any]:
+        """What was journaled with the workflow at its submit (empty if it is unknown)."""
+        row = await self._io(self.storage.get_workflow, workflow_id)
+        return dict(row.user_metadata) if row is not None else {}
+
+    async def known_ids(self) -> set[str]:
+        """The ids of every workflow in the journal."""
+        rows = await self._io(self.storage.list_workflows)
+        return {row.workflow_id for row in rows}
 
     async def list_all(self) -> list[WorkflowView]:
         return await self._io(self._list)

@@ -40,6 +40,10 @@ class ToolCall:
     # environment variables of the step's process, (name, value) sorted by name
     parameters: tuple[tuple[str, str], ...] = ()
 
+    # a sub-workflow step: the id of the registered workflow it runs (``tool`` is then
+    # workflows.dsl's SUBWORKFLOW_TOOL and ``args`` that workflow's inputs)
+    workflow: str | None = None
+
     @property
     def package_tool(self) -> str | None:
         """For a package step: the tool asked for, or None for the package's own tool."""

@@ -9,8 +9,9 @@ from pydantic import Field, StrictInt
 from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/control/0.4.0"
+PROTOCOL_ID = "/hivemesh/control/0.5.0"
 LEGACY_PROTOCOL_IDS = (
+    "/hivemesh/control/0.4.0",
     "/hivemesh/control/0.3.0",
     "/hivemesh/control/0.2.0",
     "/hivemesh/control/0.1.0",
@@ -22,6 +23,8 @@ WATCH_VERSION = "0.3.0"
 answers) and the heartbeats of a ``result`` wait."""
 EXPLAIN_VERSION = "0.4.0"
 """The version that added ``status``'s ``explain`` and a step's ``placement``."""
+REGISTRY_VERSION = "0.5.0"
+"""The version that added ``workflows`` (the node's registered workflows) and ``run``."""
 MAX_PLACEMENT_CANDIDATES = 8
 MAX_EXPLAINED_STEPS = 1000
 """A ``status`` with ``explain`` carries the ``placement`` of at most this many steps."""
@@ -32,7 +35,10 @@ __all__ = [
     "LEGACY_PROTOCOL_IDS",
     "MAX_EXPLAINED_STEPS",
     "MAX_PLACEMENT_CANDIDATES",
+    "MAX_SHOWN_DEFAULT_BYTES",
+    "MAX_SHOWN_DEFAULT_DEPTH",
     "PROTOCOL_ID",
+    "REGISTRY_VERSION",
     "REQUEST_CODEC",
     "RESPONSE_CODEC",
     "WATCH_VERSION",
@@ -55,8 +61,12 @@ __all__ = [
     "PlacementCandidate",
     "ProgressEvent",
     "RayInfo",
+    "RegisteredInput",
+    "RegisteredWorkflow",
+    "RegistryProblem",
     "ResultRequest",
     "ResumeRequest",
+    "RunRequest",
     "StatusRequest",
     "StepProgress",
     "StepStatus",
@@ -71,6 +81,8 @@ __all__ = [
     "WorkflowResult",
     "WorkflowStatusReply",
     "WorkflowSummary",
+    "Workflows",
+    "WorkflowsRequest",
 ]
 
 # --- requests -------------------------------------------------------------------------------
@@ -158,6 +170,27 @@ class HandoffCancelRequest(WireModel):
     type: Literal["handoff_cancel"] = "handoff_cancel"
     handoff_id: str = Field(min_length=1, max_length=MAX_ID_LEN)
     peer: str | None = Field(default=None, max_length=MAX_ID_LEN)
+
+
+class WorkflowsRequest(WireModel):
+    """The workflows the node registered at start (its workflows folders, packages).
+    Since 0.5.0."""
+
+    type: Literal["workflows"] = "workflows"
+
+
+class RunRequest(WireModel):
+    """Start a registered workflow by its id; answered like ``submit``. Since 0.5.0."""
+
+    type: Literal["run"] = "run"
+    workflow: str = Field(min_length=1, max_length=MAX_ID_LEN, description="its registered id")
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    workflow_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_ID_LEN,
+        description="the run's id (idempotent, as for submit); null: the node generates one",
+    )
 
 
 # --- responses ------------------------------------------------------------------------------
@@ -270,6 +303,53 @@ class WorkflowSummary(WireModel):
 class WorkflowList(WireModel):
     type: Literal["list"] = "list"
     workflows: list[WorkflowSummary]
+
+
+MAX_SHOWN_DEFAULT_BYTES = 1024
+"""A registered input's default larger than this (as JSON), or nested deeper than
+:data:`MAX_SHOWN_DEFAULT_DEPTH`, is not sent in ``workflows`` (``default_omitted``)."""
+MAX_SHOWN_DEFAULT_DEPTH = 8
+
+
+class RegisteredInput(WireModel):
+    name: str
+    required: bool
+    default: Any = None
+    default_omitted: bool = Field(
+        default=False, description="the default is too large or too deep to send here"
+    )
+    description: str | None = None
+
+
+class RegisteredWorkflow(WireModel):
+    """A workflow the node registered: what it is, its inputs and where it came from."""
+
+    workflow: str = Field(description="its id (what 'run' takes)")
+    name: str
+    description: str | None = None
+    inputs: list[RegisteredInput]
+    source: str = Field(description="the file's path, or 'package:<distribution>'")
+    file: str = Field(description="the file's path")
+    schedule: str | None = Field(
+        default=None, description="when it runs by itself, in words ('at start, every 10m')"
+    )
+
+
+class RegistryProblem(WireModel):
+    """A workflow file the node skipped, and why."""
+
+    source: str
+    error: str
+
+
+class Workflows(WireModel):
+    type: Literal["workflows"] = "workflows"
+    workflows: list[RegisteredWorkflow]
+    problems: list[RegistryProblem]
+    problems_dropped: StrictInt = Field(default=0, description="problems beyond those listed")
+    workflows_dropped: StrictInt = Field(
+        default=0, description="registered workflows beyond what one answer carries"
+    )
 
 
 class PeerEvidence(WireModel):
@@ -419,6 +499,8 @@ ControlRequest = (
     | HandoffsRequest
     | HandoffCancelRequest
     | WatchRequest
+    | WorkflowsRequest
+    | RunRequest
 )
 ControlResponse = (
     Info
@@ -432,6 +514,7 @@ ControlResponse = (
     | Watching
     | ProgressEvent
     | Heartbeat
+    | Workflows
 )
 
 REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
@@ -450,6 +533,8 @@ REQUEST_CODEC: MessageCodec[ControlRequest] = MessageCodec(
         HandoffsRequest,
         HandoffCancelRequest,
         WatchRequest,
+        WorkflowsRequest,
+        RunRequest,
     ],
 )
 RESPONSE_CODEC: MessageCodec[ControlResponse] = MessageCodec(
@@ -466,6 +551,7 @@ RESPONSE_CODEC: MessageCodec[ControlResponse] = MessageCodec(
         Watching,
         ProgressEvent,
         Heartbeat,
+        Workflows,
     ],
 )
 CODEC = REQUEST_CODEC

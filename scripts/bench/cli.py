@@ -6,8 +6,10 @@ A node is started as the README says (``hivemesh node start``, its own Ray, 1 CP
 ``text`` tools). Then ``--runs`` rounds, each running, as separate ``hivemesh`` processes and
 in this order: ``status`` of a finished workflow, then a one-step ``submit --wait`` (a live
 progress view on a pipe, then the result), then ``submit --wait --json`` (the result only),
-each once over the socket and once over libp2p, alternating which goes first (this
-machine's speed drifts). Printed: p50 and p90 of each command's wall time per path, the
+then ``workflows`` (the node's registered workflows) and ``run one --wait`` (the same
+one-step workflow, registered from the home's workflows folder, started by name), each
+once over the socket and once over libp2p, alternating which goes first (this machine's
+speed drifts). Printed: p50 and p90 of each command's wall time per path, the
 ratio, and the CLI's import time on each path (``python -X importtime``: the sum of the
 top-level imports of a ``status`` run, the median of ``--import-runs``). The interpreter's
 own start (``python -c pass``) is printed as the floor, and the machine's load before and
@@ -99,6 +101,9 @@ def main() -> None:
         tempfile.TemporaryDirectory(prefix="hm-cli-") as tmp,
         LocalSwarm(Path(tmp), num_cpus=1) as local,
     ):
+        # the one-step workflow is also registered by the node, for 'workflows' and 'run'
+        (Path(tmp) / "a" / "workflows").mkdir(parents=True)
+        (Path(tmp) / "a" / "workflows" / "one.yaml").write_text(ONE_STEP)
         node = local.wait_ready(local.start("a", "text"))
         wf = Path(tmp) / "one.yaml"
         wf.write_text(ONE_STEP)
@@ -116,6 +121,8 @@ def main() -> None:
             "status": ["status", "bench-status", *at],
             "submit --wait": ["submit", str(wf), *at, "--wait"],
             "submit --wait --json": ["submit", str(wf), *at, "--wait", "--json"],
+            "workflows": ["workflows", *at],
+            "run --wait": ["run", "one", *at, "--wait"],
         }
         walls: dict[tuple[str, str], list[float]] = {(c, p): [] for c in commands for p in PATHS}
         for p in PATHS:  # warm both paths (the node's parse workers, the page cache)

@@ -40,13 +40,17 @@ class GatedWorkflows:
         self.failing: set[str] = set()
 
     async def submit(
-        self, spec: WorkflowSpec, inputs: Mapping[str, Any], workflow_id: str | None = None
+        self,
+        spec: WorkflowSpec,
+        inputs: Mapping[str, Any],
+        workflow_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
     ) -> tuple[str, bool]:
         await self.gate.wait()
         if workflow_id in self.failing:
             self.failing.discard(workflow_id)
             raise StorageError("database or disk is full")
-        return await self.real.submit(spec, inputs, workflow_id)
+        return await self.real.submit(spec, inputs, workflow_id, metadata)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.real, name)

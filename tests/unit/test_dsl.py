@@ -297,7 +297,7 @@ DEFINITION_ERRORS: list[tuple[str, str, str]] = [
         "unknown top-level key",
         "id: x\nstep: 1\nsteps:\n" + STEP_A,
         "flow.yaml:2: workflow has unknown key 'step' (did you mean 'steps'?) "
-        "(allowed keys: id, name, description, inputs, steps, outputs)",
+        "(allowed keys: id, name, description, inputs, steps, outputs, run)",
     ),
     (
         "unknown step key",

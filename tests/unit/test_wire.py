@@ -106,8 +106,23 @@ CONTROL_REQUESTS: list[BaseModel] = [
     control.PeersRequest(),
     control.ToolsRequest(),
     control.WatchRequest(workflow_id="w1", since=7),
+    control.WorkflowsRequest(),
+    control.RunRequest(workflow="nightly", inputs={"x": 1}, workflow_id="w2"),
 ]
 CONTROL_RESPONSES: list[BaseModel] = [
+    control.Workflows(
+        workflows=[
+            control.RegisteredWorkflow(
+                workflow="nightly",
+                name="Nightly",
+                inputs=[control.RegisteredInput(name="x", required=False, default=1)],
+                source="package:my-flows",
+                file="/site/my_flows/nightly.yaml",
+                schedule="cron '0 2 * * *' (UTC)",
+            )
+        ],
+        problems=[control.RegistryProblem(source="/w/bad.yaml", error="bad.yaml:1: invalid")],
+    ),
     control.Info(peer_id=PEER_A, addrs=["/ip4/127.0.0.1/tcp/1"], tools=["text.upper"], version="1"),
     control.Info(
         peer_id=PEER_A,
@@ -191,13 +206,14 @@ def test_codecs_know_exactly_their_message_types() -> None:
     ]
     expected = ["cancel", "info", "list", "peers", "result", "status", "submit", "tools"]
     assert control.REQUEST_CODEC.types == sorted(
-        [*expected, "handoffs", "handoff_cancel", "resume", "delete", "watch"]
+        [*expected, "handoffs", "handoff_cancel", "resume", "delete", "watch", "workflows", "run"]
     )
     # cancel and resume are answered with a status, handoff_cancel with the handoffs it
     # stopped, delete with a list of what it deleted: no new response types; watch (0.3.0)
-    # with watching, event and heartbeat frames (heartbeats also during a result wait)
+    # with watching, event and heartbeat frames (heartbeats also during a result wait);
+    # workflows (0.5.0) with workflows, run with submitted
     assert control.RESPONSE_CODEC.types == sorted(
-        {*expected, "submitted", "handoffs", "watching", "event", "heartbeat"}
+        {*expected, "submitted", "handoffs", "watching", "event", "heartbeat", "workflows"}
         - {"submit", "cancel"}
     )
     assert control.CODEC is control.REQUEST_CODEC

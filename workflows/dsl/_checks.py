@@ -398,6 +398,8 @@ def tool_problems(
     for i, step in steps:
         if step.package is not None:
             continue  # installed for the step where it runs: its tool is not known here
+        if step.workflow is not None:
+            continue  # a sub-workflow: checked against the node's registry of workflows
         try:
             tool = catalog.get(step.tool, step.version)
         except UnknownToolError as exc:

@@ -36,6 +36,7 @@ from workflows.tools import (
     split_tool_ref,
 )
 from workflows.tools._packages import PACKAGE_NAME_RE
+from workflows.schedule import CronError, parse_cron
 
 __all__ = [
     "FallbackSpec",
@@ -47,6 +48,7 @@ __all__ = [
     "ParameterSpec",
     "PlacementSpec",
     "RetrySpec",
+    "RunSpec",
     "StepSpec",
     "ValueBinding",
     "VerifySpec",
@@ -673,6 +675,39 @@ class StepSpec(BaseModel):
         description="Environment variables of the step's process, as [{name, value}].",
     )
     line: SkipJsonSchema[int | None] = None
+    workflow: str | None = Field(
+        default=None,
+        description="Instead of 'tool': the id of a workflow registered on the node (its "
+        "workflows folder or a package), run as this step; 'inputs' are that workflow's "
+        "inputs and its outputs are the step's outputs.",
+        json_schema_extra={"pattern": _ID_RE.pattern},
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _workflow_instead_of_tool(cls, data: Any) -> Any:
+        """A sub-workflow step (``workflow: ID``) gets the reserved tool name
+        :data:`SUBWORKFLOW_TOOL`, so that the engine hands it to the node's tool runner like
+        any step (the run options carry the workflow's id)."""
+        if not isinstance(data, dict) or data.get("workflow") is None:
+            return data
+        if data.get("tool") not in (None, SUBWORKFLOW_TOOL):
+            raise Problem(
+                "a step runs either a 'tool' or a 'workflow', not both: remove one", ("workflow",)
+            )
+        if data.get("version") is not None:
+            raise Problem("a 'workflow' step has no 'version': remove it", ("version",))
+        return {**data, "tool": SUBWORKFLOW_TOOL}
+
+    @field_validator("workflow")
+    @classmethod
+    def _valid_workflow_id(cls, value: str | None) -> str | None:
+        if value is not None and not _ID_RE.match(value):
+            raise ValueError(
+                f"invalid workflow id {value!r}: start with a letter or digit and use only "
+                "letters, digits, '.', '_' and '-'"
+            )
+        return value
 
     @model_validator(mode="before")
     @classmethod
@@ -844,6 +879,8 @@ class StepSpec(BaseModel):
             options["package"] = self.package
         if self.parameters:
             options["parameters"] = self.parameter_values()
+        if self.workflow is not None:
+            options["workflow"] = self.workflow
         return options
 
     @property
@@ -857,6 +894,81 @@ class StepSpec(BaseModel):
     def parameter_values(self) -> dict[str, str]:
         """The parameters as environment variables (numbers as text)."""
         return check_parameters([(p.name, p.value) for p in self.parameters])
+
+
+SUBWORKFLOW_TOOL = "hivemesh.workflow"
+"""The tool name a ``workflow: ID`` step carries: no node offers a tool of that name; the
+node runs such a step by starting the workflow ID (node/executor.py)."""
+MIN_EVERY_S = 1.0
+
+
+class RunSpec(BaseModel):
+    """When a workflow registered on a node runs by itself: once at each start of the node
+    (``at_start``), and/or on a schedule, ``every`` (an interval) or ``cron`` (5 fields,
+    UTC). Each scheduled run is journaled like any other, once per slot
+    (:mod:`workflows.schedule`)."""
+
+    model_config = _FROZEN
+
+    at_start: bool = Field(default=False, description="Run once each time the node starts.")
+    every: float | None = Field(
+        default=None,
+        description="Run every this long: a whole number of seconds, or a duration such as "
+        "30s, 10m, 1h (slots at multiples of it since the Unix epoch, UTC).",
+        json_schema_extra={
+            "anyOf": [
+                {"type": "number", "minimum": MIN_EVERY_S, "maximum": MAX_WAIT_FOR_PROVIDER_S},
+                {"type": "string", "pattern": _DURATION_RE.pattern},
+                {"type": "null"},
+            ]
+        },
+    )
+    cron: str | None = Field(
+        default=None,
+        description="Run at the minutes of this cron expression: 'MINUTE HOUR DAY-OF-MONTH "
+        "MONTH DAY-OF-WEEK' in UTC, each field *, N, A-B, */N or a list (e.g. '*/5 * * * *').",
+    )
+
+    @field_validator("every", mode="before")
+    @classmethod
+    def _every(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        seconds = parse_duration(value, "every")
+        if seconds < MIN_EVERY_S or seconds != int(seconds):
+            raise ValueError(f"every must be a whole number of seconds, at least 1s, not {value!r}")
+        return seconds
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return parse_cron(value).text
+        except CronError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _something(self) -> RunSpec:
+        if self.every is not None and self.cron is not None:
+            raise Problem("give either 'every' or 'cron', not both", ("cron",))
+        if not self.at_start and self.every is None and self.cron is None:
+            raise Problem("'run' needs at least one of 'at_start: true', 'every' or 'cron'", ())
+        return self
+
+    def describe(self) -> str:
+        """In words, for listings: ``at start, every 10m``."""
+        parts = ["at start"] if self.at_start else []
+        if self.every is not None:
+            seconds = int(self.every)  # (whole seconds: the largest whole unit)
+            for unit, size in (("h", 3600), ("m", 60), ("s", 1)):
+                if seconds % size == 0:
+                    parts.append(f"every {seconds // size}{unit}")
+                    break
+        if self.cron is not None:
+            parts.append(f"cron {self.cron!r} (UTC)")
+        return ", ".join(parts)
 
 
 class WorkflowSpec(BaseModel):
@@ -880,6 +992,11 @@ class WorkflowSpec(BaseModel):
     )
     outputs: tuple[OutputSpec, ...] = Field(default=(), description="The workflow's results.")
     source: SkipJsonSchema[str | None] = None
+    run: RunSpec | None = Field(
+        default=None,
+        description="When a node that registered this workflow (from its workflows folder or "
+        "a package) runs it by itself: at_start, every or cron.",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -923,6 +1040,10 @@ class WorkflowSpec(BaseModel):
     def tools(self) -> set[tuple[str, str | None]]:
         """The ``(tool, version)`` pairs the steps use."""
         return {(step.tool, step.version) for step in self.steps}
+
+    def sub_workflows(self) -> list[tuple[StepSpec, str]]:
+        """The steps that run another workflow, with its id, in file order."""
+        return [(step, step.workflow) for step in self.steps if step.workflow is not None]
 
     def bind_inputs(self, given: Mapping[str, Any]) -> dict[str, Any]:
         """The workflow's input values: ``given`` plus defaults.
@@ -1002,6 +1123,10 @@ def workflow_json_schema() -> dict[str, Any]:
     unique names) ``hivemesh validate`` checks."""
     schema = WorkflowSpec.model_json_schema()
     schema["required"] = [key for key in schema.get("required", []) if key != "name"]
+    step = schema.get("$defs", {}).get("StepSpec", {})
+    if "tool" in step.get("required", []):  # a step has a 'tool' or a 'workflow'
+        step["required"] = [key for key in step["required"] if key != "tool"]
+        step["anyOf"] = [{"required": ["tool"]}, {"required": ["workflow"]}]
     schema["description"] = (
         "A hivemesh workflow: a DAG of steps, each calling one tool with arguments that may "
         "reference the workflow's inputs and other steps' outputs."
@@ -1028,4 +1153,5 @@ MODELS: dict[tuple[str, ...], type[BaseModel]] = {
     ("steps", "on_error", "fallback"): FallbackSpec,
     ("steps", "on_error", "fallback", "inputs"): ValueBinding,
     ("steps", "parameters"): ParameterSpec,
+    ("run",): RunSpec,
 }

@@ -227,6 +227,7 @@ class ToolSteps:
                 attempt=state.retries_used[index],
                 package=options.get("package"),
                 parameters=tuple(sorted(dict(options.get("parameters") or {}).items())),
+                workflow=options.get("workflow"),
             )
         assert self.runner is not None
         fut = self.runner(call, placed)
