@@ -25,6 +25,7 @@ from workflows.dsl._source import Positions, Problem, kind_of, listing, suggest,
 from workflows.errors import WorkflowDefinitionError
 from workflows.expr import ExprSyntaxError, parse_expr
 from workflows.refs import NAME_PATTERN, find_refs
+from workflows.schedule import CronError, parse_cron
 from workflows.tools import (
     check_parameters,
     check_requirement,
@@ -36,7 +37,6 @@ from workflows.tools import (
     split_tool_ref,
 )
 from workflows.tools._packages import PACKAGE_NAME_RE
-from workflows.schedule import CronError, parse_cron
 
 __all__ = [
     "FallbackSpec",
