@@ -499,7 +499,8 @@ def _after_submit(
         )
     else:  # each step's progress, live, then the result
         _, result = _watch(home, node, wid, as_json=False, then_result=True)
-    _print_result(result, as_json, full=True)
+    # (after the progress, whose last line says how the workflow ended: its outputs only)
+    _print_result(result, as_json, full=True, announced=not as_json)
 
 
 def _watch(
@@ -577,7 +578,7 @@ def _submit_once_or_twice(home: Path | None, node: str | None, request: Any, wid
         )
 
 
-def _print_result(result: Any, as_json: bool, *, full: bool) -> None:
+def _print_result(result: Any, as_json: bool, *, full: bool, announced: bool = False) -> None:
     failed = result.status != "SUCCESSFUL"
     if as_json:
         if full:
@@ -596,7 +597,8 @@ def _print_result(result: Any, as_json: bool, *, full: bool) -> None:
             click.echo(json.dumps(result.outputs, indent=2))
             return
     if result.status == "SUCCESSFUL":
-        click.echo(f"workflow {result.workflow_id} SUCCESSFUL")
+        if not announced:
+            click.echo(f"workflow {result.workflow_id} SUCCESSFUL")
         for key, value in (result.outputs or {}).items():
             click.echo(f"  {key} = {json.dumps(value)}")
         return

@@ -37,7 +37,7 @@ from node.p2p import ConnectionInfo, P2PHost, P2PStream, split_p2p_addr, valid_p
 from node.peerstore import PeerStore, verified_addrs
 from node.registry import CardMismatchError, Learned, PeerRegistry
 from protocols import discovery, logsafe
-from protocols.errors import ProtocolError, RemoteProtocolError
+from protocols.errors import ProtocolError, ProtocolRefusedError, RemoteProtocolError
 from protocols.framing import encode_frame
 from protocols.stream import MessageStream
 from protocols.versioning import dump_for, version_of
@@ -125,11 +125,32 @@ class DiscoveryService:
     # -- outbound ------------------------------------------------------------------------
 
     async def exchange(self, peer_id: str) -> None:
-        """Swap hellos with a connected (or dialable) peer. Raises NodeError/ProtocolError."""
-        stream = await self.host.open_stream(peer_id, discovery.PROTOCOL_ID)
+        """Swap hellos with a connected (or dialable) peer. Raises NodeError/ProtocolError.
+
+        A peer that refuses this version's protocol id (an older node, or a peer in another
+        language written for an older version) is asked again on the older ids, newest
+        first, with the hello that version defines (docs/protocols.md §3.1)."""
+        ids = (discovery.PROTOCOL_ID, *discovery.LEGACY_PROTOCOL_IDS)
+        for i, protocol_id in enumerate(ids):
+            try:
+                await self._exchange_on(peer_id, protocol_id)
+                return
+            except ProtocolRefusedError:
+                if i == len(ids) - 1:
+                    raise
+                log.debug("peer %s refused %s; asking on %s", peer_id, protocol_id, ids[i + 1])
+
+    async def _exchange_on(self, peer_id: str, protocol_id: str) -> None:
+        stream = await self.host.open_stream(peer_id, protocol_id)
         ms = MessageStream(stream, discovery.CODEC, limits=self.network.frame_limits())
         try:
-            await ms.send(self._hello(exclude=peer_id))
+            hello = self._hello(exclude=peer_id)
+            version = version_of(protocol_id)
+            if version == CURRENT_VERSION:
+                await ms.send(hello)
+            else:
+                obj = dump_for(hello, version)
+                await ms.stream.write(encode_frame(obj, self.network.max_frame_size))
             reply = await ms.receive_within(self.network.request_timeout_s)
             assert isinstance(reply, discovery.Hello)
             self._absorb(reply, peer_id, stream.connection())

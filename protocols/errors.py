@@ -109,6 +109,12 @@ class StreamClosedError(RemoteProtocolError):
     code = "stream_closed"
 
 
+class ProtocolRefusedError(StreamClosedError):
+    """The peer answered the stream's protocol proposal with something else than its echo
+    (multistream-select's ``na``): it does not speak that protocol id. An opener may propose
+    an older id of the protocol on a new stream (docs/protocols.md §3.1)."""
+
+
 class PeerOverLimitError(RemoteProtocolError):
     """The peer holds more of this node than its limits allow at once (bytes of unfinished
     frames, per peer or of all peers together); the stream is reset (docs/security.md)."""

@@ -68,7 +68,7 @@ from node.p2p.tcp import ExclusiveTCP
 from node.p2p.yamux_window import use_go_yamux_window_updates
 from node.swarmkey import SwarmKey
 from protocols._logsafe import logsafe
-from protocols.errors import PeerOverLimitError, StreamClosedError
+from protocols.errors import PeerOverLimitError, ProtocolRefusedError, StreamClosedError
 
 log = logging.getLogger(__name__)
 
@@ -120,8 +120,9 @@ class P2PStream:
     async def read(self, n: int) -> bytes:
         if self._unsent is not None:
             await self.write(b"")
+        negotiating = self._unechoed is not None
         try:
-            if self._unechoed is not None:
+            if negotiating:
                 await self._check_echo()
             data = await self._stream.read(n)
         except StreamEOF:
@@ -129,6 +130,15 @@ class P2PStream:
         except StreamClosedError:
             raise
         except Exception as exc:
+            if negotiating and self._unechoed is not None:
+                # reset before it echoed the protocol: a peer that refuses a protocol may
+                # reset the stream as soon as it has said so (the first message, sent with
+                # the proposal, reads to it as another proposal), before ``na`` is read here
+                raise ProtocolRefusedError(
+                    f"peer {self.remote_peer} reset the stream while the protocol "
+                    f"({self._stream.get_protocol()}) was being negotiated: it does not speak "
+                    "it, or it is shutting down"
+                ) from None
             raise StreamClosedError(f"stream from {self.remote_peer} broke: {exc!r}") from None
         if self._account is not None and data:
             self._account.received(data)  # PeerOverLimitError
@@ -148,7 +158,8 @@ class P2PStream:
             if not chunk or not expected.startswith(got + chunk):
                 problem = "closed the stream" if not chunk else "refused it"
                 protocol = self._stream.get_protocol()
-                raise StreamClosedError(
+                error = StreamClosedError if not chunk else ProtocolRefusedError
+                raise error(
                     f"peer {self.remote_peer} {problem} while the protocol ({protocol}) "
                     "was being negotiated: it does not speak it, or it is shutting down"
                 )

@@ -410,3 +410,37 @@ async def test_cards_carry_signed_records_and_0_1_peers_get_the_0_1_messages(
             {"peer_id", "addrs", "tools", "connected", "version", "last_seen"}
         ]
         nursery.cancel_scope.cancel()
+
+
+async def test_a_peer_that_speaks_only_an_older_discovery_is_reached_on_it(
+    tmp_path: Path,
+) -> None:
+    """A node bootstrapping to a peer that serves only discovery 0.2.0 (an older node, or a
+    peer written for that version) is refused on 0.3.0, asks again on 0.2.0 with the hello
+    that version defines (no 0.3.0 members), and learns the peer's card."""
+    old = Impostor(tmp_path, ["text.upper"])
+    received: list[dict[str, Any]] = []
+
+    async def on_old_hello(stream: P2PStream) -> None:
+        decoder = FrameDecoder(1 << 20)
+        while not (frames := list(decoder.feed(await stream.read(65536)))):
+            pass
+        received.append(frames[0])
+        reply = discovery.Hello(card=old.card())
+        await stream.write(
+            encode_frame(reply.model_dump(mode="json", exclude={"card": {"installs"}}), 1 << 20)
+        )
+        await stream.close()
+
+    old.host = member_host(tmp_path, old.key)
+    old.host.set_handler(discovery.LEGACY_PROTOCOL_IDS[0], on_old_hello)
+    a = make_node(tmp_path, "a", "none")
+    async with trio.open_nursery() as nursery, old.host.run(["/ip4/127.0.0.1/tcp/0"]):
+        await launch(nursery, a)
+        addr = f"{old.host.addrs()[0]}/p2p/{old.peer_id}"
+        with trio.fail_after(20):
+            assert await a.discovery.bootstrap([addr]) == [old.peer_id]
+        assert a.registry.has_fresh_card(old.peer_id)
+        assert received  # (one hello per exchange: bootstrap's, and the node's own rounds)
+        assert all(h["type"] == "hello" and "installs" not in h["card"] for h in received)
+        nursery.cancel_scope.cancel()
