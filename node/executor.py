@@ -310,9 +310,24 @@ class SwarmExecutor:
             return await self._execute(request, placed)
         assert scope.cancelled_caught
         self._note(request, "failed", reason=f"stopped after its timeout of {timeout:g}s")
-        raise StepExecutionError(
+        error = StepExecutionError(
             f"step stopped after its timeout of {timeout:g}s", error_type=STEP_TIMEOUT
         )
+        error.repeatable = self.repeatable(request)
+        raise error
+
+    def repeatable(self, request: ToolCall) -> bool:
+        """Whether running the step's tool again is safe after an attempt stopped mid-way
+        (its effect may or may not have happened): the tool is declared idempotent or
+        deterministic, here or in a provider's card. Package and sub-workflow steps: their
+        tool is not known here (a sub-workflow's steps are journaled: it is)."""
+        if request.workflow is not None:
+            return True
+        if self.tools.has(request.tool, request.version):
+            tool = self.tools.get(request.tool, request.version)
+            return bool(tool.idempotent or tool.deterministic)
+        cards = [card for _, card in self.registry.providers(request.tool, request.version)]
+        return bool(cards) and all(card.idempotent or card.deterministic for card in cards)
 
     async def _execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
         if request.workflow is not None:

@@ -86,6 +86,9 @@ class StepExecutionError(WorkflowError):
         self.node = node
         self.reason = reason
         self.error_type = error_type
+        # for an attempt stopped mid-way (a timeout): whether its tool may run again safely
+        # (declared idempotent or deterministic); None: not known, or not such an attempt
+        self.repeatable: bool | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild, (self.message, self.node, self.reason, self.error_type))

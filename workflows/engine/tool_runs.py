@@ -268,6 +268,16 @@ class ToolSteps:
             return
         retries = state.options.get("retries")
         error_type = getattr(exc, "error_type", None)
+        if retries is not None and getattr(exc, "repeatable", None) is False:
+            # stopped mid-way (its effect may have happened) and not declared idempotent:
+            # not repeated behind the user's back
+            retries = None
+            exc = StepExecutionError(
+                f"{getattr(exc, 'message', None) or exc} (not retried: tool {state.tool!r} is "
+                "not declared idempotent, and the stopped attempt may have had its effect)",
+                node=node,
+                error_type=error_type,
+            )
         if retries is not None and _retry_applies(retries, error_type):
             used = state.retries_used[index]
             if used < int(retries["max"]):
