@@ -304,22 +304,32 @@ def _parse_inputs(pairs: tuple[str, ...]) -> dict[str, Any]:
     return inputs
 
 
+def start_options(id_help: str) -> Callable[[F], F]:
+    """The options of the commands that start a workflow (submit, run): inputs, id, wait."""
+
+    def decorate(fn: F) -> F:
+        fn = click.option(
+            "--wait",
+            is_flag=True,
+            help="Wait for the result, showing each step's progress live (with --json: the "
+            "result only).",
+        )(fn)
+        fn = click.option("--id", "workflow_id", default=None, help=id_help)(fn)
+        return click.option(
+            "--input",
+            "inputs",
+            multiple=True,
+            metavar="NAME=VALUE",
+            help="Workflow input; VALUE is JSON if it parses, else a string.",
+        )(fn)
+
+    return decorate
+
+
 @main.command()
 @click.argument("file", type=click.Path(path_type=Path, dir_okay=False))
 @target_options
-@click.option(
-    "--input",
-    "inputs",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Workflow input; VALUE is JSON if it parses, else a string.",
-)
-@click.option("--id", "workflow_id", default=None, help="Workflow id (idempotent submit).")
-@click.option(
-    "--wait",
-    is_flag=True,
-    help="Wait for the result, showing each step's progress live (with --json: the result only).",
-)
+@start_options("Workflow id (idempotent submit).")
 def submit(
     file: Path,
     home: Path | None,
@@ -406,19 +416,7 @@ def workflows_(home: Path | None, node: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("name")
 @target_options
-@click.option(
-    "--input",
-    "inputs",
-    multiple=True,
-    metavar="NAME=VALUE",
-    help="Workflow input; VALUE is JSON if it parses, else a string.",
-)
-@click.option("--id", "workflow_id", default=None, help="The run's id (idempotent start).")
-@click.option(
-    "--wait",
-    is_flag=True,
-    help="Wait for the result, showing each step's progress live (with --json: the result only).",
-)
+@start_options("The run's id (idempotent start).")
 def run(
     name: str,
     home: Path | None,
