@@ -83,7 +83,7 @@ def measure(system: str, workload_name: str, record: dict[str, Any]) -> None:
     record["versions"] = {"ray": ray.__version__, "python": platform.python_version()}
     record["steps"] = _workloads.steps_for(workload, system)
     record["expected"] = workload.expected
-    if system == "ray247" and workload_name == "chain":
+    if system == "ray247" and workload_name in ("chain", "chain10k"):
         # Ray Workflows walks and pickles a static DAG recursively.
         sys.setrecursionlimit(100_000)
         record["notes"].append("sys.setrecursionlimit(100000) (2.47 needs it for a deep DAG)")

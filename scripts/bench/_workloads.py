@@ -156,6 +156,7 @@ WORKLOADS: dict[str, Workload] = {
     w.name: w
     for w in (
         Workload("chain", 1000, 1000, 1000, 1000),
+        Workload("chain10k", 10_000, 10_000, 10_000, 10_000),
         Workload("fanout", 1000, 1000 * 1001 // 2, 1001, 1001),
         # Workflow fib(12): 465 fib steps + 232 add steps; plain Ray: 465 nested tasks.
         Workload("fib", 12, fib_value(12), _fib_steps(12), fib_calls(12)),
@@ -170,6 +171,7 @@ def steps_for(workload: Workload, system: str) -> int:
 
 BUILDERS: dict[str, Callable[[Call, int], Any]] = {
     "chain": build_chain,
+    "chain10k": build_chain,
     "fanout": build_fanout,
     "fanout100k": build_fanout,
 }
