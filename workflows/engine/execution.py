@@ -82,6 +82,9 @@ class StepExecution(EngineLoop):
         super().__init__(storage)
         self.limits = limits
         self.pipeline_window = pipeline_window
+        # code of step functions that returned a continuation: their readers are not
+        # pipelined (they would only be started again; fib-like recursions do it each time)
+        self._continuing: set[Any] = set()
         # the Ray the engine runs on: a ray.shutdown() under it ends it (ray_lost)
         self.ray_session = ray_session()
         self._runs: dict[str, Run] = {}
@@ -233,7 +236,7 @@ class StepExecution(EngineLoop):
                 reader = run.tasks[tid]
                 if reader.state != "WAITING" or reader.pending == 0:
                     continue
-                if not _pipelinable(run, reader):
+                if not _pipelinable(run, reader, self._continuing):
                     continue
                 if run.early >= self.pipeline_window:
                     run.blocked.append(parent)  # (again once a pipelined step is done)
@@ -296,6 +299,7 @@ class StepExecution(EngineLoop):
         if exc is None:
             value = result
             if isinstance(value, ContinuationGraph):
+                self._continuing.add(getattr(step.func, "__code__", None))
                 self._continue(run, task, value.graph)
                 return
             if step.catch_exceptions:
@@ -683,8 +687,9 @@ class StepExecution(EngineLoop):
         return load_task_output(self.storage, workflow_id, task_id)
 
 
-def _pipelinable(run: Run, reader: Task) -> bool:
-    """Whether ``reader`` may be submitted before the steps it reads have committed."""
+def _pipelinable(run: Run, reader: Task, continuing: set[Any]) -> bool:
+    """Whether ``reader`` may be submitted before the steps it reads have committed (not
+    on a step whose function has returned a continuation before: ``continuing``)."""
     step = reader.step
     if step.kind != "task" or step.catch_exceptions:
         return False
@@ -697,6 +702,7 @@ def _pipelinable(run: Run, reader: Task) -> bool:
             or parent.step.kind != "task"
             or parent.step.catch_exceptions
             or parent.ref is None
+            or getattr(parent.step.func, "__code__", None) in continuing
         ):
             return False
     return _refs_on_top(step.args) and _refs_on_top(step.kwargs.values())
