@@ -43,7 +43,7 @@ from node.handoff.journal import AsyncHandoffJournal
 from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.progress import ProgressHub
-from node.registry import PeerRegistry
+from node.registry import PeerRegistry, PeerState
 from node.scheduler import Candidate, Decision, Evidence, Policy, explanation, place, short
 from node.slot_wait import SlotWaiters, Ticket
 from protocols import handoff, logsafe
@@ -210,35 +210,43 @@ class SwarmExecutor:
             return out
         now = self.registry.now()
         for state, card in self.registry.providers(tool, version):
-            if not self.may_delegate_to(state.peer_id) or (peers and state.peer_id not in peers):
-                continue
-            load = state.card.load if state.card else None
-            exclusion = self.registry.exclusion(state.peer_id)
-            out.append(
-                Candidate(
-                    state.peer_id,
-                    False,
-                    card.version,
-                    # the card's claims; place() caps them by the evidence below
-                    running=load.running if load else 0,
-                    capacity=load.capacity if load else 1,
-                    rtt_ms=state.rtt_ms,
-                    recent_failures=self.registry.recent_failures(state.peer_id),
-                    evidence=Evidence(
-                        done=state.done,
-                        failed=state.failed,
-                        outstanding=state.outstanding,
-                        sustained=state.sustained,
-                        run_ms=state.run_ms.get(tool),
-                    ),
-                    excluded=(
-                        f"{exclusion.reason} (for {exclusion.until - now:.0f} s more)"
-                        if exclusion is not None
-                        else None
-                    ),
-                )
-            )
+            if self._may_hand_to(state.peer_id, peers):
+                out.append(self._peer_candidate(state, card.version, tool, now))
         return out
+
+    def _may_hand_to(self, peer_id: str, peers: Collection[str]) -> bool:
+        """Within ``handoff.delegate_to`` and, if given, a step's ``placement.peers``."""
+        return self.may_delegate_to(peer_id) and (not peers or peer_id in peers)
+
+    def _peer_candidate(
+        self, state: PeerState, version: str, tool: str, now: float, *, warm: bool = False
+    ) -> Candidate:
+        """A peer as a candidate for a step of ``tool``: its card's load (the claims; place()
+        caps them by the evidence), what it did for this node, its exclusion if any."""
+        load = state.card.load if state.card else None
+        exclusion = self.registry.exclusion(state.peer_id)
+        return Candidate(
+            state.peer_id,
+            False,
+            version,
+            running=load.running if load else 0,
+            capacity=load.capacity if load else 1,
+            rtt_ms=state.rtt_ms,
+            recent_failures=self.registry.recent_failures(state.peer_id),
+            evidence=Evidence(
+                done=state.done,
+                failed=state.failed,
+                outstanding=state.outstanding,
+                sustained=state.sustained,
+                run_ms=state.run_ms.get(tool),
+            ),
+            excluded=(
+                f"{exclusion.reason} (for {exclusion.until - now:.0f} s more)"
+                if exclusion is not None
+                else None
+            ),
+            warm=warm,
+        )
 
     def _candidates_for(self, request: ToolCall) -> list[Candidate]:
         """The candidates of a step: for a package step the nodes that install packages
@@ -263,35 +271,10 @@ class SwarmExecutor:
             return out
         now = self.registry.now()
         for state in self.registry.installers():
-            if not self.may_delegate_to(state.peer_id) or (peers and state.peer_id not in peers):
-                continue
-            assert state.card is not None and state.card.installs is not None
-            load = state.card.load
-            exclusion = self.registry.exclusion(state.peer_id)
-            out.append(
-                Candidate(
-                    state.peer_id,
-                    False,
-                    package,
-                    running=load.running,
-                    capacity=load.capacity,
-                    rtt_ms=state.rtt_ms,
-                    recent_failures=self.registry.recent_failures(state.peer_id),
-                    evidence=Evidence(
-                        done=state.done,
-                        failed=state.failed,
-                        outstanding=state.outstanding,
-                        sustained=state.sustained,
-                        run_ms=state.run_ms.get(request.tool),
-                    ),
-                    excluded=(
-                        f"{exclusion.reason} (for {exclusion.until - now:.0f} s more)"
-                        if exclusion is not None
-                        else None
-                    ),
-                    warm=package in state.card.installs.packages,
-                )
-            )
+            if self._may_hand_to(state.peer_id, peers):
+                assert state.card is not None and state.card.installs is not None
+                warm = package in state.card.installs.packages
+                out.append(self._peer_candidate(state, package, request.tool, now, warm=warm))
         return out
 
     async def execute(self, request: ToolCall, placed: PlacementCallback) -> ToolOutcome:
