@@ -56,6 +56,7 @@ class _StepRun:
     args: list[dict[str, Any]]  # per call (one unless foreach)
     foreach: bool
     values: dict[str, Any] = field(default_factory=dict)  # its dependencies' outputs
+    items: list[Any] | None = None  # a foreach step's list
     results: list[dict[str, Any] | None] = field(default_factory=list)
     previous: list[str | None] = field(default_factory=list)  # where each was running
     retries_used: list[int] = field(default_factory=list)
@@ -106,6 +107,7 @@ class ToolSteps:
                 self._skip(run, task, f"its condition {options['when']!r} was false")
                 return
             foreach = options.get("foreach")
+            items: list[Any] | None = None
             if foreach is not None:
                 items = resolve(foreach["items"], run.kwargs, values)
                 if not isinstance(items, list):
@@ -147,8 +149,10 @@ class ToolSteps:
             args,
             foreach is not None,
             values=values,
+            items=items,
             results=[None] * len(args),
-            previous=[task.node] + [None] * (len(args) - 1),
+            # (a step, not an item, may have been running on a node before a restart)
+            previous=[None if items is not None else task.node] * len(args),
             retries_used=[0] * len(args),
         )
         if state.foreach:
@@ -324,8 +328,8 @@ class ToolSteps:
         values = state.values
         context: dict[str, Any] = {"error": error}
         if state.foreach:
-            items = _items_of(state)
-            context.update(item=items[index] if items is not None else None, index=index)
+            assert state.items is not None
+            context.update(item=state.items[index], index=index)
         try:
             if "continue" in on_error:
                 outputs = resolve(on_error["continue"], run.kwargs, values, context)
@@ -465,16 +469,6 @@ class ToolSteps:
             )
 
         self._engine._write(write, None, blob)
-
-
-def _items_of(state: _StepRun) -> list[Any] | None:
-    from workflows.refs import resolve
-
-    try:
-        items = resolve(state.options["foreach"]["items"], state.run.kwargs, state.values)
-    except Exception:
-        return None
-    return items if isinstance(items, list) else None
 
 
 def _retry_applies(retries: Mapping[str, Any], error_type: str | None) -> bool:
