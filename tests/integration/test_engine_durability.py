@@ -222,6 +222,13 @@ def test_torn_temp_files_in_objects_do_not_break_recovery(wf_storage: Path, tmp_
 KILLS = int(os.environ.get("ENGINE_KILLS", "50"))
 
 
+def chain_driver(storage: Path, address: str, wid: str, log: Path, out: Path) -> h.Driver:
+    """A driver that runs the logged chain ``wid``, or resumes it if it exists."""
+    return h.Driver(
+        "chain_or_resume", storage, address, wid, str(KILL_CHAIN_STEPS), str(log), out=out
+    )
+
+
 def _ran_steps(driver: h.Driver, log: Path, lines: int) -> bool:
     return (h.count_lines(log) if log.exists() else 0) > lines or driver.event("done") is not None
 
@@ -247,15 +254,7 @@ def test_many_random_driver_kills_during_pipelined_chains(
     kills = 0
     while kills < KILLS:
         why = f"(ENGINE_KILL_SEED={seed}, kill {kills + 1} of {KILLS}, chain {wid})"
-        driver = h.Driver(
-            "chain_or_resume",
-            wf_storage,
-            ray_address,
-            wid,
-            str(KILL_CHAIN_STEPS),
-            str(log),
-            out=tmp_path / f"drv-{kills}.out",
-        )
+        driver = chain_driver(wf_storage, ray_address, wid, log, tmp_path / f"drv-{kills}.out")
         lines = h.count_lines(log) if log.exists() else 0
         try:
             driver.wait_event("ready")
@@ -294,15 +293,7 @@ def test_many_random_driver_kills_during_pipelined_chains(
             wid, log = f"kill-{chain}", tmp_path / f"kill-{chain}.log"
             committed, counts_then = set(), None
     # the last chain, finished by one more driver that is not killed
-    last = h.Driver(
-        "chain_or_resume",
-        wf_storage,
-        ray_address,
-        wid,
-        str(KILL_CHAIN_STEPS),
-        str(log),
-        out=tmp_path / "drv-last.out",
-    )
+    last = chain_driver(wf_storage, ray_address, wid, log, tmp_path / "drv-last.out")
     try:
         done = last.wait_event("done", timeout_s=120)
     finally:
