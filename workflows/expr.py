@@ -30,7 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from workflows.refs import DEFAULT_OUTPUT, NAME_PATTERN, SKIPPED
+from workflows.refs import MISSING, NAME_PATTERN, step_output
 
 MAX_EXPR_CHARS = 1000
 MAX_DEPTH = 32
@@ -465,13 +465,10 @@ def evaluate(
             got = outputs.get(node[1])
             if got is None:
                 raise ExprError(f"step {node[1]!r} has no outputs")
-            if SKIPPED in got:
-                return None
-            if node[2] not in got and DEFAULT_OUTPUT in got:
-                return got[DEFAULT_OUTPUT]
-            if node[2] not in got:
+            value = step_output(got, node[2])
+            if value is MISSING:
                 raise ExprError(f"step {node[1]!r} produced no output {node[2]!r}")
-            return got[node[2]]
+            return value
         if op == "root":
             if node[1] == "item":
                 return item

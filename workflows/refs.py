@@ -194,17 +194,29 @@ def _lookup(
             f"(finished steps: {_names(step_outputs)})",
             str(ref),
         )
-    if SKIPPED in outputs:
-        return None
-    if ref.name not in outputs and DEFAULT_OUTPUT in outputs:
-        return outputs[DEFAULT_OUTPUT]
-    if ref.name not in outputs:
+    value = step_output(outputs, ref.name)
+    if value is MISSING:
         raise ReferenceResolutionError(
             f"cannot resolve {ref}: step {ref.step!r} produced no output {ref.name!r} "
             f"(its outputs: {_names(outputs)})",
             str(ref),
         )
-    return outputs[ref.name]
+    return value
+
+
+MISSING: Any = object()
+"""What :func:`step_output` gives for an output the step did not produce."""
+
+
+def step_output(outputs: Mapping[str, Any], name: str) -> Any:
+    """Output ``name`` of a finished step's ``outputs``: ``None`` for a skipped step
+    (:data:`SKIPPED`), its :data:`DEFAULT_OUTPUT` for one it did not produce if it has one,
+    else :data:`MISSING`."""
+    if SKIPPED in outputs:
+        return None
+    if name in outputs:
+        return outputs[name]
+    return outputs.get(DEFAULT_OUTPUT, MISSING)
 
 
 def _lookup_context(ref: Ref, context: Mapping[str, Any]) -> Any:
