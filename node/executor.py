@@ -790,7 +790,7 @@ class SwarmExecutor:
         if request.attempt:  # a retry is a new handoff, never a re-attach to the last one
             hid += f"#retry{request.attempt}"
         journal = self.journal
-        stored = await journal.call(journal.sync.get_handoff, hid, direction="out", peer=peer)
+        stored = await journal.lookup(hid, direction="out", peer=peer)
         if stored is not None and stored.status == "SUCCESSFUL" and stored.outputs is not None:
             # recorded before this node stopped, but the engine did not commit it: no rerun
             return ToolOutcome(

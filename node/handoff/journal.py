@@ -10,7 +10,10 @@ Stored results are kept until the delegator acknowledges them or ``retention_s``
 pruned (:meth:`HandoffJournal.prune`); the bytes a peer may keep stored here are bounded.
 
 All methods are synchronous and thread-safe (one connection, serialised by a lock);
-:class:`AsyncHandoffJournal` runs them from trio in one worker thread.
+:class:`AsyncHandoffJournal` runs them from trio in one worker thread. The exception is
+:meth:`HandoffJournal.peek`, a primary-key lookup on a connection of its own that never waits
+for the writer (WAL readers see the last commit), cheap enough for the event loop: a handoff's
+path asks it instead of a round trip to the worker thread.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ import trio
 from node.errors import NodeError
 
 SCHEMA_VERSION = 2
+# the largest stored outcome :meth:`HandoffJournal.peek` decodes (on the event loop)
+PEEK_MAX_BYTES = 64 * 1024
 T = TypeVar("T")
 Direction = Literal["in", "out"]
 
@@ -148,6 +153,8 @@ class HandoffJournal:
         except sqlite3.Error as exc:
             raise JournalError(f"cannot open journal {self.path}: {exc}") from exc
         self._closed = False
+        self._reader: sqlite3.Connection | None = None  # peek's own (opened on first use)
+        self._reader_lock = threading.Lock()
 
     def _migrate(self) -> None:
         db = self._db
@@ -213,6 +220,10 @@ class HandoffJournal:
             if not self._closed:
                 self._closed = True
                 self._db.close()
+        with self._reader_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     # -- handoffs ------------------------------------------------------------------------
 
@@ -345,35 +356,6 @@ class HandoffJournal:
             ),
         )
 
-    def get_or_accept(
-        self,
-        handoff_id: str,
-        *,
-        peer: str,
-        tool: str,
-        workflow_id: str | None,
-        step: str | None,
-        epoch: int,
-        accept: Callable[[HandoffRecord | None], bool],
-    ) -> tuple[HandoffRecord | None, bool]:
-        """In one transaction: what is stored of the ``in`` handoff ``handoff_id`` of
-        ``peer``, and — if ``accept(stored)`` says so — the offer recorded as ACCEPTED
-        (:meth:`record_handoff`). Returns (the record as it was before, whether it was
-        recorded). One round trip to the journal's thread instead of two on a handoff's
-        path; ``accept`` runs in that thread, with the journal locked: keep it pure."""
-        with self._tx() as db:
-            cur = db.execute(
-                "SELECT * FROM handoffs WHERE direction = 'in' AND peer = ? AND handoff_id = ?",
-                (peer, handoff_id),
-            )
-            cur.row_factory = sqlite3.Row
-            row = cur.fetchone()
-            stored = _record(row) if row is not None else None
-            if not accept(stored):
-                return stored, False
-            self._upsert(db, handoff_id, "in", peer, tool, workflow_id, step, "ACCEPTED", epoch)
-            return stored, True
-
     def get_handoff(
         self, handoff_id: str, *, direction: Direction, peer: str
     ) -> HandoffRecord | None:
@@ -382,6 +364,32 @@ class HandoffJournal:
             (direction, peer, handoff_id),
         )
         return _record(rows[0]) if rows else None
+
+    def peek(self, handoff_id: str, *, direction: Direction, peer: str) -> HandoffRecord | None:
+        """:meth:`get_handoff` on a read connection of its own: it sees the last commit and
+        never waits for the writer's lock or its fsync, so the event loop may call it. Raises
+        :class:`JournalError` if SQLite is busy (a checkpoint resetting the log) for more than
+        a few milliseconds, or the record stores more than ``PEEK_MAX_BYTES``: the caller
+        then asks :meth:`get_handoff` in the worker thread."""
+        with self._reader_lock:
+            if self._closed:
+                raise JournalError("journal is closed")
+            try:
+                if self._reader is None:
+                    self._reader = sqlite3.connect(
+                        str(self.path), check_same_thread=False, isolation_level=None, timeout=0.02
+                    )
+                    self._reader.row_factory = sqlite3.Row
+                row = self._reader.execute(
+                    "SELECT * FROM handoffs WHERE direction = ? AND peer = ? AND handoff_id = ?",
+                    (direction, peer, handoff_id),
+                ).fetchone()
+            except sqlite3.Error as exc:
+                raise JournalError(f"journal {self.path} busy: {exc}") from exc
+        if row is not None and row["size"] > PEEK_MAX_BYTES:
+            # decoding a large stored outcome would hold up the event loop
+            raise JournalError(f"handoff {handoff_id} stores {row['size']} bytes")
+        return _record(row) if row is not None else None
 
     def acknowledge_many(self, acks: list[tuple[str, str, int]]) -> int:
         """:meth:`acknowledge` for each (handoff id, peer, epoch), in one transaction."""
@@ -495,3 +503,15 @@ class AsyncHandoffJournal:
 
     async def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         return await trio.to_thread.run_sync(partial(fn, *args, **kwargs), limiter=self._limiter)
+
+    async def lookup(
+        self, handoff_id: str, *, direction: Direction, peer: str
+    ) -> HandoffRecord | None:
+        """What is stored of a handoff: :meth:`HandoffJournal.peek` on the event loop (no
+        thread round trip), or in the worker thread when SQLite is busy."""
+        try:
+            return self.sync.peek(handoff_id, direction=direction, peer=peer)
+        except JournalError:
+            return await self.call(
+                self.sync.get_handoff, handoff_id, direction=direction, peer=peer
+            )

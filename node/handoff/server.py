@@ -229,6 +229,9 @@ class HandoffServer:
         self.started_jobs = 0  # steps actually run here (joins and stored results excluded)
         self.canceled_jobs = 0  # running steps stopped by a cancel
         self._jobs: dict[Key, _Job] = {}
+        # jobs that have their outcome, while it is being journaled: not running any more,
+        # but a re-attach or a cancel still finds them here
+        self._finishing: dict[Key, _Job] = {}
         self._per_peer: Counter[str] = Counter()  # jobs per offering peer
         self._rate = OfferRate(config.max_offers_per_minute, clock=clock)
         self.slots = SlotPool(slots)
@@ -240,6 +243,11 @@ class HandoffServer:
     def running(self) -> int:
         """Steps of peers accepted here and not finished (running or waiting for a slot)."""
         return len(self._jobs)
+
+    @property
+    def settled(self) -> bool:
+        """No step of a peer runs here, and every outcome is in the journal."""
+        return not self._jobs and not self._finishing
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         """Owns the jobs: a job outlives the stream that offered it (a delegator may re-attach)."""
@@ -385,7 +393,7 @@ class HandoffServer:
         """The job this offer attaches to, started if need be; or why it is refused."""
         hid, epoch = offer.handoff_id, offer.epoch
         key = (peer, hid)
-        job = self._jobs.get(key)
+        job = self._job(key)
         if job is not None and job.epoch > epoch:
             return None, _superseded(offer, job.epoch)
         previous: _Job | None = None
@@ -410,29 +418,10 @@ class HandoffServer:
         capacity = self._capacity(offer, peer)
         self._jobs[key] = job
         self._per_peer[peer] += 1
-        # the journal over its bound: the slow path below may prune it (two stat() calls:
-        # cheap enough for the event loop)
-        full = capacity is None and self.journal.sync.file_bytes() > self.config.max_journal_bytes
-
-        def admit(stored: HandoffRecord | None) -> bool:
-            """Record the offer as accepted in the same transaction that looked it up: it is
-            neither superseded nor a re-attach to a finished attempt, and there is room."""
-            superseded = stored is not None and stored.epoch > epoch
-            return not (full or superseded or capacity is not None) and (
-                _replay(hid, epoch, stored) is None
-            )
-
         try:
-            stored, recorded = await self.journal.call(
-                self.journal.sync.get_or_accept,
-                hid,
-                peer=peer,
-                tool=offer.tool,
-                workflow_id=offer.workflow_id,
-                step=offer.step,
-                epoch=epoch,
-                accept=admit,
-            )
+            # on the event loop, without a thread round trip (the key is reserved above: a
+            # concurrent duplicate offer joins this job instead of looking it up)
+            stored = await self.journal.lookup(hid, direction="in", peer=peer)
             if stored is not None and stored.epoch > epoch:
                 self._drop(job)
                 return None, _superseded(offer, stored.epoch)
@@ -445,25 +434,17 @@ class HandoffServer:
             if capacity is not None:
                 self._drop(job)
                 return None, capacity
-            if full and await self._journal_full():
+            # the journal over its bound (two stat() calls: cheap enough for the event loop)
+            if (
+                self.journal.sync.file_bytes() > self.config.max_journal_bytes
+                and await self._journal_full()
+            ):
                 self._drop(job)
                 return None, _reject(
                     offer,
                     "overloaded",
                     "this node's handoff journal is full; try another peer",
                     retry_after_s=PRUNE_INTERVAL_S,
-                )
-            if not recorded:  # the journal was full, and pruning made room
-                await self.journal.call(
-                    self.journal.sync.record_handoff,
-                    hid,
-                    direction="in",
-                    peer=peer,
-                    tool=offer.tool,
-                    workflow_id=offer.workflow_id,
-                    step=offer.step,
-                    status="ACCEPTED",
-                    epoch=epoch,
                 )
         except BaseException:
             self._drop(job)
@@ -478,6 +459,10 @@ class HandoffServer:
         self.started_jobs += 1
         self._nursery.start_soon(self._run_job, offer, job, previous)
         return job, None
+
+    def _job(self, key: Key) -> _Job | None:
+        """The latest attempt of a handoff this node runs, or has just finished."""
+        return self._jobs.get(key) or self._finishing.get(key)
 
     def _drop(self, job: _Job) -> None:
         key = (job.peer, job.handoff_id)
@@ -612,12 +597,12 @@ class HandoffServer:
         reply: handoff.Canceled | handoff.NotCanceled
         stored = None
         key = (peer, hid)
-        job = self._jobs.get(key)
+        job = self._job(key)
         if job is None:
             stored = await self.journal.call(
                 self.journal.sync.get_handoff, hid, direction="in", peer=peer
             )
-            job = self._jobs.get(key)  # an offer may have started it meanwhile
+            job = self._job(key)  # an offer may have started it meanwhile
         if job is not None:
             self._cancel_job(job, cancel.reason)
             try:
@@ -758,9 +743,34 @@ class HandoffServer:
 
     # -- running -------------------------------------------------------------------------
 
+    async def _record_accepted(self, offer: handoff.Offer, job: _Job, recorded: trio.Event) -> None:
+        """Journal the accepted attempt, while it runs. Not needed before the tool starts: a
+        node that stops before this commit forgets the attempt, and a re-offer of an attempt
+        it does not know runs the step again — as it does for an attempt that a restart
+        interrupted (steps are at-least-once)."""
+        try:
+            await self.journal.call(
+                self.journal.sync.record_handoff,
+                offer.handoff_id,
+                direction="in",
+                peer=job.peer,
+                tool=offer.tool,
+                workflow_id=offer.workflow_id,
+                step=offer.step,
+                status="ACCEPTED",
+                epoch=job.epoch,
+            )
+        except Exception as exc:  # a full disk must not stop the step or the node
+            log.warning("could not journal handoff %s: %s", logsafe(offer.handoff_id), exc)
+        finally:
+            recorded.set()
+
     async def _run_job(self, offer: handoff.Offer, job: _Job, previous: _Job | None) -> None:
         hid, peer = offer.handoff_id, job.peer
         outcome: JobOutcome
+        recorded = trio.Event()
+        assert self._nursery is not None
+        self._nursery.start_soon(self._record_accepted, offer, job, recorded)
         try:
             # a cancel stops the tool as a local cancel does: the runner cancels its Ray task
             # and kills the worker if it has not stopped after a grace period
@@ -824,11 +834,21 @@ class HandoffServer:
         except Exception as exc:
             log.exception("handoff %s failed internally", logsafe(hid))
             outcome = _failed(job, "internal", f"{type(exc).__name__}: {exc}")
+        # the delegator gets the outcome now; the journal records it meanwhile. A node that
+        # stops before that commit has sent a result the delegator keeps, or lost one it
+        # never got: a re-offer then runs the step again (at-least-once). The job stays
+        # joinable until the record is written, so a re-attach never finds it half-stored.
+        job.outcome = outcome
+        job.done.set()
+        self._drop(job)  # not running any more
+        self._finishing[peer, hid] = job
         # (only this attempt's record: a later attempt may have replaced it meanwhile)
         finish = partial(
             self.journal.sync.finish_handoff, hid, direction="in", peer=peer, epoch=job.epoch
         )
         try:
+            with trio.CancelScope(shield=True):
+                await recorded.wait()  # the ACCEPTED row first: finish updates it
             if isinstance(outcome, handoff.StepResult):
                 stored = await self.journal.call(
                     finish,
@@ -849,11 +869,12 @@ class HandoffServer:
                     max_bytes_per_peer=self.config.max_stored_bytes_per_peer,
                     peer=peer,
                 )
+        except Exception as exc:  # a full disk must not stop the node from serving
+            log.warning("could not journal the outcome of handoff %s: %s", logsafe(hid), exc)
         finally:
-            job.outcome = outcome
-            job.done.set()
             # finished jobs are not kept: a re-attaching delegator finds them in the journal
-            self._drop(job)
+            if self._finishing.get((peer, hid)) is job:
+                del self._finishing[peer, hid]
 
     def _result(
         self,

@@ -479,7 +479,7 @@ async def test_canceling_a_workflow_stops_its_step_on_the_delegatee(tmp_path: Pa
         view = await c.workflows.cancel(wid)
         assert view.status is WorkflowStatus.CANCELED
         assert view.steps[0].status == "CANCELED" and view.steps[0].node == a.peer_id
-        await wait_until(lambda: a.handoff.running == 0, timeout_s=8, what="a stopping the step")
+        await wait_until(lambda: a.handoff.settled, timeout_s=8, what="a stopping the step")
         assert time.monotonic() - canceled_at < 6  # the 2 s grace, then the worker is killed
         stored = a.journal.get_handoff(hid, direction="in", peer=c.peer_id)
         assert stored is not None and stored.status == "CANCELED", stored
@@ -614,6 +614,7 @@ async def test_handoff_cancel_on_the_offer_stream_on_a_fresh_stream_and_bad_canc
         assert "the test gave up" in abandon.reply.message
         assert isinstance(fresh[0], handoff.Canceled) and fresh[0].handoff_id == "h-raw"
         assert a.handoff.running == 0 and a.handoff.canceled_jobs == 2
+        await wait_until(lambda: a.handoff.settled, what="the cancels journaled")
         for hid in ("h-live", "h-raw"):
             stored = a.journal.get_handoff(hid, direction="in", peer=b.peer_id)
             assert stored is not None and stored.status == "CANCELED", stored

@@ -297,7 +297,7 @@ async def test_results_a_peer_never_acknowledges_stay_under_its_bound(tmp_path: 
                 while not isinstance(await ms.receive(), handoff.StepResult):
                     pass
             await ms.reset()  # no ack
-        await wait_until(lambda: a.handoff.running == 0, what="a finishing the echoes")
+        await wait_until(lambda: a.handoff.settled, what="a finishing the echoes")
         stored = a.journal.stored_bytes(stranger.peer_id)
         assert 0 < stored <= 256 * 1024
         assert a.journal.file_bytes() < 3 * 1024 * 1024  # 20 results would be 1.2 MB stored

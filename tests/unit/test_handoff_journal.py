@@ -7,9 +7,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import trio
 
+from node.handoff.journal import PEEK_MAX_BYTES, AsyncHandoffJournal, JournalError
 from node.handoff.journal import HandoffJournal as Journal
-from node.handoff.journal import JournalError
 
 
 class FakeClock:
@@ -117,31 +118,42 @@ def test_record_handoff_again_updates_the_status_and_a_new_epoch_forgets_the_out
     assert (record.epoch, record.error, record.code, record.size) == (2, None, None, 0)
 
 
-def test_get_or_accept_looks_up_and_records_in_one_transaction(journal: Journal) -> None:
-    seen = []
-
-    def never(stored: object) -> bool:
-        seen.append(stored)
-        return False
-
+def test_peek_reads_the_last_commit_on_its_own_connection(journal: Journal) -> None:
     args = {"peer": "a", "tool": "t", "workflow_id": "w", "step": "s", "epoch": 1}
-    assert journal.get_or_accept("h1", accept=never, **args) == (None, False)
-    assert seen == [None] and journal.get_handoff("h1", direction="in", peer="a") is None
-    stored, recorded = journal.get_or_accept("h1", accept=lambda s: s is None, **args)
-    assert (stored, recorded) == (None, True)
-    record = journal.get_handoff("h1", direction="in", peer="a")
-    assert record is not None and (record.status, record.epoch) == ("ACCEPTED", 1)
+    assert journal.peek("h1", direction="in", peer="a") is None
+    journal.record_handoff("h1", direction="in", status="ACCEPTED", **args)
+    seen = journal.peek("h1", direction="in", peer="a")
+    assert seen is not None and (seen.status, seen.epoch) == ("ACCEPTED", 1)
     journal.finish_handoff("h1", "SUCCESSFUL", direction="in", peer="a", outputs={"x": 1})
-    # what the callback sees is the record before this offer; refusing leaves it as it was
-    stored, recorded = journal.get_or_accept("h1", accept=never, **args)
-    assert stored is not None and (stored.status, stored.outputs, recorded) == (
-        "SUCCESSFUL",
-        {"x": 1},
-        False,
-    )
-    assert seen[-1] == stored
-    # another peer's offer with the same id is another handoff
-    assert journal.get_or_accept("h1", accept=never, **{**args, "peer": "b"}) == (None, False)
+    seen = journal.peek("h1", direction="in", peer="a")
+    assert seen is not None and (seen.status, seen.outputs) == ("SUCCESSFUL", {"x": 1})
+    # keyed like every lookup: another peer, or the other direction, is another handoff
+    assert journal.peek("h1", direction="in", peer="b") is None
+    assert journal.peek("h1", direction="out", peer="a") is None
+
+
+def test_peek_leaves_a_large_outcome_to_the_worker_thread(journal: Journal) -> None:
+    """Decoding a large stored result would hold up the event loop: peek refuses, and the
+    async lookup falls back to get_handoff in the journal's thread."""
+    big = {"text": "x" * (PEEK_MAX_BYTES + 1)}
+    args = {"peer": "a", "tool": "t", "workflow_id": "w", "step": "s", "epoch": 0}
+    journal.record_outcome("h1", direction="out", status="SUCCESSFUL", outputs=big, **args)
+    with pytest.raises(JournalError, match="stores"):
+        journal.peek("h1", direction="out", peer="a")
+
+    async def lookup() -> object:
+        return await AsyncHandoffJournal(journal).lookup("h1", direction="out", peer="a")
+
+    record = trio.run(lookup)
+    assert getattr(record, "outputs", None) == big
+
+
+def test_peek_after_close_is_a_journal_error(path: Path) -> None:
+    j = Journal(path)
+    assert j.peek("h", direction="in", peer="a") is None
+    j.close()
+    with pytest.raises(JournalError, match="closed"):
+        j.peek("h", direction="in", peer="a")
 
 
 def test_failed_handoff_keeps_its_error_and_code(journal: Journal) -> None:
