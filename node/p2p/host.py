@@ -37,7 +37,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import multiaddr
 import trio
@@ -52,6 +52,7 @@ from libp2p.network.stream.exceptions import StreamEOF
 from libp2p.network.swarm import Swarm
 from libp2p.peer.id import ID
 from libp2p.peer.peerinfo import PeerInfo, info_from_p2p_addr
+from libp2p.protocol_muxer.multiselect import DEFAULT_NEGOTIATE_TIMEOUT
 from libp2p.protocol_muxer.multiselect import MULTISELECT_PROTOCOL_ID as MULTISTREAM_PROTOCOL_ID
 from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_PROTOCOL_ID
 from libp2p.security.noise.transport import Transport as NoiseTransport
@@ -63,6 +64,7 @@ from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
 from node.p2p import inbound
 from node.p2p.guard import GuardLimits, PeerGuard, StreamAccount
 from node.p2p.listen import ListenSockets
+from node.p2p.negotiate import Negotiated, NegotiationError, negotiate
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
 from node.p2p.tcp import ExclusiveTCP
 from node.p2p.yamux_window import use_go_yamux_window_updates
@@ -71,6 +73,10 @@ from protocols._logsafe import logsafe
 from protocols.errors import PeerOverLimitError, ProtocolRefusedError, StreamClosedError
 
 log = logging.getLogger(__name__)
+
+# how long a stream being reset may take to send what it still owes first (the multistream
+# answer, the end of what it wrote)
+WRITES_BEFORE_RESET_S = 0.5
 
 
 @dataclass(frozen=True)
@@ -91,7 +97,10 @@ class P2PStream:
     peer's echo of it is checked before our first read returns anything.
 
     ``account``: for a stream a peer opened, its share of the peer's limits (what it reads
-    is metered; garbage reported by its MessageStream is a strike)."""
+    is metered; garbage reported by its MessageStream is a strike). ``negotiated``: for such
+    a stream, what :func:`node.p2p.negotiate.negotiate` read past the proposal (read first)
+    and the answer it left unsent (it goes out with our first write, or before a read that
+    has to wait for the peer, or at close or reset)."""
 
     def __init__(
         self,
@@ -99,12 +108,20 @@ class P2PStream:
         proposal: bytes | None = None,
         *,
         account: StreamAccount | None = None,
+        negotiated: Negotiated | None = None,
     ) -> None:
         self._stream = stream
         self.remote_peer = str(stream.muxed_conn.peer_id)
         self._unsent = proposal  # not yet written
         self._unechoed = proposal  # not yet confirmed by the peer
         self._account = account
+        self._leftover = b""  # read with the proposal, not yet returned
+        self._answer_unsent = False  # our multistream answer is in _unsent
+        self._wrote = False  # (and not closed: close() clears it)
+        if negotiated is not None:
+            self._leftover = negotiated.leftover
+            self._unsent = negotiated.unsent
+            self._answer_unsent = negotiated.unsent is not None
 
     def connection(self) -> ConnectionInfo | None:
         """The connection's remote endpoint and direction (None if libp2p does not know)."""
@@ -118,6 +135,11 @@ class P2PStream:
         return ConnectionInfo(str(remote[0]), int(remote[1]), str(direction) == "outbound")
 
     async def read(self, n: int) -> bytes:
+        if self._leftover:
+            data, self._leftover = self._leftover[:n], self._leftover[n:]
+            if self._account is not None:
+                self._account.received(data)  # PeerOverLimitError
+            return data
         if self._unsent is not None:
             await self.write(b"")
         negotiating = self._unechoed is not None
@@ -169,6 +191,8 @@ class P2PStream:
     async def write(self, data: bytes) -> None:
         if self._unsent is not None:
             data, self._unsent = self._unsent + data, None
+            self._answer_unsent = False
+        self._wrote = self._wrote or bool(data)
         try:
             await self._stream.write(data)
         except Exception as exc:
@@ -178,11 +202,25 @@ class P2PStream:
         try:
             if self._unsent is not None:
                 await self.write(b"")
+            self._wrote = False  # (our side is over: a reset after it need not end it)
             await self._stream.close()
         except Exception:
             log.debug("close of stream to %s failed", self.remote_peer, exc_info=True)
 
     async def reset(self) -> None:
+        try:
+            with trio.move_on_after(WRITES_BEFORE_RESET_S):
+                if self._answer_unsent:
+                    # the peer learns that its protocol was accepted (a stream reset before
+                    # that reads to it as a refused protocol)
+                    await self.write(b"")
+                if self._wrote:
+                    # end our side first: a yamux reader that sees the reset before it has
+                    # read what we wrote (an ``error`` frame, said just before) discards it,
+                    # one that has seen our end first reads it
+                    await self._stream.close()
+        except Exception:
+            pass  # the stream is being reset anyway
         try:
             await self._stream.reset()
         except Exception:
@@ -329,7 +367,9 @@ class P2PHost:
         self.inbound = inbound.InboundConnections(swarm._inbound_limiter)
         inbound.install(swarm, self.inbound)
         # every inbound stream is counted from the moment yamux hands it over
-        swarm.common_stream_handler = self._guarded_streams(swarm.common_stream_handler)
+        # (and negotiated by node.p2p.negotiate, not by libp2p's own listener)
+        swarm.common_stream_handler = self._guarded_streams()
+        self._handlers: dict[str, Callable[[INetStream, Negotiated], Awaitable[None]]] = {}
         self._swarm = swarm
         self.swarm_key = swarm_key
         self.peer_id = str(self._host.get_id())
@@ -346,9 +386,9 @@ class P2PHost:
         if self._running:
             raise RuntimeError("register handlers before the host runs")
 
-        async def wrapped(stream: INetStream) -> None:
+        async def wrapped(stream: INetStream, negotiated: Negotiated | None = None) -> None:
             account = StreamAccount(self.guard, str(stream.muxed_conn.peer_id))
-            s = P2PStream(stream, account=account)
+            s = P2PStream(stream, account=account, negotiated=negotiated)
             try:
                 with trio.fail_after(timeout_s) if timeout_s else _nullcontext():
                     await handler(s)
@@ -364,14 +404,13 @@ class P2PHost:
             finally:
                 account.close()
 
+        self._handlers[protocol] = wrapped
         self._host.set_stream_handler(TProtocol(protocol), wrapped)
 
-    def _guarded_streams(
-        self, negotiate_and_handle: Callable[[INetStream], Awaitable[None]]
-    ) -> Callable[[INetStream], Awaitable[None]]:
-        """libp2p's handler of every inbound stream (it negotiates the protocol, then calls
-        ours), behind :meth:`PeerGuard.open_stream`: a stream over a limit is reset before
-        anything is read from it."""
+    def _guarded_streams(self) -> Callable[[INetStream], Awaitable[None]]:
+        """The handler of every inbound stream (it negotiates the protocol, then calls the
+        protocol's handler), behind :meth:`PeerGuard.open_stream`: a stream over a limit is
+        reset before anything is read from it."""
 
         async def guarded(stream: INetStream) -> None:
             peer = str(stream.muxed_conn.peer_id)
@@ -385,7 +424,7 @@ class P2PHost:
             held = self._inbound_streams.setdefault(peer, [])
             held.append(stream)
             try:
-                await negotiate_and_handle(stream)
+                await self._negotiate_and_handle(stream)
             finally:
                 held.remove(stream)
                 if not held and self._inbound_streams.get(peer) is held:
@@ -393,6 +432,43 @@ class P2PHost:
                 self.guard.close_stream(peer)
 
         return guarded
+
+    async def _negotiate_and_handle(self, stream: INetStream) -> None:
+        """Agree on the stream's protocol (:mod:`node.p2p.negotiate`: in one read, the
+        answer sent with the handler's first message), then run its handler: ours, or one
+        of libp2p's own (identify, ping), which are given the answer at once."""
+        table = self._host.get_mux().handlers
+        timeout_s = float(getattr(self._host, "negotiate_timeout", DEFAULT_NEGOTIATE_TIMEOUT))
+        try:
+            agreed = await negotiate(
+                stream, [p for p in table if p is not None], timeout_s=timeout_s
+            )
+        except NegotiationError as exc:
+            log.debug("stream of %s refused: %s", stream.muxed_conn.peer_id, exc)
+            agreed = None
+        except Exception as exc:  # the stream broke: a reset, an EOF, a closed connection
+            log.debug("stream of %s broke while negotiating: %r", stream.muxed_conn.peer_id, exc)
+            agreed = None
+        if agreed is None:
+            await _reset_quietly(stream)
+            return
+        stream.set_protocol(TProtocol(agreed.protocol))
+        ours = self._handlers.get(agreed.protocol)
+        if ours is not None:
+            await ours(stream, agreed)
+            return
+        handler = table.get(TProtocol(agreed.protocol))
+        if handler is None:
+            await _reset_quietly(stream)
+            return
+        try:
+            if agreed.unsent is not None:
+                await stream.write(agreed.unsent)
+        except Exception:
+            await _reset_quietly(stream)
+            return
+        replayed = cast(INetStream, _Replayed(stream, agreed.leftover))
+        await handler(replayed if agreed.leftover else stream)
 
     def _evict_one_stream(self, peer: str) -> None:
         """Reset the newest stream of ``peer`` (the node holds the most streams of it) to
@@ -653,6 +729,24 @@ async def _reset_quietly(stream: INetStream) -> None:
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class _Replayed:
+    """A libp2p stream whose first reads return ``data`` (read while negotiating)."""
+
+    def __init__(self, stream: INetStream, data: bytes) -> None:
+        self._stream = stream
+        self._data = data
+
+    async def read(self, n: int | None = None) -> bytes:
+        if self._data:
+            cut = len(self._data) if n is None else n
+            data, self._data = self._data[:cut], self._data[cut:]
+            return data
+        return await self._stream.read(n)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
 
 
 class _nullcontext:

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 from libp2p.crypto.ed25519 import create_new_key_pair
+from libp2p.utils.varint import encode_delim
 
 from node.p2p import P2PHost, P2PStream
 from node.swarmkey import SwarmKey
@@ -109,3 +110,62 @@ async def test_a_protocol_the_peer_does_not_speak_fails_the_first_read() -> None
             stream = await a.open_stream(b.peer_id, ECHO)
             await stream.write(b"hi")
             assert await read_exactly(stream, 2, 10) == b"hi"
+
+
+async def test_a_dialer_that_waits_for_each_answer_is_served() -> None:
+    """py-libp2p's own client negotiates step by step (it waits for the header's echo before
+    it proposes, and for the protocol's before it writes): the listener answers each at once."""
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    with trio.fail_after(30):
+        async with pair({ECHO: echo}) as (a, b):
+            raw = await a._host.new_stream(ID.from_base58(b.peer_id), [TProtocol(ECHO)])
+            await raw.write(b"step by step")
+            assert await raw.read(100) == b"step by step"
+            await raw.close()
+
+
+async def test_libp2p_own_protocols_get_what_came_with_the_proposal() -> None:
+    """A lazy dialer's first bytes for one of libp2p's own protocols (ping: 32 bytes, echoed)
+    reach its handler although they were read with the proposal."""
+    with trio.fail_after(30):
+        async with pair({ECHO: echo}) as (a, b):
+            stream = await a.open_stream(b.peer_id, "/ipfs/ping/1.0.0")
+            payload = bytes(range(32))
+            await stream.write(payload)
+            assert await read_exactly(stream, 32, 32) == payload
+            await stream.reset()
+
+
+async def test_the_answer_to_a_lazy_proposal_travels_with_the_first_reply(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The listener's multistream answer (header and protocol echo) and its first reply are
+    one data frame: py-libp2p's listener sent three."""
+    import struct
+
+    from libp2p.stream_muxer.yamux import yamux
+
+    # (peer the frame goes to, stream id, type, body length)
+    frames: list[tuple[str, int, int, int]] = []
+    write = yamux.Yamux._write_frame
+
+    async def counted(self: yamux.Yamux, data: bytes) -> None:
+        _, typ, _, sid, _ = struct.unpack(yamux.YAMUX_HEADER_FORMAT, data[:12])
+        frames.append((str(self.peer_id), sid, typ, len(data) - 12))
+        await write(self, data)
+
+    monkeypatch.setattr(yamux.Yamux, "_write_frame", counted)
+    with trio.fail_after(30):
+        async with pair({ECHO: echo}) as (a, b):
+            frames.clear()
+            stream = await a.open_stream(b.peer_id, ECHO)
+            await stream.write(b"ping")
+            assert await read_exactly(stream, 4, 4) == b"ping"
+            sid = stream._stream.muxed_stream.stream_id  # type: ignore[attr-defined]
+            data_to_a = [f for f in frames if f[:3] == (a.peer_id, sid, yamux.TYPE_DATA)]
+            assert len(data_to_a) == 1, (sid, frames)
+            answer = encode_delim(b"/multistream/1.0.0") + encode_delim(ECHO.encode())
+            assert data_to_a[0][3] == len(answer) + 4
+            await stream.close()
