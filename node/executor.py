@@ -684,9 +684,9 @@ class SwarmExecutor:
                         if not candidates:
                             if now >= provider_deadline:
                                 raise PlacementError(
-                                    f"{exc}; waited {now - started:.0f}s for a node offering "
-                                    "it to appear (routing.provider_wait_s, or the step's "
-                                    "wait_for_provider)"
+                                    f"{exc}; waited {provider_deadline - started:g}s for a node "
+                                    "offering it to appear (routing.provider_wait_s, or the "
+                                    "step's wait_for_provider)"
                                 ) from None
                             why = (
                                 f"waiting: no live node offers {_need(request)} (waits up to "
