@@ -24,7 +24,9 @@
   is bounded per peer and in total, and a peer that keeps breaking limits is banned
   (:mod:`node.p2p.guard`).
 * streams we open are negotiated lazily (the protocol proposal goes out with the first
-  message), and yamux window updates are sent as go-yamux sends them
+  message), streams peers open are answered with our first message
+  (:mod:`node.p2p.negotiate`), a stream's SYN and ACK ride on its first frames
+  (:mod:`node.p2p.yamux_frames`), and yamux window updates are sent as go-yamux sends them
   (:mod:`node.p2p.yamux_window`), not after every read.
 
 libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.errors`.
@@ -67,6 +69,7 @@ from node.p2p.listen import ListenSockets
 from node.p2p.negotiate import Negotiated, NegotiationError, negotiate
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
 from node.p2p.tcp import ExclusiveTCP
+from node.p2p.yamux_frames import use_deferred_syn_ack
 from node.p2p.yamux_window import use_go_yamux_window_updates
 from node.swarmkey import SwarmKey
 from protocols._logsafe import logsafe
@@ -321,8 +324,10 @@ class P2PHost:
         refusal_log: RefusalLog | None = None,
         guard: GuardLimits | None = None,
     ) -> None:
-        # half the frames of a handoff were py-libp2p's window updates (node.p2p.yamux_window)
+        # half the frames of a handoff were py-libp2p's window updates (node.p2p.yamux_window),
+        # two more its lone SYN and ACK (node.p2p.yamux_frames)
         use_go_yamux_window_updates()
+        use_deferred_syn_ack()
         # what peers may hold of this node, and who is banned (node/p2p/guard.py)
         self.guard = PeerGuard(guard or GuardLimits(), on_ban=self._banned)
         self._inbound_streams: dict[str, list[INetStream]] = {}
@@ -438,7 +443,11 @@ class P2PHost:
         answer sent with the handler's first message), then run its handler: ours, or one
         of libp2p's own (identify, ping), which are given the answer at once."""
         table = self._host.get_mux().handlers
-        timeout_s = float(getattr(self._host, "negotiate_timeout", DEFAULT_NEGOTIATE_TIMEOUT))
+        # (libp2p's listener: the connection config's inbound negotiation timeout, 10 s)
+        config = getattr(self._swarm, "connection_config", None)
+        timeout_s = float(getattr(config, "inbound_stream_protocol_negotiation_timeout", 0))
+        if timeout_s <= 0:
+            timeout_s = float(getattr(self._host, "negotiate_timeout", DEFAULT_NEGOTIATE_TIMEOUT))
         try:
             agreed = await negotiate(
                 stream, [p for p in table if p is not None], timeout_s=timeout_s

@@ -138,25 +138,28 @@ async def test_libp2p_own_protocols_get_what_came_with_the_proposal() -> None:
             await stream.reset()
 
 
-async def test_the_answer_to_a_lazy_proposal_travels_with_the_first_reply(
+async def test_a_lazy_exchange_is_one_data_frame_each_way(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The listener's multistream answer (header and protocol echo) and its first reply are
-    one data frame: py-libp2p's listener sent three."""
+    """The dialer's SYN, proposal and first message are one frame; the listener's ACK,
+    multistream answer (header and protocol echo) and first reply are one frame
+    (py-libp2p sent three frames for the dialer's part and three for the listener's)."""
     import struct
 
     from libp2p.stream_muxer.yamux import yamux
 
-    # (peer the frame goes to, stream id, type, body length)
-    frames: list[tuple[str, int, int, int]] = []
-    write = yamux.Yamux._write_frame
+    from node.p2p import yamux_frames
 
-    async def counted(self: yamux.Yamux, data: bytes) -> None:
-        _, typ, _, sid, _ = struct.unpack(yamux.YAMUX_HEADER_FORMAT, data[:12])
-        frames.append((str(self.peer_id), sid, typ, len(data) - 12))
-        await write(self, data)
+    # (peer the frame goes to, stream id, type, flags, body length), as written to the wire
+    frames: list[tuple[str, int, int, int, int]] = []
+    send = yamux_frames._send
 
-    monkeypatch.setattr(yamux.Yamux, "_write_frame", counted)
+    async def counted(conn: yamux.Yamux, data: bytes) -> None:
+        _, typ, flags, sid, _ = struct.unpack(yamux.YAMUX_HEADER_FORMAT, data[:12])
+        frames.append((str(conn.peer_id), sid, typ, flags, len(data) - 12))
+        await send(conn, data)
+
+    monkeypatch.setattr(yamux_frames, "_send", counted)
     with trio.fail_after(30):
         async with pair({ECHO: echo}) as (a, b):
             frames.clear()
@@ -164,8 +167,9 @@ async def test_the_answer_to_a_lazy_proposal_travels_with_the_first_reply(
             await stream.write(b"ping")
             assert await read_exactly(stream, 4, 4) == b"ping"
             sid = stream._stream.muxed_stream.stream_id  # type: ignore[attr-defined]
-            data_to_a = [f for f in frames if f[:3] == (a.peer_id, sid, yamux.TYPE_DATA)]
-            assert len(data_to_a) == 1, (sid, frames)
-            answer = encode_delim(b"/multistream/1.0.0") + encode_delim(ECHO.encode())
-            assert data_to_a[0][3] == len(answer) + 4
+            to_b = [f for f in frames if f[:2] == (b.peer_id, sid)]
+            to_a = [f for f in frames if f[:2] == (a.peer_id, sid)]
+            proposal = encode_delim(b"/multistream/1.0.0") + encode_delim(ECHO.encode())
+            assert to_b == [(b.peer_id, sid, yamux.TYPE_DATA, yamux.FLAG_SYN, len(proposal) + 4)]
+            assert to_a == [(a.peer_id, sid, yamux.TYPE_DATA, yamux.FLAG_ACK, len(proposal) + 4)]
             await stream.close()
