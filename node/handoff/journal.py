@@ -263,11 +263,15 @@ class HandoffJournal:
             self._finish(
                 db, handoff_id, status, direction, peer, outputs, error, code, receipt, epoch
             )
-            row = db.execute(
-                "SELECT coalesce(sum(size), 0) FROM handoffs WHERE direction = ? AND peer = ?",
-                (direction, peer),
-            ).fetchone()
-            return int(row[0])
+            return self._stored_bytes(db, direction, peer)
+
+    @staticmethod
+    def _stored_bytes(db: sqlite3.Connection, direction: Direction, peer: str) -> int:
+        row = db.execute(
+            "SELECT coalesce(sum(size), 0) FROM handoffs WHERE direction = ? AND peer = ?",
+            (direction, peer),
+        ).fetchone()
+        return int(row[0])
 
     def record_outcome(
         self,
@@ -284,13 +288,25 @@ class HandoffJournal:
         error: str | None = None,
         code: str | None = None,
         receipt: dict[str, Any] | None = None,
-    ) -> None:
-        """:meth:`record_handoff` and :meth:`finish_handoff` in one transaction."""
+        if_latest: bool = False,
+    ) -> int:
+        """:meth:`record_handoff` and :meth:`finish_handoff` in one transaction (returns what
+        :meth:`finish_handoff` returns). ``if_latest``: not if a later attempt (a higher
+        epoch) of the handoff is recorded already."""
         with self._tx() as db:
+            if if_latest:
+                row = db.execute(
+                    "SELECT epoch FROM handoffs WHERE direction = ? AND peer = ?"
+                    " AND handoff_id = ?",
+                    (direction, peer, handoff_id),
+                ).fetchone()
+                if row is not None and row[0] > epoch:
+                    return self._stored_bytes(db, direction, peer)
             self._upsert(db, handoff_id, direction, peer, tool, workflow_id, step, status, epoch)
             self._finish(
                 db, handoff_id, status, direction, peer, outputs, error, code, receipt, epoch
             )
+            return self._stored_bytes(db, direction, peer)
 
     def _upsert(
         self,

@@ -65,6 +65,9 @@ JobOutcome = handoff.StepResult | handoff.StepFailed | handoff.Canceled
 Key = tuple[str, str]  # (offering peer, handoff id)
 
 PRUNE_INTERVAL_S = 60.0
+# a step of a peer still running this long after it began is journaled as accepted; one that
+# ends sooner is journaled once, with its outcome
+ACCEPT_RECORD_DELAY_S = 0.05
 ACK_BATCH_S = 0.2
 # results larger than this (as JSON) are hashed and signed in a worker thread: canonical JSON
 # is built in Python (about 0.2-0.5 s a megabyte)
@@ -88,6 +91,7 @@ class _Job:
     canceled_by: str = "its delegator"
     accepted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # when it got a slot and began to run
+    accept_recorded: bool = False  # its ACCEPTED row is in the journal
 
 
 @dataclass(frozen=True)
@@ -744,11 +748,16 @@ class HandoffServer:
     # -- running -------------------------------------------------------------------------
 
     async def _record_accepted(self, offer: handoff.Offer, job: _Job, recorded: trio.Event) -> None:
-        """Journal the accepted attempt, while it runs. Not needed before the tool starts: a
-        node that stops before this commit forgets the attempt, and a re-offer of an attempt
-        it does not know runs the step again — as it does for an attempt that a restart
-        interrupted (steps are at-least-once)."""
+        """Journal the accepted attempt if it is still running ``ACCEPT_RECORD_DELAY_S`` after
+        it began (a step that ends sooner is journaled once, with its outcome). Not needed
+        before the tool starts: a node that stops before this commit forgets the attempt, and
+        a re-offer of an attempt it does not know runs the step again — as it does for an
+        attempt that a restart interrupted (steps are at-least-once)."""
         try:
+            with trio.move_on_after(ACCEPT_RECORD_DELAY_S):
+                await job.done.wait()
+            if job.done.is_set():
+                return
             await self.journal.call(
                 self.journal.sync.record_handoff,
                 offer.handoff_id,
@@ -760,6 +769,7 @@ class HandoffServer:
                 status="ACCEPTED",
                 epoch=job.epoch,
             )
+            job.accept_recorded = True
         except Exception as exc:  # a full disk must not stop the step or the node
             log.warning("could not journal handoff %s: %s", logsafe(offer.handoff_id), exc)
         finally:
@@ -842,25 +852,44 @@ class HandoffServer:
         job.done.set()
         self._drop(job)  # not running any more
         self._finishing[peer, hid] = job
-        # (only this attempt's record: a later attempt may have replaced it meanwhile)
-        finish = partial(
-            self.journal.sync.finish_handoff, hid, direction="in", peer=peer, epoch=job.epoch
-        )
         try:
             with trio.CancelScope(shield=True):
-                await recorded.wait()  # the ACCEPTED row first: finish updates it
+                await recorded.wait()  # its ACCEPTED row, if any, first: finish updates it
+            # (only this attempt's record: a later attempt may have replaced it meanwhile;
+            # with no ACCEPTED row, the row and its outcome in one transaction)
+            finish = (
+                partial(
+                    self.journal.sync.finish_handoff,
+                    hid,
+                    direction="in",
+                    peer=peer,
+                    epoch=job.epoch,
+                )
+                if job.accept_recorded
+                else partial(
+                    self.journal.sync.record_outcome,
+                    hid,
+                    direction="in",
+                    peer=peer,
+                    tool=offer.tool,
+                    workflow_id=offer.workflow_id,
+                    step=offer.step,
+                    epoch=job.epoch,
+                    if_latest=True,
+                )
+            )
             if isinstance(outcome, handoff.StepResult):
                 stored = await self.journal.call(
                     finish,
-                    "SUCCESSFUL",
+                    status="SUCCESSFUL",
                     outputs=outcome.outputs,
                     receipt=outcome.receipt.model_dump(),
                 )
             elif isinstance(outcome, handoff.Canceled):
-                stored = await self.journal.call(finish, "CANCELED", error=outcome.message)
+                stored = await self.journal.call(finish, status="CANCELED", error=outcome.message)
             else:
                 stored = await self.journal.call(
-                    finish, "FAILED", error=outcome.message, code=outcome.code
+                    finish, status="FAILED", error=outcome.message, code=outcome.code
                 )
             if stored > self.config.max_stored_bytes_per_peer:
                 await self.journal.call(

@@ -474,7 +474,10 @@ async def test_canceling_a_workflow_stops_its_step_on_the_delegatee(tmp_path: Pa
         await wait_until(lambda: a.handoff.running == 1, what="a running the step")
         await wait_until(lambda: not _ray_idle(), what="the step's Ray task running on a")
         hid = f"{wid}/nap@{a.peer_id}"
-        assert a.journal.get_handoff(hid, direction="in", peer=c.peer_id) is not None
+        await wait_until(  # (journaled as accepted once it has run for a moment)
+            lambda: a.journal.get_handoff(hid, direction="in", peer=c.peer_id) is not None,
+            what="the accepted step journaled",
+        )
 
         canceled_at = time.monotonic()
         view = await c.workflows.cancel(wid)

@@ -335,3 +335,28 @@ def test_journal_that_cannot_be_opened(tmp_path: Path) -> None:
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(JournalError, match="cannot open journal"):
         Journal(tmp_path / "dir.db")
+
+
+def test_an_outcome_recorded_if_latest_never_overwrites_a_later_attempt(journal: Journal) -> None:
+    """A delegatee records a quick step's row and outcome in one transaction; a superseded
+    attempt that finishes after the attempt that replaced it must not take the row back."""
+    args = {"peer": "a", "tool": "t", "workflow_id": "w", "step": "s"}
+    journal.record_outcome(
+        "h", direction="in", status="SUCCESSFUL", outputs={"n": 4}, epoch=4, if_latest=True, **args
+    )
+    stored = journal.record_outcome(
+        "h", direction="in", status="CANCELED", error="superseded", epoch=3, if_latest=True, **args
+    )
+    record = journal.get_handoff("h", direction="in", peer="a")
+    assert record is not None and (record.epoch, record.status, record.outputs) == (
+        4,
+        "SUCCESSFUL",
+        {"n": 4},
+    )
+    assert stored == record.size > 0
+    # the same attempt, or a later one, is recorded
+    journal.record_outcome(
+        "h", direction="in", status="FAILED", error="boom", epoch=5, if_latest=True, **args
+    )
+    record = journal.get_handoff("h", direction="in", peer="a")
+    assert record is not None and (record.epoch, record.status) == (5, "FAILED")
