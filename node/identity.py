@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 
-from libp2p.crypto.keys import KeyPair
+from libp2p.crypto.keys import KeyPair, PublicKey
 from libp2p.peer.id import ID
 
 
@@ -23,7 +24,7 @@ def verify(peer_id: str, data: bytes, signature: str) -> bool:
     a malformed peer id, a key that cannot be extracted or bad base64 are all False."""
     try:
         raw = base64.b64decode(signature, validate=True)
-        key = ID.from_base58(peer_id).extract_public_key()
+        key = _public_key(peer_id)
     except (ValueError, binascii.Error):
         return False
     if key is None:
@@ -32,3 +33,11 @@ def verify(peer_id: str, data: bytes, signature: str) -> bool:
         return bool(key.verify(data, raw))
     except Exception:  # foreign verifier errors on garbage mean "not a valid signature"
         return False
+
+
+@functools.lru_cache(maxsize=1024)
+def _public_key(peer_id: str) -> PublicKey | None:
+    """The public key a peer id embeds (None: it embeds none), remembered: base58 decoding
+    and key parsing are pure Python, and a delegator checks the same peers' receipts again
+    and again. Raises ValueError for a malformed id (not remembered)."""
+    return ID.from_base58(peer_id).extract_public_key()

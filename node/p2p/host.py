@@ -34,6 +34,7 @@ libp2p exceptions are translated here into :mod:`protocols.errors` / :mod:`node.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -272,10 +273,21 @@ def quiet_libp2p_logging(level: int = logging.CRITICAL) -> None:
         logging.getLogger(name).setLevel(level)
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_peer_id(peer_id: str) -> ID:
+    """``ID.from_base58``, remembered: base58 decoding is pure Python (a division per byte),
+    and a handoff needs the same few peer ids several times. Raises ValueError (a failure
+    is not remembered)."""
+    try:
+        return ID.from_base58(peer_id)
+    except Exception as exc:
+        raise ValueError(f"invalid peer id {peer_id!r}: {exc}") from None
+
+
 def valid_peer_id(peer_id: str) -> bool:
     try:
-        ID.from_base58(peer_id)
-    except Exception:
+        parse_peer_id(peer_id)
+    except ValueError:
         return False
     return True
 
@@ -503,14 +515,14 @@ class P2PHost:
             for peer, reason in self.guard.over_buffered(buffered):
                 log.info("closing the connection of %s: %s", logsafe(peer), reason)
                 if valid_peer_id(peer) and self._nursery is not None:
-                    self._nursery.start_soon(self._disconnect_quietly, ID.from_base58(peer))
+                    self._nursery.start_soon(self._disconnect_quietly, parse_peer_id(peer))
 
     def _banned(self, peer: str, reason: str) -> None:
         log.warning(
             "banned peer %s for %gs: %s", logsafe(peer), self.guard.limits.ban_s, logsafe(reason)
         )
         if self._nursery is not None and valid_peer_id(peer):
-            self._nursery.start_soon(self._disconnect_quietly, ID.from_base58(peer))
+            self._nursery.start_soon(self._disconnect_quietly, parse_peer_id(peer))
 
     def _admit_connection(self, peer: str) -> bool:
         """Whether an inbound connection of ``peer`` (its identity just proven) may go on."""
@@ -625,7 +637,10 @@ class P2PHost:
         return {str(p) for p in self._host.get_connected_peers()}
 
     def is_connected(self, peer_id: str) -> bool:
-        return peer_id in self.connected_peers()
+        try:
+            return parse_peer_id(peer_id) in self._swarm.connections
+        except ValueError:
+            return False
 
     # -- actions -------------------------------------------------------------------------
 
@@ -710,7 +725,7 @@ class P2PHost:
             raise NodeUnreachableError(f"invalid peer id {peer_id!r}")
         try:
             with trio.fail_after(self.dial_timeout_s):
-                stream = await self._host.get_network().new_stream(ID.from_base58(peer_id))
+                stream = await self._host.get_network().new_stream(parse_peer_id(peer_id))
         except trio.TooSlowError:
             raise NodeUnreachableError(
                 f"peer {peer_id} did not open a {protocol} stream within {self.dial_timeout_s:g}s"
@@ -725,7 +740,7 @@ class P2PHost:
 
     async def disconnect(self, peer_id: str) -> None:
         if valid_peer_id(peer_id):
-            await self._disconnect_quietly(ID.from_base58(peer_id))
+            await self._disconnect_quietly(parse_peer_id(peer_id))
 
 
 async def _reset_quietly(stream: INetStream) -> None:
