@@ -264,6 +264,43 @@ class _Notifee(INotifee):
             log.exception("connection listener failed")
 
 
+def _known_noop_stream_callbacks() -> frozenset[Any]:
+    """The stream callbacks of notifees that do nothing with streams: ours, and py-libp2p
+    0.8.1's tag store and identify notifees (their docstrings say so)."""
+    classes: list[Any] = [_Notifee]
+    try:
+        from libp2p.host import basic_host
+        from libp2p.network.tag_store import TagStoreNotifee
+
+        classes.append(TagStoreNotifee)
+        identify = getattr(basic_host, "_IdentifyNotifee", None)
+        if identify is not None:
+            classes.append(identify)
+    except ImportError:  # another py-libp2p: every notifee is called, as libp2p does
+        pass
+    return frozenset(
+        getattr(cls, method) for cls in classes for method in ("opened_stream", "closed_stream")
+    )
+
+
+def _skip_noop_stream_notifications(swarm: Swarm) -> None:
+    """py-libp2p tells every notifee of every stream opened and closed, each in a task of a
+    nursery of its own: a dozen trio task steps per handoff on each node, for notifees that
+    all do nothing with streams. Stream events now reach only notifees whose callbacks are not
+    known to do nothing (none, today); connection events reach all, as before."""
+    notify = swarm._notify
+    noop = _known_noop_stream_callbacks()
+
+    async def selective(method: str, *args: Any) -> None:
+        if method in ("opened_stream", "closed_stream") and all(
+            getattr(type(n), method, None) in noop for n in swarm.notifees
+        ):
+            return
+        await notify(method, *args)
+
+    swarm._notify = selective  # type: ignore[method-assign]
+
+
 def quiet_libp2p_logging(level: int = logging.CRITICAL) -> None:
     """Set py-libp2p's loggers to ``level``.
 
@@ -386,6 +423,7 @@ class P2PHost:
         # every inbound stream is counted from the moment yamux hands it over
         # (and negotiated by node.p2p.negotiate, not by libp2p's own listener)
         swarm.common_stream_handler = self._guarded_streams()
+        _skip_noop_stream_notifications(swarm)
         self._handlers: dict[str, Callable[[INetStream, Negotiated], Awaitable[None]]] = {}
         self._swarm = swarm
         self.swarm_key = swarm_key

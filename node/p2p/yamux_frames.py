@@ -14,7 +14,8 @@ encrypted, written and read back like any other.
   or its FIN or RST;
 * a lone ACK (py-libp2p's reader accepting an inbound stream) is held and set on the first
   frame this side writes on the stream: the multistream answer, a reset, or its close;
-* every other frame is written as before, without py-libp2p's per-frame debug formatting.
+* every other frame is written as before, without py-libp2p's per-frame debug formatting
+  and its extra checkpoint.
 
 A held flag belongs to its connection and goes with it; a stream's first frame always comes
 (every hivemesh stream is written on, closed or reset by its owner).
@@ -26,7 +27,6 @@ import logging
 import struct
 from typing import Any
 
-import trio
 from libp2p.stream_muxer.yamux.yamux import (
     FLAG_ACK,
     FLAG_SYN,
@@ -62,12 +62,13 @@ async def _write_frame(self: Any, data: bytes) -> None:
 
 
 async def _send(conn: Any, data: bytes) -> None:
-    """Write one frame on yamux connection ``conn``, as py-libp2p does."""
+    """Write one frame on yamux connection ``conn``, as py-libp2p does (one writer at a
+    time)."""
     if _libp2p_log.isEnabledFor(logging.DEBUG):  # (py-libp2p formats it for every frame)
         _libp2p_log.debug("YAMUX TX: %s", _describe(data))
     async with conn._write_lock:
+        # (py-libp2p checkpoints again after each frame: the socket's send already does)
         await conn.secured_conn.write(data)
-    await trio.lowlevel.checkpoint()
 
 
 def _describe(data: bytes) -> str:
