@@ -95,6 +95,7 @@ class StepExecution(EngineLoop):
         self._tools = ToolSteps(self, tool_runner, step_events)
         self._waits = WaitSteps(self)
         self._remotes: dict[Any, tuple[Any, bool]] = {}
+        self._last_remote: tuple[Any, dict[str, Any], tuple[Any, bool]] | None = None
         self._pin: list[Any] = []
         # output rows of this turn not yet applied: more join them (see _write_output)
         self._open_rows: _OutputRows | None = None
@@ -259,7 +260,17 @@ class StepExecution(EngineLoop):
 
         A function gets its own exported task body, so workers cache it like any Ray
         task; closures fall back to the generic body that takes the function as argument.
-        Both are cached per options (``.options()`` is costly)."""
+        Both are cached per options (``.options()`` is costly). The last answer is kept
+        by the identity of the function and of the options dict, which the steps of one
+        graph share (a fan-out's or a chain's steps skip the key)."""
+        last = self._last_remote
+        if last is not None and last[0] is step.func and last[1] is step.ray_options:
+            return last[2]
+        entry = self._remote_by_key(step)
+        self._last_remote = (step.func, step.ray_options, entry)
+        return entry
+
+    def _remote_by_key(self, step: StepDef) -> tuple[Any, bool]:
         fkey = function_key(step.func)
         try:
             opts_key: Any = tuple(sorted(step.ray_options.items()))
