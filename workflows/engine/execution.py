@@ -383,11 +383,17 @@ class StepExecution(EngineLoop):
         if task.state == "ABANDONED":
             return  # a step of a continuation whose error was caught further up
         step = task.step
+        # the driver keeps a copy only where something will read it from here: without a
+        # ref to hand on, a reader yet to start needs the value (a catch_exceptions step's
+        # output is not its task's return). A step whose readers have all been submitted
+        # already (pipelined: they hold its ref) keeps none; a later get_output loads it
+        # from the journal. (It used to keep every such value to the end of the run: a
+        # pipelined chain's or a fan-out's every output, a second copy in the driver.)
         keep = (
             step.task_id == run.output
             or bool(task.alias_parents)
             or step.task_id in run.waiters
-            or task.ref is None
+            or (task.ref is None and task.consumers_left > 0)
         )
         if keep:
             task.value = value
