@@ -266,6 +266,40 @@ def test_run_or_resume_of_a_running_id_raises_runtime_error(
     assert ray.get(ref, timeout=60) == "v"
 
 
+def test_a_step_whose_readers_hold_its_ref_leaves_no_copy_of_its_output_in_the_driver(
+    wf_storage: Path, tmp_path: Path
+) -> None:
+    # a pipelined chain: every reader is submitted with its parent's ObjectRef at once, so
+    # once a parent's output is committed nothing reads it through the engine any more
+    release = tmp_path / "release"
+    payload = "x" * 10_000
+    s1 = h.identity.options(**workflow.options(task_id="s1")).bind(payload)
+    s2 = h.identity.options(**workflow.options(task_id="s2")).bind(s1)
+    s3 = h.identity.options(**workflow.options(task_id="s3")).bind(s2)
+    last = h.wait_for_file.options(**workflow.options(task_id="last")).bind(str(release), s3)
+    ref = workflow.run_async(last, workflow_id="copies")
+    engine = wf_api._engine()
+
+    def held() -> dict[str, tuple[str, bool]]:
+        run = engine._runs["copies"]
+        return {tid: (t.state, t.has_value) for tid, t in run.tasks.items()}
+
+    deadline = time.monotonic() + 60
+    while any(engine.call(held)[tid][0] != "DONE" for tid in ("s1", "s2", "s3")):
+        assert time.monotonic() < deadline, engine.call(held)
+        time.sleep(0.01)
+    assert engine.call(held) == {
+        "s1": ("DONE", False),
+        "s2": ("DONE", False),
+        "s3": ("DONE", False),
+        "last": ("RUNNING", False),
+    }
+    # the journal has them
+    assert workflow.get_output("copies", task_id="s2") == payload
+    h.touch(release)
+    assert ray.get(ref, timeout=60) == payload
+
+
 def test_resume_of_an_unknown_id_is_not_resumable(wf_storage: Path) -> None:
     with pytest.raises(WorkflowNotResumableError):
         workflow.resume("never-ran")

@@ -9,6 +9,7 @@ events on the engine thread.
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -58,6 +59,8 @@ from workflows.errors import (
 )
 from workflows.status import WorkflowStatus
 
+log = logging.getLogger(__name__)
+
 BURST = 16  # starting at least this many tasks at once holds the completion watcher
 PIPELINE_WINDOW = 64
 """How many steps of a workflow may be submitted before the steps they read have committed
@@ -92,7 +95,10 @@ class StepExecution(EngineLoop):
         self._tools = ToolSteps(self, tool_runner, step_events)
         self._waits = WaitSteps(self)
         self._remotes: dict[Any, tuple[Any, bool]] = {}
+        self._last_remote: tuple[Any, dict[str, Any], tuple[Any, bool]] | None = None
         self._pin: list[Any] = []
+        # output rows of this turn not yet applied: more join them (see _write_output)
+        self._open_rows: _OutputRows | None = None
         q = self._q
         self._completions = Completions(lambda items: q.put(("done", items)))
 
@@ -254,7 +260,17 @@ class StepExecution(EngineLoop):
 
         A function gets its own exported task body, so workers cache it like any Ray
         task; closures fall back to the generic body that takes the function as argument.
-        Both are cached per options (``.options()`` is costly)."""
+        Both are cached per options (``.options()`` is costly). The last answer is kept
+        by the identity of the function and of the options dict, which the steps of one
+        graph share (a fan-out's or a chain's steps skip the key)."""
+        last = self._last_remote
+        if last is not None and last[0] is step.func and last[1] is step.ray_options:
+            return last[2]
+        entry = self._remote_by_key(step)
+        self._last_remote = (step.func, step.ray_options, entry)
+        return entry
+
+    def _remote_by_key(self, step: StepDef) -> tuple[Any, bool]:
         fkey = function_key(step.func)
         try:
             opts_key: Any = tuple(sorted(step.ray_options.items()))
@@ -367,11 +383,17 @@ class StepExecution(EngineLoop):
         if task.state == "ABANDONED":
             return  # a step of a continuation whose error was caught further up
         step = task.step
+        # the driver keeps a copy only where something will read it from here: without a
+        # ref to hand on, a reader yet to start needs the value (a catch_exceptions step's
+        # output is not its task's return). A step whose readers have all been submitted
+        # already (pipelined: they hold its ref) keeps none; a later get_output loads it
+        # from the journal. (It used to keep every such value to the end of the run: a
+        # pipelined chain's or a fan-out's every output, a second copy in the driver.)
         keep = (
             step.task_id == run.output
             or bool(task.alias_parents)
             or step.task_id in run.waiters
-            or task.ref is None
+            or (task.ref is None and task.consumers_left > 0)
         )
         if keep:
             task.value = value
@@ -431,24 +453,38 @@ class StepExecution(EngineLoop):
             task.node,
             task.reason,
         )
+        if blob is None and self._on_loop_thread():
+            # the common case: the outputs that finish in one turn go to the journal as
+            # one statement (executemany) in the turn's commit
+            rows = self._open_rows
+            if rows is None:
+                rows = _OutputRows(self)
+                self._batch.add(rows.apply, rows.committed)
+                self._open_rows = rows
+            rows.add(row, on_commit, run.workflow_id if progressed else None)
+            return
 
         def write(db: Any) -> None:
-            db.execute(
-                "INSERT INTO task(workflow_id, task_id, status, attempts, output, output_hash,"
-                " options, user_metadata, start_time, end_time, tool, node, reason)"
-                " VALUES (?, ?, 'SUCCESSFUL', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
-                " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'SUCCESSFUL',"
-                " attempts = MAX(task.attempts, 1), output = excluded.output,"
-                " tool = excluded.tool, node = excluded.node, reason = excluded.reason,"
-                " output_hash = excluded.output_hash, options = excluded.options,"
-                " user_metadata = excluded.user_metadata, end_time = excluded.end_time,"
-                " start_time = COALESCE(task.start_time, excluded.start_time)",
-                row,
-            )
+            db.execute(_OUTPUT_SQL, row)
             if progressed:
                 clean_point(db, run.workflow_id)
 
         self._write(write, on_commit, blob)
+
+    def _write(
+        self,
+        apply: Callable[[Any], None],
+        on_commit: Callable[[], None] | None = None,
+        blob: tuple[str, bytes] | None = None,
+    ) -> None:
+        # a write other than an output row closes the open group of rows: rows added after
+        # it are applied after it (the journal sees writes in the order they were made)
+        self._open_rows = None
+        super()._write(apply, on_commit, blob)
+
+    def _commit_writes(self) -> None:
+        super()._commit_writes()
+        self._open_rows = None  # (committed, or discarded with a failed journal)
 
     @staticmethod
     def _progressed(run: Run) -> bool:
@@ -685,6 +721,54 @@ class StepExecution(EngineLoop):
 
     def _load_output(self, workflow_id: str, task_id: str) -> Any:
         return load_task_output(self.storage, workflow_id, task_id)
+
+
+_OUTPUT_SQL = (
+    "INSERT INTO task(workflow_id, task_id, status, attempts, output, output_hash,"
+    " options, user_metadata, start_time, end_time, tool, node, reason)"
+    " VALUES (?, ?, 'SUCCESSFUL', 1, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    " ON CONFLICT(workflow_id, task_id) DO UPDATE SET status = 'SUCCESSFUL',"
+    " attempts = MAX(task.attempts, 1), output = excluded.output,"
+    " tool = excluded.tool, node = excluded.node, reason = excluded.reason,"
+    " output_hash = excluded.output_hash, options = excluded.options,"
+    " user_metadata = excluded.user_metadata, end_time = excluded.end_time,"
+    " start_time = COALESCE(task.start_time, excluded.start_time)"
+)
+
+
+class _OutputRows:
+    """Step outputs journaled as one write: one ``executemany`` in the turn's transaction,
+    then each row's ``on_commit`` in the order the rows were added. The group closes when
+    it is first applied, or when another write is made (:meth:`StepExecution._write`);
+    a commit that is retried applies the same rows again (upserts: no duplicate)."""
+
+    __slots__ = ("_owner", "callbacks", "clean", "rows")
+
+    def __init__(self, owner: StepExecution) -> None:
+        self._owner = owner
+        self.rows: list[tuple[Any, ...]] = []
+        self.callbacks: list[Callable[[], None]] = []
+        self.clean: list[str] = []  # workflows whose first commit after a resume this is
+
+    def add(self, row: tuple[Any, ...], on_commit: Callable[[], None], clean: str | None) -> None:
+        self.rows.append(row)
+        self.callbacks.append(on_commit)
+        if clean is not None:
+            self.clean.append(clean)
+
+    def apply(self, db: Any) -> None:
+        if self._owner._open_rows is self:
+            self._owner._open_rows = None
+        db.executemany(_OUTPUT_SQL, self.rows)
+        for workflow_id in self.clean:
+            clean_point(db, workflow_id)
+
+    def committed(self) -> None:
+        for callback in self.callbacks:
+            try:
+                callback()
+            except Exception:
+                log.exception("commit callback failed")
 
 
 def _pipelinable(run: Run, reader: Task, continuing: set[Any]) -> bool:
