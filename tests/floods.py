@@ -80,7 +80,10 @@ class Flood:
     async def open(self, host: P2PHost) -> P2PStream | None:
         try:
             stream = await host.open_stream(self.peer_id, discovery.PROTOCOL_ID)
-        except NodeError:
+            # the proposal at once: a stream opened lazily sends nothing (not even its yamux
+            # SYN) before its first write, and the node would not know of it
+            await stream.write(b"")
+        except (NodeError, ProtocolError):
             self.counts["streams refused"] += 1
             return None
         self.counts["streams opened"] += 1
