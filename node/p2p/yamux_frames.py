@@ -29,6 +29,8 @@ from typing import Any
 
 from libp2p.stream_muxer.yamux.yamux import (
     FLAG_ACK,
+    FLAG_FIN,
+    FLAG_RST,
     FLAG_SYN,
     HEADER_SIZE,
     TYPE_DATA,
@@ -42,6 +44,8 @@ _libp2p_log = logging.getLogger("libp2p.stream_muxer.yamux.yamux")  # where py-l
 _HEADER = struct.Struct("!BBHII")  # version, type, flags, stream id, length
 _HELD = "_hivemesh_held_flags"  # on a Yamux connection: {stream id: flags to add}
 _INSTALLED = "_hivemesh_deferred_syn_ack"  # on the Yamux class, once installed
+_TYPE_NAMES = {0: "DATA", 1: "WINDOW_UPDATE", 2: "PING", 3: "GO_AWAY"}
+_FLAG_NAMES = ((FLAG_SYN, "SYN"), (FLAG_ACK, "ACK"), (FLAG_FIN, "FIN"), (FLAG_RST, "RST"))
 
 
 async def _write_frame(self: Any, data: bytes) -> None:
@@ -71,13 +75,20 @@ async def _send(conn: Any, data: bytes) -> None:
         await conn.secured_conn.write(data)
 
 
+def frame_names(data: bytes) -> tuple[str, str]:
+    """A frame's type and flags by name, as py-libp2p's yamux logs them: ``("DATA",
+    "SYN+ACK")``; no flag is ``"0"``."""
+    _, typ, flags, _, _ = _HEADER.unpack_from(data)
+    names = [name for bit, name in _FLAG_NAMES if flags & bit]
+    return _TYPE_NAMES.get(typ, str(typ)), "+".join(names) or "0"
+
+
 def _describe(data: bytes) -> str:
     """A frame as py-libp2p's yamux logs it."""
-    _, typ, flags, sid, length = _HEADER.unpack_from(data)
-    names = [n for bit, n in ((1, "SYN"), (2, "ACK"), (4, "FIN"), (8, "RST")) if flags & bit]
-    kind = {0: "DATA", 1: "WINDOW_UPDATE", 2: "PING", 3: "GO_AWAY"}.get(typ, str(typ))
+    kind, flags = frame_names(data)
+    _, _, _, sid, length = _HEADER.unpack_from(data)
     return (
-        f"type={kind} flags={'+'.join(names) or '0'} stream={sid} length={length} "
+        f"type={kind} flags={flags} stream={sid} length={length} "
         f"payload_bytes={len(data) - HEADER_SIZE}"
     )
 

@@ -217,6 +217,21 @@ class NodeFactory:
         return self.node_cls(self.config_cls.model_validate(raw), home, cpus=self.cpus)
 
 
+async def start_pair(nursery: Any, make_node: Any, timeout_s: float = 60.0) -> tuple[Any, Any]:
+    """Start ``a`` (the ``util`` and ``math`` tools) and ``c`` (no tools, bootstrapped to
+    ``a``) in ``nursery``; return them once ``c`` holds ``a``'s card."""
+    import trio
+
+    a = make_node("a", "util,math", [])
+    await nursery.start(a.run)
+    c = make_node("c", "none", a.host.addrs())
+    await nursery.start(c.run)
+    with trio.fail_after(timeout_s):
+        while not c.registry.has_fresh_card(a.peer_id):
+            await trio.sleep(0.05)
+    return a, c
+
+
 async def run_checked(
     target: Any,
     spec: Any,
@@ -280,13 +295,7 @@ async def _measure(
         return (await run_checked(target, specs[name], steps, expected, where))[0]
 
     async with trio.open_nursery() as nursery:
-        a = make_node("a", "util,math", [])
-        await nursery.start(a.run)
-        c = make_node("c", "none", a.host.addrs())
-        await nursery.start(c.run)
-        with trio.fail_after(60):
-            while not c.registry.has_fresh_card(a.peer_id):
-                await trio.sleep(0.05)
+        a, c = await start_pair(nursery, make_node)
 
         if args.probe:
             for _ in range(3):

@@ -23,7 +23,6 @@ import argparse
 import collections
 import cProfile
 import pstats
-import struct
 import sys
 import tempfile
 import time
@@ -33,16 +32,14 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent.parent))
 
 # scripts/bench is on sys.path as the running script's folder (it is not a package).
-from _routed_driver import LIFTED, NodeFactory, chain_yaml, run_checked, setup_process
-
-FRAME_KINDS = {0: "data", 1: "window update", 2: "ping", 3: "go away"}
-FLAGS = ((1, "SYN"), (2, "ACK"), (4, "FIN"), (8, "RST"))
-
-
-def frame_kind(data: bytes) -> str:
-    _, typ, flags, _, _ = struct.unpack_from("!BBHII", data)
-    names = "+".join(name for bit, name in FLAGS if flags & bit)
-    return FRAME_KINDS.get(typ, str(typ)) + (f" {names}" if names else "")
+from _routed_driver import (
+    LIFTED,
+    NodeFactory,
+    chain_yaml,
+    run_checked,
+    setup_process,
+    start_pair,
+)
 
 
 def main() -> None:
@@ -67,7 +64,8 @@ def main() -> None:
     send = yamux_frames._send
 
     async def counted(conn: Any, data: bytes) -> None:
-        frames[frame_kind(data)] += 1
+        kind, flags = yamux_frames.frame_names(data)
+        frames[kind if flags == "0" else f"{kind} {flags}"] += 1
         await send(conn, data)
 
     yamux_frames._send = counted
@@ -114,13 +112,7 @@ def main() -> None:
 
     async def run() -> None:
         async with trio.open_nursery() as nursery:
-            a = make("a", "util,math", [])
-            await nursery.start(a.run)
-            c = make("c", "none", a.host.addrs())
-            await nursery.start(c.run)
-            with trio.fail_after(30):
-                while not c.registry.has_fresh_card(a.peer_id):
-                    await trio.sleep(0.05)
+            a, c = await start_pair(nursery, make)
             for target in (a, c):  # warm-up: Ray workers, connections, caches
                 await run_checked(target, spec, args.steps, args.steps, [a.peer_id])
             report["local"] = await measure(a, [a.peer_id])
