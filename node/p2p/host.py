@@ -426,6 +426,14 @@ class P2PHost:
         _skip_noop_stream_notifications(swarm)
         self._handlers: dict[str, Callable[[INetStream, Negotiated], Awaitable[None]]] = {}
         self._swarm = swarm
+        # how long a peer may take to propose a protocol on a new stream (libp2p's listener:
+        # the connection config's inbound negotiation timeout, 10 s)
+        timeout_s = float(
+            getattr(swarm.connection_config, "inbound_stream_protocol_negotiation_timeout", 0)
+        )
+        if timeout_s <= 0:
+            timeout_s = float(getattr(self._host, "negotiate_timeout", DEFAULT_NEGOTIATE_TIMEOUT))
+        self._negotiate_timeout_s = timeout_s
         self.swarm_key = swarm_key
         self.peer_id = str(self._host.get_id())
         self.dial_timeout_s = dial_timeout_s
@@ -493,14 +501,9 @@ class P2PHost:
         answer sent with the handler's first message), then run its handler: ours, or one
         of libp2p's own (identify, ping), which are given the answer at once."""
         table = self._host.get_mux().handlers
-        # (libp2p's listener: the connection config's inbound negotiation timeout, 10 s)
-        config = getattr(self._swarm, "connection_config", None)
-        timeout_s = float(getattr(config, "inbound_stream_protocol_negotiation_timeout", 0))
-        if timeout_s <= 0:
-            timeout_s = float(getattr(self._host, "negotiate_timeout", DEFAULT_NEGOTIATE_TIMEOUT))
         try:
             agreed = await negotiate(
-                stream, [p for p in table if p is not None], timeout_s=timeout_s
+                stream, [p for p in table if p is not None], timeout_s=self._negotiate_timeout_s
             )
         except NegotiationError as exc:
             log.debug("stream of %s refused: %s", stream.muxed_conn.peer_id, exc)
