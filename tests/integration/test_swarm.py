@@ -126,6 +126,7 @@ async def test_handoff_round_trip_and_rejection(tmp_path: Path) -> None:
             b.host, a.peer_id, offer, network=b.config.network, config=b.config.handoff
         )
         assert outcome.outputs == {"result": 42}
+        await wait_until(lambda: a.handoff.settled, what="the outcome journaled")
         stored = a.journal.get_handoff("h-1", direction="in", peer=b.peer_id)
         assert stored is not None and stored.status == "SUCCESSFUL" and stored.peer == b.peer_id
 
@@ -527,7 +528,8 @@ async def test_a_failing_workflow_cancels_its_delegated_sibling_step(tmp_path: P
             view = await c.workflows.wait(wid)
         assert view.status is WorkflowStatus.FAILED, view
         assert "bad" in (view.error or "")
-        await wait_until(lambda: a.handoff.running == 0, timeout_s=8, what="a stopping the nap")
+        # settled, not just stopped: the CANCELED row is committed after the job ends
+        await wait_until(lambda: a.handoff.settled, timeout_s=8, what="a stopping the nap")
         stored = a.journal.get_handoff(f"{wid}/nap@{a.peer_id}", direction="in", peer=c.peer_id)
         assert stored is not None and stored.status == "CANCELED", stored
         nursery.cancel_scope.cancel()
@@ -645,6 +647,7 @@ async def test_handoff_cancel_on_the_offer_stream_on_a_fresh_stream_and_bad_canc
         assert outcome.outputs == {"result": 7}
         reply = await cancel_handoff(b.host, a.peer_id, "h-done", "", network=net, config=cfg)
         assert isinstance(reply, handoff.NotCanceled) and reply.code == "finished"
+        await wait_until(lambda: a.handoff.settled, what="the outcome journaled")
         stored = a.journal.get_handoff("h-done", direction="in", peer=b.peer_id)
         assert stored is not None and stored.status == "SUCCESSFUL"
 

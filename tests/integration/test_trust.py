@@ -89,6 +89,7 @@ async def test_a_stranger_cannot_plant_a_result_under_a_guessed_handoff_id(
         assert view.status is WorkflowStatus.SUCCESSFUL, view.error
         assert view.outputs == {"shouted": "MY SENTENCE"}
         assert a.handoff.started_jobs == 2  # the stranger's run and the honest one
+        await wait_until(lambda: a.handoff.settled, what="both outcomes journaled")
         theirs = a.journal.get_handoff(hid, direction="in", peer=stranger.peer_id)
         # each delegator acknowledged its own result (so the outputs are dropped); the
         # receipts say which result each one got
@@ -152,6 +153,7 @@ async def test_a_stranger_can_neither_cancel_nor_join_another_peers_handoff(
             view = await c.workflows.wait(wid)
         assert view.status is WorkflowStatus.SUCCESSFUL, view.error
         assert view.outputs == {"said": "honest 2.0"}
+        await wait_until(lambda: a.handoff.settled, what="the outcome journaled")
         mine = a.journal.get_handoff(hid, direction="in", peer=c.peer_id)
         assert mine is not None and mine.status == "SUCCESSFUL"
         nursery.cancel_scope.cancel()
