@@ -47,6 +47,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3, help="runs of the chain per place")
     parser.add_argument("--steps", type=int, default=50, help="steps of the chain")
     parser.add_argument("--top", type=int, default=8, help="tasks listed per place")
+    parser.add_argument(
+        "--pstats", type=Path, help="write each place's cProfile stats to DIR/<place>.pstats"
+    )
     args = parser.parse_args()
     setup_process()
 
@@ -84,7 +87,7 @@ def main() -> None:
     total = args.runs * args.steps
     report: dict[str, dict[str, Any]] = {}
 
-    async def measure(target: Any, ran_on: list[str]) -> dict[str, Any]:
+    async def measure(place: str, target: Any, ran_on: list[str]) -> dict[str, Any]:
         cpu, wall = time.thread_time(), time.perf_counter()
         for _ in range(args.runs):  # timed, with nothing counting
             await run_checked(target, spec, args.steps, args.steps, ran_on)
@@ -101,6 +104,9 @@ def main() -> None:
             profile.disable()
             trio.lowlevel.remove_instrument(instrument)
         calls = sum(v[1] for v in pstats.Stats(profile).stats.values())  # type: ignore[attr-defined]
+        if args.pstats is not None:
+            args.pstats.mkdir(parents=True, exist_ok=True)
+            profile.dump_stats(args.pstats / f"{place}.pstats")
         return {
             "calls": calls / total,
             "task steps": sum(instrument.steps.values()) / total,
@@ -115,8 +121,8 @@ def main() -> None:
             a, c = await start_pair(nursery, make)
             for target in (a, c):  # warm-up: Ray workers, connections, caches
                 await run_checked(target, spec, args.steps, args.steps, [a.peer_id])
-            report["local"] = await measure(a, [a.peer_id])
-            report["routed"] = await measure(c, [a.peer_id])
+            report["local"] = await measure("local", a, [a.peer_id])
+            report["routed"] = await measure("routed", c, [a.peer_id])
             nursery.cancel_scope.cancel()
 
     trio.run(run)
