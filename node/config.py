@@ -164,6 +164,8 @@ class HandoffConfig(_Section):
     max_stored_bytes_per_peer: int = Field(default=32 * 1024 * 1024, ge=1024)
     max_journal_bytes: int = Field(default=512 * 1024 * 1024, ge=1024 * 1024)
     ack_wait_s: float = Field(default=5.0, ge=0)
+    # a handoff stream (1.2.0) idle this long between exchanges is closed
+    session_idle_s: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("allow", "delegate_to", mode="before")
     @classmethod
@@ -462,6 +464,7 @@ handoff:
   retention_s: 86400       # stored results of peers' steps are kept until acknowledged or this old
   max_stored_bytes_per_peer: 33554432
   max_journal_bytes: 536870912
+  session_idle_s: 30       # a delegator's stream idle this long between two steps is closed
 placement:
   exclude_s: 600           # a peer that broke the protocol or returned an invalid result
                            # gets no steps from this node for this long

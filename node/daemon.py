@@ -289,8 +289,10 @@ class Node:
                 timeout_s=net.request_timeout_s * 2,
             )
         self.host.set_handler(handoff.PROTOCOL_ID, self.handoff.handle)
-        for legacy in handoff.LEGACY_PROTOCOL_IDS:  # (1.0.0: its offers lack 1.1.0's members)
-            self.host.set_handler(legacy, self.handoff.handle_1_0)
+        # (1.1.0: one exchange per stream; 1.0.0: its offers lack 1.1.0's members too)
+        old_handoffs = (self.handoff.handle_1_1, self.handoff.handle_1_0)
+        for legacy, handler in zip(handoff.LEGACY_PROTOCOL_IDS, old_handoffs, strict=True):
+            self.host.set_handler(legacy, handler)
         self.host.set_handler(control.PROTOCOL_ID, self.control.handle)
         for legacy in control.LEGACY_PROTOCOL_IDS:
             self.host.set_handler(legacy, self.control.legacy_handler(legacy))

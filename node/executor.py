@@ -40,6 +40,7 @@ from node.handoff.errors import (
     InvalidResultError,
 )
 from node.handoff.journal import AsyncHandoffJournal
+from node.handoff.sessions import HandoffStreams
 from node.outputs import check_outputs
 from node.p2p import P2PHost
 from node.progress import ProgressHub
@@ -150,6 +151,13 @@ class SwarmExecutor:
         self.packages = packages
         # set by the node: how a sub-workflow step runs (None: such a step fails)
         self.sub_workflows: SubWorkflowRun | None = None
+        # handoff streams kept between steps (1.2.0), and the version each peer speaks
+        self.streams = HandoffStreams()
+        host.on_connection_change(self._connection_changed)
+
+    def _connection_changed(self, peer: str, up: bool) -> None:
+        if not up:
+            self.streams.forget(peer)
 
     def _note(
         self,
@@ -180,11 +188,17 @@ class SwarmExecutor:
         return self.routing.provider_wait_s
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
-        """Owns background work: recording delegated results, then acknowledging them."""
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            task_status.started()
-            await trio.sleep_forever()
+        """Owns background work: recording delegated results, then acknowledging them, and
+        closing handoff streams left idle."""
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                nursery.start_soon(self.streams.run)
+                task_status.started()
+                await trio.sleep_forever()
+        finally:
+            with trio.CancelScope(shield=True):
+                await self.streams.aclose()
 
     def may_delegate_to(self, peer_id: str) -> bool:
         allowed = self.config.delegate_to
@@ -901,6 +915,7 @@ class SwarmExecutor:
                 check=check,
                 record=recorded,
                 background=self._nursery,
+                streams=self.streams,
             )
         except HandoffError as exc:
             if isinstance(exc, HandoffCanceledError):

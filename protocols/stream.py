@@ -21,6 +21,7 @@ from protocols.errors import (
 )
 from protocols.framing import FrameDecoder, encode_frame, resolve_limits
 from protocols.limits import FrameLimits
+from protocols.versioning import dump_for
 from protocols.wire import ErrorMessage, M, MessageCodec
 
 READ_CHUNK = 64 * 1024
@@ -67,7 +68,8 @@ class MessageStream(Generic[M]):
 
     ``limits`` bounds what is received (default
     :data:`~protocols.limits.DEFAULT_LIMITS`); ``max_frame_size``, if given, replaces its
-    frame size, which also caps what is sent.
+    frame size, which also caps what is sent. ``version``: the (older) version of the
+    protocol the stream speaks, if not the newest.
     """
 
     def __init__(
@@ -77,8 +79,12 @@ class MessageStream(Generic[M]):
         *,
         max_frame_size: int | None = None,
         limits: FrameLimits | None = None,
+        version: str | None = None,
     ) -> None:
         self.stream = stream
+        # an older version of the protocol than the codec's: messages are sent with only the
+        # members it defines (protocols.versioning.dump_for)
+        self.version = version
         self.codec = codec
         self.limits = resolve_limits(max_frame_size, limits)
         self.max_frame_size = self.limits.max_frame_size
@@ -87,7 +93,10 @@ class MessageStream(Generic[M]):
         self._eof = False
 
     async def send(self, message: M | ErrorMessage) -> None:
-        obj = message.model_dump(mode="json")
+        if self.version is None:
+            obj = message.model_dump(mode="json")
+        else:
+            obj = dump_for(message, self.version)
         await self.stream.write(encode_frame(obj, self.max_frame_size))
 
     async def send_error(self, code: str, message: str) -> None:

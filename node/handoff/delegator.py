@@ -44,6 +44,7 @@ from node.handoff.errors import (
     HandoffRejectedError,
 )
 from node.handoff.receipts import check_receipt
+from node.handoff.sessions import PROTOCOL_IDS, HandoffStreams, carries_sessions
 from node.p2p import P2PHost
 from protocols import handoff, logsafe
 from protocols.canonical import rough_json_size
@@ -51,12 +52,14 @@ from protocols.errors import (
     LocalProtocolError,
     PeerErrorResponse,
     ProtocolError,
+    ProtocolRefusedError,
     ProtocolTimeoutError,
     StreamClosedError,
 )
 from protocols.handoff.machine import Delegator, DelegatorState
 from protocols.handoff.messages import MAX_REASON_LEN, HandoffMessage
 from protocols.stream import MessageStream
+from protocols.versioning import parse_version, version_of
 from protocols.wire import ErrorMessage
 
 log = logging.getLogger(__name__)
@@ -134,6 +137,7 @@ async def delegate(
     check: Callable[[dict[str, Any]], None] | None = None,
     record: ResultRecorder | None = None,
     background: trio.Nursery | None = None,
+    streams: HandoffStreams | None = None,
 ) -> HandoffOutcome:
     """Send ``offer`` to ``peer_id`` and wait for its final message.
 
@@ -142,20 +146,138 @@ async def delegate(
     :class:`InvalidResultError`, to refuse them).
     It is then acknowledged: at once, or — given ``record`` and a ``background`` nursery —
     after ``record`` has stored it, in the background, so the caller gets the outputs first
-    and the delegatee keeps its copy until ours is safe."""
+    and the delegatee keeps its copy until ours is safe.
+
+    ``streams``: where the exchange takes an idle stream to the peer and leaves it when the
+    exchange ends cleanly (handoff 1.2.0), and which older version a peer that refused the
+    newest speaks. Without it, each call opens a stream of its own and closes it."""
     started = time.monotonic()
-    stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
-    ms = MessageStream(stream, handoff.CODEC, limits=network.frame_limits())
-    machine = Delegator(offer)
+    protocol = streams.protocol_for(peer_id) if streams is not None else PROTOCOL_IDS[0]
+    kept = streams is not None
+    while True:
+        take = streams is not None and kept and carries_sessions(protocol)
+        ms = streams.take(peer_id) if streams is not None and take else None
+        reused = ms is not None
+        if ms is None:
+            ms = await _open(host, peer_id, protocol, offer, network)
+            if streams is not None:
+                streams.opened += 1
+        try:
+            return await _exchange(
+                host,
+                peer_id,
+                ms,
+                offer,
+                started,
+                reused,
+                network,
+                config,
+                check,
+                record,
+                background,
+                carries_sessions(protocol),
+                streams,
+            )
+        except _OfferAgain as again:
+            if again.refused:
+                older = (
+                    streams.refused(peer_id, protocol)
+                    if streams is not None
+                    else _older_than(protocol)
+                )
+                if older is None:
+                    ids = ", ".join(PROTOCOL_IDS)
+                    raise HandoffRejectedError(
+                        peer_id, "invalid", f"it speaks none of {ids}; upgrade that node"
+                    ) from None
+                log.info("peer %s refused %s; offering %s", peer_id, protocol, older)
+                protocol = older
+            else:  # a kept stream the peer had closed meanwhile: the same offer, a new stream
+                kept = False
+
+
+class _OfferAgain(Exception):
+    """The stream ended before the peer answered anything, in a way that says the offer was
+    never read: the peer refused the protocol id (``refused``), or a kept stream had been
+    closed by the peer. Offering again on a new stream is safe (offers are idempotent)."""
+
+    def __init__(self, refused: bool) -> None:
+        self.refused = refused
+
+
+def _older_than(protocol: str) -> str | None:
+    index = PROTOCOL_IDS.index(protocol) + 1
+    return PROTOCOL_IDS[index] if index < len(PROTOCOL_IDS) else None
+
+
+async def _open(
+    host: P2PHost, peer_id: str, protocol: str, offer: handoff.Offer | None, network: NetworkConfig
+) -> MessageStream[HandoffMessage]:
+    version = version_of(protocol)
+    if (
+        offer is not None
+        and parse_version(version) < (1, 1, 0)
+        and (offer.package is not None or offer.parameters is not None)
+    ):
+        raise HandoffRejectedError(
+            peer_id,
+            "invalid",
+            f"it speaks handoff {version} only, which cannot carry a step's 'package' or "
+            "'parameters'; upgrade that node",
+        )
+    stream = await host.open_stream(peer_id, protocol)
+    return MessageStream(
+        stream,
+        handoff.CODEC,
+        limits=network.frame_limits(),
+        version=None if protocol == PROTOCOL_IDS[0] else version,
+    )
+
+
+async def _exchange(
+    host: P2PHost,
+    peer_id: str,
+    ms: MessageStream[HandoffMessage],
+    offer: handoff.Offer,
+    started: float,
+    reused: bool,
+    network: NetworkConfig,
+    config: HandoffConfig,
+    check: Callable[[dict[str, Any]], None] | None,
+    record: ResultRecorder | None,
+    background: trio.Nursery | None,
+    session: bool,
+    streams: HandoffStreams | None,
+) -> HandoffOutcome:
+    """One offer's exchange on ``ms``. ``session``: the stream speaks 1.2.0 (or later), so it
+    may carry the next exchange: it goes to ``streams`` when this one ends cleanly (else, or
+    without ``streams``, it is closed)."""
+    machine = Delegator(offer, session=session)
+    if not session:
+        streams = None
     offered = False
+    heard = False
     rtt_ms = 0.0
     try:
         with trio.fail_after(offer.deadline_ms / 1000 + config.heartbeat_timeout_s):
-            await ms.send(offer)
+            try:
+                await ms.send(offer)
+            except StreamClosedError:
+                if not reused:
+                    raise
+                raise _OfferAgain(refused=False) from None
             offered = True
             while not machine.finished:
                 try:
                     msg = await ms.receive_within(config.heartbeat_timeout_s)
+                except ProtocolRefusedError:
+                    if heard:
+                        raise
+                    raise _OfferAgain(refused=True) from None
+                except StreamClosedError:
+                    if heard or not reused:
+                        raise
+                    raise _OfferAgain(refused=False) from None
                 except PeerErrorResponse as exc:
                     if machine.accepted:
                         raise HandoffLostError(
@@ -165,12 +287,18 @@ async def delegate(
                         ) from None
                     raise
                 assert not isinstance(msg, ErrorMessage)
+                heard = True
                 machine.receive(msg)
                 if isinstance(msg, handoff.Accept):
                     rtt_ms = (time.monotonic() - started) * 1000
         final = machine.final
+        if isinstance(final, handoff.StepResult | handoff.StepFailed) and not rtt_ms:
+            # a quick step's final message implied the accept (1.2.0): the round trip is the
+            # wait for it less the step's own run time
+            elapsed_ms = (time.monotonic() - started) * 1000
+            rtt_ms = max(0.0, elapsed_ms - getattr(final, "duration_ms", 0))
         if isinstance(final, handoff.Reject):
-            await ms.close()
+            await _done(ms, peer_id, streams)
             raise HandoffRejectedError(
                 peer_id,
                 final.code,
@@ -179,10 +307,10 @@ async def delegate(
                 epoch=final.epoch,
             )
         if isinstance(final, handoff.Canceled):
-            await ms.close()
+            await _done(ms, peer_id, streams)
             raise HandoffCanceledError(peer_id, final.message)
         if isinstance(final, handoff.StepFailed):
-            await _ack(ms, machine)
+            await _ack(ms, machine, peer_id, streams)
             raise HandoffFailedError(peer_id, final.code, final.message)
         assert isinstance(final, handoff.StepResult)
         try:
@@ -200,11 +328,11 @@ async def delegate(
             raise
         outcome = HandoffOutcome(final.outputs, final.duration_ms, rtt_ms, offer.epoch, receipt)
         if record is not None and background is not None:
-            background.start_soon(_record_and_ack, ms, machine, outcome, record)
+            background.start_soon(_record_and_ack, ms, machine, outcome, record, peer_id, streams)
         else:
             if record is not None:
                 await record(outcome)
-            await _ack(ms, machine)
+            await _ack(ms, machine, peer_id, streams)
         return outcome
     except trio.TooSlowError:
         with trio.move_on_after(GIVE_UP_CANCEL_S):
@@ -253,12 +381,30 @@ async def delegate(
         raise
 
 
-async def _ack(ms: MessageStream[HandoffMessage], machine: Delegator) -> None:
-    """Acknowledge the final result or failure (best effort) and close."""
-    try:
-        with trio.move_on_after(ACK_SEND_S):
-            await ms.send(machine.ack())
+async def _done(
+    ms: MessageStream[HandoffMessage], peer_id: str, streams: HandoffStreams | None
+) -> None:
+    """The exchange ended cleanly: the stream carries the next one (1.2.0), or is closed."""
+    if streams is not None:
+        streams.give(peer_id, ms)
+    else:
         await ms.close()
+
+
+async def _ack(
+    ms: MessageStream[HandoffMessage],
+    machine: Delegator,
+    peer_id: str,
+    streams: HandoffStreams | None = None,
+) -> None:
+    """Acknowledge the final result or failure (best effort), then end the exchange."""
+    try:
+        with trio.move_on_after(ACK_SEND_S) as scope:
+            await ms.send(machine.ack())
+        if scope.cancelled_caught:
+            await ms.reset()
+        else:
+            await _done(ms, peer_id, streams)
     except ProtocolError:
         await ms.reset()
 
@@ -268,6 +414,8 @@ async def _record_and_ack(
     machine: Delegator,
     outcome: HandoffOutcome,
     record: ResultRecorder,
+    peer_id: str,
+    streams: HandoffStreams | None,
 ) -> None:
     try:
         await record(outcome)
@@ -278,7 +426,7 @@ async def _record_and_ack(
         )
         await ms.reset()
         return
-    await _ack(ms, machine)
+    await _ack(ms, machine, peer_id, streams)
 
 
 async def _cancel_on_stream(
@@ -365,13 +513,29 @@ async def cancel_handoff(
     *,
     network: NetworkConfig,
     config: HandoffConfig,
+    streams: HandoffStreams | None = None,
 ) -> handoff.Canceled | handoff.NotCanceled:
     """Cancel ``handoff_id`` at ``peer_id`` on a fresh stream (no offer): ``canceled`` once the
     step is stopped, or ``not_canceled`` (unknown to the peer, or already finished).
 
     Raises :class:`HandoffLostError` when the peer does not answer (outcome unknown)."""
-    stream = await host.open_stream(peer_id, handoff.PROTOCOL_ID)
-    ms = MessageStream(stream, handoff.CODEC, limits=network.frame_limits())
+    protocol: str | None = streams.protocol_for(peer_id) if streams else PROTOCOL_IDS[0]
+    while protocol is not None:
+        ms = await _open(host, peer_id, protocol, None, network)
+        try:
+            return await _cancel_alone(ms, peer_id, handoff_id, reason, config)
+        except ProtocolRefusedError:
+            protocol = streams.refused(peer_id, protocol) if streams else _older_than(protocol)
+    raise HandoffLostError(peer_id, f"peer {peer_id} speaks no version of the handoff protocol")
+
+
+async def _cancel_alone(
+    ms: MessageStream[HandoffMessage],
+    peer_id: str,
+    handoff_id: str,
+    reason: str,
+    config: HandoffConfig,
+) -> handoff.Canceled | handoff.NotCanceled:
     cancel = handoff.Cancel(handoff_id=handoff_id, reason=reason[:MAX_REASON_LEN])
     machine = Delegator(cancel)
     try:
@@ -383,6 +547,9 @@ async def cancel_handoff(
         await ms.close()
         assert isinstance(machine.final, (handoff.Canceled, handoff.NotCanceled))
         return machine.final
+    except ProtocolRefusedError:
+        await ms.reset()
+        raise
     except ProtocolError as exc:
         await ms.reset()
         raise HandoffLostError(

@@ -40,7 +40,12 @@ from protocols.canonical import (
     json_size_and_sha256,
     rough_json_size,
 )
-from protocols.errors import LocalProtocolError, ProtocolError, StreamClosedError
+from protocols.errors import (
+    LocalProtocolError,
+    PeerErrorResponse,
+    ProtocolError,
+    StreamClosedError,
+)
 from protocols.handoff.machine import Delegatee, DelegateeState
 from protocols.handoff.messages import HandoffMessage
 from protocols.handoff.receipt import receipt_payload, signed_bytes
@@ -68,6 +73,8 @@ PRUNE_INTERVAL_S = 60.0
 # a step of a peer still running this long after it began is journaled as accepted; one that
 # ends sooner is journaled once, with its outcome
 ACCEPT_RECORD_DELAY_S = 0.05
+# (1.2.0) a step that ends this soon after its offer sends its final message without an accept
+ACCEPT_SEND_DELAY_S = 0.05
 ACK_BATCH_S = 0.2
 # results larger than this (as JSON) are hashed and signed in a worker thread: canonical JSON
 # is built in Python (about 0.2-0.5 s a megabyte)
@@ -329,20 +336,69 @@ class HandoffServer:
 
     # -- a stream ------------------------------------------------------------------------
 
+    async def handle(self, stream: P2PStream) -> None:
+        """The handler of the newest version (1.2.0): a stream carries one exchange after
+        another, until the delegator closes it or leaves it idle for ``session_idle_s``."""
+        await self._serve_stream(stream, session=True)
+
+    async def handle_1_1(self, stream: P2PStream) -> None:
+        """The handler of ``/hivemesh/handoff/1.1.0``: one exchange per stream."""
+        await self._serve_stream(stream, session=False)
+
     async def handle_1_0(self, stream: P2PStream) -> None:
         """The handler of ``/hivemesh/handoff/1.0.0``: the same, for an older delegator (its
         offers have no ``package`` or ``parameters``)."""
-        await self.handle(stream, legacy=True)
+        await self._serve_stream(stream, session=False, legacy=True)
 
-    async def handle(self, stream: P2PStream, *, legacy: bool = False) -> None:
+    async def _serve_stream(
+        self, stream: P2PStream, *, session: bool, legacy: bool = False
+    ) -> None:
         ms = MessageStream(stream, handoff.CODEC, limits=self.network.frame_limits())
-        machine = Delegatee()
         peer = stream.remote_peer
-        try:
+        idle = False
+        while True:  # (1.2.0: the next exchange, if the delegator sends one in time)
+            machine = Delegatee(session=session)
+            await self._exchange(ms, machine, peer, legacy=legacy, idle=idle)
+            if not (machine.session and machine.state is DelegateeState.DONE):
+                return
+            idle = True
+
+    async def _first_message(
+        self, ms: MessageStream[HandoffMessage], idle: bool
+    ) -> HandoffMessage | None:
+        """An exchange's first message; None if the stream ends or stays idle for
+        ``session_idle_s`` between two exchanges (``idle``)."""
+        if not idle:
             first = await ms.receive_within(self.network.request_timeout_s)
             assert not isinstance(first, ErrorMessage)  # raised as PeerErrorResponse
+            return first
+        with trio.move_on_after(self.config.session_idle_s):
+            msg = await ms.receive_or_eof()
+            if isinstance(msg, ErrorMessage):
+                raise PeerErrorResponse(msg.code, msg.message)
+            return msg
+        return None
+
+    async def _exchange(
+        self,
+        ms: MessageStream[HandoffMessage],
+        machine: Delegatee,
+        peer: str,
+        *,
+        legacy: bool,
+        idle: bool,
+    ) -> None:
+        """One exchange on the stream: an offer's, or a lone cancel's."""
+        try:
+            first = await self._first_message(ms, idle)
+            if first is None:
+                await ms.close()  # the delegator let the stream go (or left it idle)
+                return
             machine.receive(first)
         except ProtocolError as exc:
+            if idle and isinstance(exc, StreamClosedError):
+                await ms.reset()  # the delegator let the stream go
+                return
             log.info("bad first handoff message from %s: %s", peer, logsafe(exc))
             try:
                 await ms.send_error(exc.code, exc.message)
@@ -388,7 +444,12 @@ class HandoffServer:
             await self._send_final(ms, machine, reject)
             return
         assert job is not None
-        await ms.send(machine.send(handoff.Accept(handoff_id=hid, epoch=offer.epoch)))
+        if machine.session and not job.done.is_set():
+            # 1.2.0: a step that ends soon sends its final message in place of the accept
+            with trio.move_on_after(ACCEPT_SEND_DELAY_S):
+                await job.done.wait()
+        if not job.done.is_set() or not machine.session:
+            await ms.send(machine.send(handoff.Accept(handoff_id=hid, epoch=offer.epoch)))
         await self._follow(ms, machine, job)
 
     async def _job_for(
@@ -502,7 +563,8 @@ class HandoffServer:
                 if machine.state is DelegateeState.AWAIT_ACK:
                     with trio.move_on_after(self.config.ack_wait_s):
                         await acked.wait()
-                await ms.close()
+                if not (machine.session and machine.state is DelegateeState.DONE):
+                    await ms.close()  # (1.2.0: the stream carries the next exchange)
             except StreamClosedError as exc:
                 goes_on = "it is being canceled" if job.cancel_reason is not None else "it goes on"
                 log.info(
@@ -656,7 +718,8 @@ class HandoffServer:
     ) -> None:
         try:
             await ms.send(machine.send(message))
-            await ms.close()
+            if not machine.session:  # (1.2.0: the stream carries the next exchange)
+                await ms.close()
         except LocalProtocolError:
             log.exception("handoff server broke its own protocol")
             await ms.reset()

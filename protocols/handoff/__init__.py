@@ -1,4 +1,4 @@
-"""``/hivemesh/handoff/1.1.0`` (and 1.0.0): delegate one step to a peer.
+"""``/hivemesh/handoff/1.2.0`` (and 1.1.0, 1.0.0): delegate steps to a peer.
 
 See docs/protocols.md for the wire specification; :mod:`protocols.handoff.machine` holds the
 protocol's rules (which message may follow which) without I/O.
@@ -8,6 +8,7 @@ from protocols.handoff.messages import (
     CODEC,
     LEGACY_PROTOCOL_IDS,
     PROTOCOL_ID,
+    SESSION_VERSION,
     Accept,
     Ack,
     Cancel,
@@ -29,6 +30,7 @@ __all__ = [
     "CODEC",
     "LEGACY_PROTOCOL_IDS",
     "PROTOCOL_ID",
+    "SESSION_VERSION",
     "Accept",
     "Ack",
     "Cancel",

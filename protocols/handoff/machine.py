@@ -24,6 +24,11 @@ Delegatee::
 
 Final messages carry the offer's ``epoch``: a final message of another epoch is a late answer
 about a superseded attempt and is refused (:class:`StaleEpochError`).
+
+Since 1.2.0 (``session=True``) the delegatee may send ``result``, ``failed`` or ``canceled`` in
+place of ``accept`` (a step that finished before its decision was sent: the final message
+implies the accept), and a stream carries one exchange after another: each exchange has its
+own pair of machines, and the next one begins on the stream once both sides are ``DONE``.
 """
 
 from __future__ import annotations
@@ -82,7 +87,8 @@ _FINAL_OF_RUN = (StepResult, StepFailed, Canceled)
 class Delegator:
     """The delegator's side of one handoff stream."""
 
-    def __init__(self, first: Offer | Cancel) -> None:
+    def __init__(self, first: Offer | Cancel, *, session: bool = False) -> None:
+        self.session = session  # 1.2.0 rules: a final message may take the place of accept
         self.handoff_id = first.handoff_id
         self.offer = first if isinstance(first, Offer) else None
         self.epoch = first.epoch if isinstance(first, Offer) else None
@@ -120,12 +126,17 @@ class Delegator:
                 return msg
             if isinstance(msg, Reject):
                 return self._end(msg, DelegatorState.DONE)
-            raise HandoffViolation(f"{msg.type!r} before 'accept' or 'reject'")
+            if not (self.session and isinstance(msg, _FINAL_OF_RUN)):
+                raise HandoffViolation(f"{msg.type!r} before 'accept' or 'reject'")
+            # 1.2.0: the final message implies the accept (its epoch is checked below)
+            if state is DelegatorState.AWAIT_DECISION:
+                state = DelegatorState.RUNNING
         if state in (DelegatorState.RUNNING, DelegatorState.CANCELING):
             if isinstance(msg, Heartbeat):
                 return msg
             if isinstance(msg, _FINAL_OF_RUN):
                 self._check_epoch(msg.epoch, msg.type)
+                self.accepted = True
                 done = isinstance(msg, Canceled)
                 return self._end(msg, DelegatorState.DONE if done else DelegatorState.FINISHED)
             raise HandoffViolation(f"{msg.type!r} while the step runs")
@@ -161,7 +172,8 @@ class Delegator:
 class Delegatee:
     """The delegatee's side of one handoff stream."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, session: bool = False) -> None:
+        self.session = session  # 1.2.0 rules: a final message may take the place of accept
         self.state = DelegateeState.AWAIT_FIRST
         self.first: Offer | Cancel | None = None
         self.cancel_requested: Cancel | None = None
@@ -212,7 +224,7 @@ class Delegatee:
         if getattr(msg, "handoff_id", None) != hid:
             raise LocalProtocolError(f"sending {msg.type!r} about another handoff than {hid!r}")
         allowed: dict[DelegateeState, tuple[type, ...]] = {
-            DelegateeState.DECIDING: (Accept, Reject),
+            DelegateeState.DECIDING: (Accept, Reject, *(_FINAL_OF_RUN if self.session else ())),
             DelegateeState.RUNNING: (Heartbeat, StepResult, StepFailed, Canceled),
             DelegateeState.CANCEL_ANSWER: (Heartbeat, Canceled, NotCanceled),
         }

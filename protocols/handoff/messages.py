@@ -5,7 +5,8 @@ only message of a fresh stream; the latter is answered with ``canceled`` or ``no
 After a ``result`` or ``failed`` the delegator acknowledges it with ``ack`` (the delegatee may
 then forget the stored outcome). Version 1.0.0 added epochs on the final messages, receipts,
 ``ack``, and the quota reject codes; 1.1.0 the offer's ``package`` and ``parameters`` and
-the reject code ``installs_not_allowed``; see docs/protocols.md §9.
+the reject code ``installs_not_allowed``; 1.2.0 no message, but streams that carry one
+exchange after another and a final message that implies ``accept``; see docs/protocols.md §9.
 """
 
 from __future__ import annotations
@@ -17,10 +18,15 @@ from pydantic import Field, StrictInt, StringConstraints
 from protocols.versioning import since
 from protocols.wire import MAX_ID_LEN, MessageCodec, WireModel
 
-PROTOCOL_ID = "/hivemesh/handoff/1.1.0"
-LEGACY_PROTOCOL_IDS = ("/hivemesh/handoff/1.0.0",)
+PROTOCOL_ID = "/hivemesh/handoff/1.2.0"
+LEGACY_PROTOCOL_IDS = ("/hivemesh/handoff/1.1.0", "/hivemesh/handoff/1.0.0")
 """Older minor versions a node still serves (an older delegator's offers have no 1.1.0
-members); a delegator opens the newest (docs/protocols.md §3.1)."""
+members, and its streams carry one exchange); a delegator opens the newest, and an older one
+on a new stream when the peer refuses it (docs/protocols.md §3.1)."""
+SESSION_VERSION = (1, 2, 0)
+"""From this version on a stream carries one exchange after another (docs/protocols.md §9.1):
+after an exchange ends, the delegator may send the next ``offer`` (or ``cancel``) on it, and
+the delegatee may send a quick step's final message without an ``accept`` before it."""
 
 RejectCode = Literal[
     "no_such_tool",

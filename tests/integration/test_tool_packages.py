@@ -161,7 +161,7 @@ async def test_with_no_installing_node_a_package_step_fails_naming_the_package(
 
         # on handoff 1.0.0 (an older delegator's id) an ordinary offer is taken as before, and
         # one with 1.1.0's members is refused
-        legacy = handoff.LEGACY_PROTOCOL_IDS[0]
+        legacy = "/hivemesh/handoff/1.0.0"
         plain = handoff.Offer(
             handoff_id="old/echo@b",
             workflow_id="old",

@@ -165,3 +165,45 @@ def test_the_delegatee_cannot_send_out_of_turn() -> None:
     assert delegatee.state is DelegateeState.DONE
     with pytest.raises(LocalProtocolError):
         delegatee.send(handoff.Accept(handoff_id=HID, epoch=3))
+
+
+@pytest.mark.parametrize(
+    "final",
+    [
+        result(),
+        handoff.StepFailed(handoff_id=HID, epoch=3, code="tool_failed", message="x"),
+        handoff.Canceled(handoff_id=HID, epoch=3, message="x"),
+    ],
+)
+def test_since_1_2_0_a_final_message_may_take_the_place_of_accept(
+    final: handoff.HandoffMessage,
+) -> None:
+    o = offer()
+    delegator, delegatee = Delegator(o, session=True), Delegatee(session=True)
+    delegatee.receive(o)
+    relay(delegatee, delegator, final)
+    assert delegator.accepted and delegator.final == final
+    if isinstance(final, handoff.Canceled):
+        assert (delegator.state, delegatee.state) == (DelegatorState.DONE, DelegateeState.DONE)
+    else:
+        assert delegator.state is DelegatorState.FINISHED
+        assert delegatee.receive(delegator.ack()) is not None
+        assert delegatee.state is DelegateeState.DONE
+    # not on older streams, either way
+    with pytest.raises(LocalProtocolError):
+        d = Delegatee()
+        d.receive(o)
+        d.send(final)
+    with pytest.raises(HandoffViolation, match="before 'accept' or 'reject'"):
+        Delegator(o).receive(final)
+
+
+def test_an_implied_accept_still_checks_the_epoch_and_a_heartbeat_needs_an_accept() -> None:
+    with pytest.raises(StaleEpochError):
+        Delegator(offer(epoch=3), session=True).receive(result(epoch=2))
+    with pytest.raises(HandoffViolation, match="before 'accept' or 'reject'"):
+        Delegator(offer(), session=True).receive(handoff.Heartbeat(handoff_id=HID, elapsed_ms=1))
+    with pytest.raises(LocalProtocolError):
+        d = Delegatee(session=True)
+        d.receive(offer())
+        d.send(handoff.Heartbeat(handoff_id=HID, elapsed_ms=1))
