@@ -210,6 +210,16 @@ def _replay(handoff_id: str, epoch: int, stored: HandoffRecord | None) -> JobOut
     return None
 
 
+async def _error_and_reset(ms: MessageStream[HandoffMessage], exc: ProtocolError) -> None:
+    """Tell the peer what was wrong with what it sent (if it still listens), then reset."""
+    try:
+        await ms.send_error(exc.code, exc.message)
+    except ProtocolError:
+        pass  # the stream was reset: the delegator is gone, nobody to tell
+    finally:
+        await ms.reset()
+
+
 class HandoffServer:
     """Runs steps that peers delegate to this node."""
 
@@ -400,12 +410,7 @@ class HandoffServer:
                 await ms.reset()  # the delegator let the stream go
                 return
             log.info("bad first handoff message from %s: %s", peer, logsafe(exc))
-            try:
-                await ms.send_error(exc.code, exc.message)
-            except ProtocolError:
-                pass  # the stream was reset: the delegator is gone, nobody to tell
-            finally:
-                await ms.reset()
+            await _error_and_reset(ms, exc)
             return
         wait_s = self._rate.take(peer)
         if wait_s > 0:
@@ -551,6 +556,11 @@ class HandoffServer:
         """After ``accept``: heartbeats until the job ends, then its final message, then wait
         briefly for the delegator's ``ack``; meanwhile read what the delegator sends (a
         ``cancel``). A broken stream ends only the stream, never the job."""
+        if job.done.is_set():  # (a quick step, or a stored outcome: nothing to follow)
+            if await self._conclude(ms, machine, job):
+                self._acks.append((job.handoff_id, job.peer, job.epoch))
+                self._ack_waiting.set()
+            return
         lock = trio.Lock()  # one writer at a time: this task and the reader
         acked = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -578,6 +588,39 @@ class HandoffServer:
         if acked.is_set():  # written in batches, off the path of the next offers
             self._acks.append((job.handoff_id, job.peer, job.epoch))
             self._ack_waiting.set()
+
+    async def _conclude(
+        self, ms: MessageStream[HandoffMessage], machine: Delegatee, job: _Job
+    ) -> bool:
+        """:meth:`_follow` for a job that has its outcome already: send it, then read the
+        ``ack`` in this task (a crossing ``cancel`` changes nothing). True if acknowledged."""
+        assert job.outcome is not None
+        acked = False
+        try:
+            await ms.send(machine.send(job.outcome))
+            if machine.state is DelegateeState.AWAIT_ACK:
+                with trio.move_on_after(self.config.ack_wait_s):
+                    while not acked:
+                        msg = await ms.receive_or_eof()
+                        if msg is None:
+                            break  # the delegator closed its side: it sends nothing more
+                        if isinstance(msg, ErrorMessage):
+                            log.info(
+                                "delegator of handoff %s gave up: %s",
+                                logsafe(job.handoff_id),
+                                logsafe(msg.message),
+                            )
+                            await ms.reset()
+                            return False
+                        acked = isinstance(machine.receive(msg), handoff.Ack)
+            if not (machine.session and machine.state is DelegateeState.DONE):
+                await ms.close()  # (1.2.0: the stream carries the next exchange)
+        except StreamClosedError:
+            await ms.reset()  # the delegator is gone; the outcome is journaled for a re-offer
+        except ProtocolError as exc:
+            log.info("bad handoff message from %s after the offer: %s", job.peer, exc)
+            await _error_and_reset(ms, exc)
+        return acked
 
     async def _beat_until_done(
         self, ms: MessageStream[HandoffMessage], machine: Delegatee, job: _Job, lock: trio.Lock

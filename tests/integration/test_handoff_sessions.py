@@ -19,6 +19,8 @@ from protocols.framing import FrameDecoder, encode_frame
 from protocols.stream import MessageStream
 from tests.integration.harness import launch, make_node, member_host, wait_until
 
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+
 
 def _echo(hid: str, value: Any = 1, **extra: Any) -> handoff.Offer:
     return handoff.Offer(
