@@ -5,6 +5,7 @@ The node's libp2p adapter provides a :class:`ByteStream`; tests can use an in-me
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Generic, Protocol, runtime_checkable
 
 import trio
@@ -93,11 +94,18 @@ class MessageStream(Generic[M]):
         self._eof = False
 
     async def send(self, message: M | ErrorMessage) -> None:
-        if self.version is None:
-            obj = message.model_dump(mode="json")
-        else:
-            obj = dump_for(message, self.version)
-        await self.stream.write(encode_frame(obj, self.max_frame_size))
+        await self.send_many((message,))
+
+    async def send_many(self, messages: Sequence[M | ErrorMessage]) -> None:
+        """Send ``messages`` in order, in one write."""
+        frames = []
+        for message in messages:
+            if self.version is None:
+                obj = message.model_dump(mode="json")
+            else:
+                obj = dump_for(message, self.version)
+            frames.append(encode_frame(obj, self.max_frame_size))
+        await self.stream.write(b"".join(frames))
 
     async def send_error(self, code: str, message: str) -> None:
         await self.send(ErrorMessage(code=code, message=message))

@@ -156,7 +156,8 @@ async def delegate(
     kept = streams is not None
     while True:
         take = streams is not None and kept and carries_sessions(protocol)
-        ms = streams.take(peer_id) if streams is not None and take else None
+        kept_one = streams.take(peer_id) if streams is not None and take else None
+        ms, owed = kept_one if kept_one is not None else (None, None)
         reused = ms is not None
         if ms is None:
             ms = await _open(host, peer_id, protocol, offer, network)
@@ -168,6 +169,7 @@ async def delegate(
                 peer_id,
                 ms,
                 offer,
+                owed,
                 started,
                 reused,
                 network,
@@ -239,6 +241,7 @@ async def _exchange(
     peer_id: str,
     ms: MessageStream[HandoffMessage],
     offer: handoff.Offer,
+    owed: handoff.Ack | None,
     started: float,
     reused: bool,
     network: NetworkConfig,
@@ -249,9 +252,10 @@ async def _exchange(
     session: bool,
     streams: HandoffStreams | None,
 ) -> HandoffOutcome:
-    """One offer's exchange on ``ms``. ``session``: the stream speaks 1.2.0 (or later), so it
-    may carry the next exchange: it goes to ``streams`` when this one ends cleanly (else, or
-    without ``streams``, it is closed)."""
+    """One offer's exchange on ``ms`` (after ``owed``, the previous exchange's ack, in the
+    same write). ``session``: the stream speaks 1.2.0 (or later), so it may carry the next
+    exchange: it goes to ``streams`` when this one ends cleanly (else, or without
+    ``streams``, it is closed)."""
     machine = Delegator(offer, session=session)
     if not session:
         streams = None
@@ -261,7 +265,7 @@ async def _exchange(
     try:
         with trio.fail_after(offer.deadline_ms / 1000 + config.heartbeat_timeout_s):
             try:
-                await ms.send(offer)
+                await ms.send_many((owed, offer) if owed is not None else (offer,))
             except StreamClosedError:
                 if not reused:
                     raise
@@ -397,7 +401,11 @@ async def _ack(
     peer_id: str,
     streams: HandoffStreams | None = None,
 ) -> None:
-    """Acknowledge the final result or failure (best effort), then end the exchange."""
+    """Acknowledge the final result or failure (best effort), then end the exchange. A kept
+    stream (1.2.0) carries the ack with its next offer, or the pool sends it shortly."""
+    if streams is not None:
+        streams.give(peer_id, ms, owed=machine.ack())
+        return
     try:
         with trio.move_on_after(ACK_SEND_S) as scope:
             await ms.send(machine.ack())

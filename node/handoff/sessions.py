@@ -14,6 +14,11 @@ protocol id and which older one they took, for :data:`RELEARN_S`.
 A pooled stream may have been closed by the peer meanwhile (its idle limit, a restart): the
 delegator then sees the stream end before any answer and offers again on a new stream, which
 is safe because offers are idempotent by handoff id (§9.6).
+
+A stream may be kept with its ``ack`` still owed (the result is recorded, the ack not yet
+sent): the next offer on it carries the ack in the same write, and the pool sends an ack
+nobody took along alone after :data:`ACK_DEFER_S`. A routed chain thus sends two messages a
+step instead of three (the delegatee waits ``ack_wait_s``, 5 s by default, for an ack).
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from collections.abc import Callable
 import trio
 
 from protocols import handoff
+from protocols.errors import ProtocolError
 from protocols.handoff.messages import HandoffMessage
 from protocols.stream import MessageStream
 from protocols.versioning import parse_version, version_of
@@ -39,7 +45,12 @@ RELEARN_S = 600.0
 """How long a peer that refused the newest handoff version is offered an older one before
 the newest is tried again (it may have been upgraded)."""
 
+ACK_DEFER_S = 0.02
+"""How long an owed ``ack`` waits for the next offer on its stream before it is sent alone."""
+
 PROTOCOL_IDS = (handoff.PROTOCOL_ID, *handoff.LEGACY_PROTOCOL_IDS)
+
+Stream = MessageStream[HandoffMessage]
 
 
 def carries_sessions(protocol_id: str) -> bool:
@@ -60,12 +71,15 @@ class HandoffStreams:
         self.idle_s = idle_s
         self.max_idle_per_peer = max_idle_per_peer
         self._clock = clock
-        self._idle: dict[str, list[tuple[float, MessageStream[HandoffMessage]]]] = {}
+        # per peer, oldest first: (kept since, stream, the ack it owes or None)
+        self._idle: dict[str, list[tuple[float, Stream, handoff.Ack | None]]] = {}
         self._older: dict[str, tuple[int, float]] = {}  # peer -> (index in PROTOCOL_IDS, when)
-        self._closing: list[MessageStream[HandoffMessage]] = []
+        self._closing: list[tuple[Stream, handoff.Ack | None]] = []
+        self._owed = 0  # kept streams that owe an ack
         self._wake = trio.Event()
         self.reused = 0  # exchanges that began on a kept stream
         self.opened = 0  # streams opened for an exchange
+        self.acks_alone = 0  # owed acks sent on their own (no offer came in time)
 
     # -- versions -----------------------------------------------------------------------
 
@@ -91,64 +105,115 @@ class HandoffStreams:
 
     # -- idle streams -------------------------------------------------------------------
 
-    def take(self, peer: str) -> MessageStream[HandoffMessage] | None:
-        """The most recently used idle stream to ``peer`` that is not too old, if any."""
+    def take(self, peer: str) -> tuple[Stream, handoff.Ack | None] | None:
+        """The most recently used idle stream to ``peer`` that is not too old, with the ack
+        it owes (to be sent before, or with, the next message), if any."""
         idle = self._idle.get(peer)
         now = self._clock()
         while idle:
-            since, ms = idle.pop()
+            since, ms, owed = idle.pop()
+            self._owed -= owed is not None
             if now - since < self.idle_s:
                 if not idle:
                     del self._idle[peer]
                 self.reused += 1
-                return ms
-            self._close_later(ms)
+                return ms, owed
+            self._close_later(ms, owed)
         self._idle.pop(peer, None)
         return None
 
-    def give(self, peer: str, ms: MessageStream[HandoffMessage]) -> None:
-        """An exchange on ``ms`` ended cleanly: keep the stream for the next one."""
+    def give(self, peer: str, ms: Stream, owed: handoff.Ack | None = None) -> None:
+        """An exchange on ``ms`` ended cleanly (but for ``owed``, its ack not sent yet): keep
+        the stream for the next one."""
         idle = self._idle.setdefault(peer, [])
-        idle.append((self._clock(), ms))
+        idle.append((self._clock(), ms, owed))
+        if owed is not None:
+            self._owed += 1
+            if self._owed == 1:
+                self._wake.set()  # the sweeper looks more often while acks are owed
         while len(idle) > self.max_idle_per_peer:
-            self._close_later(idle.pop(0)[1])
+            _, old, old_owed = idle.pop(0)
+            self._owed -= old_owed is not None
+            self._close_later(old, old_owed)
 
     def forget(self, peer: str) -> None:
         """``peer`` is gone (disconnected): its idle streams go too."""
-        for _, ms in self._idle.pop(peer, []):
-            self._close_later(ms)
+        for _, ms, owed in self._idle.pop(peer, []):
+            self._owed -= owed is not None
+            self._close_later(ms, None)  # (nobody to send an ack to)
 
     def idle(self, peer: str | None = None) -> int:
         if peer is not None:
             return len(self._idle.get(peer, ()))
         return sum(len(v) for v in self._idle.values())
 
-    def _close_later(self, ms: MessageStream[HandoffMessage]) -> None:
-        self._closing.append(ms)
+    def owed(self) -> int:
+        return self._owed
+
+    def _close_later(self, ms: Stream, owed: handoff.Ack | None) -> None:
+        self._closing.append((ms, owed))
         self._wake.set()
 
     async def run(self) -> None:
-        """Closes the streams let go of, and the ones idle too long (runs in the node)."""
+        """Sends the acks no offer took along, closes the streams let go of and the ones
+        idle too long (runs in the node)."""
         while True:
-            with trio.move_on_after(self.idle_s / 2):
+            with trio.move_on_after(ACK_DEFER_S if self._owed else self.idle_s / 2):
                 await self._wake.wait()
             self._wake = trio.Event()
-            now = self._clock()
-            for peer in list(self._idle):
-                idle = self._idle[peer]
-                while idle and now - idle[0][0] >= self.idle_s:
-                    self._closing.append(idle.pop(0)[1])
-                if not idle:
-                    del self._idle[peer]
-            closing, self._closing = self._closing, []
-            for ms in closing:
+            await self._sweep()
+
+    async def _sweep(self) -> None:
+        now = self._clock()
+        due: list[tuple[str, Stream, handoff.Ack]] = []
+        for peer in list(self._idle):
+            idle = self._idle[peer]
+            while idle and now - idle[0][0] >= self.idle_s:
+                _, ms, owed = idle.pop(0)
+                self._owed -= owed is not None
+                self._closing.append((ms, owed))
+            if self._owed:
+                keep = []
+                for since, ms, owed in idle:
+                    if owed is not None and now - since >= ACK_DEFER_S:
+                        self._owed -= 1
+                        due.append((peer, ms, owed))
+                    else:
+                        keep.append((since, ms, owed))
+                idle[:] = keep
+            if not idle:
+                del self._idle[peer]
+        for peer, ms, ack in due:  # (out of the pool while we write on them)
+            if await _send_ack(ms, ack):
+                self.acks_alone += 1
+                self.give(peer, ms)
+        closing, self._closing = self._closing, []
+        for ms, owed in closing:
+            if owed is None or await _send_ack(ms, owed):
                 with trio.move_on_after(1.0):
                     await ms.close()
 
     async def aclose(self) -> None:
+        """Send the acks owed, close every kept stream (the node stops)."""
         for peer in list(self._idle):
-            self.forget(peer)
+            for _, ms, owed in self._idle.pop(peer):
+                self._closing.append((ms, owed))
+        self._owed = 0
         closing, self._closing = self._closing, []
         with trio.move_on_after(1.0):
-            for ms in closing:
-                await ms.close()
+            for ms, owed in closing:
+                if owed is None or await _send_ack(ms, owed):
+                    await ms.close()
+
+
+async def _send_ack(ms: Stream, ack: handoff.Ack) -> bool:
+    """Send an owed ack alone; False (the stream reset) if the stream broke."""
+    try:
+        with trio.move_on_after(1.0) as scope:
+            await ms.send(ack)
+        if not scope.cancelled_caught:
+            return True
+    except ProtocolError as exc:
+        log.debug("ack of handoff %s not sent: %s", ack.handoff_id, exc)
+    await ms.reset()
+    return False

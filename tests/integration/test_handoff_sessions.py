@@ -71,6 +71,17 @@ async def test_one_stream_carries_one_handoff_after_another(tmp_path: Path) -> N
             b.host, a.peer_id, _echo("h-after", "x"), network=net, config=cfg, streams=streams
         )
         assert outcome.outputs == {"result": "x"} and streams.opened == 1
+        # each ack went out with the next offer on the stream (no sweeper runs here): all
+        # five results were acknowledged, and the last exchange's ack is still owed
+        await wait_until(
+            lambda: all(
+                (r := a.journal.get_handoff(f"h{i}", direction="in", peer=b.peer_id)) is not None
+                and r.acked_at is not None
+                for i in range(5)
+            ),
+            what="the acks that travelled with the next offers recorded",
+        )
+        assert streams.owed() == 1 and streams.acks_alone == 0
         nursery.cancel_scope.cancel()
 
 
@@ -133,6 +144,7 @@ async def test_a_slow_step_is_accepted_first_and_a_kept_stream_the_peer_closed_i
     async with trio.open_nursery() as nursery:
         await launch(nursery, a)
         await launch(nursery, b)
+        nursery.start_soon(streams.run)  # (it sends the acks no next offer took along)
         await b.host.connect(a.peer_id, a.host.addrs())
         net, cfg = b.config.network, b.config.handoff
         nap = handoff.Offer(
