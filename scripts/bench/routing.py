@@ -136,8 +136,21 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--default-quotas", action="store_true", help="keep the per-peer quotas at their defaults"
     )
+    parser.add_argument(
+        "--reserved-share",
+        type=float,
+        help="every node's handoff.reserved_share (default: the config's, 0.25: a provider "
+        "of one CPU gives peers 1 of its 2 slots, half what the local run gets)",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also save the raw figures")
     return parser.parse_args()
+
+
+def _handoff_section(args: argparse.Namespace) -> dict[str, Any] | None:
+    section: dict[str, Any] = {} if args.default_quotas else dict(LIFTED)
+    if args.reserved_share is not None:
+        section["reserved_share"] = args.reserved_share
+    return section or None
 
 
 def main() -> int:
@@ -169,7 +182,7 @@ def main() -> int:
                 private=True,
                 cpus=args.node_cpus,
                 synchronous=args.synchronous,
-                handoff=None if args.default_quotas else dict(LIFTED),
+                handoff=_handoff_section(args),
             )
             result = trio.run(measure, factory, args, busy)
     finally:
@@ -374,9 +387,10 @@ def report(
     for failure in result["failures"]:
         print(f"  FAILED {failure}")
     print(
-        f"Ray CPUs {ray_cpus}, node cpus {args.node_cpus}, journal.synchronous "
-        f"{args.synchronous or 'FULL (default)'}; load average (1 min) {load_before[0]:.2f} "
-        f"before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs, shared)"
+        f"Ray CPUs {ray_cpus}, node cpus {args.node_cpus}, handoff.reserved_share "
+        f"{'0.25 (default)' if args.reserved_share is None else args.reserved_share}, "
+        f"journal.synchronous {args.synchronous or 'FULL (default)'}; load average (1 min) "
+        f"{load_before[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs, shared)"
     )
 
 

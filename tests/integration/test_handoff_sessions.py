@@ -258,3 +258,25 @@ async def test_idle_streams_are_let_go_and_a_stream_left_idle_is_closed_by_the_d
             assert await ms.receive_or_eof() is None  # closed by ``a``
         await ms.reset()
         nursery.cancel_scope.cancel()
+
+
+async def test_offers_on_one_stream_count_against_the_sender_s_rate_each(tmp_path: Path) -> None:
+    """Reusing a stream is no way around the offer rate: every exchange's first message is
+    counted; over the rate, a typed reject, and the stream (and node) serve on."""
+    a = make_node(tmp_path, "a", "util", handoff={"max_offers_per_minute": 3})
+    b = make_node(tmp_path, "b", "none")
+    streams = HandoffStreams()
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        await launch(nursery, b)
+        await b.host.connect(a.peer_id, a.host.addrs())
+        net, cfg = b.config.network, b.config.handoff
+        for i in range(3):
+            await delegate(
+                b.host, a.peer_id, _echo(f"q{i}"), network=net, config=cfg, streams=streams
+            )
+        with pytest.raises(HandoffRejectedError) as info:
+            await delegate(b.host, a.peer_id, _echo("q3"), network=net, config=cfg, streams=streams)
+        assert info.value.code == "quota_exceeded" and info.value.retry_after_s is not None
+        assert (streams.opened, streams.reused) == (1, 3) and a.handoff.started_jobs == 3
+        nursery.cancel_scope.cancel()
