@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import time
 import typing
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -99,6 +99,10 @@ class _Job:
     accepted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # when it got a slot and began to run
     accept_recorded: bool = False  # its ACCEPTED row is in the journal
+    # the ACCEPTED row: "pending" (due ACCEPT_RECORD_DELAY_S after the start), "writing",
+    # "done" (written or failed), or "skipped" (the job ended first: one row, with its outcome)
+    accept_row: Literal["pending", "writing", "done", "skipped"] = "pending"
+    accept_written: trio.Event = field(default_factory=trio.Event)  # set when "done"
 
 
 @dataclass(frozen=True)
@@ -259,6 +263,10 @@ class HandoffServer:
         self._nursery: trio.Nursery | None = None
         self._acks: list[tuple[str, str, int]] = []  # (handoff id, peer, epoch) to record
         self._ack_waiting = trio.Event()
+        # jobs whose ACCEPTED row is due at a time (trio's clock), oldest first
+        self._accepts_due: deque[tuple[float, handoff.Offer, _Job]] = deque()
+        self._accepts_wake = trio.Event()
+        self._accepts_idle = False
 
     @property
     def running(self) -> int:
@@ -277,6 +285,7 @@ class HandoffServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._record_acks)
+            nursery.start_soon(self._record_accepts)
             task_status.started()
             while True:
                 await self._prune()
@@ -853,40 +862,55 @@ class HandoffServer:
 
     # -- running -------------------------------------------------------------------------
 
-    async def _record_accepted(self, offer: handoff.Offer, job: _Job, recorded: trio.Event) -> None:
-        """Journal the accepted attempt if it is still running ``ACCEPT_RECORD_DELAY_S`` after
+    async def _record_accepts(self) -> None:
+        """Journal each accepted attempt that is still running ``ACCEPT_RECORD_DELAY_S`` after
         it began (a step that ends sooner is journaled once, with its outcome). Not needed
         before the tool starts: a node that stops before this commit forgets the attempt, and
         a re-offer of an attempt it does not know runs the step again — as it does for an
-        attempt that a restart interrupted (steps are at-least-once)."""
-        try:
-            with trio.move_on_after(ACCEPT_RECORD_DELAY_S):
-                await job.done.wait()
-            if job.done.is_set():
-                return
-            await self.journal.call(
-                self.journal.sync.record_handoff,
-                offer.handoff_id,
-                direction="in",
-                peer=job.peer,
-                tool=offer.tool,
-                workflow_id=offer.workflow_id,
-                step=offer.step,
-                status="ACCEPTED",
-                epoch=job.epoch,
-            )
-            job.accept_recorded = True
-        except Exception as exc:  # a full disk must not stop the step or the node
-            log.warning("could not journal handoff %s: %s", logsafe(offer.handoff_id), exc)
-        finally:
-            recorded.set()
+        attempt that a restart interrupted (steps are at-least-once). One task for all jobs:
+        it sleeps until the oldest one is due, so a quick step costs no task of its own."""
+        due = self._accepts_due
+        while True:
+            if not due:
+                self._accepts_idle = True
+                await self._accepts_wake.wait()
+                self._accepts_wake = trio.Event()
+                self._accepts_idle = False
+                continue
+            at, offer, job = due[0]
+            if job.accept_row != "pending":
+                due.popleft()
+                continue
+            if at > trio.current_time():
+                await trio.sleep_until(at)
+                continue
+            due.popleft()
+            job.accept_row = "writing"
+            try:
+                await self.journal.call(
+                    self.journal.sync.record_handoff,
+                    offer.handoff_id,
+                    direction="in",
+                    peer=job.peer,
+                    tool=offer.tool,
+                    workflow_id=offer.workflow_id,
+                    step=offer.step,
+                    status="ACCEPTED",
+                    epoch=job.epoch,
+                )
+                job.accept_recorded = True
+            except Exception as exc:  # a full disk must not stop the step or the node
+                log.warning("could not journal handoff %s: %s", logsafe(offer.handoff_id), exc)
+            finally:
+                job.accept_row = "done"
+                job.accept_written.set()
 
     async def _run_job(self, offer: handoff.Offer, job: _Job, previous: _Job | None) -> None:
         hid, peer = offer.handoff_id, job.peer
         outcome: JobOutcome
-        recorded = trio.Event()
-        assert self._nursery is not None
-        self._nursery.start_soon(self._record_accepted, offer, job, recorded)
+        self._accepts_due.append((trio.current_time() + ACCEPT_RECORD_DELAY_S, offer, job))
+        if self._accepts_idle:
+            self._accepts_wake.set()
         try:
             # a cancel stops the tool as a local cancel does: the runner cancels its Ray task
             # and kills the worker if it has not stopped after a grace period
@@ -960,7 +984,10 @@ class HandoffServer:
         self._finishing[peer, hid] = job
         try:
             with trio.CancelScope(shield=True):
-                await recorded.wait()  # its ACCEPTED row, if any, first: finish updates it
+                if job.accept_row == "pending":
+                    job.accept_row = "skipped"  # ended before its ACCEPTED row was due
+                else:  # its ACCEPTED row first: finish updates it
+                    await job.accept_written.wait()
             # (only this attempt's record: a later attempt may have replaced it meanwhile;
             # with no ACCEPTED row, the row and its outcome in one transaction)
             finish = (
