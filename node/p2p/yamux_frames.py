@@ -70,9 +70,18 @@ async def _send(conn: Any, data: bytes) -> None:
     time)."""
     if _libp2p_log.isEnabledFor(logging.DEBUG):  # (py-libp2p formats it for every frame)
         _libp2p_log.debug("YAMUX TX: %s", _describe(data))
-    async with conn._write_lock:
-        # (py-libp2p checkpoints again after each frame: the socket's send already does)
+    # (py-libp2p checkpoints again after each frame: the socket's send already does; and a
+    # free lock is taken without one, see node.p2p.lean_writes)
+    lock = conn._write_lock
+    if lock.locked():
+        async with lock:
+            await conn.secured_conn.write(data)
+        return
+    lock.acquire_nowait()
+    try:
         await conn.secured_conn.write(data)
+    finally:
+        lock.release()
 
 
 def frame_names(data: bytes) -> tuple[str, str]:
