@@ -44,7 +44,7 @@ from node.handoff.errors import (
     HandoffRejectedError,
 )
 from node.handoff.receipts import check_receipt
-from node.handoff.sessions import PROTOCOL_IDS, HandoffStreams, carries_sessions
+from node.handoff.sessions import PROTOCOL_IDS, HandoffStreams, carries_sessions, older_than
 from node.p2p import P2PHost
 from protocols import handoff, logsafe
 from protocols.canonical import rough_json_size
@@ -185,7 +185,7 @@ async def delegate(
                 older = (
                     streams.refused(peer_id, protocol)
                     if streams is not None
-                    else _older_than(protocol)
+                    else older_than(protocol)
                 )
                 if older is None:
                     ids = ", ".join(PROTOCOL_IDS)
@@ -205,11 +205,6 @@ class _OfferAgain(Exception):
 
     def __init__(self, refused: bool) -> None:
         self.refused = refused
-
-
-def _older_than(protocol: str) -> str | None:
-    index = PROTOCOL_IDS.index(protocol) + 1
-    return PROTOCOL_IDS[index] if index < len(PROTOCOL_IDS) else None
 
 
 async def _open(
@@ -533,7 +528,7 @@ async def cancel_handoff(
         try:
             return await _cancel_alone(ms, peer_id, handoff_id, reason, config)
         except ProtocolRefusedError:
-            protocol = streams.refused(peer_id, protocol) if streams else _older_than(protocol)
+            protocol = streams.refused(peer_id, protocol) if streams else older_than(protocol)
     raise HandoffLostError(peer_id, f"peer {peer_id} speaks no version of the handoff protocol")
 
 

@@ -53,6 +53,12 @@ PROTOCOL_IDS = (handoff.PROTOCOL_ID, *handoff.LEGACY_PROTOCOL_IDS)
 Stream = MessageStream[HandoffMessage]
 
 
+def older_than(protocol_id: str) -> str | None:
+    """The handoff protocol id to propose after ``protocol_id`` was refused, if any."""
+    index = PROTOCOL_IDS.index(protocol_id) + 1
+    return PROTOCOL_IDS[index] if index < len(PROTOCOL_IDS) else None
+
+
 def carries_sessions(protocol_id: str) -> bool:
     """Whether streams of this handoff version carry one exchange after another (1.2.0+)."""
     return parse_version(version_of(protocol_id)) >= handoff.SESSION_VERSION
@@ -96,12 +102,12 @@ class HandoffStreams:
 
     def refused(self, peer: str, protocol_id: str) -> str | None:
         """``peer`` refused ``protocol_id``: the next older id to propose, or None."""
-        index = PROTOCOL_IDS.index(protocol_id) + 1
-        if index >= len(PROTOCOL_IDS):
+        older = older_than(protocol_id)
+        if older is None:
             self._older.pop(peer, None)
             return None
-        self._older[peer] = (index, self._clock())
-        return PROTOCOL_IDS[index]
+        self._older[peer] = (PROTOCOL_IDS.index(older), self._clock())
+        return older
 
     # -- idle streams -------------------------------------------------------------------
 
@@ -161,7 +167,10 @@ class HandoffStreams:
             with trio.move_on_after(ACK_DEFER_S if self._owed else self.idle_s / 2):
                 await self._wake.wait()
             self._wake = trio.Event()
-            await self._sweep()
+            try:
+                await self._sweep()
+            except Exception:  # a kept stream's trouble must not stop the node
+                log.exception("handoff stream sweep failed")
 
     async def _sweep(self) -> None:
         now = self._clock()
