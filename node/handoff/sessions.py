@@ -82,6 +82,7 @@ class HandoffStreams:
         self._older: dict[str, tuple[int, float]] = {}  # peer -> (index in PROTOCOL_IDS, when)
         self._closing: list[tuple[Stream, handoff.Ack | None]] = []
         self._owed = 0  # kept streams that owe an ack
+        self._sleeping_long = False  # the sweeper waits without looking at owed acks
         self._wake = trio.Event()
         self.reused = 0  # exchanges that began on a kept stream
         self.opened = 0  # streams opened for an exchange
@@ -135,7 +136,7 @@ class HandoffStreams:
         idle.append((self._clock(), ms, owed))
         if owed is not None:
             self._owed += 1
-            if self._owed == 1:
+            if self._sleeping_long:
                 self._wake.set()  # the sweeper looks more often while acks are owed
         while len(idle) > self.max_idle_per_peer:
             _, old, old_owed = idle.pop(0)
@@ -164,8 +165,11 @@ class HandoffStreams:
         """Sends the acks no offer took along, closes the streams let go of and the ones
         idle too long (runs in the node)."""
         while True:
-            with trio.move_on_after(ACK_DEFER_S if self._owed else self.idle_s / 2):
+            # (while acks are owed it looks every ACK_DEFER_S and needs no wake-up for more)
+            self._sleeping_long = not self._owed
+            with trio.move_on_after(self.idle_s / 2 if self._sleeping_long else ACK_DEFER_S):
                 await self._wake.wait()
+            self._sleeping_long = False
             self._wake = trio.Event()
             try:
                 await self._sweep()
