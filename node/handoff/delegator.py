@@ -155,8 +155,8 @@ async def delegate(
     protocol = streams.protocol_for(peer_id) if streams is not None else PROTOCOL_IDS[0]
     kept = streams is not None
     while True:
-        take = streams is not None and kept and carries_sessions(protocol)
-        kept_one = streams.take(peer_id) if streams is not None and take else None
+        session = carries_sessions(protocol)
+        kept_one = streams.take(peer_id) if streams is not None and kept and session else None
         ms, owed = kept_one if kept_one is not None else (None, None)
         reused = ms is not None
         if ms is None:
@@ -177,7 +177,7 @@ async def delegate(
                 check,
                 record,
                 background,
-                carries_sessions(protocol),
+                session,
                 streams,
             )
         except _OfferAgain as again:

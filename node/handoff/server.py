@@ -98,11 +98,11 @@ class _Job:
     canceled_by: str = "its delegator"
     accepted_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None  # when it got a slot and began to run
-    accept_recorded: bool = False  # its ACCEPTED row is in the journal
     # the ACCEPTED row: "pending" (due ACCEPT_RECORD_DELAY_S after the start), "writing",
-    # "done" (written or failed), or "skipped" (the job ended first: one row, with its outcome)
-    accept_row: Literal["pending", "writing", "done", "skipped"] = "pending"
-    accept_written: trio.Event = field(default_factory=trio.Event)  # set when "done"
+    # "written", "failed" (a journal error), or "skipped" (the job ended first: one row, with
+    # its outcome)
+    accept_row: Literal["pending", "writing", "written", "failed", "skipped"] = "pending"
+    accept_written: trio.Event = field(default_factory=trio.Event)  # set when written or failed
 
 
 @dataclass(frozen=True)
@@ -378,7 +378,7 @@ class HandoffServer:
         while True:  # (1.2.0: the next exchange, if the delegator sends one in time)
             machine = Delegatee(session=session)
             await self._exchange(ms, machine, peer, legacy=legacy, idle=idle)
-            if not (machine.session and machine.state is DelegateeState.DONE):
+            if not machine.keeps_stream:
                 return
             idle = True
 
@@ -566,10 +566,18 @@ class HandoffServer:
         briefly for the delegator's ``ack``; meanwhile read what the delegator sends (a
         ``cancel``). A broken stream ends only the stream, never the job."""
         if job.done.is_set():  # (a quick step, or a stored outcome: nothing to follow)
-            if await self._conclude(ms, machine, job):
-                self._acks.append((job.handoff_id, job.peer, job.epoch))
-                self._ack_waiting.set()
-            return
+            acked = await self._conclude(ms, machine, job)
+        else:
+            acked = await self._follow_running(ms, machine, job)
+        if acked:  # written in batches, off the path of the next offers
+            self._acks.append((job.handoff_id, job.peer, job.epoch))
+            self._ack_waiting.set()
+
+    async def _follow_running(
+        self, ms: MessageStream[HandoffMessage], machine: Delegatee, job: _Job
+    ) -> bool:
+        """:meth:`_follow` while the job runs: a reader task takes a ``cancel`` meanwhile.
+        True if the outcome was acknowledged."""
         lock = trio.Lock()  # one writer at a time: this task and the reader
         acked = trio.Event()
         async with trio.open_nursery() as nursery:
@@ -582,7 +590,7 @@ class HandoffServer:
                 if machine.state is DelegateeState.AWAIT_ACK:
                     with trio.move_on_after(self.config.ack_wait_s):
                         await acked.wait()
-                if not (machine.session and machine.state is DelegateeState.DONE):
+                if not machine.keeps_stream:
                     await ms.close()  # (1.2.0: the stream carries the next exchange)
             except StreamClosedError as exc:
                 goes_on = "it is being canceled" if job.cancel_reason is not None else "it goes on"
@@ -594,9 +602,7 @@ class HandoffServer:
                 )
                 await ms.reset()
             nursery.cancel_scope.cancel()
-        if acked.is_set():  # written in batches, off the path of the next offers
-            self._acks.append((job.handoff_id, job.peer, job.epoch))
-            self._ack_waiting.set()
+        return acked.is_set()
 
     async def _conclude(
         self, ms: MessageStream[HandoffMessage], machine: Delegatee, job: _Job
@@ -622,7 +628,7 @@ class HandoffServer:
                             await ms.reset()
                             return False
                         acked = isinstance(machine.receive(msg), handoff.Ack)
-            if not (machine.session and machine.state is DelegateeState.DONE):
+            if not machine.keeps_stream:
                 await ms.close()  # (1.2.0: the stream carries the next exchange)
         except StreamClosedError:
             await ms.reset()  # the delegator is gone; the outcome is journaled for a re-offer
@@ -770,7 +776,7 @@ class HandoffServer:
     ) -> None:
         try:
             await ms.send(machine.send(message))
-            if not machine.session:  # (1.2.0: the stream carries the next exchange)
+            if not machine.keeps_stream:  # (1.2.0: the stream carries the next exchange)
                 await ms.close()
         except LocalProtocolError:
             log.exception("handoff server broke its own protocol")
@@ -886,6 +892,7 @@ class HandoffServer:
                 continue
             due.popleft()
             job.accept_row = "writing"
+            row: Literal["written", "failed"] = "failed"
             try:
                 await self.journal.call(
                     self.journal.sync.record_handoff,
@@ -898,11 +905,11 @@ class HandoffServer:
                     status="ACCEPTED",
                     epoch=job.epoch,
                 )
-                job.accept_recorded = True
+                row = "written"
             except Exception as exc:  # a full disk must not stop the step or the node
                 log.warning("could not journal handoff %s: %s", logsafe(offer.handoff_id), exc)
             finally:
-                job.accept_row = "done"
+                job.accept_row = row
                 job.accept_written.set()
 
     async def _run_job(self, offer: handoff.Offer, job: _Job, previous: _Job | None) -> None:
@@ -998,7 +1005,7 @@ class HandoffServer:
                     peer=peer,
                     epoch=job.epoch,
                 )
-                if job.accept_recorded
+                if job.accept_row == "written"
                 else partial(
                     self.journal.sync.record_outcome,
                     hid,

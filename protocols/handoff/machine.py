@@ -182,6 +182,11 @@ class Delegatee:
     def handoff_id(self) -> str | None:
         return self.first.handoff_id if self.first is not None else None
 
+    @property
+    def keeps_stream(self) -> bool:
+        """The exchange ended cleanly on a 1.2.0 stream: the stream carries the next one."""
+        return self.session and self.state is DelegateeState.DONE
+
     def receive(self, msg: HandoffMessage) -> HandoffMessage | None:
         """Check a message from the delegator. Returns it, or None when it changes nothing
         (a repeated or late ``cancel``). Raises :class:`HandoffViolation`."""
