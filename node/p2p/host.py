@@ -66,7 +66,7 @@ from libp2p.utils.varint import encode_delim
 from node.errors import ConfigError, NodeUnreachableError, NotInSwarmError
 from node.p2p import inbound
 from node.p2p.guard import GuardLimits, PeerGuard, StreamAccount
-from node.p2p.lean_writes import use_lean_writes
+from node.p2p.lean_locks import use_lean_locks
 from node.p2p.listen import ListenSockets
 from node.p2p.negotiate import Negotiated, NegotiationError, negotiate
 from node.p2p.pnet import PrivateNetworkUpgrader, RefusalLog
@@ -379,7 +379,7 @@ class P2PHost:
         use_go_yamux_window_updates()
         use_deferred_syn_ack()
         # and five scheduler round trips per message written, three of them free locks
-        use_lean_writes()
+        use_lean_locks()
         # what peers may hold of this node, and who is banned (node/p2p/guard.py)
         self.guard = PeerGuard(guard or GuardLimits(), on_ban=self._banned)
         self._inbound_streams: dict[str, list[INetStream]] = {}

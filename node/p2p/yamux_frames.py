@@ -71,7 +71,7 @@ async def _send(conn: Any, data: bytes) -> None:
     if _libp2p_log.isEnabledFor(logging.DEBUG):  # (py-libp2p formats it for every frame)
         _libp2p_log.debug("YAMUX TX: %s", _describe(data))
     # (py-libp2p checkpoints again after each frame: the socket's send already does; and a
-    # free lock is taken without one, see node.p2p.lean_writes)
+    # free lock is taken without one, see node.p2p.lean_locks)
     lock = conn._write_lock
     if lock.locked():
         async with lock:

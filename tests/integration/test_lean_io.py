@@ -1,5 +1,5 @@
 """py-libp2p's stream writes and reads without a checkpoint per free lock
-(node/p2p/lean_writes.py): under contention — many streams of one connection, writers on
+(node/p2p/lean_locks.py): under contention — many streams of one connection, writers on
 both sides, messages larger than the send window — every byte still arrives, in order."""
 
 from __future__ import annotations
@@ -11,13 +11,13 @@ from libp2p.crypto.ed25519 import create_new_key_pair
 
 from node.p2p import P2PStream
 from node.p2p.host import P2PHost
-from node.p2p.lean_writes import use_lean_writes
+from node.p2p.lean_locks import use_lean_locks
 
 PROTO = "/hivemesh-test/echo/1.0.0"
 
 
 async def test_concurrent_streams_of_mixed_sizes_arrive_whole_and_in_order() -> None:
-    assert use_lean_writes()  # installed by every host (and idempotent)
+    assert use_lean_locks()  # installed by every host (and idempotent)
     a, b = P2PHost(create_new_key_pair()), P2PHost(create_new_key_pair())
 
     async def echo(stream: P2PStream) -> None:

@@ -8,7 +8,7 @@ checkpoint: the task yields to the scheduler and runs again in the next batch. W
 socket's own send that made five scheduler round trips per message, on top of the reader's;
 a routed step writes two or three messages on each side.
 
-:func:`use_lean_writes` replaces, once per process:
+:func:`use_lean_locks` replaces, once per process:
 
 * ``YamuxStream.write``: a message that fits the send window in one frame, on a stream open
   for sending whose two locks are free, is framed and counted against the window without
@@ -50,7 +50,7 @@ from libp2p.stream_muxer.yamux.yamux import (
 
 log = logging.getLogger(__name__)
 
-_INSTALLED = "_hivemesh_lean_writes"
+_INSTALLED = "_hivemesh_lean_locks"
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 _MAX_PAYLOAD = MAX_MESSAGE_SIZE - HEADER_SIZE
 _original_stream_write: Any = None
@@ -146,7 +146,7 @@ async def _read_stream(self: Any, stream_id: int, n: int | None = -1) -> bytes:
     return await _original_read_stream(self, stream_id, n)
 
 
-def use_lean_writes() -> bool:
+def use_lean_locks() -> bool:
     """Install the writes above, once per process. Returns whether they are in place (not if
     this py-libp2p lacks the parts they rely on)."""
     global _original_stream_write, _original_tcp_write, _original_tcp_read, _original_read_stream
