@@ -5,12 +5,15 @@ peer that speaks only an older version is offered that one."""
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import pytest
 import trio
 
+from node.daemon import Node
 from node.handoff import HandoffRejectedError, delegate
 from node.handoff.sessions import HandoffStreams
 from node.p2p import P2PStream
@@ -20,6 +23,20 @@ from protocols.stream import MessageStream
 from tests.integration.harness import launch, make_node, member_host, wait_until
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
+
+
+@asynccontextmanager
+async def _pair(tmp_path: Path, **a_handoff: Any) -> AsyncIterator[tuple[Node, Node, trio.Nursery]]:
+    """``a`` (util tools, its handoff section overridden by ``a_handoff``) and ``b`` (no
+    tools), running and connected; stopped at the end."""
+    a = make_node(tmp_path, "a", "util", handoff=a_handoff)
+    b = make_node(tmp_path, "b", "none")
+    async with trio.open_nursery() as nursery:
+        await launch(nursery, a)
+        await launch(nursery, b)
+        await b.host.connect(a.peer_id, a.host.addrs())
+        yield a, b, nursery
+        nursery.cancel_scope.cancel()
 
 
 def _echo(hid: str, value: Any = 1, **extra: Any) -> handoff.Offer:
@@ -35,13 +52,8 @@ def _echo(hid: str, value: Any = 1, **extra: Any) -> handoff.Offer:
 
 
 async def test_one_stream_carries_one_handoff_after_another(tmp_path: Path) -> None:
-    a = make_node(tmp_path, "a", "util")
-    b = make_node(tmp_path, "b", "none")
     streams = HandoffStreams()
-    async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        await launch(nursery, b)
-        await b.host.connect(a.peer_id, a.host.addrs())
+    async with _pair(tmp_path) as (a, b, _):
         net, cfg = b.config.network, b.config.handoff
         for i in range(5):
             outcome = await delegate(
@@ -82,7 +94,6 @@ async def test_one_stream_carries_one_handoff_after_another(tmp_path: Path) -> N
             what="the acks that travelled with the next offers recorded",
         )
         assert streams.owed() == 1 and streams.acks_alone == 0
-        nursery.cancel_scope.cancel()
 
 
 async def test_raw_exchanges_on_one_stream_and_garbage_in_the_second(tmp_path: Path) -> None:
@@ -90,12 +101,7 @@ async def test_raw_exchanges_on_one_stream_and_garbage_in_the_second(tmp_path: P
     ``accept`` (the machine's unit tests pin that rule); after the ``ack`` the same stream
     takes the next offer (and an ack may travel in the same write as that offer); garbage in
     a later exchange gets the usual typed error, and the node keeps serving."""
-    a = make_node(tmp_path, "a", "util")
-    b = make_node(tmp_path, "b", "none")
-    async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        await launch(nursery, b)
-        await b.host.connect(a.peer_id, a.host.addrs())
+    async with _pair(tmp_path) as (a, b, _):
         net, cfg = b.config.network, b.config.handoff
         await delegate(b.host, a.peer_id, _echo("warm-up"), network=net, config=cfg)
         ms = MessageStream(await b.host.open_stream(a.peer_id, handoff.PROTOCOL_ID), handoff.CODEC)
@@ -132,20 +138,14 @@ async def test_raw_exchanges_on_one_stream_and_garbage_in_the_second(tmp_path: P
         third = await again.receive_within(10)
         assert isinstance(third, handoff.StepResult) and third.outputs == {"result": 3}
         await again.reset()
-        nursery.cancel_scope.cancel()
 
 
 async def test_a_slow_step_is_accepted_first_and_a_kept_stream_the_peer_closed_is_replaced(
     tmp_path: Path,
 ) -> None:
-    a = make_node(tmp_path, "a", "util", handoff={"session_idle_s": 0.3})
-    b = make_node(tmp_path, "b", "none")
     streams = HandoffStreams(idle_s=60)  # keeps the stream longer than ``a`` does
-    async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        await launch(nursery, b)
+    async with _pair(tmp_path, session_idle_s=0.3) as (a, b, nursery):
         nursery.start_soon(streams.run)  # (it sends the acks no next offer took along)
-        await b.host.connect(a.peer_id, a.host.addrs())
         net, cfg = b.config.network, b.config.handoff
         nap = handoff.Offer(
             handoff_id="nap",
@@ -165,7 +165,6 @@ async def test_a_slow_step_is_accepted_first_and_a_kept_stream_the_peer_closed_i
         assert outcome.outputs == {"result": 7}
         assert (streams.opened, streams.reused) == (2, 1)  # the kept one was found closed
         assert a.handoff.started_jobs == 2  # and the offer ran once
-        nursery.cancel_scope.cancel()
 
 
 def _old_delegatee(tmp_path: Path, protocol: str, got: list[dict[str, Any]]) -> Any:
@@ -236,14 +235,9 @@ async def test_a_peer_that_speaks_an_older_version_is_offered_that_one(
 async def test_idle_streams_are_let_go_and_a_stream_left_idle_is_closed_by_the_delegatee(
     tmp_path: Path,
 ) -> None:
-    a = make_node(tmp_path, "a", "util", handoff={"session_idle_s": 0.5})
-    b = make_node(tmp_path, "b", "none")
     streams = HandoffStreams(idle_s=0.2)
-    async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        await launch(nursery, b)
+    async with _pair(tmp_path, session_idle_s=0.5) as (a, b, nursery):
         nursery.start_soon(streams.run)
-        await b.host.connect(a.peer_id, a.host.addrs())
         net, cfg = b.config.network, b.config.handoff
         await delegate(b.host, a.peer_id, _echo("i1"), network=net, config=cfg, streams=streams)
         assert streams.idle(a.peer_id) == 1
@@ -257,19 +251,13 @@ async def test_idle_streams_are_let_go_and_a_stream_left_idle_is_closed_by_the_d
         with trio.fail_after(5):
             assert await ms.receive_or_eof() is None  # closed by ``a``
         await ms.reset()
-        nursery.cancel_scope.cancel()
 
 
 async def test_offers_on_one_stream_count_against_the_sender_s_rate_each(tmp_path: Path) -> None:
     """Reusing a stream is no way around the offer rate: every exchange's first message is
     counted; over the rate, a typed reject, and the stream (and node) serve on."""
-    a = make_node(tmp_path, "a", "util", handoff={"max_offers_per_minute": 3})
-    b = make_node(tmp_path, "b", "none")
     streams = HandoffStreams()
-    async with trio.open_nursery() as nursery:
-        await launch(nursery, a)
-        await launch(nursery, b)
-        await b.host.connect(a.peer_id, a.host.addrs())
+    async with _pair(tmp_path, max_offers_per_minute=3) as (a, b, _):
         net, cfg = b.config.network, b.config.handoff
         for i in range(3):
             await delegate(
@@ -279,4 +267,3 @@ async def test_offers_on_one_stream_count_against_the_sender_s_rate_each(tmp_pat
             await delegate(b.host, a.peer_id, _echo("q3"), network=net, config=cfg, streams=streams)
         assert info.value.code == "quota_exceeded" and info.value.retry_after_s is not None
         assert (streams.opened, streams.reused) == (1, 3) and a.handoff.started_jobs == 3
-        nursery.cancel_scope.cancel()
