@@ -182,11 +182,7 @@ async def delegate(
             )
         except _OfferAgain as again:
             if again.refused:
-                older = (
-                    streams.refused(peer_id, protocol)
-                    if streams is not None
-                    else older_than(protocol)
-                )
+                older = _refused(streams, peer_id, protocol)
                 if older is None:
                     ids = ", ".join(PROTOCOL_IDS)
                     raise HandoffRejectedError(
@@ -196,6 +192,11 @@ async def delegate(
                 protocol = older
             else:  # a kept stream the peer had closed meanwhile: the same offer, a new stream
                 kept = False
+
+
+def _refused(streams: HandoffStreams | None, peer_id: str, protocol: str) -> str | None:
+    """``peer_id`` refused ``protocol``: the older id to propose (remembered in ``streams``)."""
+    return streams.refused(peer_id, protocol) if streams is not None else older_than(protocol)
 
 
 class _OfferAgain(Exception):
@@ -407,7 +408,7 @@ async def _ack(
         if scope.cancelled_caught:
             await ms.reset()
         else:
-            await _done(ms, peer_id, streams)
+            await ms.close()
     except ProtocolError:
         await ms.reset()
 
@@ -528,7 +529,7 @@ async def cancel_handoff(
         try:
             return await _cancel_alone(ms, peer_id, handoff_id, reason, config)
         except ProtocolRefusedError:
-            protocol = streams.refused(peer_id, protocol) if streams else older_than(protocol)
+            protocol = _refused(streams, peer_id, protocol)
     raise HandoffLostError(peer_id, f"peer {peer_id} speaks no version of the handoff protocol")
 
 

@@ -79,7 +79,7 @@ class HandoffStreams:
         self._clock = clock
         # per peer, oldest first: (kept since, stream, the ack it owes or None)
         self._idle: dict[str, list[tuple[float, Stream, handoff.Ack | None]]] = {}
-        self._older: dict[str, tuple[int, float]] = {}  # peer -> (index in PROTOCOL_IDS, when)
+        self._older: dict[str, tuple[str, float]] = {}  # peer -> (the id it took, when)
         self._closing: list[tuple[Stream, handoff.Ack | None]] = []
         self._owed = 0  # kept streams that owe an ack
         self._sleeping_long = False  # the sweeper waits without looking at owed acks
@@ -95,11 +95,11 @@ class HandoffStreams:
         older = self._older.get(peer)
         if older is None:
             return PROTOCOL_IDS[0]
-        index, since = older
+        protocol_id, since = older
         if self._clock() - since > RELEARN_S:
             del self._older[peer]
             return PROTOCOL_IDS[0]
-        return PROTOCOL_IDS[index]
+        return protocol_id
 
     def refused(self, peer: str, protocol_id: str) -> str | None:
         """``peer`` refused ``protocol_id``: the next older id to propose, or None."""
@@ -107,7 +107,7 @@ class HandoffStreams:
         if older is None:
             self._older.pop(peer, None)
             return None
-        self._older[peer] = (PROTOCOL_IDS.index(older), self._clock())
+        self._older[peer] = (older, self._clock())
         return older
 
     # -- idle streams -------------------------------------------------------------------
