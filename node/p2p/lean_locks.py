@@ -54,8 +54,6 @@ _INSTALLED = "_hivemesh_lean_locks"
 _HEADER = struct.Struct(YAMUX_HEADER_FORMAT)
 _MAX_PAYLOAD = MAX_MESSAGE_SIZE - HEADER_SIZE
 _original_stream_write: Any = None
-_original_tcp_write: Any = None
-_original_tcp_read: Any = None
 _original_read_stream: Any = None
 
 
@@ -76,41 +74,51 @@ async def _stream_write(self: Any, data: bytes) -> None:
     await _original_stream_write(self, data)
 
 
+class held:
+    """``async with held(lock)``: a free ``trio.Lock`` is taken without a checkpoint (the
+    block's own I/O is one); a held one is waited for, in order, as ``async with lock``."""
+
+    __slots__ = ("_lock",)
+
+    def __init__(self, lock: trio.Lock) -> None:
+        self._lock = lock
+
+    async def __aenter__(self) -> None:
+        if self._lock.locked():
+            await self._lock.acquire()
+        else:
+            self._lock.acquire_nowait()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._lock.release()
+
+
+def _tcp_error(error: trio.BrokenResourceError) -> ConnectionClosedError:
+    return ConnectionClosedError(f"TCP connection reset by remote peer: {error}", transport="tcp")
+
+
 async def _tcp_write(self: Any, data: bytes) -> None:
     """``TrioTCPStream.write``, taking a free write lock without a checkpoint."""
-    lock: trio.Lock = self.write_lock
-    if lock.locked():
-        await _original_tcp_write(self, data)
-        return
-    lock.acquire_nowait()
-    try:
-        await self.stream.send_all(data)
-    except trio.BrokenResourceError as error:
-        raise ConnectionClosedError(
-            f"TCP connection reset by remote peer: {error}", transport="tcp"
-        ) from error
-    except trio.ClosedResourceError:
-        return  # closed here: py-libp2p's write returns quietly too
-    finally:
-        lock.release()
+    async with held(self.write_lock):
+        try:
+            await self.stream.send_all(data)
+        except trio.BrokenResourceError as error:
+            raise _tcp_error(error) from error
+        except trio.ClosedResourceError:
+            return  # closed here: py-libp2p's write returns quietly too
 
 
 async def _tcp_read(self: Any, n: int | None = None) -> bytes:
     """``TrioTCPStream.read``, taking a free read lock without a checkpoint."""
-    lock: trio.Lock = self.read_lock
-    if lock.locked() or n == 0:
-        return await _original_tcp_read(self, n)
-    lock.acquire_nowait()
-    try:
-        return await self.stream.receive_some(n)
-    except trio.BrokenResourceError as error:
-        raise ConnectionClosedError(
-            f"TCP connection reset by remote peer: {error}", transport="tcp"
-        ) from error
-    except trio.ClosedResourceError:
-        return b""  # closed here: EOF, as py-libp2p's read says
-    finally:
-        lock.release()
+    if n == 0:
+        return b""
+    async with held(self.read_lock):
+        try:
+            return await self.stream.receive_some(n)
+        except trio.BrokenResourceError as error:
+            raise _tcp_error(error) from error
+        except trio.ClosedResourceError:
+            return b""  # closed here: EOF, as py-libp2p's read says
 
 
 async def _read_stream(self: Any, stream_id: int, n: int | None = -1) -> bytes:
@@ -147,9 +155,9 @@ async def _read_stream(self: Any, stream_id: int, n: int | None = -1) -> bytes:
 
 
 def use_lean_locks() -> bool:
-    """Install the writes above, once per process. Returns whether they are in place (not if
-    this py-libp2p lacks the parts they rely on)."""
-    global _original_stream_write, _original_tcp_write, _original_tcp_read, _original_read_stream
+    """Install the writes and reads above, once per process. Returns whether they are in
+    place (not if this py-libp2p lacks the parts they rely on)."""
+    global _original_stream_write, _original_read_stream
     if getattr(YamuxStream, _INSTALLED, False):
         return True
     stream_names = set(YamuxStream.__init__.__code__.co_names)
@@ -157,13 +165,13 @@ def use_lean_locks() -> bool:
     if (
         not {"rw_lock", "window_lock", "send_window", "recv_closed"} <= stream_names
         or not {"streams_lock", "stream_buffers", "stream_events"} <= conn_names
+        or not {"stream", "read_lock", "write_lock"}
+        <= set(TrioTCPStream.__init__.__code__.co_names)
         or not callable(getattr(Yamux, "read_stream", None))
     ):
-        log.debug("py-libp2p's yamux stream is not the one known: writes stay as they are")
+        log.debug("py-libp2p's yamux stream is not the one known: its locks stay as they are")
         return False
     _original_stream_write = YamuxStream.write
-    _original_tcp_write = TrioTCPStream.write
-    _original_tcp_read = TrioTCPStream.read
     _original_read_stream = Yamux.read_stream
     YamuxStream.write = _stream_write  # type: ignore[method-assign]
     TrioTCPStream.write = _tcp_write  # type: ignore[method-assign]

@@ -38,6 +38,8 @@ from libp2p.stream_muxer.yamux.yamux import (
     Yamux,
 )
 
+from node.p2p.lean_locks import held
+
 log = logging.getLogger(__name__)
 _libp2p_log = logging.getLogger("libp2p.stream_muxer.yamux.yamux")  # where py-libp2p logs frames
 
@@ -71,17 +73,9 @@ async def _send(conn: Any, data: bytes) -> None:
     if _libp2p_log.isEnabledFor(logging.DEBUG):  # (py-libp2p formats it for every frame)
         _libp2p_log.debug("YAMUX TX: %s", _describe(data))
     # (py-libp2p checkpoints again after each frame: the socket's send already does; and a
-    # free lock is taken without one, see node.p2p.lean_locks)
-    lock = conn._write_lock
-    if lock.locked():
-        async with lock:
-            await conn.secured_conn.write(data)
-        return
-    lock.acquire_nowait()
-    try:
+    # free lock is taken without one)
+    async with held(conn._write_lock):
         await conn.secured_conn.write(data)
-    finally:
-        lock.release()
 
 
 def frame_names(data: bytes) -> tuple[str, str]:
