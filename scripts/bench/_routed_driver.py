@@ -196,10 +196,11 @@ class NodeFactory:
     cpus: int
     synchronous: str | None = None
     handoff: dict[str, Any] | None = None  # the handoff section (new tree), e.g. LIFTED
+    key_ready: bool = False  # the swarm key file exists (another process made it)
 
     def __post_init__(self) -> None:
         self.key_file = self.tmp / "swarm.key"
-        if self.private:
+        if self.private and not self.key_ready:
             self.swarm_key_cls.generate().write_new(self.key_file)
 
     def __call__(self, name: str, tools: str, bootstrap: list[str], **handoff: Any) -> Any:

@@ -27,9 +27,14 @@ routed.py does) unless ``--default-quotas``; every busy-peer rejection (``quota_
 workflow that fails is reported, not hidden. Prints medians over rounds, the same-round
 ratios, and the issue's targets, each marked met / MISSED.
 
-All nodes share this process's trio loop: a routed step's two sides take turns on one core,
-where two node processes would each have their own. The figures are an upper bound of the
-overhead separate processes would see.
+By default all nodes share this process's trio loop: a routed step's two sides take turns on
+one core, where two node processes would each have their own, so the figures are an upper
+bound. With ``--processes`` every node runs in a process of its own (``_node_proc.py``, its
+own trio loop and journal, as separate daemons on one machine), all joined to this run's Ray,
+so local and routed steps still run on the same workers; each workflow is timed inside the
+node it was submitted to, and the tools' run times come from the providers' processes.
+
+    nice .venv/bin/python scripts/bench/routing.py --processes
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import json
 import logging
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -48,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 # scripts/bench is on sys.path as the running script's folder (it is not a package).
+from _common import BENCH_DIR, ROOT, STATE_DIR
 from _routed_driver import (
     LIFTED,
     NodeFactory,
@@ -57,6 +64,7 @@ from _routed_driver import (
     setup_process,
 )
 
+LOG_DIR = STATE_DIR / "logs"
 PLACES = ("local", "routed x1", "routed x4")
 TARGETS = {"chain": 1.5, "fanout": 1.2}  # routed within this many times local, per step
 OVERHEAD_TARGETS_MS = {"p50": 5.0, "p99": 20.0}
@@ -142,6 +150,12 @@ def parse_args() -> argparse.Namespace:
         help="every node's handoff.reserved_share (default: the config's, 0.25: a provider "
         "of one CPU gives peers 1 of its 2 slots, half what the local run gets)",
     )
+    parser.add_argument(
+        "--processes",
+        action="store_true",
+        help="run every node in a process of its own (all on this run's Ray), as separate "
+        "daemons would; by default all six share this process's trio loop",
+    )
     parser.add_argument("--json", type=Path, metavar="FILE", help="also save the raw figures")
     return parser.parse_args()
 
@@ -153,38 +167,40 @@ def _handoff_section(args: argparse.Namespace) -> dict[str, Any] | None:
     return section or None
 
 
+def big_limits() -> Any:
+    """Parse limits that let the big fan-out through."""
+    from workflows.dsl import ParseLimits
+
+    return ParseLimits(
+        max_steps=100_000,
+        max_bytes=64 * 1024 * 1024,
+        max_nodes=10_000_000,
+        max_expanded_bytes=256 * 1024 * 1024,
+        timeout_s=600,
+    )
+
+
 def main() -> int:
     args = parse_args()
     setup_process()
-    busy = BusyCounter()
-    executor_log = logging.getLogger("node.executor")
-    executor_log.addHandler(busy)
-    executor_log.setLevel(logging.INFO)
-    executor_log.propagate = False  # counted, not printed: there may be thousands
 
     import trio
 
     from node.config import NodeConfig
-    from node.daemon import Node, start_ray, stop_ray
-    from node.home import Home
-    from node.swarmkey import SwarmKey
+    from node.daemon import start_ray, stop_ray
 
     load_before = os.getloadavg()
-    cpus, _ = start_ray(NodeConfig.model_validate({"ray": {"num_cpus": args.ray_cpus}}).ray)
+    cpus, gcs_address = start_ray(
+        NodeConfig.model_validate({"ray": {"num_cpus": args.ray_cpus}}).ray
+    )
     try:
         with tempfile.TemporaryDirectory(prefix="hm-bench-routing") as tmp:
-            factory = NodeFactory(
-                Path(tmp),
-                Node,
-                Home,
-                NodeConfig,
-                SwarmKey,
-                private=True,
-                cpus=args.node_cpus,
-                synchronous=args.synchronous,
-                handoff=_handoff_section(args),
-            )
-            result = trio.run(measure, factory, args, busy)
+            swarm: Swarm
+            if args.processes:
+                swarm = NodeProcesses(Path(tmp), args, gcs_address)
+            else:
+                swarm = InProcess(Path(tmp), args)
+            result = trio.run(measure, swarm, args)
     finally:
         stop_ray()
     load_after = os.getloadavg()
@@ -195,43 +211,76 @@ def main() -> int:
     return 0 if not result["failures"] else 1
 
 
-async def measure(factory: NodeFactory, args: argparse.Namespace, busy: BusyCounter) -> Any:
-    import trio
+class Swarm:
+    """The six nodes (``p1``..``p4``, ``c1``, ``c4``) of one run, wherever they run."""
 
-    from workflows.dsl import ParseLimits, parse_workflow
+    async def start(self, nursery: Any) -> None:
+        raise NotImplementedError
 
-    big_limits = ParseLimits(
-        max_steps=100_000,
-        max_bytes=64 * 1024 * 1024,
-        max_nodes=10_000_000,
-        max_expanded_bytes=256 * 1024 * 1024,
-        timeout_s=600,
-    )
-    workloads = {
-        "chain": (chain_yaml(args.chain), args.chain, args.chain),
-        "fanout": (
-            fanout_yaml(args.fanout),
-            args.fanout + 1,
-            sum(i + 1 for i in range(args.fanout)),
-        ),
-    }
-    specs = {n: parse_workflow(text, limits=big_limits) for n, (text, _, _) in workloads.items()}
-    clock = StepClock()
+    async def define(self, name: str, text: str) -> None:
+        """Parse a workload on the nodes it is submitted to."""
+        raise NotImplementedError
 
-    async with trio.open_nursery() as nursery:
-        providers = []
+    async def run(
+        self, place: str, name: str, steps: int, expected: Any
+    ) -> tuple[float, list[float]]:
+        """(seconds from submit to end, each step's overhead in ms); RuntimeError if the
+        workflow failed, had a wrong result or ran somewhere else."""
+        raise NotImplementedError
+
+    async def busy(self) -> int:
+        """Busy-peer rejections the delegators asked again after, so far."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stop every node."""
+
+
+class InProcess(Swarm):
+    """Every node in this process's trio loop, as tests/integration/harness.py starts them."""
+
+    def __init__(self, tmp: Path, args: argparse.Namespace) -> None:
+        from node.config import NodeConfig
+        from node.daemon import Node
+        from node.home import Home
+        from node.swarmkey import SwarmKey
+
+        self.factory = NodeFactory(
+            tmp,
+            Node,
+            Home,
+            NodeConfig,
+            SwarmKey,
+            private=True,
+            cpus=args.node_cpus,
+            synchronous=args.synchronous,
+            handoff=_handoff_section(args),
+        )
+        self.counter = BusyCounter()
+        executor_log = logging.getLogger("node.executor")
+        executor_log.addHandler(self.counter)
+        executor_log.setLevel(logging.INFO)
+        executor_log.propagate = False  # counted, not printed: there may be thousands
+        self.clock = StepClock()
+        self.specs: dict[str, Any] = {}
+        self.places: dict[str, tuple[Any, list[str]]] = {}
+
+    async def start(self, nursery: Any) -> None:
+        import trio
+
+        providers: list[Any] = []
         for i in range(4):
             bootstrap = [a for q in providers for a in q.host.addrs()]
             # providers run every step they get themselves: p1 is the local reference
-            p = factory(f"p{i + 1}", "util,math", bootstrap, delegate_to=[])
+            p = self.factory(f"p{i + 1}", "util,math", bootstrap, delegate_to=[])
             await nursery.start(p.run)
-            p.handoff.run_tool = clock.wrap(p.handoff.run_tool)
+            p.handoff.run_tool = self.clock.wrap(p.handoff.run_tool)
             providers.append(p)
         p1 = providers[0]
-        p1.executor.run_local = clock.wrap(p1.executor.run_local)
-        c1 = factory("c1", "none", p1.host.addrs(), delegate_to=[p1.peer_id])
+        p1.executor.run_local = self.clock.wrap(p1.executor.run_local)
+        c1 = self.factory("c1", "none", p1.host.addrs(), delegate_to=[p1.peer_id])
         await nursery.start(c1.run)
-        c4 = factory("c4", "none", [a for p in providers for a in p.host.addrs()])
+        c4 = self.factory("c4", "none", [a for p in providers for a in p.host.addrs()])
         await nursery.start(c4.run)
         with trio.fail_after(60):
             while not (
@@ -240,59 +289,246 @@ async def measure(factory: NodeFactory, args: argparse.Namespace, busy: BusyCoun
             ):
                 await trio.sleep(0.05)
         every = [p.peer_id for p in providers]
-        places = {
+        self.places = {
             "local": (p1, [p1.peer_id]),
             "routed x1": (c1, [p1.peer_id]),
             "routed x4": (c4, every),
         }
-        failures: list[str] = []
 
-        async def run(place: str, name: str, spec: Any, steps: int, expected: Any) -> Any:
-            target, ran_on = places[place]
-            try:
-                return await run_checked(target, spec, steps, expected, ran_on, timeout_s=3600)
-            except RuntimeError as exc:
-                failures.append(f"{place} {name}: {exc}")
-                return None
+    async def define(self, name: str, text: str) -> None:
+        from workflows.dsl import parse_workflow
 
-        # warm-up: Ray's workers, imports, connections, the delegators' evidence of their peers
-        for place in PLACES:
-            for name, (_, steps, expected) in workloads.items():
-                await run(place, name, specs[name], steps, expected)
-        busy_warm = busy.busy
+        self.specs[name] = parse_workflow(text, limits=big_limits())
 
-        # name -> place -> [seconds per run]; name -> place -> [overhead ms of each step]
-        seconds: dict[str, dict[str, list[float]]] = {n: {p: [] for p in PLACES} for n in specs}
-        overhead: dict[str, dict[str, list[float]]] = {n: {p: [] for p in PLACES} for n in specs}
-        for rnd in range(args.rounds):
-            order = PLACES[rnd % 3 :] + PLACES[: rnd % 3]
-            print(f"round {rnd + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr)
-            for name, (_, steps, expected) in workloads.items():
-                for place in order:
-                    done = await run(place, name, specs[name], steps, expected)
-                    if done is not None:
-                        seconds[name][place].append(done[0])
-                        overhead[name][place] += overheads_ms(done[1], clock)
-        busy_rounds = busy.busy - busy_warm
+    async def run(
+        self, place: str, name: str, steps: int, expected: Any
+    ) -> tuple[float, list[float]]:
+        target, ran_on = self.places[place]
+        seconds, view = await run_checked(
+            target, self.specs[name], steps, expected, ran_on, timeout_s=3600
+        )
+        return seconds, overheads_ms(view, self.clock)
 
-        big: dict[str, float | None] = {}
-        if args.big:
-            print(f"the {args.big}-step fan-out: local, then routed x4", file=sys.stderr)
-            text = fanout_yaml(args.big)
-            spec = parse_workflow(text, limits=big_limits)
-            expected = sum(i + 1 for i in range(args.big))
-            for place in ("local", "routed x4"):
-                before = busy.busy
-                done = await run(place, "big", spec, args.big + 1, expected)
-                big[place] = None if done is None else done[0]
-                big[f"{place} busy"] = busy.busy - before
+    async def busy(self) -> int:
+        return self.counter.busy
+
+
+class NodeProcesses(Swarm):
+    """Every node in a process of its own (``_node_proc.py``), each with its own trio loop
+    and journal, all joined to this process's Ray: what separate daemons on one machine
+    see, on the same Ray workers for local and routed steps."""
+
+    def __init__(self, tmp: Path, args: argparse.Namespace, gcs_address: str) -> None:
+        from node.swarmkey import SwarmKey
+
+        self.tmp = tmp
+        self.args = args
+        self.gcs_address = gcs_address
+        SwarmKey.generate().write_new(tmp / "swarm.key")
+        self.children: dict[str, _Child] = {}
+        self.places: dict[str, tuple[str, list[str]]] = {}
+
+    async def _spawn(
+        self, name: str, tools: str, bootstrap: list[str], delegate_to: list[str] | None
+    ) -> _Child:
+        import trio
+
+        spec = {
+            "tmp": str(self.tmp),
+            "name": name,
+            "tools": tools,
+            "bootstrap": bootstrap,
+            "delegate_to": delegate_to,
+            "handoff": _handoff_section(self.args),
+            "cpus": self.args.node_cpus,
+            "synchronous": self.args.synchronous,
+            "ray_address": self.gcs_address,
+        }
+        child = await trio.to_thread.run_sync(_Child, name, spec)
+        self.children[name] = child
+        return child
+
+    async def start(self, nursery: Any) -> None:
+        providers: list[_Child] = []
+        for i in range(4):
+            bootstrap = [a for q in providers for a in q.addrs]
+            providers.append(await self._spawn(f"p{i + 1}", "util,math", bootstrap, []))
+        p1 = providers[0]
+        c1 = await self._spawn("c1", "none", p1.addrs, [p1.peer_id])
+        c4 = await self._spawn("c4", "none", [a for p in providers for a in p.addrs], None)
+        every = [p.peer_id for p in providers]
+        await c1.ask({"op": "cards", "peers": [p1.peer_id]})
+        await c4.ask({"op": "cards", "peers": every})
+        self.places = {
+            "local": ("p1", [p1.peer_id]),
+            "routed x1": ("c1", [p1.peer_id]),
+            "routed x4": ("c4", every),
+        }
+
+    async def define(self, name: str, text: str) -> None:
+        for child in self.children.values():
+            if child.name in ("p1", "c1", "c4"):
+                await child.ask({"op": "define", "name": name, "yaml": text})
+
+    async def run(
+        self, place: str, name: str, steps: int, expected: Any
+    ) -> tuple[float, list[float]]:
+        target, ran_on = self.places[place]
+        done = await self.children[target].ask(
+            {"op": "run", "name": name, "steps": steps, "expected": expected, "ran_on": ran_on}
+        )
+        wid = done["workflow_id"]
+        keys = [f"{wid}/{step}" for step, _, _ in done["steps"]]
+        tool_s: dict[str, float] = {}
+        for child in self.children.values():
+            if child.name.startswith("p"):
+                tool_s.update(await child.ask({"op": "clock", "keys": keys}))
+        overheads = [
+            (ended - started - tool_s[f"{wid}/{step}"]) * 1000
+            for step, started, ended in done["steps"]
+            if f"{wid}/{step}" in tool_s and started is not None and ended is not None
+        ]
+        return done["seconds"], overheads
+
+    async def busy(self) -> int:
+        total = 0
+        for name in ("c1", "c4"):
+            total += (await self.children[name].ask({"op": "busy"}))["busy"]
+        return total
+
+    async def stop(self) -> None:
+        import trio
+
+        for child in self.children.values():
+            await trio.to_thread.run_sync(child.stop)
+
+
+class _Child:
+    """A ``_node_proc.py`` process: started, asked, stopped (its log in ``.bench/logs``)."""
+
+    def __init__(self, name: str, spec: dict[str, Any]) -> None:
+        LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.name = name
+        self.log = open(LOG_DIR / f"routing-{name}.log", "w")  # noqa: SIM115 (closed in stop)
+        self.proc = subprocess.Popen(
+            [sys.executable, str(BENCH_DIR / "_node_proc.py"), json.dumps(spec)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+            cwd=ROOT,
+        )
+        first = self._read()
+        self.peer_id: str = first["peer_id"]
+        self.addrs: list[str] = first["addrs"]
+
+    def _read(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"node {self.name} exited (see {self.log.name})")
+        record: dict[str, Any] = json.loads(line)
+        return record
+
+    def _ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = self._read()
+        if "error" in answer:
+            raise RuntimeError(f"{self.name}: {answer['error']}")
+        return answer
+
+    async def ask(self, request: dict[str, Any]) -> dict[str, Any]:
+        import trio
+
+        return await trio.to_thread.run_sync(self._ask, request)
+
+    def stop(self) -> None:
+        try:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(json.dumps({"op": "stop"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
+async def measure(swarm: Swarm, args: argparse.Namespace) -> Any:
+    import trio
+
+    workloads = {
+        "chain": (chain_yaml(args.chain), args.chain, args.chain),
+        "fanout": (
+            fanout_yaml(args.fanout),
+            args.fanout + 1,
+            sum(i + 1 for i in range(args.fanout)),
+        ),
+    }
+    async with trio.open_nursery() as nursery:
+        try:
+            await swarm.start(nursery)
+            for name, (text, _, _) in workloads.items():
+                await swarm.define(name, text)
+            failures: list[str] = []
+
+            async def run(
+                place: str, name: str, steps: int, expected: Any
+            ) -> tuple[float, list[float]] | None:
+                try:
+                    return await swarm.run(place, name, steps, expected)
+                except RuntimeError as exc:
+                    failures.append(f"{place} {name}: {exc}")
+                    return None
+
+            # warm-up: Ray's workers, imports, connections, the delegators' evidence of
+            # their peers
+            for place in PLACES:
+                for name, (_, steps, expected) in workloads.items():
+                    await run(place, name, steps, expected)
+            busy_warm = await swarm.busy()
+
+            # name -> place -> [seconds per run]; name -> place -> [overhead ms of each step]
+            seconds: dict[str, dict[str, list[float]]] = {
+                n: {p: [] for p in PLACES} for n in workloads
+            }
+            overhead: dict[str, dict[str, list[float]]] = {
+                n: {p: [] for p in PLACES} for n in workloads
+            }
+            for rnd in range(args.rounds):
+                order = PLACES[rnd % 3 :] + PLACES[: rnd % 3]
+                print(f"round {rnd + 1}/{args.rounds}: {', '.join(order)}", file=sys.stderr)
+                for name, (_, steps, expected) in workloads.items():
+                    for place in order:
+                        done = await run(place, name, steps, expected)
+                        if done is not None:
+                            seconds[name][place].append(done[0])
+                            overhead[name][place] += done[1]
+            busy_rounds = await swarm.busy() - busy_warm
+
+            big: dict[str, float | None] = {}
+            if args.big:
+                print(f"the {args.big}-step fan-out: local, then routed x4", file=sys.stderr)
+                await swarm.define("big", fanout_yaml(args.big))
+                expected = sum(i + 1 for i in range(args.big))
+                for place in ("local", "routed x4"):
+                    before = await swarm.busy()
+                    done = await run(place, "big", args.big + 1, expected)
+                    big[place] = None if done is None else done[0]
+                    big[f"{place} busy"] = await swarm.busy() - before
+            every_busy = await swarm.busy()
+        finally:
+            await swarm.stop()
         nursery.cancel_scope.cancel()
     return {
+        "nodes": "processes" if args.processes else "one process",
         "steps": {n: s for n, (_, s, _) in workloads.items()},
         "seconds": seconds,
         "overhead_ms": overhead,
         "big": big,
-        "busy_rejections": {"rounds": busy_rounds, "all": busy.busy},
+        "busy_rejections": {"rounds": busy_rounds, "all": every_busy},
         "failures": failures,
     }
 
@@ -387,7 +623,8 @@ def report(
     for failure in result["failures"]:
         print(f"  FAILED {failure}")
     print(
-        f"Ray CPUs {ray_cpus}, node cpus {args.node_cpus}, handoff.reserved_share "
+        f"nodes: {result['nodes']}; Ray CPUs {ray_cpus}, node cpus {args.node_cpus}, "
+        "handoff.reserved_share "
         f"{'0.25 (default)' if args.reserved_share is None else args.reserved_share}, "
         f"journal.synchronous {args.synchronous or 'FULL (default)'}; load average (1 min) "
         f"{load_before[0]:.2f} before, {load_after[0]:.2f} after ({os.cpu_count()} CPUs, shared)"
