@@ -63,6 +63,36 @@ CREATE INDEX IF NOT EXISTS handoffs_by_age ON handoffs(updated_at);
 CREATE INDEX IF NOT EXISTS handoffs_by_step ON handoffs(workflow_id, step);
 """
 
+# The bytes of outcomes stored per peer and direction, kept by triggers in the same
+# transaction as every change of ``handoffs.size``: a handoff's commit reads its peer's total
+# with a key lookup. (Summing the peer's rows instead cost every handoff a scan of all the
+# peer's handoffs of the last ``retention_s``, a cost that grew with the traffic.) The
+# triggers live in the file, so every writer keeps the totals, an older hivemesh included.
+_TOTALS = (
+    """CREATE TABLE IF NOT EXISTS handoff_bytes (
+    direction TEXT NOT NULL,
+    peer      TEXT NOT NULL,
+    bytes     INTEGER NOT NULL,
+    PRIMARY KEY (direction, peer)
+) WITHOUT ROWID""",
+    """CREATE TRIGGER IF NOT EXISTS handoff_bytes_insert AFTER INSERT ON handoffs
+WHEN new.size != 0 BEGIN
+    INSERT INTO handoff_bytes(direction, peer, bytes) VALUES (new.direction, new.peer, new.size)
+    ON CONFLICT(direction, peer) DO UPDATE SET bytes = bytes + excluded.bytes;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS handoff_bytes_update AFTER UPDATE OF size ON handoffs
+WHEN new.size != old.size BEGIN
+    INSERT INTO handoff_bytes(direction, peer, bytes)
+    VALUES (new.direction, new.peer, new.size - old.size)
+    ON CONFLICT(direction, peer) DO UPDATE SET bytes = bytes + excluded.bytes;
+END""",
+    """CREATE TRIGGER IF NOT EXISTS handoff_bytes_delete AFTER DELETE ON handoffs
+WHEN old.size != 0 BEGIN
+    UPDATE handoff_bytes SET bytes = bytes - old.size
+    WHERE direction = old.direction AND peer = old.peer;
+END""",
+)
+
 
 _ACK_SQL = (
     "UPDATE handoffs SET outputs = NULL, size = length(coalesce(error, '')),"
@@ -184,12 +214,39 @@ class HandoffJournal:
             db.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (SCHEMA_VERSION,))
             db.execute("COMMIT")
             db.execute("VACUUM")  # turns incremental auto-vacuum on for an old file
+            self._add_totals()
             return
         db.executescript(_TABLE)
         db.execute(
             "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),
         )
+        self._add_totals()
+
+    def _add_totals(self) -> None:
+        """The per-peer totals and their triggers, counted once from the rows of a journal
+        written before they existed (in one transaction: no write is missed or counted
+        twice)."""
+        db = self._db
+        known = db.execute(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND name LIKE"
+            " 'handoff_bytes_%'"
+        ).fetchone()[0]
+        if known == 3:
+            return
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in _TOTALS:
+                db.execute(statement)
+            db.execute("DELETE FROM handoff_bytes")
+            db.execute(
+                "INSERT INTO handoff_bytes(direction, peer, bytes) SELECT direction, peer,"
+                " sum(size) FROM handoffs GROUP BY direction, peer HAVING sum(size) != 0"
+            )
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     # -- plumbing ------------------------------------------------------------------------
 
@@ -268,10 +325,9 @@ class HandoffJournal:
     @staticmethod
     def _stored_bytes(db: sqlite3.Connection, direction: Direction, peer: str) -> int:
         row = db.execute(
-            "SELECT coalesce(sum(size), 0) FROM handoffs WHERE direction = ? AND peer = ?",
-            (direction, peer),
+            "SELECT bytes FROM handoff_bytes WHERE direction = ? AND peer = ?", (direction, peer)
         ).fetchone()
-        return int(row[0])
+        return 0 if row is None else int(row[0])
 
     def record_outcome(
         self,
@@ -445,10 +501,11 @@ class HandoffJournal:
 
     def stored_bytes(self, peer: str | None = None) -> int:
         if peer is None:
-            rows = self._query("SELECT coalesce(sum(size), 0) FROM handoffs")
+            rows = self._query("SELECT coalesce(sum(bytes), 0) FROM handoff_bytes")
         else:
             rows = self._query(
-                "SELECT coalesce(sum(size), 0) FROM handoffs WHERE direction = 'in' AND peer = ?",
+                "SELECT coalesce(sum(bytes), 0) FROM handoff_bytes WHERE direction = 'in'"
+                " AND peer = ?",
                 (peer,),
             )
         return int(rows[0][0])

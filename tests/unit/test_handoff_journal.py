@@ -237,6 +237,133 @@ def test_prune_forgets_old_finished_handoffs_and_bounds_each_peers_bytes(
     assert journal.stored_bytes("q") > 1000  # another peer's results are not touched
 
 
+def _summed(path: Path) -> dict[tuple[str, str], int]:
+    """Each (direction, peer)'s stored bytes, summed from its rows (what the totals keep)."""
+    db = sqlite3.connect(path)
+    try:
+        rows = db.execute(
+            "SELECT direction, peer, sum(size) FROM handoffs GROUP BY direction, peer"
+            " HAVING sum(size) != 0"
+        ).fetchall()
+    finally:
+        db.close()
+    return {(d, p): int(n) for d, p, n in rows}
+
+
+def _totals(journal: Journal) -> dict[tuple[str, str], int]:
+    out = {}
+    for direction in ("in", "out"):
+        for peer in ("p", "q", "r"):
+            with journal._tx() as db:
+                n = journal._stored_bytes(db, direction, peer)  # type: ignore[arg-type]
+            if n:
+                out[direction, peer] = n
+    return out
+
+
+def test_each_peers_stored_bytes_stay_equal_to_its_rows_through_every_kind_of_write(
+    journal: Journal, path: Path, clock: FakeClock
+) -> None:
+    # a seeded walk over every write that changes a row's size: a new record, an outcome,
+    # one recorded at once (if_latest), a new epoch, an ack, pruning by age and by bytes
+    import random
+
+    rng = random.Random(7)
+    for i in range(400):
+        hid = f"h{rng.randrange(40)}"
+        direction = rng.choice(["in", "out"])
+        peer = rng.choice(["p", "q", "r"])
+        epoch = rng.randrange(3)
+        kind = rng.randrange(7)
+        if kind == 0:
+            journal.record_handoff(
+                hid,
+                direction=direction,
+                peer=peer,
+                tool="t",
+                workflow_id="w",
+                step=hid,
+                status="ACCEPTED",
+                epoch=epoch,
+            )
+        elif kind == 1:
+            journal.finish_handoff(
+                hid,
+                rng.choice(["SUCCESSFUL", "FAILED"]),
+                direction=direction,
+                peer=peer,
+                outputs={"r": "x" * rng.randrange(300)},
+                error=rng.choice([None, "boom" * rng.randrange(5)]),
+                epoch=rng.choice([None, epoch]),
+            )
+        elif kind == 2:
+            journal.record_outcome(
+                hid,
+                direction=direction,
+                peer=peer,
+                tool="t",
+                workflow_id="w",
+                step=hid,
+                epoch=epoch,
+                status="SUCCESSFUL",
+                outputs={"r": "y" * rng.randrange(300)},
+                if_latest=rng.random() < 0.5,
+            )
+        elif kind == 3:
+            journal.acknowledge(hid, peer=peer, epoch=epoch)
+        elif kind == 4:
+            journal.prune(retention_s=rng.choice([5.0, 50.0]))
+        elif kind == 5:
+            journal.prune(retention_s=1e9, max_bytes_per_peer=rng.randrange(2000), peer=peer)
+        else:
+            journal.interrupt_accepted()
+        clock.advance(rng.random() * 3)
+        if i % 20 == 0:
+            assert _totals(journal) == _summed(path)
+    assert _totals(journal) == _summed(path)
+    assert journal.stored_bytes() == sum(n for n in _summed(path).values())
+    assert journal.stored_bytes("p") == _summed(path).get(("in", "p"), 0)
+
+
+def test_a_journal_written_before_the_totals_gets_them_counted_once(path: Path) -> None:
+    j = Journal(path)
+    for i, peer in enumerate(["p", "p", "q"]):
+        j.record_outcome(
+            f"h{i}",
+            direction="in",
+            peer=peer,
+            tool="t",
+            workflow_id="w",
+            step=f"s{i}",
+            epoch=0,
+            status="SUCCESSFUL",
+            outputs={"r": "x" * 100},
+        )
+    j.close()
+    # as a journal of the release before: no totals, no triggers
+    db = sqlite3.connect(path)
+    for name in ("insert", "update", "delete"):
+        db.execute(f"DROP TRIGGER handoff_bytes_{name}")
+    db.execute("DROP TABLE handoff_bytes")
+    db.commit()
+    db.close()
+    j = Journal(path)
+    try:
+        assert j.stored_bytes("p") == _summed(path)["in", "p"] > 200
+        assert j.stored_bytes("q") == _summed(path)["in", "q"]
+        j.acknowledge("h0", peer="p", epoch=0)  # and kept from then on
+        assert j.stored_bytes("p") == _summed(path)["in", "p"] < 200
+    finally:
+        j.close()
+    Journal(path).close()  # opened again: counted once, not twice
+    db = sqlite3.connect(path)
+    try:
+        kept = dict(((d, p), n) for d, p, n in db.execute("SELECT * FROM handoff_bytes"))
+    finally:
+        db.close()
+    assert kept == _summed(path)
+
+
 def test_interrupt_accepted_marks_what_a_restart_stopped(journal: Journal) -> None:
     journal.record_handoff(
         "h", direction="in", peer="p", tool="t", workflow_id="w", step="s", status="ACCEPTED"
@@ -272,6 +399,7 @@ def test_a_version_1_journal_is_migrated(path: Path) -> None:
         record = j.get_handoff("h1", direction="in", peer="p")
         assert record is not None and record.outputs == {"r": 1} and record.epoch == 0
         assert record.size == len('{"r":1}')
+        assert j.stored_bytes("p") == len('{"r":1}')
     finally:
         j.close()
     db = sqlite3.connect(path)
