@@ -48,6 +48,8 @@ class Task:
     # they have, so that results are committed in dependency order
     early: bool = False
     early_result: Any = NO_RESULT
+    # a small output, kept in ``value``: once committed, readers get the value, not ``ref``
+    inline: bool = False
 
 
 @dataclass(eq=False)
