@@ -162,9 +162,9 @@ class StepExecution(EngineLoop):
     def _hold(self, run: Run, task: Task) -> bool:
         """Hold ``task`` (ready, not started) if the engine has as many tasks in Ray as it
         may; True if held."""
-        if not self._held and self._submitted < self.max_inflight_tasks + self._relief:
-            return False
-        if not self._held and self._count_submitted() < self.max_inflight_tasks + self._relief:
+        bound = self.max_inflight_tasks + self._relief
+        # (the running count only grows between recounts: below the bound, no recount)
+        if not self._held and (self._submitted < bound or self._count_submitted() < bound):
             return False
         task.state = "HELD"
         self._held.append((run, task))
@@ -187,7 +187,7 @@ class StepExecution(EngineLoop):
                 started.append((run, task))
         if not held:
             self._relief = 0
-        with self._completions.paused() if len(started) >= BURST else contextlib.nullcontext():
+        with self._burst(len(started)):
             for run, task in started:
                 self._start_task(run, task, may_hold=False)
 
@@ -203,11 +203,10 @@ class StepExecution(EngineLoop):
             more = int(idle)
             self._relief += more
             log.info(
-                "workflow engine: %d steps held and %d in Ray while Ray has %d idle CPUs; "
+                "workflow engine: %d steps held and %d in Ray while Ray has idle CPUs; "
                 "submitting %d more",
                 len(self._held),
                 self._count_submitted(),
-                more,
                 more,
             )
         self._release_held()
@@ -729,13 +728,14 @@ class StepExecution(EngineLoop):
 
     def _start_tasks(self, run: Run, tasks: list[Task]) -> None:
         """Start ``tasks``; a burst of them with the completion watcher held."""
-        if len(tasks) < BURST:
+        with self._burst(len(tasks)):
             for task in tasks:
                 self._start_task(run, task)
-            return
-        with self._completions.paused():
-            for task in tasks:
-                self._start_task(run, task)
+
+    def _burst(self, count: int) -> contextlib.AbstractContextManager[None]:
+        """Around starting ``count`` tasks: at least BURST of them hold the completion
+        watcher meanwhile."""
+        return self._completions.paused() if count >= BURST else contextlib.nullcontext()
 
     def _maybe_finish(self, run: Run) -> None:
         if run.finished or run.tasks[run.output].state != "DONE":
