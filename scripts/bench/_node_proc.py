@@ -39,13 +39,7 @@ from routing import BusyCounter, StepClock, big_limits
 def main() -> None:
     spec = json.loads(sys.argv[1])
     setup_process()
-    busy = BusyCounter()
-    import logging
-
-    executor_log = logging.getLogger("node.executor")
-    executor_log.addHandler(busy)
-    executor_log.setLevel(logging.INFO)
-    executor_log.propagate = False
+    busy = BusyCounter.installed()
 
     import trio
 

@@ -100,6 +100,17 @@ class BusyCounter(logging.Handler):
         self.busy = 0
         self.other_node = 0
 
+    @classmethod
+    def installed(cls) -> BusyCounter:
+        """A counter of this process's delegators (node.executor's log), which it takes
+        over: counted, not printed (there may be thousands)."""
+        counter = cls()
+        executor_log = logging.getLogger("node.executor")
+        executor_log.addHandler(counter)
+        executor_log.setLevel(logging.INFO)
+        executor_log.propagate = False
+        return counter
+
     def emit(self, record: logging.LogRecord) -> None:
         text = record.getMessage()
         if "asking again" in text:
@@ -256,11 +267,7 @@ class InProcess(Swarm):
             synchronous=args.synchronous,
             handoff=_handoff_section(args),
         )
-        self.counter = BusyCounter()
-        executor_log = logging.getLogger("node.executor")
-        executor_log.addHandler(self.counter)
-        executor_log.setLevel(logging.INFO)
-        executor_log.propagate = False  # counted, not printed: there may be thousands
+        self.counter = BusyCounter.installed()
         self.clock = StepClock()
         self.specs: dict[str, Any] = {}
         self.places: dict[str, tuple[Any, list[str]]] = {}
